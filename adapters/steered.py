@@ -1,0 +1,298 @@
+"""``lm_eval --model steered``: lm-eval's HFLM with the D-STEER steering hook.
+
+A strict superset of lm-eval's built-in ``steered`` model
+(``lm_eval.models.hf_steered.SteeredModel``), which this class replaces under
+the same name once dsteer-eval is installed (see ``dsteer_eval.lm_eval_plugin``):
+
+* ``steer_path=x.pt|x.pth``  the built-in dict format, same numbers, but read
+  with ``torch.load(weights_only=True)``; ``steer_path=x.csv`` (SAE features)
+  is delegated to the built-in loader.
+* ``vector=v.safetensors``   dsteer-eval vector files (one vector per layer).
+* ``layer=``  int, negative from the end, or ``final``; several as ``10;20``.
+* ``alpha=``  float (negative subtracts); one, or one per layer as ``-1;0.5``.
+* ``position=all|prompt|completion|last``; ``unit=true`` normalises v first.
+* ``pretrained=`` omitted or ``smollm2``: the embedded SmolLM2-135M-Instruct.
+* everything HFLM takes (``peft=``, ``dtype=``, ``batch_size=`` ...).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from pathlib import Path
+
+import torch
+from lm_eval.api.registry import register_model
+from lm_eval.models.huggingface import HFLM
+
+from dsteer_eval import lm_eval_plugin
+from dsteer_eval.embedded import DEFAULT_MODEL, default_vector, is_embedded_name, resolve_pretrained
+from dsteer_eval.model_parts import resolve_parts
+from dsteer_eval.steer_args import SteerArgs, resolve_site
+from dsteer_eval.steering import Intervention, steer
+from dsteer_eval.vectors import VectorFile, check_compatible, load_vectors
+
+log = logging.getLogger(__name__)
+lm_eval_plugin.register()  # no-op when the .pth hook already ran
+
+
+class NoDefaultVectorError(ValueError):
+    pass
+
+
+def _check_steer_path(steer_path) -> Path:
+    path = Path(str(steer_path)).expanduser()
+    if path.suffix not in (".pt", ".pth", ".csv"):
+        raise ValueError(
+            f"steer_path={steer_path}: expected lm-eval's built-in .pt/.pth dict or .csv SAE table; "
+            f"for a dsteer-eval .safetensors vector file use vector= instead"
+        )
+    if not path.is_file():
+        raise FileNotFoundError(f"steer_path={steer_path}: no such file")
+    return path
+
+
+def _load_builtin_pt(path: Path) -> dict:
+    import pickle
+
+    try:
+        with open(path, "rb") as fh:
+            config = torch.load(fh, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as exc:
+        raise ValueError(
+            f"steer_path={path} holds objects other than tensors, numbers and strings, which "
+            f"dsteer-eval will not unpickle (weights_only=True). Save the dict with plain tensors: "
+            f"{exc}"
+        ) from None
+    if not isinstance(config, dict) or not all(isinstance(v, dict) for v in config.values()):
+        raise ValueError(
+            f"steer_path={path} is not lm-eval's steering format "
+            f"{{hookpoint: {{'steering_vector': tensor, 'action': 'add'|'clamp', ...}}}}"
+        )
+    return config
+
+
+@register_model("steered")
+class SteeredLM(HFLM):
+    """HFLM whose forward passes are steered by :func:`dsteer_eval.steering.steer`."""
+
+    def __init__(
+        self,
+        pretrained=None,
+        vector: str | None = None,
+        layer=None,
+        alpha=1.0,
+        position: str = "all",
+        unit=False,
+        steer_path: str | None = None,
+        device: str | None = None,
+        **kwargs,
+    ) -> None:
+        # Everything that can be checked without the model is checked first.
+        args = SteerArgs.parse(layer=layer, alpha=alpha, position=position, unit=unit)
+        if vector is not None and steer_path is not None:
+            raise ValueError("give either vector= (safetensors) or steer_path= (built-in format), not both")
+        builtin = None
+        vector_file: VectorFile | None = None
+        if steer_path is not None:
+            if layer is not None or args.unit:
+                raise ValueError(
+                    "layer=/unit= apply to vector=; a steer_path file names its own hookpoints"
+                )
+            builtin = self._read_builtin(_check_steer_path(steer_path))
+        else:
+            if vector is None:
+                vector = self._default_vector_for(pretrained)
+            vector_file = load_vectors(vector, argument="vector")
+
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        super().__init__(pretrained=resolve_pretrained(pretrained), device=device, **kwargs)
+        self._parts = resolve_parts(self.model)
+        self._position = args.position
+        self._interventions: list[Intervention] = []
+        self._module_edits: list = []
+        if builtin is not None:
+            self._module_edits = self._builtin_edits(builtin, args.alphas)
+        else:
+            self._interventions = self._build_interventions(vector_file, args)
+        if self._position != "all":
+            # lm-eval's one-token logits cache shares one forward pass between requests
+            # whose prompt/continuation split differs; position masks depend on the split.
+            self.logits_cache = False
+        self._pending_rows: deque | None = None
+        self._sizing_batch = False
+        log.info(
+            "steered: %s",
+            ", ".join(f"layer {i.site} alpha {i.alpha:g}" for i in self._interventions)
+            or f"{len(self._module_edits)} built-in hookpoint(s)",
+        )
+
+    # ------------------------------------------------------------------ setup
+    @staticmethod
+    def _default_vector_for(pretrained) -> str:
+        if pretrained is None or is_embedded_name(pretrained):
+            name = DEFAULT_MODEL if pretrained is None else str(pretrained).strip().lower()
+            shipped = default_vector(name)
+            if shipped is None:
+                raise NoDefaultVectorError(
+                    f"no vector= given, and dsteer-eval does not ship a default steering vector for "
+                    f"the embedded model '{name}' yet (the D-STEER pipeline produces it from the "
+                    f"project's DPO pair with `dsteer-eval extract`). Pass vector=PATH.safetensors "
+                    f"and layer=L"
+                )
+            return str(shipped)
+        raise ValueError(
+            f"vector= is required for pretrained={pretrained}: pass a .safetensors file from "
+            f"`dsteer-eval extract` (or steer_path= for lm-eval's built-in .pt format)"
+        )
+
+    def _build_interventions(self, vf: VectorFile, args: SteerArgs) -> list[Intervention]:
+        check_compatible(vf, self.model, argument="vector")
+        layers = args.layers
+        if layers is None:
+            if "default_layer" in vf.metadata:
+                layers = (int(vf.metadata["default_layer"]),)
+            elif len(vf.vectors) == 1:
+                layers = (next(iter(vf.vectors)),)
+            else:
+                raise ValueError(
+                    f"layer= is required: {vf.path} holds vectors for layers "
+                    f"{', '.join(map(str, vf.vectors))} and names no default"
+                )
+        out = []
+        for layer, alpha in args.pairs(layers):
+            site = resolve_site(layer, self._parts.num_layers)
+            v = vf.vector(site, argument="vector")
+            if args.unit:
+                norm = float(v.norm())
+                if norm == 0.0:
+                    raise ValueError(f"unit=true: the vector for layer {site} is zero and has no direction")
+                v = v / norm
+            out.append(Intervention(site=site, vector=v, alpha=alpha))
+        return out
+
+    @staticmethod
+    def _read_builtin(path: Path) -> dict:
+        if path.suffix == ".csv":
+            from lm_eval.models.hf_steered import SteeredModel
+
+            return SteeredModel.derive_steer_config(str(path))
+        return _load_builtin_pt(path)
+
+    def _builtin_edits(self, config: dict, alphas: tuple[float, ...]) -> list:
+        """Hooks for lm-eval's built-in format, using its own add/clamp functions."""
+        from functools import partial
+
+        from lm_eval.models.hf_steered import SteeredModel
+
+        if len(alphas) != 1:
+            raise ValueError("steer_path= takes a single alpha")
+        alpha = alphas[0]
+        modules = dict(self.model.base_model.named_modules())
+        edits = []
+        for hookpoint, info in config.items():
+            if hookpoint not in modules:
+                raise ValueError(f"steer_path hookpoint {hookpoint!r} is not a module of this model")
+            vec = info["steering_vector"].to(self.device).to(self.model.dtype)
+            coef = float(info.get("steering_coefficient", 1.0))
+            bias = info.get("bias")
+            if bias is not None:
+                bias = bias.to(self.device).to(self.model.dtype)
+            action = info.get("action", "add")
+            if action == "add":
+                if bias is not None:
+                    raise ValueError(f"steer_path hookpoint {hookpoint!r}: bias is not supported with 'add'")
+                scaled = vec * coef if alpha == 1.0 else vec * coef * alpha
+                fn = partial(SteeredModel.add, vector=scaled, head_index=info.get("head_index"))
+            elif action == "clamp":
+                if alpha != 1.0:
+                    raise ValueError("alpha= does not apply to 'clamp' hookpoints; set steering_coefficient")
+                fn = partial(
+                    SteeredModel.clamp,
+                    direction=vec / torch.norm(vec),
+                    value=coef,
+                    bias=bias,
+                    head_index=info.get("head_index"),
+                )
+            else:
+                raise ValueError(f"steer_path hookpoint {hookpoint!r}: unknown action {action!r}")
+            edits.append((modules[hookpoint], fn))
+        return edits
+
+    # -------------------------------------------------------------- steering
+    @property
+    def interventions(self) -> list[Intervention]:
+        return list(self._interventions)
+
+    def steering(self, prompt_lengths=None):
+        """The steering context for one forward pass (or one ``generate``)."""
+        return steer(
+            self.model,
+            self._interventions,
+            position=self._position,
+            prompt_lengths=prompt_lengths,
+            module_edits=self._module_edits,
+            parts=self._parts,
+        )
+
+    def _row_prompt_lengths(self, inps: torch.Tensor) -> torch.Tensor | None:
+        if self._position == "all":
+            return None
+        full = torch.full((inps.shape[0],), inps.shape[1], dtype=torch.long)
+        if self._sizing_batch or self._pending_rows is None:
+            return full  # batch-size probing, or a direct call: the whole input is prompt
+        lengths = []
+        for row in inps:
+            if not self._pending_rows:
+                raise RuntimeError("steered: more rows than log-likelihood requests (internal error)")
+            tokens, prompt_len = self._pending_rows.popleft()
+            if row[: len(tokens)].tolist() != list(tokens):
+                raise RuntimeError(
+                    "steered: lm-eval batched requests in an unexpected order, so the prompt/"
+                    "continuation split of a row is unknown; use position=all (internal error)"
+                )
+            lengths.append(prompt_len)
+        return torch.tensor(lengths, dtype=torch.long)
+
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs=None):
+        if self._position == "all":
+            return super()._loglikelihood_tokens(requests, disable_tqdm, override_bs)
+        # HFLM processes requests sorted by this key (a stable sort) when the
+        # logits cache is off; mirror it to know each row's prompt length.
+        def key(req):
+            toks = req[1] + req[2]
+            return -len(toks), tuple(toks)
+
+        rows = deque()
+        for _, context, continuation in sorted(requests, key=key):
+            inp = (context + continuation)[-(self.max_length + 1):][:-1]
+            rows.append((tuple(inp), len(inp) - (len(continuation) - 1)))
+        self._pending_rows = rows
+        try:
+            return super()._loglikelihood_tokens(requests, disable_tqdm, override_bs)
+        finally:
+            self._pending_rows = None
+
+    def _detect_batch_size(self, requests=None, pos: int = 0):
+        self._sizing_batch = True
+        try:
+            return super()._detect_batch_size(requests, pos)
+        finally:
+            self._sizing_batch = False
+
+    def _model_call(self, inps, attn_mask=None, labels=None):
+        with self.steering(self._row_prompt_lengths(inps)):
+            return super()._model_call(inps, attn_mask=attn_mask, labels=labels)
+
+    def _model_generate(self, context, max_length, stop, **generation_kwargs):
+        prompt_lengths = torch.full((context.shape[0],), context.shape[1], dtype=torch.long)
+        with self.steering(prompt_lengths):
+            return super()._model_generate(context, max_length, stop, **generation_kwargs)
+
+    def forward(self, *args, **kwargs):
+        """A steered forward of the wrapped model (the whole input counts as prompt)."""
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        lengths = self._row_prompt_lengths(input_ids) if input_ids is not None else None
+        with torch.no_grad(), self.steering(lengths):
+            return self.model.forward(*args, **kwargs)

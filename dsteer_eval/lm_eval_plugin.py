@@ -1,0 +1,112 @@
+"""Connect dsteer-eval to the plain ``lm_eval`` command.
+
+lm-eval 0.4.13 has no plugin entry points, already maps ``steered`` to its own
+``SteeredModel``, and refuses a second registration of a name.  So the wheel
+installs ``dsteer_eval.pth`` into site-packages, whose single line runs
+:func:`install` at interpreter start.  ``install`` only appends a tiny finder
+to ``sys.meta_path`` (no torch, no lm_eval import); the finder acts when, and
+only when, lm-eval itself is imported:
+
+* after ``lm_eval.models`` runs, ``steered`` points (lazily) at
+  ``dsteer_eval.adapters.steered:SteeredLM`` and lm-eval's original class stays
+  reachable as ``steered-builtin``;
+* while ``lm_eval.models.hf_steered`` runs, its ``@register_model("steered")``
+  is let through and then redirected to ``steered-builtin``, so importing the
+  built-in class (our adapter delegates to it) never raises.
+
+Without the ``.pth`` (e.g. a source checkout on ``PYTHONPATH``), call
+:func:`register` before using lm-eval from Python.
+"""
+
+from __future__ import annotations
+
+import sys
+
+OUR_TARGET = "dsteer_eval.adapters.steered:SteeredLM"
+BUILTIN_TARGET = "lm_eval.models.hf_steered:SteeredModel"
+BUILTIN_ALIAS = "steered-builtin"
+
+
+def _point_registry_at_us() -> None:
+    from lm_eval.api.registry import model_registry
+
+    objs = model_registry._objs  # the registry has no public "replace"
+    current = objs.get("steered")
+    ours = getattr(current, "__module__", current)
+    if not (isinstance(ours, str) and ours.startswith("dsteer_eval")):
+        objs["steered"] = OUR_TARGET
+    objs.setdefault(BUILTIN_ALIAS, BUILTIN_TARGET)
+    models = sys.modules.get("lm_eval.models")
+    mapping = getattr(models, "MODEL_MAPPING", None)
+    if isinstance(mapping, dict):
+        mapping["steered"] = OUR_TARGET
+        mapping[BUILTIN_ALIAS] = BUILTIN_TARGET
+
+
+def _around_builtin_steered(run_module) -> None:
+    from lm_eval.api.registry import model_registry
+
+    objs = model_registry._objs
+    saved = objs.get("steered")
+    objs["steered"] = BUILTIN_TARGET  # lets the built-in decorator "upgrade" its placeholder
+    try:
+        run_module()
+    finally:
+        builtin = objs.get("steered")
+        if builtin is not None and not isinstance(builtin, str):
+            objs[BUILTIN_ALIAS] = builtin
+        objs["steered"] = saved if saved is not None else OUR_TARGET
+
+
+_AFTER = {"lm_eval.models": _point_registry_at_us}
+_AROUND = {"lm_eval.models.hf_steered": _around_builtin_steered}
+
+
+class _LmEvalFinder:  # a meta-path finder (importlib.abc is not imported: start-up cost)
+    """Wraps the loaders of a few lm-eval modules; finds nothing itself."""
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname not in _AFTER and fullname not in _AROUND:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        loader = spec.loader
+        if loader is None or not hasattr(loader, "exec_module"):
+            return spec
+        original = loader.exec_module
+
+        def exec_module(module, _original=original, _name=fullname):
+            if _name in _AROUND:
+                _AROUND[_name](lambda: _original(module))
+            else:
+                _original(module)
+                _AFTER[_name]()
+
+        loader.exec_module = exec_module
+        return spec
+
+
+def install() -> None:
+    """Called from ``dsteer_eval.pth``; cheap, idempotent, never raises."""
+    try:
+        if any(isinstance(f, _LmEvalFinder) for f in sys.meta_path):
+            return
+        sys.meta_path.insert(0, _LmEvalFinder())
+        if "lm_eval.models" in sys.modules:  # lm-eval imported before us
+            _point_registry_at_us()
+    except Exception as exc:  # pragma: no cover - a broken hook must not break Python
+        print(f"dsteer-eval: lm_eval hook not installed: {exc}", file=sys.stderr)
+
+
+def register() -> None:
+    """Explicit registration for sessions started without the ``.pth`` hook."""
+    install()
+    import lm_eval.models  # noqa: F401  (runs the hook)
+
+    _point_registry_at_us()

@@ -1,0 +1,121 @@
+"""Parse and check the steering model_args (``layer=``, ``alpha=``, ``position=``, ``unit=``).
+
+lm-eval hands ``--model_args`` values over already type-cast (``"-1.0"`` -> float,
+``"20"`` -> int), so every parser accepts both strings and numbers.  Several
+layers are separated by ``;`` (commas separate model_args): ``layer=10;20``,
+``alpha=-1`` (one alpha for all) or ``alpha=-1;0.5`` (one per layer).
+Everything here runs before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from dsteer_eval.steering import POSITIONS
+
+Layer = int | str  # an int site (may be negative) or "final"
+
+
+def _items(value) -> list:
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    if isinstance(value, str):
+        parts = [p.strip() for p in value.replace("|", ";").split(";")]
+        if any(not p for p in parts):
+            raise ValueError(f"empty item in {value!r}; separate several values with ';'")
+        return parts
+    return [value]
+
+
+def parse_layers(value) -> tuple[Layer, ...]:
+    out: list[Layer] = []
+    for item in _items(value):
+        if isinstance(item, bool):
+            raise ValueError(f"layer={value!r}: expected an integer or 'final'")
+        if isinstance(item, str) and item.lower() == "final":
+            out.append("final")
+            continue
+        try:
+            as_float = float(item)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"layer={value!r}: {item!r} is neither an integer nor 'final' "
+                f"(several layers: layer=10;20)"
+            ) from None
+        if not as_float.is_integer():
+            raise ValueError(f"layer={value!r}: {item!r} is not an integer")
+        out.append(int(as_float))
+    if len(set(out)) != len(out):
+        raise ValueError(f"layer={value!r} names a layer twice")
+    return tuple(out)
+
+
+def parse_alphas(value) -> tuple[float, ...]:
+    out = []
+    for item in _items(value):
+        try:
+            alpha = float(item)
+        except (TypeError, ValueError):
+            raise ValueError(f"alpha={value!r}: {item!r} is not a number") from None
+        if isinstance(item, bool) or not math.isfinite(alpha):
+            raise ValueError(f"alpha={value!r} must be a finite number (got {item!r})")
+        out.append(alpha)
+    return tuple(out)
+
+
+def parse_position(value) -> str:
+    text = str(value).strip().lower()
+    if text not in POSITIONS:
+        raise ValueError(f"position={value!r} is not one of: {', '.join(POSITIONS)}")
+    return text
+
+
+def parse_bool(value, name: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", "none"):
+        return False
+    raise ValueError(f"{name}={value!r}: expected true or false")
+
+
+def resolve_site(layer: Layer, num_layers: int) -> int:
+    """Map a user layer (``final``, ``0..n``, or negative from the end) to a site index."""
+    if layer == "final":
+        return num_layers
+    site = num_layers + 1 + layer if layer < 0 else layer
+    if not 0 <= site <= num_layers:
+        raise ValueError(
+            f"layer={layer} is out of range for a model with {num_layers} decoder layers: use "
+            f"0..{num_layers} (0 = embeddings, {num_layers} = final post-norm state), "
+            f"-1..-{num_layers + 1} from the end, or 'final'"
+        )
+    return site
+
+
+@dataclass(frozen=True)
+class SteerArgs:
+    layers: tuple[Layer, ...] | None
+    alphas: tuple[float, ...]
+    position: str = "all"
+    unit: bool = False
+
+    @classmethod
+    def parse(cls, layer=None, alpha=1.0, position="all", unit=False) -> SteerArgs:
+        layers = parse_layers(layer) if layer is not None else None
+        alphas = parse_alphas(alpha)
+        if layers is not None and len(alphas) not in (1, len(layers)):
+            raise ValueError(
+                f"alpha={alpha!r} gives {len(alphas)} values for {len(layers)} layers; "
+                f"give one alpha, or one per layer"
+            )
+        if layers is None and len(alphas) != 1:
+            raise ValueError(f"alpha={alpha!r} gives several values but no layer= was given")
+        return cls(layers, alphas, parse_position(position), parse_bool(unit, "unit"))
+
+    def pairs(self, layers: tuple[Layer, ...]) -> list[tuple[Layer, float]]:
+        alphas = self.alphas * len(layers) if len(self.alphas) == 1 else self.alphas
+        return list(zip(layers, alphas, strict=True))

@@ -1,0 +1,197 @@
+"""The steering hook: add ``alpha * v`` to a model's hidden states.
+
+This is the one place where dsteer-eval changes a forward pass.  The lm-eval
+adapter, the probes and the sweeps all go through :func:`steer`, a context
+manager that registers forward hooks on the modules whose outputs are the
+chosen hidden-state sites (see :mod:`dsteer_eval.model_parts`) and removes them
+on exit, so the model is never left steered.
+
+Positions
+---------
+Every row of a batch has a *prompt length* ``p`` (number of prompt tokens):
+
+* ``all``         every position,
+* ``prompt``      positions ``< p``,
+* ``completion``  positions ``>= p`` (continuation / generated tokens only),
+* ``last``        position ``p - 1``, the last prompt token (the one whose
+                  hidden state predicts the first reply token).
+
+Positions are absolute: during cached generation a forward pass over new
+tokens starts at the cache length, which a pre-hook on the decoder reads, so
+steering only generated tokens leaves the prompt's KV cache unsteered.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from dsteer_eval.model_parts import ModelParts, resolve_parts
+
+POSITIONS = ("all", "prompt", "completion", "last")
+
+
+@dataclass(frozen=True)
+class Intervention:
+    """Add ``alpha * vector`` at hidden-state site ``site``."""
+
+    site: int
+    vector: torch.Tensor
+    alpha: float
+
+    def __post_init__(self) -> None:
+        if self.vector.dim() != 1:
+            raise ValueError(f"steering vector must be 1-D, got shape {tuple(self.vector.shape)}")
+        if not math.isfinite(self.alpha):
+            raise ValueError(f"alpha must be finite, got {self.alpha}")
+        if not torch.isfinite(self.vector).all():
+            raise ValueError("steering vector contains NaN or inf")
+
+
+@dataclass
+class SteeringState:
+    """Mutable per-forward information shared by the hooks of one :func:`steer`."""
+
+    position: str = "all"
+    prompt_lengths: torch.Tensor | None = None
+    offset: int = 0
+    calls: int = field(default=0)
+
+
+def position_mask(
+    position: str, seq_len: int, offset: int, prompt_lengths: torch.Tensor | None, device
+) -> torch.Tensor | None:
+    """Boolean ``(batch, seq)`` mask of steered positions (``None`` means all)."""
+    if position == "all":
+        return None
+    if position not in POSITIONS:
+        raise ValueError(f"position must be one of {POSITIONS}, got {position!r}")
+    if prompt_lengths is None:
+        raise RuntimeError(
+            f"position={position!r} needs the prompt length of every row; pass "
+            f"prompt_lengths to steer() (the lm-eval adapter does this for you)"
+        )
+    pos = torch.arange(offset, offset + seq_len, device=device)[None, :]
+    plen = prompt_lengths.to(device).reshape(-1, 1)
+    if position == "prompt":
+        return pos < plen
+    if position == "completion":
+        return pos >= plen
+    return pos == plen - 1
+
+
+def _read_offset(kwargs: dict) -> int:
+    cache_position = kwargs.get("cache_position")
+    if cache_position is not None and cache_position.numel() > 0:
+        return int(cache_position.reshape(-1)[0])
+    past = kwargs.get("past_key_values")
+    if past is not None and hasattr(past, "get_seq_length"):
+        return int(past.get_seq_length())
+    return 0
+
+
+def _expand(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    if mask.shape[0] != like.shape[0]:
+        if mask.shape[0] == 1 or bool((mask == mask[:1]).all()):
+            mask = mask[:1].expand(like.shape[0], -1)
+        else:
+            raise RuntimeError(
+                f"steering mask has {mask.shape[0]} rows but the batch has {like.shape[0]}"
+            )
+    return mask.reshape(*mask.shape, *([1] * (like.dim() - 2)))
+
+
+def _make_hook(state: SteeringState, edit: Callable[[torch.Tensor], torch.Tensor]):
+    def hook(module: nn.Module, args, output):
+        hidden = output[0] if isinstance(output, tuple) else output
+        steered = edit(hidden)
+        mask = position_mask(
+            state.position, hidden.shape[1], state.offset, state.prompt_lengths, hidden.device
+        )
+        if mask is not None:
+            steered = torch.where(_expand(mask, hidden), steered, hidden)
+        state.calls += 1
+        return (steered, *output[1:]) if isinstance(output, tuple) else steered
+
+    return hook
+
+
+def _adder(vectors: Sequence[tuple[torch.Tensor, float]], module: nn.Module):
+    """Edit function adding the sum of ``alpha * v`` at one site, in the site's dtype."""
+    total = sum(float(alpha) * v.detach().to(torch.float32) for v, alpha in vectors)
+    param = next(module.parameters(), None)
+    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+    device = param.device if param is not None else torch.device("cpu")
+    delta = total.to(device=device, dtype=dtype)
+
+    def edit(hidden: torch.Tensor) -> torch.Tensor:
+        d = delta if delta.device == hidden.device and delta.dtype == hidden.dtype else delta.to(hidden)
+        if hidden.shape[-1] != d.shape[0]:
+            raise RuntimeError(
+                f"steering vector has {d.shape[0]} dims but the hidden state has {hidden.shape[-1]}"
+            )
+        return hidden + d
+
+    return edit
+
+
+@contextmanager
+def steer(
+    model: nn.Module,
+    interventions: Iterable[Intervention] = (),
+    *,
+    position: str = "all",
+    prompt_lengths: torch.Tensor | Sequence[int] | None = None,
+    module_edits: Iterable[tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor]]] = (),
+    parts: ModelParts | None = None,
+) -> Iterator[SteeringState]:
+    """Steer ``model`` inside the ``with`` block.
+
+    ``interventions`` add ``alpha * v`` at hidden-state sites; ``module_edits``
+    apply arbitrary ``hidden -> hidden`` functions to the outputs of given
+    modules (used for lm-eval's built-in ``steer_path`` format).  Both respect
+    ``position``.  The yielded :class:`SteeringState` may be updated between
+    forward passes (e.g. ``state.prompt_lengths = ...``).
+    """
+    if position not in POSITIONS:
+        raise ValueError(f"position must be one of {', '.join(POSITIONS)}; got {position!r}")
+    interventions = list(interventions)
+    module_edits = list(module_edits)
+    parts = parts or resolve_parts(model)
+    if prompt_lengths is not None and not isinstance(prompt_lengths, torch.Tensor):
+        prompt_lengths = torch.as_tensor(list(prompt_lengths), dtype=torch.long)
+    state = SteeringState(position=position, prompt_lengths=prompt_lengths)
+
+    by_site: dict[int, list[tuple[torch.Tensor, float]]] = {}
+    for item in interventions:
+        if not 0 <= item.site <= parts.num_layers:
+            raise ValueError(f"layer {item.site} is out of range 0..{parts.num_layers}")
+        if item.vector.shape[0] != parts.hidden_size:
+            raise ValueError(
+                f"steering vector has {item.vector.shape[0]} dims but the model's hidden "
+                f"size is {parts.hidden_size}"
+            )
+        by_site.setdefault(item.site, []).append((item.vector, item.alpha))
+
+    handles = []
+    try:
+        if position != "all":
+
+            def pre_hook(module, args, kwargs):
+                state.offset = _read_offset(kwargs)
+
+            handles.append(parts.decoder.register_forward_pre_hook(pre_hook, with_kwargs=True))
+        for site, vectors in sorted(by_site.items()):
+            module = parts.site_module(site)
+            handles.append(module.register_forward_hook(_make_hook(state, _adder(vectors, module))))
+        for module, edit in module_edits:
+            handles.append(module.register_forward_hook(_make_hook(state, edit)))
+        yield state
+    finally:
+        for handle in handles:
+            handle.remove()
