@@ -10,6 +10,9 @@ only when, lm-eval itself is imported:
 * after ``lm_eval.models`` runs, ``steered`` points (lazily) at
   ``dsteer_eval.adapters.steered:SteeredLM`` and lm-eval's original class stays
   reachable as ``steered-builtin``;
+* after ``lm_eval.tasks.manager`` runs, every ``TaskManager`` that includes
+  lm-eval's own tasks also indexes ``dsteer_eval/tasks`` (a user's
+  ``--include_path`` is indexed after ours, so it can override our names);
 * while ``lm_eval.models.hf_steered`` runs, its ``@register_model("steered")``
   is let through and then redirected to ``steered-builtin``, so importing the
   built-in class (our adapter delegates to it) never raises.
@@ -43,6 +46,33 @@ def _point_registry_at_us() -> None:
         mapping[BUILTIN_ALIAS] = BUILTIN_TARGET
 
 
+def tasks_dir() -> str:
+    """Folder of the YAML tasks shipped in the package (``dsteer_eval.tasks``)."""
+    from importlib.util import find_spec
+
+    spec = find_spec("dsteer_eval.tasks")
+    return list(spec.submodule_search_locations)[0]
+
+
+def _add_our_tasks_to_task_manager() -> None:
+    """Every TaskManager that includes lm-eval's tasks also indexes ours (user paths win)."""
+    manager = sys.modules["lm_eval.tasks.manager"]
+    cls = manager.TaskManager
+    if getattr(cls.__init__, "_dsteer", False):
+        return
+    original = cls.__init__
+
+    def __init__(self, *args, include_path=None, include_defaults=True, **kwargs):
+        if include_defaults:
+            user = include_path if isinstance(include_path, (list, tuple)) else [include_path]
+            include_path = [tasks_dir(), *[p for p in user if p]]
+        original(self, *args, include_path=include_path, include_defaults=include_defaults, **kwargs)
+
+    __init__._dsteer = True
+    __init__.__doc__ = original.__doc__
+    cls.__init__ = __init__
+
+
 def _around_builtin_steered(run_module) -> None:
     from lm_eval.api.registry import model_registry
 
@@ -58,7 +88,10 @@ def _around_builtin_steered(run_module) -> None:
         objs["steered"] = saved if saved is not None else OUR_TARGET
 
 
-_AFTER = {"lm_eval.models": _point_registry_at_us}
+_AFTER = {
+    "lm_eval.models": _point_registry_at_us,
+    "lm_eval.tasks.manager": _add_our_tasks_to_task_manager,
+}
 _AROUND = {"lm_eval.models.hf_steered": _around_builtin_steered}
 
 
@@ -98,8 +131,9 @@ def install() -> None:
         if any(isinstance(f, _LmEvalFinder) for f in sys.meta_path):
             return
         sys.meta_path.insert(0, _LmEvalFinder())
-        if "lm_eval.models" in sys.modules:  # lm-eval imported before us
-            _point_registry_at_us()
+        for name, after in _AFTER.items():  # lm-eval imported before us
+            if name in sys.modules:
+                after()
     except Exception as exc:  # pragma: no cover - a broken hook must not break Python
         print(f"dsteer-eval: lm_eval hook not installed: {exc}", file=sys.stderr)
 
@@ -108,5 +142,7 @@ def register() -> None:
     """Explicit registration for sessions started without the ``.pth`` hook."""
     install()
     import lm_eval.models  # noqa: F401  (runs the hook)
+    import lm_eval.tasks.manager  # noqa: F401
 
-    _point_registry_at_us()
+    for after in _AFTER.values():
+        after()
