@@ -19,9 +19,13 @@ elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; the
     pip install -q "torch==$TORCH_VERSION"
 else
     echo "setup: no GPU found, installing the CPU build of torch $TORCH_VERSION"
-    pip install -q --no-index "torch==$TORCH_VERSION" 2>/dev/null \
-      || pip install -q "torch==$TORCH_VERSION" --index-url https://download.pytorch.org/whl/cpu \
-      || pip install -q "torch==$TORCH_VERSION"
+    # a local CPU wheel (pip's find-links) first, then PyTorch's CPU index, then PyPI
+    if pip install -q --no-index --no-deps "torch==$TORCH_VERSION" 2>/dev/null; then
+        pip install -q "torch==$TORCH_VERSION"   # its dependencies; torch itself is in place
+    else
+        pip install -q "torch==$TORCH_VERSION" --index-url https://download.pytorch.org/whl/cpu \
+          || pip install -q "torch==$TORCH_VERSION"
+    fi
 fi
 
 pip install -q -e ".[test]"

@@ -248,3 +248,22 @@ def test_embedded_without_vector_says_no_default_yet():
 def test_non_embedded_without_vector_requires_one(tiny_dir):
     with pytest.raises(ValueError, match="vector= is required"):
         make(tiny_dir)
+
+
+def test_builtin_csv_is_delegated_to_lm_eval(tiny_dir, tmp_path, monkeypatch, builtin_pt):
+    """A .csv steer_path goes through lm-eval's own derive_steer_config (stubbed: it needs SAE hubs)."""
+    from lm_eval.models.hf_steered import SteeredModel
+
+    config = torch.load(builtin_pt, weights_only=True)
+    seen = []
+
+    def fake_derive(cls, path):
+        seen.append(path)
+        return config
+
+    monkeypatch.setattr(SteeredModel, "derive_steer_config", classmethod(fake_derive))
+    csv = tmp_path / "features.csv"
+    csv.write_text("loader,action,sparse_model,hookpoint,feature_index,steering_coefficient\n")
+    from_csv = [ll for ll, _ in make(tiny_dir, steer_path=str(csv)).loglikelihood(requests())]
+    from_pt = [ll for ll, _ in make(tiny_dir, steer_path=builtin_pt).loglikelihood(requests())]
+    assert seen == [str(csv)] and from_csv == from_pt
