@@ -35,8 +35,8 @@ def _point_registry_at_us() -> None:
 
     objs = model_registry._objs  # the registry has no public "replace"
     current = objs.get("steered")
-    ours = getattr(current, "__module__", current)
-    if not (isinstance(ours, str) and ours.startswith("dsteer_eval")):
+    where = current if isinstance(current, str) else getattr(current, "__module__", "")
+    if not where.startswith("dsteer_eval"):
         objs["steered"] = OUR_TARGET
     objs.setdefault(BUILTIN_ALIAS, BUILTIN_TARGET)
     models = sys.modules.get("lm_eval.models")

@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -60,7 +60,6 @@ class SteeringState:
     position: str = "all"
     prompt_lengths: torch.Tensor | None = None
     offset: int = 0
-    calls: int = field(default=0)
 
 
 def position_mask(
@@ -115,7 +114,6 @@ def _make_hook(state: SteeringState, edit: Callable[[torch.Tensor], torch.Tensor
         )
         if mask is not None:
             steered = torch.where(_expand(mask, hidden), steered, hidden)
-        state.calls += 1
         return (steered, *output[1:]) if isinstance(output, tuple) else steered
 
     return hook
