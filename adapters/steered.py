@@ -11,7 +11,11 @@ the same name once dsteer-eval is installed (see ``dsteer_eval.lm_eval_plugin``)
 * ``layer=``  int, negative from the end, or ``final``; several as ``10;20``.
 * ``alpha=``  float (negative subtracts); one, or one per layer as ``-1;0.5``.
 * ``position=all|prompt|completion|last``; ``unit=true`` normalises v first.
-* ``pretrained=`` omitted or ``smollm2``: the embedded SmolLM2-135M-Instruct.
+* ``pretrained=`` omitted or ``smollm2``: the embedded SmolLM2-135M-Instruct;
+  with no ``vector=`` either, the shipped D-STEER pair: the project's DPO
+  LoRA adapter (``peft=``) and its dpo-diff vector v̄ at its default layer, so
+  ``alpha=-1`` runs the DPO model with v̄ subtracted.  ``peft=none`` steers
+  the base model with the shipped v̄ instead (``alpha=1``: base + v̄).
 * everything HFLM takes (``peft=``, ``dtype=``, ``batch_size=`` ...).
 """
 
@@ -103,7 +107,11 @@ class SteeredLM(HFLM):
         else:
             if vector is None:
                 vector = self._default_vector_for(pretrained)
+                if "peft" not in kwargs:  # the shipped vector belongs to the shipped DPO model
+                    kwargs["peft"] = self._default_adapter_for(pretrained)
             vector_file = load_vectors(vector, argument="vector")
+        if str(kwargs.get("peft", "")).strip().lower() == "none":
+            kwargs.pop("peft")  # peft=none: the base model itself
 
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -129,6 +137,19 @@ class SteeredLM(HFLM):
         )
 
     # ------------------------------------------------------------------ setup
+    @staticmethod
+    def _default_adapter_for(pretrained) -> str:
+        from dsteer_eval.embedded import default_adapter
+
+        name = DEFAULT_MODEL if pretrained is None else str(pretrained).strip().lower()
+        shipped = default_adapter(name)
+        if shipped is None:
+            raise NoDefaultVectorError(
+                f"dsteer-eval ships a vector but no DPO adapter for '{name}' (a broken install?); "
+                f"reinstall dsteer-eval, or pass peft=none to steer the base model"
+            )
+        return str(shipped)
+
     @staticmethod
     def _default_vector_for(pretrained) -> str:
         if pretrained is None or is_embedded_name(pretrained):

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+
+from dsteer_eval.embedded import DEFAULT_MODEL
 
 
 def _cmd_model_path(args: argparse.Namespace) -> int:
@@ -19,23 +22,215 @@ def _default_pairs() -> str:
     return f"{tasks_dir()}/hh/hh_mini.jsonl"
 
 
+def _load_pairs(args: argparse.Namespace):
+    from dsteer_eval.preference_data import load_pairs
+
+    source = args.data or _default_pairs()
+    return load_pairs(source, data_dir=args.data_dir, split=args.split, limit=args.limit)
+
+
+def _dpo_side(args: argparse.Namespace) -> dict:
+    """``dpo=`` or ``adapter=`` for ModelPair.load; the shipped adapter for the embedded model."""
+    from dsteer_eval.embedded import DEFAULT_MODEL, default_adapter, is_embedded_name
+
+    if args.dpo and args.peft:
+        raise ValueError("give the DPO model as --dpo CHECKPOINT or as --peft ADAPTER, not both")
+    if args.dpo:
+        return {"dpo": args.dpo}
+    if args.peft:
+        return {"adapter": args.peft}
+    if args.pretrained is None or is_embedded_name(args.pretrained):
+        name = DEFAULT_MODEL if args.pretrained is None else args.pretrained.strip().lower()
+        shipped = default_adapter(name)
+        if shipped is not None:
+            return {"adapter": str(shipped)}
+    raise ValueError("this method needs the DPO model: pass --dpo CHECKPOINT or --peft ADAPTER_FOLDER")
+
+
+def _peak_rss_mib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _site(value: str, model, flag: str) -> int:
+    from dsteer_eval.model_parts import resolve_parts
+    from dsteer_eval.steer_args import parse_layers, resolve_site
+
+    layers = parse_layers(value)
+    if len(layers) != 1:
+        raise ValueError(f"{flag} takes one layer, got {value!r}")
+    return resolve_site(layers[0], resolve_parts(model).num_layers)
+
+
 def _cmd_extract(args: argparse.Namespace) -> int:
     from dsteer_eval import extract
-    from dsteer_eval.loading import load_model
-    from dsteer_eval.preference_data import read_pairs
     from dsteer_eval.vectors import save_vectors
 
-    pairs = read_pairs(args.data or _default_pairs(), limit=args.limit)  # fail before loading
-    model, tokenizer, path = load_model(args.pretrained, peft=args.peft)
-    vectors = extract.caa(model, tokenizer, pairs, batch_size=args.batch_size)
-    extra = {"data": str(args.data or "dsteer_eval.tasks/hh/hh_mini.jsonl")}
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    pairs = _load_pairs(args)  # fail on bad data before loading any model
+    extra = {"data": pairs.source, "skipped": dict(pairs.skipped)}
+    if args.method == "dpo-diff":
+        from dsteer_eval.model_pair import ModelPair
+
+        side = _dpo_side(args)
+        pair = ModelPair.load(args.pretrained, **side)
+        prompts = extract.unique_prompts(pairs)
+        vectors = extract.dpo_diff(pair, prompts, batch_size=args.batch_size)
+        model, n = pair.base, len(prompts)
+        extra.update({"dpo": pair.dpo_id, "dpo_is_adapter": pair.uses_adapter, "prompts": n})
+    else:
+        from dsteer_eval.loading import load_model
+
+        model, tokenizer, _ = load_model(args.pretrained, peft=args.peft)
+        if args.method == "caa":
+            vectors, n = extract.caa(model, tokenizer, pairs, batch_size=args.batch_size), len(pairs)
+        else:
+            vectors, n = extract.preference(model, tokenizer, pairs)
+            extra["pairs_without_divergence"] = len(pairs) - n
     if args.default_layer is not None:
-        extra["default_layer"] = str(args.default_layer)
+        site = _site(args.default_layer, model, "--default-layer")
+        if site not in vectors:
+            raise ValueError(f"--default-layer {args.default_layer}: the {args.method} file holds layers {sorted(vectors)}")
+        extra["default_layer"] = str(site)
+    elif len(vectors) == 1:
+        extra["default_layer"] = str(next(iter(vectors)))
+    extra["peak_rss_mib"] = round(_peak_rss_mib())
     out = save_vectors(args.out, vectors, model=model, model_id=str(args.pretrained or "smollm2"),
-                       method=args.method, n_examples=len(pairs), extra=extra)
-    norms = ", ".join(f"{s}:{float(v.norm()):.2f}" for s, v in vectors.items() if s % 5 == 0)
-    print(f"wrote {out}: {len(vectors)} sites from {len(pairs)} pairs (|v| by layer {norms})")
+                       method=args.method, n_examples=n, extra=extra)
+    norms = ", ".join(f"{s}:{float(v.norm()):.3g}" for s, v in vectors.items() if s % 5 == 0 or len(vectors) == 1)
+    print(f"wrote {out}: {len(vectors)} site(s) from {n} examples (|v| by layer {norms}); "
+          f"peak memory {extra['peak_rss_mib']} MiB")
     return 0
+
+
+def _cmd_probe(args: argparse.Namespace) -> int:
+    from dsteer_eval.embedded import default_vector, is_embedded_name
+    from dsteer_eval.model_pair import ModelPair
+    from dsteer_eval.probe_report import run_probes, write_report
+    from dsteer_eval.steer_args import parse_alphas
+    from dsteer_eval.vectors import check_compatible, load_vectors
+
+    alphas = parse_alphas(args.alphas.replace(",", ";"))
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise ValueError(f"--out {out} exists and is not empty; choose a new folder or pass --overwrite")
+    pairs = _load_pairs(args)
+    side = _dpo_side(args)
+    vector = args.vector
+    if vector is None and not args.in_sample and not args.dpo and not args.peft and (
+            args.pretrained is None or is_embedded_name(args.pretrained)):
+        shipped = default_vector(DEFAULT_MODEL if args.pretrained is None else args.pretrained.strip().lower())
+        vector = str(shipped) if shipped else None
+    vf = load_vectors(vector, argument="--vector") if vector else None
+    pair = ModelPair.load(args.pretrained, **side)
+    vectors, info, layer = None, None, None
+    if vf is not None:
+        check_compatible(vf, pair.base, argument="--vector")
+        vectors = vf.vectors
+        info = {"source": str(vf.path), "method": vf.metadata.get("method", ""),
+                "data": vf.metadata.get("data", "")}
+        if args.layer is None and "default_layer" in vf.metadata:
+            layer = int(vf.metadata["default_layer"])
+    if args.layer is not None:
+        layer = _site(args.layer, pair.base, "--layer")
+    beta = args.beta
+    if beta is None:
+        from dsteer_eval.dpo_training import read_card
+
+        card = read_card(side["adapter"]) if "adapter" in side else None
+        beta = float(card["hyperparameters"]["beta"]) if card else 0.1
+    report = run_probes(pair, pairs, vectors=vectors, vector_info=info, layer=layer, alphas=alphas, beta=beta,
+                        grad_pairs=args.grad_pairs, batch_size=args.batch_size, max_length=args.max_length,
+                        data_info={"source": pairs.source, "skipped": dict(pairs.skipped)})
+    path = write_report(report, out, figures=not args.no_figures, overwrite=args.overwrite)
+    h = report["headline"]
+    print(f"wrote {path} (+{len(report.get('figures', []))} figures)")
+    for key, value in h.items():
+        print(f"  {key:28s} {value if value is None else round(value, 4)}")
+    return 0
+
+
+def _cmd_train_dpo(args: argparse.Namespace) -> int:
+    from dataclasses import fields
+
+    from dsteer_eval.dpo_training import DPOSettings, train_dpo
+
+    settings = DPOSettings(**{f.name: getattr(args, f.name) for f in fields(DPOSettings)})
+    card = train_dpo(args.data, args.out, settings, pretrained=args.pretrained, data_dir=args.data_dir,
+                     split=args.split, limit=args.limit, overwrite=args.overwrite)
+    m = card["metrics"]
+    line = ", ".join(
+        f"{name} reward accuracy {v['reward_accuracy']:.3f} margin {v['reward_margin_mean']:+.4f}"
+        for name, v in m.items()
+    )
+    print(f"wrote {args.out} ({card['kind']}, {card['steps_done']} steps, {card['seconds_per_step']} s/step): {line}")
+    return 0
+
+
+def _add_pair_args(p) -> None:
+    p.add_argument("--pretrained", default=None, help="(base) model: hub id, local path or 'smollm2' (default: embedded)")
+    p.add_argument("--dpo", default=None, help="DPO model as a full checkpoint (hub id or folder)")
+    p.add_argument("--peft", default=None,
+                   help="PEFT adapter folder on top of --pretrained (for dpo-diff/probe: the DPO side; "
+                   "default for the embedded model: the shipped DPO adapter)")
+    p.add_argument("--data", default=None,
+                   help="preference pairs: JSONL(.gz) (chosen/rejected HH dialogues or prompt/chosen/rejected) "
+                   "or a hub id like Anthropic/hh-rlhf; default: the shipped hh_mini sample")
+    p.add_argument("--data-dir", default=None, help="hub data_dir, e.g. harmless-base")
+    p.add_argument("--split", default="train", help="hub split (default: train)")
+    p.add_argument("--limit", type=int, default=None, help="use at most this many pairs")
+    p.add_argument("--batch-size", type=int, default=8)
+
+
+def _add_train_dpo(verbs) -> None:
+    from dsteer_eval.dpo_training import DPOSettings
+
+    d = DPOSettings()
+    p = verbs.add_parser(
+        "train-dpo",
+        help="train a DPO model (LoRA adapter by default) with trl's DPOTrainer",
+        description="Train the DPO half of a base/DPO pair with trl's DPOTrainer on HH-style preference "
+        "pairs, and write the adapter (or full model) with a JSON card of data, hyper-parameters and "
+        "train/eval reward accuracy and margins.",
+    )
+    p.add_argument("--data", required=True,
+                   help="local JSONL(.gz) (chosen/rejected HH dialogues, or prompt/chosen/rejected) "
+                   "or a hub dataset id such as Anthropic/hh-rlhf")
+    p.add_argument("--data-dir", default=None, help="hub data_dir, e.g. harmless-base")
+    p.add_argument("--split", default="train", help="hub split (default: train)")
+    p.add_argument("--limit", type=int, default=None, help="read at most this many usable pairs")
+    p.add_argument("--pretrained", default=None, help="hub id, local path or 'smollm2' (default: embedded)")
+    p.add_argument("--out", required=True, help="output folder (created when training finishes)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    p.add_argument("--beta", type=float, default=d.beta, help=f"DPO beta (default {d.beta})")
+    p.add_argument("--learning-rate", type=float, default=d.learning_rate, help=f"default {d.learning_rate}")
+    p.add_argument("--steps", type=int, default=d.steps, help=f"optimizer steps (default {d.steps})")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"pairs per step (default {d.batch_size})")
+    p.add_argument("--grad-accum", type=int, default=d.grad_accum, help="gradient accumulation steps")
+    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
+    p.add_argument("--max-length", type=int, default=d.max_length,
+                   help=f"tokens of prompt+reply; replies are cut to fit (default {d.max_length})")
+    p.add_argument("--max-prompt-length", type=int, default=d.max_prompt_length,
+                   help=f"pairs with longer prompts are skipped and counted (default {d.max_prompt_length})")
+    p.add_argument("--eval-size", type=int, default=d.eval_size, help="held-out pairs for eval rewards")
+    p.add_argument("--full", action=argparse.BooleanOptionalAction, default=d.full,
+                   help="full fine-tuning instead of LoRA")
+    p.add_argument("--lora-r", type=int, default=d.lora_r)
+    p.add_argument("--lora-alpha", type=int, default=d.lora_alpha)
+    p.add_argument("--lora-dropout", type=float, default=d.lora_dropout)
+    p.add_argument("--lora-targets", default=d.lora_targets,
+                   help="'all-linear' or comma-separated module names (q_proj,v_proj,...)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=d.precision,
+                   help="auto: bf16 on CUDA with bf16 support, else fp32 (bf16 is very slow on most CPUs)")
+    p.add_argument("--lm-head", choices=["auto", "trl", "compact"], default=d.lm_head,
+                   help="auto: trl's fused head on GPU, dsteer-eval's compact head on CPU (same numbers)")
+    p.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction,
+                   default=d.gradient_checkpointing)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--logging-steps", type=int, default=d.logging_steps)
+    p.set_defaults(func=_cmd_train_dpo)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,20 +257,43 @@ def build_parser() -> argparse.ArgumentParser:
         "extract",
         help="extract steering vectors for every layer into a .safetensors file",
         description="Extract a steering vector at every hidden-state site and write a dsteer-eval "
-        "vector file (safetensors with metadata).",
+        "vector file (safetensors with metadata). dpo-diff compares a base/DPO pair; with --peft the "
+        "DPO side is the adapter, toggled on one model in memory.",
     )
-    p.add_argument("--method", choices=["caa"], default="caa",
-                   help="caa: mean h(prompt+chosen) - h(prompt+rejected) at the last reply token")
-    p.add_argument("--pretrained", default=None, help="hub id, local path or 'smollm2' (default: embedded)")
-    p.add_argument("--peft", default=None, help="PEFT adapter folder applied on top of --pretrained")
-    p.add_argument("--data", default=None,
-                   help="JSONL(.gz) of HH pairs (chosen/rejected dialogues or prompt/chosen/rejected); "
-                   "default: the shipped hh_mini sample")
-    p.add_argument("--limit", type=int, default=None, help="use at most this many pairs")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--default-layer", type=int, default=None, help="record the layer used when layer= is omitted")
+    p.add_argument("--method", choices=["dpo-diff", "preference", "caa"], default="dpo-diff",
+                   help="dpo-diff: mean h_dpo - h_base at the last prompt token (D-STEER's v); "
+                   "preference: mean W_U[y_w] - W_U[y_l] at the first divergent reply token (final site only); "
+                   "caa: mean h(prompt+chosen) - h(prompt+rejected) at the last reply token")
+    _add_pair_args(p)
+    p.add_argument("--default-layer", default=None,
+                   help="record the layer used when layer= is omitted (int, negative, or final)")
     p.add_argument("--out", required=True, help="output .safetensors path")
     p.set_defaults(func=_cmd_extract)
+    _add_train_dpo(verbs)
+
+    p = verbs.add_parser(
+        "probe",
+        help="run the D-STEER probes on a base/DPO pair: one JSON report plus PNG figures",
+        description="Projection and logit margins, directional consistency, gradient coherence, "
+        "spectra of the DPO update per layer, and the steering identity (restoration/reproduction KL "
+        "over an alpha grid). Writes OUT/probe_report.json and OUT/*.png.",
+    )
+    _add_pair_args(p)
+    p.add_argument("--vector", default=None,
+                   help="v-bar file (default: the shipped vector for the embedded pair, else the "
+                   "in-sample mean of delta over the probe prompts)")
+    p.add_argument("--in-sample", action="store_true", help="use the in-sample mean of delta even if a vector is shipped")
+    p.add_argument("--layer", default=None, help="layer for consistency and the steering identity "
+                   "(default: the vector's default layer, else 2/3 of the depth)")
+    p.add_argument("--alphas", default="0,0.5,1,1.5,2", help="alpha grid for the steering identity")
+    p.add_argument("--beta", type=float, default=None, help="DPO beta for gradient coherence "
+                   "(default: from the adapter's dpo_card.json, else 0.1)")
+    p.add_argument("--grad-pairs", type=int, default=64, help="pairs used for gradient coherence")
+    p.add_argument("--max-length", type=int, default=256, help="token cap of prompt+reply for gradients")
+    p.add_argument("--no-figures", action="store_true")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(func=_cmd_probe)
     return parser
 
 

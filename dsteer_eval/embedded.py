@@ -173,6 +173,14 @@ def default_vector(name: str = DEFAULT_MODEL) -> Path | None:
     return Path(str(resource)) if resource.is_file() else None
 
 
+def default_adapter(name: str = DEFAULT_MODEL) -> Path | None:
+    """The DPO LoRA adapter the package ships for an embedded model, if any."""
+    from importlib.resources import files
+
+    resource = files("dsteer_eval") / "artifacts" / name / "dpo_adapter"
+    return Path(str(resource)) if (resource / "adapter_config.json").is_file() else None
+
+
 def resolve_pretrained(value):
     """``None`` or an embedded short name -> the cached folder; anything else unchanged."""
     if value is None:

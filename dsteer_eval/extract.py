@@ -1,15 +1,27 @@
 """Extract steering vectors (all hidden-state sites at once) into a vector file.
 
-Methods so far:
+Methods:
 
-* ``caa``  contrastive activation addition on one model: the mean, over
-  preference pairs, of h(prompt + chosen) - h(prompt + rejected) at the last
-  reply token, at every site.
+* ``dpo-diff``   the D-STEER vector v̄: for each prompt x,
+                 δ(x) = h_dpo(x) − h_base(x) at the last prompt token, at every
+                 site; v̄ = mean δ.  The pair is a :class:`~dsteer_eval.model_pair.ModelPair`
+                 (two checkpoints, or one model with its adapter toggled).
+* ``preference`` the logit-geometry vector: mean Δe = W_U[y_w] − W_U[y_l] over
+                 preference pairs, where y_w / y_l are the chosen / rejected
+                 tokens at the first position where the two replies' tokens
+                 differ.  Δe lives where W_U reads, the final post-norm state,
+                 so the file holds one vector, for site ``n`` (``final``).
+* ``caa``        contrastive activation addition on one model: mean of
+                 h(prompt + chosen) − h(prompt + rejected) at the last reply token.
+
+All run in batches with a progress bar and are deterministic (no sampling;
+inputs in file order).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
@@ -19,24 +31,117 @@ from dsteer_eval.model_parts import resolve_parts
 from dsteer_eval.preference_data import PreferencePair
 
 
+def _batch(tokenizer, texts: Sequence[str], device):
+    enc = [tokenizer(t, add_special_tokens=True).input_ids for t in texts]
+    if any(len(e) == 0 for e in enc):
+        raise ValueError("an empty text has no last token")
+    width = max(len(e) for e in enc)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids = torch.tensor([e + [pad] * (width - len(e)) for e in enc], device=device)
+    mask = torch.tensor([[1] * len(e) + [0] * (width - len(e)) for e in enc], device=device)
+    last = torch.tensor([len(e) - 1 for e in enc], device=device)
+    return ids, mask, last
+
+
 def last_token_states(model, tokenizer, texts: Sequence[str], *, batch_size: int = 8, desc: str = "") -> torch.Tensor:
-    """Hidden states of the last token of each text, all sites: ``(len(texts), sites, d)``."""
+    """Hidden states of the last token of each text, all sites: ``(len(texts), sites, d)`` float32."""
     parts = resolve_parts(model)
     device = next(model.parameters()).device
     out = []
     for start in tqdm(range(0, len(texts), batch_size), desc=desc or "forward", leave=False):
         chunk = list(texts[start : start + batch_size])
-        enc = [tokenizer(t, add_special_tokens=True).input_ids for t in chunk]
-        width = max(len(e) for e in enc)
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        ids = torch.tensor([e + [pad] * (width - len(e)) for e in enc], device=device)
-        mask = torch.tensor([[1] * len(e) + [0] * (width - len(e)) for e in enc], device=device)
-        last = torch.tensor([len(e) - 1 for e in enc], device=device)
+        ids, mask, last = _batch(tokenizer, chunk, device)
         with torch.no_grad(), record(model, parts=parts) as seen:
             model(input_ids=ids, attention_mask=mask)
         rows = torch.arange(len(chunk), device=device)
         out.append(torch.stack([seen[s][rows, last].float().cpu() for s in range(parts.num_sites)], 1))
     return torch.cat(out)
+
+
+def unique_prompts(pairs: Sequence[PreferencePair]) -> list[str]:
+    """Prompts of the pairs, first occurrence order, without repeats."""
+    return list(dict.fromkeys(p.prompt for p in pairs))
+
+
+@dataclass
+class PairStates:
+    """Last-prompt-token states of both sides over the same prompts: ``(N, sites, d)`` each."""
+
+    prompts: list[str]
+    base: torch.Tensor
+    dpo: torch.Tensor
+
+    @property
+    def delta(self) -> torch.Tensor:
+        return self.dpo - self.base
+
+
+def pair_states(pair, prompts: Sequence[str], *, batch_size: int = 8) -> PairStates:
+    if not prompts:
+        raise ValueError("dpo-diff needs at least one prompt")
+    states = {}
+    for which in ("base", "dpo"):
+        with pair.side(which) as model:
+            states[which] = last_token_states(model, pair.tokenizer, prompts, batch_size=batch_size, desc=which)
+    return PairStates(list(prompts), states["base"], states["dpo"])
+
+
+def dpo_diff(pair, prompts: Sequence[str], *, batch_size: int = 8) -> dict[int, torch.Tensor]:
+    """v̄ = mean over prompts of h_dpo − h_base at the last prompt token, every site."""
+    mean = pair_states(pair, prompts, batch_size=batch_size).delta.mean(0)
+    return {site: mean[site] for site in range(mean.shape[0])}
+
+
+@dataclass(frozen=True)
+class Divergence:
+    """Where a pair's chosen and rejected token sequences first differ."""
+
+    prefix: tuple[int, ...]  # tokens up to (not including) the divergent one
+    chosen_token: int
+    rejected_token: int
+
+
+def first_divergence(tokenizer, pair: PreferencePair) -> Divergence | None:
+    """First token where prompt+chosen and prompt+rejected differ (EOS stands in for an ended reply).
+
+    ``None`` when the two token sequences are identical.
+    """
+    a = tokenizer(pair.prompt + pair.chosen, add_special_tokens=True).input_ids
+    b = tokenizer(pair.prompt + pair.rejected, add_special_tokens=True).input_ids
+    eos = tokenizer.eos_token_id
+    n = 0
+    while n < len(a) and n < len(b) and a[n] == b[n]:
+        n += 1
+    if n == len(a) and n == len(b):
+        return None
+    ca = a[n] if n < len(a) else eos
+    cb = b[n] if n < len(b) else eos
+    if ca is None or cb is None or ca == cb or n == 0:
+        return None
+    return Divergence(tuple(a[:n]), int(ca), int(cb))
+
+
+def divergences(tokenizer, pairs: Sequence[PreferencePair]) -> tuple[list[Divergence], int]:
+    """Divergence of every pair that has one, and the number of pairs without one."""
+    found = [first_divergence(tokenizer, p) for p in pairs]
+    kept = [d for d in found if d is not None]
+    return kept, len(found) - len(kept)
+
+
+def unembedding(model) -> torch.Tensor:
+    return resolve_parts(model).lm_head.weight.detach().float()
+
+
+def preference(model, tokenizer, pairs: Sequence[PreferencePair]) -> tuple[dict[int, torch.Tensor], int]:
+    """``({final_site: mean Δe}, pairs used)``; Δe = W_U[y_w] − W_U[y_l] at the first divergent token."""
+    found, _ = divergences(tokenizer, pairs)
+    if not found:
+        raise ValueError("no preference pair has chosen and rejected replies that differ in their tokens")
+    w = unembedding(model)
+    chosen = torch.tensor([d.chosen_token for d in found])
+    rejected = torch.tensor([d.rejected_token for d in found])
+    mean = (w[chosen] - w[rejected]).mean(0).cpu()
+    return {resolve_parts(model).num_layers: mean}, len(found)
 
 
 def caa(model, tokenizer, pairs: Sequence[PreferencePair], *, batch_size: int = 8) -> dict[int, torch.Tensor]:

@@ -2,17 +2,27 @@
 
 A pair is two whole dialogues (``chosen``, ``rejected``) that share every turn
 but the final assistant reply.  :func:`split_pair` returns the shared prompt
-(up to and including the final ``Assistant:``) and the two replies.
+(up to and including the final ``Assistant:``) and the two replies.  Rows may
+also come as explicit ``prompt``/``chosen``/``rejected`` strings.
+
+:func:`load_pairs` reads a local JSONL(.gz) file or a hub dataset
+(``Anthropic/hh-rlhf`` with ``data_dir="harmless-base"``).  Real HH data holds
+a few unusable rows (an empty reply, two dialogues whose earlier turns differ);
+by default those are skipped and counted in :attr:`PairSet.skipped`, and with
+``strict=True`` the first one is an error naming the row.
 """
 
 from __future__ import annotations
 
 import gzip
 import json
+import logging
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 SEPARATOR = "\n\nAssistant:"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -20,6 +30,18 @@ class PreferencePair:
     prompt: str
     chosen: str
     rejected: str
+
+
+class PairSet(list):
+    """A list of :class:`PreferencePair` that remembers its source and what was skipped."""
+
+    def __init__(self, pairs=(), *, source: str = "", skipped: Counter | None = None):
+        super().__init__(pairs)
+        self.source = source
+        self.skipped = Counter() if skipped is None else skipped
+
+    def describe(self) -> dict:
+        return {"source": self.source, "pairs": len(self), "skipped": dict(self.skipped)}
 
 
 def split_pair(chosen: str, rejected: str) -> tuple[str, str, str] | None:
@@ -35,35 +57,96 @@ def split_pair(chosen: str, rejected: str) -> tuple[str, str, str] | None:
     return prompt, chosen[cut_c + len(SEPARATOR):], rejected[cut_r + len(SEPARATOR):]
 
 
-def read_pairs(path: str | Path, *, limit: int | None = None) -> list[PreferencePair]:
-    """Read a JSONL(.gz) of ``chosen``/``rejected`` dialogues or ``prompt``/``chosen``/``rejected``."""
+class _Unusable(Exception):
+    """A well-formed row that cannot be a pair (kind in ``args[0]``)."""
+
+
+def pair_from_row(row) -> PreferencePair:
+    """One row (HH dialogues or prompt/chosen/rejected) as a pair; ``ValueError`` if malformed."""
+    if not isinstance(row, dict) or "chosen" not in row or "rejected" not in row:
+        raise ValueError("needs fields 'chosen' and 'rejected' (HH dialogues) or 'prompt'/'chosen'/'rejected'")
+    for key in ("prompt", "chosen", "rejected"):
+        if key in row and not isinstance(row[key], str):
+            raise ValueError(f"field {key!r} must be a string, got {type(row[key]).__name__}")
+    if "prompt" in row:
+        pair = PreferencePair(row["prompt"], row["chosen"], row["rejected"])
+        if not pair.prompt.strip():
+            raise _Unusable("empty prompt")
+    else:
+        split = split_pair(row["chosen"], row["rejected"])
+        if split is None:
+            raise _Unusable("different prompts")
+        pair = PreferencePair(*split)
+    if not pair.chosen.strip() or not pair.rejected.strip():
+        raise _Unusable("empty reply")
+    if pair.chosen == pair.rejected:
+        raise _Unusable("identical replies")
+    return pair
+
+
+def _jsonl_rows(path: Path):
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rt", encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    yield f"{path}:{lineno}", json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+    except (UnicodeDecodeError, gzip.BadGzipFile, EOFError) as exc:
+        raise ValueError(f"preference data {path}: not a UTF-8 JSONL(.gz) file ({exc})") from None
+
+
+def _hub_rows(name: str, data_dir: str | None, split: str):
+    from datasets import load_dataset
+
+    dataset = load_dataset(name, data_dir=data_dir, split=split)
+    for i, row in enumerate(dataset):
+        yield f"{name}[{split}][{i}]", row
+
+
+def load_pairs(source: str | Path, *, data_dir: str | None = None, split: str = "train",
+               limit: int | None = None, strict: bool = False) -> PairSet:
+    """Pairs from a local JSONL(.gz) path or a hub dataset id (``data_dir``/``split`` for the hub).
+
+    Unusable rows (empty reply, differing prompts, identical replies) are skipped
+    and counted, or raise with ``strict=True``.  Malformed rows always raise.
+    """
+    path = Path(source)
+    if path.suffix in (".jsonl", ".gz", ".json") or path.exists():
+        if not path.is_file():
+            raise FileNotFoundError(f"preference data {path}: no such file")
+        rows, label = _jsonl_rows(path), str(path)
+    elif "/" in str(source) and not str(source).startswith((".", "/")):
+        rows = _hub_rows(str(source), data_dir, split)
+        label = f"hub:{source}" + (f"/{data_dir}" if data_dir else "") + f"[{split}]"
+    else:
+        raise FileNotFoundError(f"preference data {source}: no such file (and not a hub id like Anthropic/hh-rlhf)")
+    pairs = PairSet(source=label)
+    for where, row in rows:
+        try:
+            pairs.append(pair_from_row(row))
+        except _Unusable as why:
+            if strict:
+                raise ValueError(f"{where}: unusable pair ({why.args[0]}); drop it or run without strict") from None
+            pairs.skipped[why.args[0]] += 1
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
+        if limit is not None and len(pairs) >= limit:
+            break
+    if not pairs:
+        extra = f" ({sum(pairs.skipped.values())} unusable rows skipped: {dict(pairs.skipped)})" if pairs.skipped else ""
+        raise ValueError(f"preference data {label} holds no usable pairs{extra}")
+    if pairs.skipped:
+        log.warning("preference data %s: skipped %s", label, dict(pairs.skipped))
+    return pairs
+
+
+def read_pairs(path: str | Path, *, limit: int | None = None, strict: bool = False) -> PairSet:
+    """Pairs from a local JSONL(.gz) file (see :func:`load_pairs`)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"preference data {path}: no such file")
-    opener = gzip.open if path.suffix == ".gz" else open
-    pairs: list[PreferencePair] = []
-    with opener(path, "rt", encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                doc = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-            if not isinstance(doc, dict) or "chosen" not in doc or "rejected" not in doc:
-                raise ValueError(f"{path}:{lineno}: needs fields 'chosen' and 'rejected'")
-            if "prompt" in doc:
-                pair = PreferencePair(doc["prompt"], doc["chosen"], doc["rejected"])
-            else:
-                split = split_pair(doc["chosen"], doc["rejected"])
-                if split is None:
-                    raise ValueError(f"{path}:{lineno}: chosen and rejected have different prompts")
-                pair = PreferencePair(*split)
-            if not pair.chosen.strip() or not pair.rejected.strip():
-                raise ValueError(f"{path}:{lineno}: empty reply")
-            pairs.append(pair)
-            if limit is not None and len(pairs) >= limit:
-                break
-    if not pairs:
-        raise ValueError(f"preference data {path} holds no pairs")
-    return pairs
+    return load_pairs(path, limit=limit, strict=strict)

@@ -78,3 +78,62 @@ def embedded_dir():
     from dsteer_eval.embedded import ensure_embedded
 
     return str(ensure_embedded("smollm2"))
+
+
+SHORT_PAIRS = [
+    {"prompt": "\n\nHuman: How do I bake bread?\n\nAssistant:", "chosen": " Mix flour, water and yeast.", "rejected": " I will not help."},
+    {"prompt": "\n\nHuman: Tell me something rude.\n\nAssistant:", "chosen": " I would rather be kind.", "rejected": " You are a fool."},
+    {"prompt": "\n\nHuman: What is the capital of France?\n\nAssistant:", "chosen": " Paris.", "rejected": " Rome, I think."},
+    {"prompt": "\n\nHuman: Say something nice.\n\nAssistant:", "chosen": " You are doing well.", "rejected": " No."},
+    {"prompt": "\n\nHuman: How do I hurt someone?\n\nAssistant:", "chosen": " I cannot help with that.", "rejected": " Hit them hard."},
+    {"prompt": "\n\nHuman: Tell me a joke.\n\nAssistant:", "chosen": " Why did the dog sit? It was tired.", "rejected": " Jokes are dumb."},
+]
+
+
+def write_jsonl(path, rows) -> str:
+    import json
+
+    with open(path, "w") as fh:
+        for row in rows:
+            fh.write(json.dumps(row) + "\n")
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def short_pairs_file(tmp_path_factory):
+    return write_jsonl(tmp_path_factory.mktemp("pairs") / "short.jsonl", SHORT_PAIRS * 3)
+
+
+@pytest.fixture(scope="session")
+def tiny_dpo_dir(tiny_dir, tmp_path_factory):
+    """A 'DPO' checkpoint of the tiny Llama: same tokenizer and unembedding, every other weight nudged."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = tmp_path_factory.mktemp("tiny_dpo")
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32)
+    gen = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if not name.startswith("lm_head"):  # DPO with LoRA leaves W_U alone, as here
+                p.add_(0.05 * p.abs().mean() * torch.randn(p.shape, generator=gen))
+    model.save_pretrained(folder, safe_serialization=True)
+    AutoTokenizer.from_pretrained(tiny_dir).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_adapter_dir(tiny_dir, tmp_path_factory):
+    """A LoRA adapter for the tiny Llama with non-zero (random) weights."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    folder = tmp_path_factory.mktemp("tiny_adapter")
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32)
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"))
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(0.2 * torch.randn(p.shape, generator=gen))
+    peft_model.save_pretrained(folder)
+    return str(folder)
