@@ -157,10 +157,9 @@ class SteeredLM(HFLM):
             shipped = default_vector(name)
             if shipped is None:
                 raise NoDefaultVectorError(
-                    f"no vector= given, and dsteer-eval does not ship a default steering vector for "
-                    f"the embedded model '{name}' yet (the D-STEER pipeline produces it from the "
-                    f"project's DPO pair with `dsteer-eval extract`). Pass vector=PATH.safetensors "
-                    f"and layer=L"
+                    f"no vector= given, and this install does not ship a default steering vector for "
+                    f"the embedded model '{name}' (dsteer_eval/artifacts/{name}/vector.safetensors; "
+                    f"scripts/dsteer_pipeline.sh re-creates it). Pass vector=PATH.safetensors and layer=L"
                 )
             return str(shipped)
         raise ValueError(

@@ -26,7 +26,7 @@ def _load_pairs(args: argparse.Namespace):
     from dsteer_eval.preference_data import load_pairs
 
     source = args.data or _default_pairs()
-    return load_pairs(source, data_dir=args.data_dir, split=args.split, limit=args.limit)
+    return load_pairs(source, data_dir=args.data_dir, split=args.split, limit=args.limit, offset=args.offset)
 
 
 def _dpo_side(args: argparse.Namespace) -> dict:
@@ -69,20 +69,23 @@ def _cmd_extract(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
-    pairs = _load_pairs(args)  # fail on bad data before loading any model
-    extra = {"data": pairs.source, "skipped": dict(pairs.skipped)}
     if args.method == "dpo-diff":
         from dsteer_eval.model_pair import ModelPair
+        from dsteer_eval.preference_data import load_prompts
 
+        prompts, source = load_prompts(args.data or _default_pairs(), data_dir=args.data_dir, split=args.split,
+                                       limit=args.limit, offset=args.offset)  # fail before loading models
+        extra = {"data": source}
         side = _dpo_side(args)
         pair = ModelPair.load(args.pretrained, **side)
-        prompts = extract.unique_prompts(pairs)
         vectors = extract.dpo_diff(pair, prompts, batch_size=args.batch_size)
         model, n = pair.base, len(prompts)
         extra.update({"dpo": pair.dpo_id, "dpo_is_adapter": pair.uses_adapter, "prompts": n})
     else:
         from dsteer_eval.loading import load_model
 
+        pairs = _load_pairs(args)  # fail on bad data before loading the model
+        extra = {"data": pairs.source, "skipped": dict(pairs.skipped)}
         model, tokenizer, _ = load_model(args.pretrained, peft=args.peft)
         if args.method == "caa":
             vectors, n = extract.caa(model, tokenizer, pairs, batch_size=args.batch_size), len(pairs)
@@ -177,10 +180,12 @@ def _add_pair_args(p) -> None:
                    "default for the embedded model: the shipped DPO adapter)")
     p.add_argument("--data", default=None,
                    help="preference pairs: JSONL(.gz) (chosen/rejected HH dialogues or prompt/chosen/rejected) "
-                   "or a hub id like Anthropic/hh-rlhf; default: the shipped hh_mini sample")
+                   "or a hub id like Anthropic/hh-rlhf; for dpo-diff also a JSONL of {\"prompt\": ...} rows; "
+                   "default: the shipped hh_mini sample")
     p.add_argument("--data-dir", default=None, help="hub data_dir, e.g. harmless-base")
     p.add_argument("--split", default="train", help="hub split (default: train)")
     p.add_argument("--limit", type=int, default=None, help="use at most this many pairs")
+    p.add_argument("--offset", type=int, default=0, help="skip this many usable pairs first")
     p.add_argument("--batch-size", type=int, default=8)
 
 

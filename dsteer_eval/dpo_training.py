@@ -335,10 +335,10 @@ def train_dpo(
         shutil.rmtree(tmp / "trainer", ignore_errors=True)
         if settings.full:
             unwrap(trainer.model).save_pretrained(tmp, safe_serialization=True)
-        else:
+            tokenizer.save_pretrained(tmp)
+        else:  # an adapter uses its base's tokenizer
             trainer.model.save_pretrained(tmp)
             (tmp / "README.md").unlink(missing_ok=True)  # peft's empty model-card template; the card is ours
-        tokenizer.save_pretrained(tmp)
         data_record = {
             "source": pairs.source,
             "data_dir": data_dir,

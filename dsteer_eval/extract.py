@@ -43,19 +43,33 @@ def _batch(tokenizer, texts: Sequence[str], device):
     return ids, mask, last
 
 
+def sorted_batches(tokenizer, texts: Sequence[str], batch_size: int, device):
+    """``(indices, ids, mask, last)`` batches of ``texts`` in order of token length (less padding)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    lengths = [len(tokenizer(t, add_special_tokens=True).input_ids) for t in texts]
+    order = sorted(range(len(texts)), key=lambda i: (lengths[i], i))
+    for start in range(0, len(texts), batch_size):
+        index = order[start : start + batch_size]
+        yield (index, *_batch(tokenizer, [texts[i] for i in index], device))
+
+
 def last_token_states(model, tokenizer, texts: Sequence[str], *, batch_size: int = 8, desc: str = "") -> torch.Tensor:
-    """Hidden states of the last token of each text, all sites: ``(len(texts), sites, d)`` float32."""
+    """Hidden states of the last token of each text, all sites: ``(len(texts), sites, d)`` float32.
+
+    Texts are batched in order of length and returned in input order.  Only the
+    decoder runs: no logits are computed.
+    """
     parts = resolve_parts(model)
     device = next(model.parameters()).device
-    out = []
-    for start in tqdm(range(0, len(texts), batch_size), desc=desc or "forward", leave=False):
-        chunk = list(texts[start : start + batch_size])
-        ids, mask, last = _batch(tokenizer, chunk, device)
+    out = torch.empty(len(texts), parts.num_sites, parts.hidden_size)
+    batches = sorted_batches(tokenizer, texts, batch_size, device)
+    for index, ids, mask, last in tqdm(batches, total=-(-len(texts) // batch_size), desc=desc or "forward", leave=False):
         with torch.no_grad(), record(model, parts=parts) as seen:
-            model(input_ids=ids, attention_mask=mask)
-        rows = torch.arange(len(chunk), device=device)
-        out.append(torch.stack([seen[s][rows, last].float().cpu() for s in range(parts.num_sites)], 1))
-    return torch.cat(out)
+            parts.decoder(input_ids=ids, attention_mask=mask, use_cache=False)
+        rows = torch.arange(len(index), device=device)
+        out[index] = torch.stack([seen[s][rows, last].float().cpu() for s in range(parts.num_sites)], 1)
+    return out
 
 
 def unique_prompts(pairs: Sequence[PreferencePair]) -> list[str]:

@@ -108,8 +108,11 @@ def _hub_rows(name: str, data_dir: str | None, split: str):
 
 
 def load_pairs(source: str | Path, *, data_dir: str | None = None, split: str = "train",
-               limit: int | None = None, strict: bool = False) -> PairSet:
+               limit: int | None = None, offset: int = 0, strict: bool = False) -> PairSet:
     """Pairs from a local JSONL(.gz) path or a hub dataset id (``data_dir``/``split`` for the hub).
+
+    ``offset`` skips that many usable pairs first (e.g. to probe on pairs an
+    extraction did not use); ``limit`` then caps the number returned.
 
     Unusable rows (empty reply, differing prompts, identical replies) are skipped
     and counted, or raise with ``strict=True``.  Malformed rows always raise.
@@ -124,10 +127,16 @@ def load_pairs(source: str | Path, *, data_dir: str | None = None, split: str = 
         label = f"hub:{source}" + (f"/{data_dir}" if data_dir else "") + f"[{split}]"
     else:
         raise FileNotFoundError(f"preference data {source}: no such file (and not a hub id like Anthropic/hh-rlhf)")
-    pairs = PairSet(source=label)
+    if offset < 0 or (limit is not None and limit < 1):
+        raise ValueError(f"offset must be >= 0 and limit >= 1, got offset={offset}, limit={limit}")
+    pairs = PairSet(source=label + (f" from pair {offset}" if offset else ""))
+    usable = 0
     for where, row in rows:
         try:
-            pairs.append(pair_from_row(row))
+            pair = pair_from_row(row)
+            usable += 1
+            if usable > offset:
+                pairs.append(pair)
         except _Unusable as why:
             if strict:
                 raise ValueError(f"{where}: unusable pair ({why.args[0]}); drop it or run without strict") from None
@@ -142,6 +151,32 @@ def load_pairs(source: str | Path, *, data_dir: str | None = None, split: str = 
     if pairs.skipped:
         log.warning("preference data %s: skipped %s", label, dict(pairs.skipped))
     return pairs
+
+
+def load_prompts(source: str | Path, *, data_dir: str | None = None, split: str = "train",
+                 limit: int | None = None, offset: int = 0) -> tuple[list[str], str]:
+    """Unique prompts from preference data, or from rows holding only a ``prompt`` string.
+
+    Returns ``(prompts, source label)``.  Rows with ``chosen``/``rejected`` go
+    through :func:`load_pairs` (and its checks); prompt-only rows are read as is.
+    """
+    path = Path(source)
+    if path.is_file():
+        first = next((row for _, row in _jsonl_rows(path)), None)
+        if isinstance(first, dict) and "prompt" in first and "chosen" not in first:
+            prompts = []
+            for where, row in _jsonl_rows(path):
+                text = row.get("prompt") if isinstance(row, dict) else None
+                if not isinstance(text, str) or not text.strip():
+                    raise ValueError(f"{where}: a prompt-only row needs a non-empty string field 'prompt'")
+                prompts.append(text)
+            prompts = list(dict.fromkeys(prompts))[offset:]
+            prompts = prompts[:limit] if limit is not None else prompts
+            if not prompts:
+                raise ValueError(f"prompt file {path} holds no prompts (after offset={offset})")
+            return prompts, str(path)
+    pairs = load_pairs(source, data_dir=data_dir, split=split, limit=limit, offset=offset)
+    return list(dict.fromkeys(p.prompt for p in pairs)), pairs.source
 
 
 def read_pairs(path: str | Path, *, limit: int | None = None, strict: bool = False) -> PairSet:

@@ -12,7 +12,7 @@ Report schema (``format = "dsteer-eval/probe-report"``, ``format_version = "1"``
     logit_margin  {pairs, base, dpo, shift: summary, frac_rose}
     consistency   {layer, cos: summary, frac_above_0_5, histogram {edges, counts}, values,
                    by_layer: [{layer, mean, median, frac_above_0_5}]}
-    gradient_coherence {at_dpo, at_init: {pairs, cos: summary, frac_above_0_5,
+    gradient_coherence {at_dpo, at_init: {pairs, skipped_prompt_too_long, cos: summary, frac_above_0_5,
                         cos_mean_grad_with_v_final, loss_mean}, beta}
     spectra       [{layer, singular_values (top 16), sigma1_over_sigma2, top1_energy,
                     spectral_entropy, effective_rank, abs_cos_u1,
@@ -90,11 +90,11 @@ def run_probes(pair, pairs, *, vectors: dict[int, torch.Tensor] | None = None, v
                                         "frac_above_0_5": float((cos > 0.5).double().mean())})
 
     grad = {"beta": beta}
-    subset = list(pairs[:grad_pairs])
     for policy, key in (("dpo", "at_dpo"), ("base", "at_init")):
-        g = probes.gradient_coherence(pair, subset, beta=beta, policy=policy, max_length=max_length,
-                                      batch_size=max(1, batch_size // 2))
-        entry = {"pairs": len(subset), "cos": probes.summary(g["cos"]),
+        g = probes.gradient_coherence(pair, pairs, beta=beta, policy=policy, max_length=max_length,
+                                      batch_size=max(1, batch_size // 2), limit=grad_pairs)
+        entry = {"pairs": len(g["grads"]), "skipped_prompt_too_long": g["skipped_prompt_too_long"],
+                 "cos": probes.summary(g["cos"]),
                  "frac_above_0_5": float((g["cos"] > 0.5).double().mean()), "loss_mean": float(g["loss"].mean())}
         if final in vectors and g["mean"].norm() > 0:
             # DPO moves h against its loss gradient: compare −ḡ with v̄ at the final site.

@@ -19,8 +19,8 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from dsteer_eval.extract import Divergence, PairStates, _batch, divergences, unembedding
-from dsteer_eval.model_parts import resolve_parts
+from dsteer_eval.extract import Divergence, PairStates, divergences, unembedding
+from dsteer_eval.model_parts import resolve_parts, unwrap
 from dsteer_eval.preference_data import PreferencePair
 from dsteer_eval.spectra import spectral_entropy, spectrum, singular_values
 from dsteer_eval.steering import Intervention, steer
@@ -85,15 +85,10 @@ def _final_states_at(model, tokenizer, prefixes: Sequence[Sequence[int]], batch_
         width = max(len(p) for p in chunk)
         ids = torch.tensor([p + [pad] * (width - len(p)) for p in chunk], device=device)
         mask = torch.tensor([[1] * len(p) + [0] * (width - len(p)) for p in chunk], device=device)
-        seen = {}
-        handle = parts.final_norm.register_forward_hook(lambda m, a, o: seen.__setitem__("h", o.detach()))
-        try:
-            with torch.no_grad():
-                model(input_ids=ids, attention_mask=mask)
-        finally:
-            handle.remove()
+        with torch.no_grad():
+            h = parts.decoder(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
         last = torch.tensor([len(p) - 1 for p in chunk], device=device)
-        rows.append(seen["h"][torch.arange(len(chunk), device=device), last].float().cpu())
+        rows.append(h[torch.arange(len(chunk), device=device), last].float().cpu())
     return torch.cat(rows)
 
 
@@ -174,7 +169,7 @@ def _sequence_logps(logits: torch.Tensor, ids: torch.Tensor, target_mask: torch.
 
 
 def gradient_coherence(pair, pairs: Sequence[PreferencePair], *, beta: float = 0.1, policy: str = "dpo",
-                       max_length: int = 256, batch_size: int = 4) -> dict:
+                       max_length: int = 256, batch_size: int = 4, limit: int | None = None) -> dict:
     """Per-pair gradients of the sequence-level DPO loss w.r.t. the final hidden states.
 
     The loss of pair i is L_i = −log σ(β[(log π(y_w) − log π_ref(y_w)) − (log π(y_l) − log π_ref(y_l))])
@@ -183,12 +178,18 @@ def gradient_coherence(pair, pairs: Sequence[PreferencePair], *, beta: float = 0
     every position of both replies' sequences — the gradient w.r.t. one shift
     added to all final hidden states of the pair, i.e. the direction DPO pushes
     the final state.  Weights are frozen.  Returns g (N × d), cos(g_i, ḡ) and
-    the losses.
+    the losses.  Pairs whose prompt leaves no room for a reply within
+    ``max_length`` tokens are skipped and counted (``skipped_prompt_too_long``);
+    then the first ``limit`` pairs are used.
     """
-    if not pairs:
-        raise ValueError("gradient coherence needs at least one preference pair")
     if not (math.isfinite(beta) and beta > 0):
         raise ValueError(f"beta must be a finite number > 0, got {beta}")
+    fitting = [p for p in pairs if len(pair.tokenizer(p.prompt, add_special_tokens=True).input_ids) < max_length - 1]
+    skipped = len(pairs) - len(fitting)
+    pairs = fitting[:limit] if limit is not None else fitting
+    if not pairs:
+        raise ValueError(f"gradient coherence needs at least one preference pair whose prompt is shorter than "
+                         f"max_length={max_length} tokens ({skipped} too long); raise --max-length")
     grads, losses = [], []
     for start in tqdm(range(0, len(pairs), batch_size), desc=f"grad ({policy})", leave=False):
         chunk = list(pairs[start : start + batch_size])
@@ -225,7 +226,7 @@ def gradient_coherence(pair, pairs: Sequence[PreferencePair], *, beta: float = 0
     g = torch.cat(grads)
     mean = g.mean(0)
     cos = cosines(g, mean) if mean.norm() > 0 else torch.zeros(len(g), dtype=torch.float64)
-    return {"grads": g, "mean": mean, "cos": cos, "loss": torch.cat(losses)}
+    return {"grads": g, "mean": mean, "cos": cos, "loss": torch.cat(losses), "skipped_prompt_too_long": skipped}
 
 
 # ---------------------------------------------------------------- spectra
@@ -254,19 +255,30 @@ def next_token_logprobs(model, tokenizer, prompts: Sequence[str], *, interventio
                         batch_size: int = 8) -> torch.Tensor:
     """log p(next token | prompt) at the last prompt token: ``(N, vocab)`` float32.
 
-    ``module_edits`` functions receive ``(hidden, rows)`` where ``rows`` indexes the prompts of the batch.
+    ``module_edits`` functions receive ``(hidden, rows)`` where ``rows`` indexes
+    the prompts of the batch.  For models whose logits are plain ``lm_head(h)``
+    only the last position is projected; others run their full forward.
     """
+    from dsteer_eval.dpo_head import supports_compact_head
+    from dsteer_eval.extract import sorted_batches
+
+    parts = resolve_parts(model)
+    plain_head = supports_compact_head(unwrap(model))
     device = next(model.parameters()).device
-    out = []
-    for start in range(0, len(prompts), batch_size):
-        chunk = list(prompts[start : start + batch_size])
-        ids, mask, last = _batch(tokenizer, chunk, device)
-        rows = torch.arange(start, start + len(chunk))
+    out = [None] * len(prompts)
+    for index, ids, mask, last in sorted_batches(tokenizer, prompts, batch_size, device):
+        rows = torch.tensor(index)
         edits = [(module, (lambda h, fn=fn: fn(h, rows))) for module, fn in module_edits]
+        pick = torch.arange(len(index), device=device)
         with torch.no_grad(), steer(model, interventions, module_edits=edits):
-            logits = model(input_ids=ids, attention_mask=mask).logits
-        out.append(logits[torch.arange(len(chunk), device=device), last].float().log_softmax(-1).cpu())
-    return torch.cat(out)
+            if plain_head:
+                h = parts.decoder(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+                logits = parts.lm_head(h[pick, last])
+            else:
+                logits = model(input_ids=ids, attention_mask=mask).logits[pick, last]
+        for i, row in zip(index, logits.float().log_softmax(-1).cpu()):
+            out[i] = row
+    return torch.stack(out)
 
 
 def kl(p_log: torch.Tensor, q_log: torch.Tensor) -> torch.Tensor:

@@ -237,11 +237,14 @@ def test_bad_vector_files(tiny_dir, tiny, tmp_path):
     assert [i.site for i in make(tiny_dir, vector=str(only_two)).interventions] == [2]
 
 
-def test_embedded_without_vector_says_no_default_yet():
+def test_embedded_without_shipped_vector_says_so(monkeypatch):
+    """If an install lacks the shipped artefacts, the error says what to pass instead."""
+    from dsteer_eval.adapters import steered
     from dsteer_eval.adapters.steered import NoDefaultVectorError
 
+    monkeypatch.setattr(steered, "default_vector", lambda name: None)
     for pretrained in (None, "smollm2"):
-        with pytest.raises(NoDefaultVectorError, match="does not ship a default steering vector .* 'smollm2' yet"):
+        with pytest.raises(NoDefaultVectorError, match="does not ship a default steering vector .* 'smollm2'"):
             get_model("steered")(pretrained=pretrained)
 
 

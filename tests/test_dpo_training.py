@@ -95,7 +95,7 @@ def test_train_dpo_writes_adapter_and_card(tiny_dir, short_pairs_file, tmp_path)
     out = tmp_path / "dpo"
     card = train_dpo(short_pairs_file, out, settings, pretrained=tiny_dir)
     names = {p.name for p in out.iterdir()}
-    assert {"adapter_model.safetensors", "adapter_config.json", "dpo_card.json", "tokenizer.json"} <= names
+    assert names == {"adapter_model.safetensors", "adapter_config.json", "dpo_card.json"}
     assert json.loads((out / "dpo_card.json").read_text()) == card
     assert card["data"]["pairs_loaded"] == 18 and card["data"]["pairs_eval"] == 3
     assert card["data"]["pairs_train"] + card["data"]["pairs_eval"] + card["data"]["pairs_prompt_too_long"] == 18
@@ -198,3 +198,35 @@ def test_cli_train_dpo_reports_errors_with_exit_2(tmp_path, capsys):
 def test_recreate_command_names_only_changed_settings():
     cmd = recreate_command(None, "d.jsonl", DPOSettings(steps=7, full=True), out="o")
     assert cmd == "dsteer-eval train-dpo --data d.jsonl --steps 7 --full --out o"
+
+
+def test_full_fine_tuning_writes_a_model(tiny_dir, short_pairs_file, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "full"
+    card = train_dpo(short_pairs_file, out, DPOSettings(steps=1, full=True, learning_rate=1e-3, **FAST),
+                     pretrained=tiny_dir)
+    assert card["kind"] == "full" and (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
+    assert not (out / "adapter_config.json").exists()
+    trained = AutoModelForCausalLM.from_pretrained(out)
+    start, _ = _fresh(tiny_dir)
+    changed = [n for n, p in trained.named_parameters() if not torch.equal(p, start.get_parameter(n))]
+    assert len(changed) == len(list(start.parameters()))  # full fine-tuning moves every weight
+
+
+def test_hub_data_is_read_through_datasets(monkeypatch, tmp_path):
+    """A hub id goes to datasets.load_dataset with data_dir and split (mocked: no network here)."""
+    import datasets
+
+    from dsteer_eval.preference_data import load_pairs
+
+    seen = {}
+
+    def fake_load_dataset(name, data_dir=None, split=None):
+        seen.update(name=name, data_dir=data_dir, split=split)
+        return datasets.Dataset.from_list([{"chosen": "\n\nHuman: a\n\nAssistant: b", "rejected": "\n\nHuman: a\n\nAssistant: c"}])
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    pairs = load_pairs("Anthropic/hh-rlhf", data_dir="harmless-base", split="test")
+    assert seen == {"name": "Anthropic/hh-rlhf", "data_dir": "harmless-base", "split": "test"}
+    assert pairs.source == "hub:Anthropic/hh-rlhf/harmless-base[test]" and len(pairs) == 1

@@ -90,3 +90,36 @@ def test_real_model_alpha_zero_equals_hf_and_final_shift_is_exact(embedded_dir, 
     (ll, _), = lm.loglikelihood([Instance("loglikelihood", {}, (ctx, tok.decode([y])), 0)])
     assert ll == pytest.approx(expected, abs=1e-4)
     assert abs(ll - hf[2]) > 1e-3  # the steering did something
+
+
+def test_shipped_pair_is_the_default_and_alpha_minus_one_subtracts_vbar(embedded_dir):
+    """`--model steered --model_args alpha=-1.0`: the shipped DPO adapter, steered by -v̄ at its default layer."""
+    from peft import PeftModel
+
+    from dsteer_eval.dpo_training import read_card
+    from dsteer_eval.vectors import load_vectors
+
+    adapter, vector = embedded.default_adapter(), embedded.default_vector()
+    assert adapter is not None and vector is not None
+    card = read_card(adapter)
+    assert card["kind"] == "lora" and card["metrics"]["eval"]["pairs"] > 0
+    assert card["command"].startswith("dsteer-eval train-dpo ")
+    vf = load_vectors(vector)
+    assert vf.metadata["method"] == "dpo-diff" and vf.metadata["default_layer"] == "20"
+    assert sum(p.stat().st_size for p in adapter.parent.rglob("*") if p.is_file()) <= 10 * 2**20
+
+    lm = get_model("steered")(alpha=-1.0, batch_size=4)
+    assert isinstance(lm.model, PeftModel)
+    [iv] = lm.interventions
+    assert (iv.site, iv.alpha) == (20, -1.0) and torch.equal(iv.vector, vf.vectors[20])
+    base_only = get_model("steered")(alpha=1.0, peft="none", batch_size=4)
+    assert not isinstance(base_only.model, PeftModel)
+
+    # alpha=0 on the default pair is the DPO model itself: lm_eval --model hf with peft= gives the same numbers.
+    reqs = [Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(PAIRS)]
+    dpo_hf = HFLM(pretrained=embedded_dir, peft=str(adapter), device="cpu", batch_size=4)
+    zero = get_model("steered")(alpha=0.0, batch_size=4)
+    got, want = zero.loglikelihood(reqs), dpo_hf.loglikelihood(reqs)
+    assert [g[0] for g in got] == [w[0] for w in want]
+    minus = [r[0] for r in lm.loglikelihood(reqs)]
+    assert all(abs(m - w[0]) > 1e-4 for m, w in zip(minus, want))

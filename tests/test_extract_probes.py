@@ -288,3 +288,19 @@ def test_cli_bad_input_exits_2_and_writes_nothing(tiny_dir, tmp_path, capsys, ar
     assert main(argv) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_dpo_diff_reads_prompt_only_files(tiny_dir, tiny_adapter_dir, tmp_path):
+    from dsteer_eval.cli import main
+    from dsteer_eval.vectors import load_vectors
+
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": p} for p in PROMPTS] + [{"prompt": PROMPTS[0]}])
+    out = tmp_path / "v.safetensors"
+    assert main(["extract", "--pretrained", tiny_dir, "--peft", tiny_adapter_dir, "--data", prompts,
+                 "--batch-size", "4", "--out", str(out)]) == 0
+    vf = load_vectors(out)
+    assert vf.metadata["n_examples"] == str(len(PROMPTS))  # the repeated prompt counts once
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "ok"}, {"prompt": ""}])
+    assert main(["extract", "--pretrained", tiny_dir, "--peft", tiny_adapter_dir, "--data", bad,
+                 "--out", str(tmp_path / "w.safetensors")]) == 2
+    assert not (tmp_path / "w.safetensors").exists()
