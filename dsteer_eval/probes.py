@@ -296,7 +296,7 @@ def steering_identity(pair, prompts: Sequence[str], vector: torch.Tensor, site: 
         with pair.side(which) as model:
             logp[which] = next_token_logprobs(model, pair.tokenizer, prompts, batch_size=batch_size)
     restoration, reproduction = [], []
-    for alpha in alphas:
+    for alpha in tqdm(alphas, desc="steering identity (alpha grid)", leave=False):
         with pair.side("dpo") as model:
             steered = next_token_logprobs(model, pair.tokenizer, prompts, batch_size=batch_size,
                                           interventions=[Intervention(site, vector, -float(alpha))])
