@@ -30,7 +30,13 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
 from dsteer_eval import lm_eval_plugin
-from dsteer_eval.embedded import DEFAULT_MODEL, default_vector, is_embedded_name, resolve_pretrained
+from dsteer_eval.embedded import (
+    DEFAULT_MODEL,
+    default_adapter,
+    default_vector,
+    is_embedded_name,
+    resolve_pretrained,
+)
 from dsteer_eval.model_parts import resolve_parts
 from dsteer_eval.steer_args import SteerArgs, resolve_site
 from dsteer_eval.steering import Intervention, steer
@@ -138,30 +144,31 @@ class SteeredLM(HFLM):
 
     # ------------------------------------------------------------------ setup
     @staticmethod
-    def _default_adapter_for(pretrained) -> str:
-        from dsteer_eval.embedded import default_adapter
-
+    def _shipped(pretrained, find, missing: str) -> str:
+        """The artefact ``find(name)`` ships for an embedded model, or NoDefaultVectorError(missing)."""
         name = DEFAULT_MODEL if pretrained is None else str(pretrained).strip().lower()
-        shipped = default_adapter(name)
+        shipped = find(name)
         if shipped is None:
-            raise NoDefaultVectorError(
-                f"dsteer-eval ships a vector but no DPO adapter for '{name}' (a broken install?); "
-                f"reinstall dsteer-eval, or pass peft=none to steer the base model"
-            )
+            raise NoDefaultVectorError(missing.format(name=name))
         return str(shipped)
 
-    @staticmethod
-    def _default_vector_for(pretrained) -> str:
+    @classmethod
+    def _default_adapter_for(cls, pretrained) -> str:
+        return cls._shipped(
+            pretrained, default_adapter,
+            "dsteer-eval ships a vector but no DPO adapter for '{name}' (a broken install?); "
+            "reinstall dsteer-eval, or pass peft=none to steer the base model",
+        )
+
+    @classmethod
+    def _default_vector_for(cls, pretrained) -> str:
         if pretrained is None or is_embedded_name(pretrained):
-            name = DEFAULT_MODEL if pretrained is None else str(pretrained).strip().lower()
-            shipped = default_vector(name)
-            if shipped is None:
-                raise NoDefaultVectorError(
-                    f"no vector= given, and this install does not ship a default steering vector for "
-                    f"the embedded model '{name}' (dsteer_eval/artifacts/{name}/vector.safetensors; "
-                    f"scripts/dsteer_pipeline.sh re-creates it). Pass vector=PATH.safetensors and layer=L"
-                )
-            return str(shipped)
+            return cls._shipped(
+                pretrained, default_vector,
+                "no vector= given, and this install does not ship a default steering vector for the "
+                "embedded model '{name}' (dsteer_eval/artifacts/{name}/vector.safetensors; "
+                "scripts/dsteer_pipeline.sh re-creates it). Pass vector=PATH.safetensors and layer=L",
+            )
         raise ValueError(
             f"vector= is required for pretrained={pretrained}: pass a .safetensors file from "
             f"`dsteer-eval extract` (or steer_path= for lm-eval's built-in .pt format)"

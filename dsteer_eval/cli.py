@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from dsteer_eval.embedded import DEFAULT_MODEL
 
@@ -111,14 +110,13 @@ def _cmd_extract(args: argparse.Namespace) -> int:
 def _cmd_probe(args: argparse.Namespace) -> int:
     from dsteer_eval.embedded import default_vector, is_embedded_name
     from dsteer_eval.model_pair import ModelPair
+    from dsteer_eval.output_folder import check_free
     from dsteer_eval.probe_report import run_probes, write_report
     from dsteer_eval.steer_args import parse_alphas
     from dsteer_eval.vectors import check_compatible, load_vectors
 
     alphas = parse_alphas(args.alphas.replace(",", ";"))
-    out = Path(args.out)
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
-        raise ValueError(f"--out {out} exists and is not empty; choose a new folder or pass --overwrite")
+    out = check_free(args.out, args.overwrite)  # before any model loads; write_report checks again
     pairs = _load_pairs(args)
     side = _dpo_side(args)
     vector = args.vector

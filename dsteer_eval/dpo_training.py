@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import random
 import shlex
 import shutil
@@ -300,14 +299,13 @@ def train_dpo(
 ) -> dict:
     """Train, evaluate and save; returns the card (also written to ``out/dpo_card.json``)."""
     from dsteer_eval.embedded import resolve_pretrained
-    from dsteer_eval.preference_data import load_pairs
     from dsteer_eval.model_parts import unwrap
+    from dsteer_eval.output_folder import check_free, staged_folder
+    from dsteer_eval.preference_data import load_pairs
 
     settings = settings or DPOSettings()
     settings.check()
-    out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ValueError(f"--out {out} exists and is not empty; choose a new folder or pass --overwrite")
+    out = check_free(out, overwrite)
     pairs = load_pairs(data, data_dir=data_dir, split=split, limit=limit)  # fail before loading the model
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -321,10 +319,7 @@ def train_dpo(
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device)
     train_pairs, eval_pairs, too_long = split_pairs(pairs, tokenizer, settings)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with staged_folder(out) as tmp:
         trainer = make_trainer(model, tokenizer, train_pairs, settings, output_dir=tmp / "trainer")
         started = time.perf_counter()
         trainer.train()
@@ -377,12 +372,6 @@ def train_dpo(
             "command": recreate_command(pretrained, data, settings, out=out, data_dir=data_dir, split=split, limit=limit),
         }
         (tmp / CARD_NAME).write_text(json.dumps(card, indent=1) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return card
 
 

@@ -17,7 +17,6 @@ import importlib.util
 import json
 import logging
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,6 +111,8 @@ def _materialise(model: EmbeddedModel, target: Path, record: dict) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from dsteer_eval.output_folder import staged_folder
+
     gguf = model.locate_gguf()
     log.warning("dequantizing %s once into %s (later loads use the cached copy)", gguf.name, target)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -135,15 +136,11 @@ def _materialise(model: EmbeddedModel, target: Path, record: dict) -> None:
         if not torch.equal(fresh(probe).logits, quantized(probe).logits):
             raise RuntimeError("the copied model does not reproduce the GGUF model's logits")
 
-    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    fresh.save_pretrained(tmp, safe_serialization=True)
-    fresh.generation_config.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    (tmp / _MARKER).write_text(json.dumps(record, indent=1))
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(tmp, target)
+    with staged_folder(target) as tmp:
+        fresh.save_pretrained(tmp, safe_serialization=True)
+        fresh.generation_config.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / _MARKER).write_text(json.dumps(record, indent=1))
 
 
 def ensure_embedded(name: str = DEFAULT_MODEL) -> Path:

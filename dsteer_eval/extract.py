@@ -31,15 +31,15 @@ from dsteer_eval.model_parts import resolve_parts
 from dsteer_eval.preference_data import PreferencePair
 
 
-def _batch(tokenizer, texts: Sequence[str], device):
-    enc = [tokenizer(t, add_special_tokens=True).input_ids for t in texts]
-    if any(len(e) == 0 for e in enc):
+def pad_batch(tokenizer, token_lists: Sequence[Sequence[int]], device):
+    """Right-padded ``(ids, attention_mask, last_index)`` for lists of token ids."""
+    if any(len(t) == 0 for t in token_lists):
         raise ValueError("an empty text has no last token")
-    width = max(len(e) for e in enc)
+    width = max(len(t) for t in token_lists)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    ids = torch.tensor([e + [pad] * (width - len(e)) for e in enc], device=device)
-    mask = torch.tensor([[1] * len(e) + [0] * (width - len(e)) for e in enc], device=device)
-    last = torch.tensor([len(e) - 1 for e in enc], device=device)
+    ids = torch.tensor([list(t) + [pad] * (width - len(t)) for t in token_lists], device=device)
+    mask = torch.tensor([[1] * len(t) + [0] * (width - len(t)) for t in token_lists], device=device)
+    last = torch.tensor([len(t) - 1 for t in token_lists], device=device)
     return ids, mask, last
 
 
@@ -47,11 +47,11 @@ def sorted_batches(tokenizer, texts: Sequence[str], batch_size: int, device):
     """``(indices, ids, mask, last)`` batches of ``texts`` in order of token length (less padding)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    lengths = [len(tokenizer(t, add_special_tokens=True).input_ids) for t in texts]
-    order = sorted(range(len(texts)), key=lambda i: (lengths[i], i))
+    encoded = [tokenizer(t, add_special_tokens=True).input_ids for t in texts]
+    order = sorted(range(len(texts)), key=lambda i: (len(encoded[i]), i))
     for start in range(0, len(texts), batch_size):
         index = order[start : start + batch_size]
-        yield (index, *_batch(tokenizer, [texts[i] for i in index], device))
+        yield (index, *pad_batch(tokenizer, [encoded[i] for i in index], device))
 
 
 def last_token_states(model, tokenizer, texts: Sequence[str], *, batch_size: int = 8, desc: str = "") -> torch.Tensor:

@@ -28,8 +28,6 @@ Unit conventions: projections use v̂ = v̄/|v̄|; KL in nats; entropies in nats
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -171,23 +169,12 @@ def _clean(obj):
 
 def write_report(report: dict, out, *, figures: bool = True, overwrite: bool = False) -> Path:
     """Write ``out/probe_report.json`` and the figures, atomically (a temp folder renamed at the end)."""
+    from dsteer_eval.output_folder import check_free, staged_folder
     from dsteer_eval.plots import probe_figures
 
-    out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ValueError(f"--out {out} exists and is not empty; choose a new folder or pass --overwrite")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        tmp.mkdir()
+    out = check_free(out, overwrite)
+    with staged_folder(out) as tmp:
         report = dict(report)
         report["figures"] = probe_figures(report, tmp) if figures else []
         (tmp / REPORT_NAME).write_text(json.dumps(_clean(report), indent=1, allow_nan=False) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out / REPORT_NAME

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from dsteer_eval.extract import Divergence, PairStates, divergences, unembedding
+from dsteer_eval.extract import Divergence, PairStates, divergences, pad_batch, unembedding
 from dsteer_eval.model_parts import resolve_parts, unwrap
 from dsteer_eval.preference_data import PreferencePair
 from dsteer_eval.spectra import spectral_entropy, spectrum, singular_values
@@ -78,17 +78,12 @@ def _final_states_at(model, tokenizer, prefixes: Sequence[Sequence[int]], batch_
     """Final (post-norm) hidden state at the last token of each token prefix: ``(N, d)``."""
     parts = resolve_parts(model)
     device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     rows = []
     for start in range(0, len(prefixes), batch_size):
-        chunk = [list(p) for p in prefixes[start : start + batch_size]]
-        width = max(len(p) for p in chunk)
-        ids = torch.tensor([p + [pad] * (width - len(p)) for p in chunk], device=device)
-        mask = torch.tensor([[1] * len(p) + [0] * (width - len(p)) for p in chunk], device=device)
+        ids, mask, last = pad_batch(tokenizer, prefixes[start : start + batch_size], device)
         with torch.no_grad():
             h = parts.decoder(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-        last = torch.tensor([len(p) - 1 for p in chunk], device=device)
-        rows.append(h[torch.arange(len(chunk), device=device), last].float().cpu())
+        rows.append(h[torch.arange(len(last), device=device), last].float().cpu())
     return torch.cat(rows)
 
 
@@ -152,14 +147,10 @@ def _reply_batch(tokenizer, pairs: Sequence[PreferencePair], max_length: int, de
                 )
             seqs.append(ids)
             starts.append(common)
-    width = max(len(s) for s in seqs)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], device=device)
-    attn = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=device)
-    pos = torch.arange(width, device=device)[None, :]
-    lengths = torch.tensor([len(s) for s in seqs], device=device)[:, None]
+    ids, attn, last = pad_batch(tokenizer, seqs, device)
+    pos = torch.arange(ids.shape[1], device=device)[None, :]
     start = torch.tensor(starts, device=device)[:, None]
-    target_mask = (pos >= start) & (pos < lengths)  # tokens that are predicted
+    target_mask = (pos >= start) & (pos <= last[:, None])  # tokens that are predicted
     return ids, attn, target_mask
 
 
