@@ -90,8 +90,9 @@ class ModelPair:
 
 
 def _looks_local(value) -> bool:
+    """A path rather than a hub id (``gpt2``, ``org/name``) or an embedded short name."""
     text = str(value)
-    return text.startswith((".", "/", "~")) or Path(text).exists() or text.count("/") != 1
+    return text.startswith((".", "/", "~")) or Path(text).exists() or text.count("/") > 1
 
 
 def _check_adapter_base(adapter, model) -> None:

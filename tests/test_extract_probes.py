@@ -304,3 +304,12 @@ def test_dpo_diff_reads_prompt_only_files(tiny_dir, tiny_adapter_dir, tmp_path):
     assert main(["extract", "--pretrained", tiny_dir, "--peft", tiny_adapter_dir, "--data", bad,
                  "--out", str(tmp_path / "w.safetensors")]) == 2
     assert not (tmp_path / "w.safetensors").exists()
+
+
+def test_missing_local_folders_are_named_but_hub_ids_are_not_taken_for_folders(tiny_dir, tmp_path):
+    from dsteer_eval.model_pair import _looks_local
+
+    with pytest.raises(FileNotFoundError, match=r"dpo=.*nope: no such folder"):
+        ModelPair.load(tiny_dir, dpo=str(tmp_path / "nope"))
+    assert _looks_local("./x") and _looks_local(str(tmp_path)) and _looks_local("a/b/c")
+    assert not _looks_local("gpt2") and not _looks_local("smollm2") and not _looks_local("org/name")
