@@ -30,6 +30,7 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
 from dsteer_eval import lm_eval_plugin
+from dsteer_eval.metrics.reference_models import register_active
 from dsteer_eval.embedded import (
     DEFAULT_MODEL,
     default_adapter,
@@ -43,6 +44,7 @@ from dsteer_eval.steering import Intervention, steer
 from dsteer_eval.vectors import VectorFile, check_compatible, load_vectors
 
 log = logging.getLogger(__name__)
+
 lm_eval_plugin.register()  # no-op when the .pth hook already ran
 
 
@@ -136,6 +138,9 @@ class SteeredLM(HFLM):
             self.logits_cache = False
         self._pending_rows: deque | None = None
         self._sizing_batch = False
+        peft_label = f"+peft:{kwargs['peft']}" if kwargs.get("peft") else ""
+        self.pretrained_label = f"{pretrained or 'smollm2'}{peft_label}"
+        register_active(self)  # the fidelity task scores perplexity under this model, unsteered
         log.info(
             "steered: %s",
             ", ".join(f"layer {i.site} alpha {i.alpha:g}" for i in self._interventions)

@@ -1,0 +1,14 @@
+"""Aggregations lm-eval lacks, named in task YAML as ``!function dsteer_eval.metrics.aggregations.<name>``."""
+
+from __future__ import annotations
+
+
+def total(items) -> int:
+    """Sum of per-document counts (skipped pairs, failed scorer calls, ...)."""
+    return int(sum(items))
+
+
+def label(items) -> str:
+    """The one label every document reported (e.g. the toxicity scorer); several are joined by ``|``."""
+    seen = list(dict.fromkeys(str(item) for item in items))
+    return "|".join(seen)

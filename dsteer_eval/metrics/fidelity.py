@@ -1,0 +1,116 @@
+"""Fidelity of generations: BLEU and ROUGE-L against reference replies (HH chosen),
+and their perplexity under the unsteered model -- the paper's "oversteering" signal.
+
+The reference model is, in order: the evaluated model itself with steering off
+(when it is ``--model steered``), ``DSTEER_REFERENCE_MODEL`` (``hf:<path>``), or
+the embedded SmolLM2 (labelled).  Per document: ``bleu`` (sacrebleu sentence BLEU,
+0-100), ``rougeL`` (rouge-score F1 x 100), ``gen_nll`` (mean NLL per generated
+token); corpus: ``perplexity`` = exp(total NLL / total tokens).  An empty
+generation gets BLEU = ROUGE-L = 0 and is counted in ``n_empty``; it has no tokens
+and so no perplexity.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from functools import lru_cache
+
+import torch
+
+ENV_REFERENCE = "DSTEER_REFERENCE_MODEL"
+
+
+def reference_model():
+    """``(model, tokenizer, label)`` -- unsteered."""
+    from dsteer_eval.metrics.reference_models import active_steered, load_scoring_model
+
+    spec = os.environ.get(ENV_REFERENCE, "").strip()
+    if not spec:
+        lm = active_steered()
+        if lm is not None:
+            return lm.model, lm.tokenizer, f"unsteered:{getattr(lm, 'pretrained_label', 'steered model')}"
+    loaded = load_scoring_model(spec or "smollm2")
+    return loaded.model, loaded.tokenizer, loaded.label
+
+
+def continuation_nll(model, tokenizer, contexts, continuations, batch_size: int = 4):
+    """``[(nll_sum, n_tokens)]`` of each continuation given its context (context and
+    continuation tokenized separately and joined, as lm-eval does; right padding)."""
+    device = next(model.parameters()).device
+    rows = []
+    for ctx, cont in zip(contexts, continuations):
+        c = tokenizer.encode(ctx, add_special_tokens=False)
+        if not c:
+            c = [tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id]
+        rows.append((c, tokenizer.encode(cont, add_special_tokens=False)))
+    out = [(0.0, 0)] * len(rows)
+    todo = [i for i, (_, t) in enumerate(rows) if t]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    for start in range(0, len(todo), batch_size):
+        idx = todo[start:start + batch_size]
+        seqs = [rows[i][0] + rows[i][1] for i in idx]
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for r, s in enumerate(seqs):
+            ids[r, : len(s)] = torch.tensor(s)
+            mask[r, : len(s)] = 1
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float(), -1)
+        for r, i in enumerate(idx):
+            n_ctx, cont = len(rows[i][0]), rows[i][1]
+            positions = torch.arange(n_ctx - 1, n_ctx - 1 + len(cont), device=logp.device)
+            picked = logp[r, positions, torch.tensor(cont, device=logp.device)]
+            out[i] = (float(-picked.sum()), len(cont))
+    return out
+
+
+def score_generations(resps, docs):
+    """lm-eval filter: adds the reference model's NLL to every generation."""
+    model, tokenizer, label = reference_model()
+    docs = list(docs)
+    texts = [r[0] for r in resps]
+    nll = continuation_nll(model, tokenizer, [d["prompt"] for d in docs], texts)
+    return [{"text": t, "nll_sum": s, "n_tokens": n, "reference_model": label} for t, (s, n) in zip(texts, nll)]
+
+
+@lru_cache(maxsize=1)
+def _rouge():
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(["rougeL"])
+
+
+def process_results(doc, results) -> dict:
+    import sacrebleu
+
+    item = results[0]
+    if not isinstance(item, dict) or "nll_sum" not in item:
+        raise ValueError("fidelity: generations were not scored; the task YAML needs the score_generations filter")
+    text, reference = item["text"].strip(), doc["chosen_reply"].strip()
+    out = {"reference_model": item["reference_model"], "n_empty": int(not text)}
+    if not text:
+        out.update(bleu=0.0, rougeL=0.0)
+        return out
+    out["bleu"] = float(sacrebleu.sentence_bleu(text, [reference]).score)
+    out["rougeL"] = float(_rouge().score(reference, text)["rougeL"].fmeasure * 100)
+    out["gen_nll"] = item["nll_sum"] / item["n_tokens"]
+    out["perplexity"] = (item["nll_sum"], item["n_tokens"])
+    return out
+
+
+def corpus_perplexity(items) -> float:
+    """exp(total NLL / total tokens) over ``(nll_sum, n_tokens)`` items."""
+    total = sum(n for _, n in items)
+    return math.exp(sum(s for s, _ in items) / total) if total else float("nan")
+
+
+def fidelity_docs(dataset):
+    """HH pairs whose dialogues share the prompt; the chosen reply is the reference."""
+    from dsteer_eval.metrics.hh_preference import process_docs
+
+    kept = process_docs(dataset).filter(lambda doc: doc["same_prefix"])
+    if len(kept) == 0:
+        raise ValueError("fidelity: no HH pair has a usable shared prompt")
+    return kept
