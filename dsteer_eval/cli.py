@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from dsteer_eval.embedded import DEFAULT_MODEL
 
@@ -153,6 +154,27 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_winrate(args: argparse.Namespace) -> int:
+    import json
+
+    from dsteer_eval.metrics.judge import build_judge, criterion, judge_spec
+    from dsteer_eval.metrics.winrate import win_rate_from_samples
+
+    criterion(args.criterion)  # an unknown criterion fails before the judge loads
+    for path in (args.a, args.b):
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"samples file {path} not found (write it with lm_eval --log_samples)")
+    result = win_rate_from_samples(build_judge(args.judge or judge_spec()), args.a, args.b, args.criterion)
+    text = json.dumps(result.to_dict(), indent=2)
+    if args.out:
+        Path(args.out).write_text(text + "\n", encoding="utf-8")
+    shown = "n/a" if result.win_rate is None else f"{result.win_rate:.3f}"
+    err = "" if result.stderr is None else f" \u00b1 {result.stderr:.3f}"
+    print(f"win-rate of A over B on {args.criterion}: {shown}{err} (n={result.n}, failed={result.n_failed}, "
+          f"judge {result.judge})")
+    return 0
+
+
 def _cmd_train_dpo(args: argparse.Namespace) -> int:
     from dataclasses import fields
 
@@ -297,6 +319,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=_cmd_probe)
+
+    p = verbs.add_parser(
+        "winrate",
+        help="pairwise G-Eval win-rate of answers A over answers B (two lm_eval --log_samples files)",
+        description="Judge every prompt's two answers in both orders (cancelling position bias) and "
+        "report the mean P(A better). A and B are samples_*.jsonl files of the same generation task, "
+        "e.g. dsteer_geval_mini run steered and unsteered.",
+    )
+    p.add_argument("a", help="samples JSONL of the answers to rate (e.g. steered)")
+    p.add_argument("b", help="samples JSONL of the baseline answers (e.g. alpha=0)")
+    p.add_argument("--criterion", default="helpfulness", help="helpfulness | harmlessness | coherence")
+    p.add_argument("--judge", default=None, help="smollm2 | hf:<path> | openai:<model> (default: $DSTEER_JUDGE or smollm2)")
+    p.add_argument("--out", default=None, help="also write the result (with per-prompt P(A wins)) as JSON")
+    p.set_defaults(func=_cmd_winrate)
     return parser
 
 
