@@ -277,16 +277,13 @@ def test_win_rate_cancels_position_bias():
     # A judge that always prefers position 1 with p=0.8 has no opinion: win-rate exactly 0.5.
     assert win_rate(FixedJudge(lambda p: 0.8), ["q"] * 3, ["a"] * 3, ["b"] * 3).win_rate == pytest.approx(0.5)
 
-    # A judge that prefers the answer "good" (0.9) whatever its position: A wins 0.9.
-    def likes_good(prompt):
-        return 0.9 if prompt.index("Response 1:\n\ngood") >= 0 else 0.1
-
+    # A judge that prefers the answer "good" (0.9) whatever its position.
     def judge_fn(prompt):
         return 0.9 if "Response 1:\n\ngood" in prompt else 0.1
 
     result = win_rate(FixedJudge(judge_fn), ["q", "q"], ["good", "bad"], ["bad", "good"])
     assert result.per_prompt == [pytest.approx(0.9), pytest.approx(0.1)] and result.win_rate == pytest.approx(0.5)
-    del likes_good
+    assert result.stderr == pytest.approx(0.4)
 
 
 def test_winrate_verb_reads_two_sample_logs(tmp_path, tiny_dir):
