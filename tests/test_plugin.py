@@ -92,6 +92,11 @@ def test_wheel_ships_hook_adapters_and_tasks_and_works_installed(tmp_path):
     assert "dsteer_eval.pth" in names
     assert "dsteer_eval/adapters/steered.py" in names
     assert "dsteer_eval/tasks/hh/dsteer_hh_mini.yaml" in names and "dsteer_eval/tasks/hh/hh_mini.jsonl" in names
+    tasks_here = sorted(str(p.relative_to(REPO / "tasks")) for p in (REPO / "tasks").rglob("*")
+                        if p.is_file() and "__pycache__" not in p.parts)
+    missing = [t for t in tasks_here if f"dsteer_eval/tasks/{t}" not in names]
+    assert missing == [], f"task files left out of the wheel: {missing}"
+    assert "dsteer_eval/metrics/perspective.py" in names
     assert not any(n.startswith(("adapters/", "tasks/")) for n in names), "claims a top-level import name"
     record = next(n for n in names if n.endswith("RECORD"))
     assert "dsteer_eval.pth,sha256=" in zipfile.ZipFile(wheel).read(record).decode()
@@ -107,7 +112,9 @@ def test_wheel_ships_hook_adapters_and_tasks_and_works_installed(tmp_path):
     out = run_py(
         "import dsteer_eval, sys; print(dsteer_eval.__file__)\n"
         "from lm_eval.api.registry import get_model; print(get_model('steered').__module__)\n"
-        "from lm_eval.tasks import TaskManager; print('dsteer_hh_mini' in TaskManager().all_tasks)",
+        "from lm_eval.tasks import TaskManager; tm = TaskManager()\n"
+        "print(all(t in tm.all_tasks for t in ('dsteer_hh_mini', 'dsteer_mini', 'dsteer_toxicity_mini')))\n"
+        "tm.load(['dsteer_hh_mini'])",
         python=str(venv / "bin" / "python"),
     )
     file, module, has_task = out.split()
