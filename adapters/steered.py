@@ -30,7 +30,6 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
 from dsteer_eval import lm_eval_plugin
-from dsteer_eval.metrics.reference_models import register_active
 from dsteer_eval.embedded import (
     DEFAULT_MODEL,
     default_adapter,
@@ -38,13 +37,13 @@ from dsteer_eval.embedded import (
     is_embedded_name,
     resolve_pretrained,
 )
+from dsteer_eval.metrics.reference_models import register_active
 from dsteer_eval.model_parts import resolve_parts
 from dsteer_eval.steer_args import SteerArgs, resolve_site
 from dsteer_eval.steering import Intervention, steer
 from dsteer_eval.vectors import VectorFile, check_compatible, load_vectors
 
 log = logging.getLogger(__name__)
-
 lm_eval_plugin.register()  # no-op when the .pth hook already ran
 
 

@@ -158,13 +158,11 @@ def _cmd_winrate(args: argparse.Namespace) -> int:
     import json
 
     from dsteer_eval.metrics.judge import build_judge, criterion, judge_spec
-    from dsteer_eval.metrics.winrate import win_rate_from_samples
+    from dsteer_eval.metrics.winrate import paired_answers, win_rate
 
-    criterion(args.criterion)  # an unknown criterion fails before the judge loads
-    for path in (args.a, args.b):
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"samples file {path} not found (write it with lm_eval --log_samples)")
-    result = win_rate_from_samples(build_judge(args.judge or judge_spec()), args.a, args.b, args.criterion)
+    criterion(args.criterion)  # bad criteria and sample files fail before the judge loads
+    answers = paired_answers(args.a, args.b)
+    result = win_rate(build_judge(args.judge or judge_spec()), *answers, args.criterion)
     text = json.dumps(result.to_dict(), indent=2)
     if args.out:
         Path(args.out).write_text(text + "\n", encoding="utf-8")

@@ -18,6 +18,8 @@ from functools import lru_cache
 
 import torch
 
+from dsteer_eval.extract import pad_batch
+
 ENV_REFERENCE = "DSTEER_REFERENCE_MODEL"
 
 
@@ -46,18 +48,11 @@ def continuation_nll(model, tokenizer, contexts, continuations, batch_size: int 
         rows.append((c, tokenizer.encode(cont, add_special_tokens=False)))
     out = [(0.0, 0)] * len(rows)
     todo = [i for i, (_, t) in enumerate(rows) if t]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     for start in range(0, len(todo), batch_size):
         idx = todo[start:start + batch_size]
-        seqs = [rows[i][0] + rows[i][1] for i in idx]
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for r, s in enumerate(seqs):
-            ids[r, : len(s)] = torch.tensor(s)
-            mask[r, : len(s)] = 1
+        ids, mask, _last = pad_batch(tokenizer, [rows[i][0] + rows[i][1] for i in idx], device)
         with torch.no_grad():
-            logp = torch.log_softmax(model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float(), -1)
+            logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), -1)
         for r, i in enumerate(idx):
             n_ctx, cont = len(rows[i][0]), rows[i][1]
             positions = torch.arange(n_ctx - 1, n_ctx - 1 + len(cont), device=logp.device)

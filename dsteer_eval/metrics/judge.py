@@ -123,7 +123,19 @@ class Judgement:
     error: str | None = None
 
 
-class LocalJudge:
+class _Judge:
+    """A judge answers ``_judge(prompts, labels, combine)``; both kinds of question go through it."""
+
+    def score(self, prompts) -> list[Judgement]:
+        """Expected G-Eval score per form-filling prompt."""
+        return self._judge(prompts, SCORES, expected_score)
+
+    def prefer_first(self, prompts) -> list[Judgement]:
+        """P(response 1 is better) per pairwise prompt."""
+        return self._judge(prompts, (1, 2), _first_of_two)
+
+
+class LocalJudge(_Judge):
     def __init__(self, model, tokenizer, label: str, batch_size: int = 4):
         self.model, self.tokenizer, self.name = model, tokenizer, label
         self.batch_size = batch_size
@@ -153,21 +165,16 @@ class LocalJudge:
         """Softmax of the next-token logits after each prompt (right-padded batches: exact)."""
         import torch
 
+        from dsteer_eval.extract import pad_batch
+
         texts = [self._text(p) for p in prompts]
         rows = []
         device = next(self.model.parameters()).device
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         for start in range(0, len(texts), self.batch_size):
             encoded = [self.tokenizer.encode(t, add_special_tokens=False) for t in texts[start:start + self.batch_size]]
-            width = max(len(e) for e in encoded)
-            ids = torch.full((len(encoded), width), pad, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for i, e in enumerate(encoded):
-                ids[i, : len(e)] = torch.tensor(e)
-                mask[i, : len(e)] = 1
+            ids, mask, last = pad_batch(self.tokenizer, encoded, device)
             with torch.no_grad():
-                logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-            last = torch.tensor([len(e) - 1 for e in encoded], device=logits.device)
+                logits = self.model(input_ids=ids, attention_mask=mask).logits
             final = logits[torch.arange(len(encoded), device=logits.device), last].float()
             rows.extend(torch.softmax(final, dim=-1).cpu())
         return rows
@@ -181,19 +188,13 @@ class LocalJudge:
             out.append(Judgement(value, mass, None if value is not None else "no probability on the answer tokens"))
         return out
 
-    def score(self, prompts) -> list[Judgement]:
-        return self._judge(prompts, SCORES, expected_score)
-
-    def prefer_first(self, prompts) -> list[Judgement]:
-        return self._judge(prompts, (1, 2), _first_of_two)
-
 
 def _first_of_two(probs: dict) -> tuple[float | None, float]:
     mass = probs[1] + probs[2]
     return (probs[1] / mass if mass > 0 else None), mass
 
 
-class OpenAIJudge:
+class OpenAIJudge(_Judge):
     """An OpenAI-compatible chat endpoint with top log-probs (one request per prompt)."""
 
     def __init__(self, model: str, base_url: str, api_key: str | None, *, top_logprobs: int = 20,
@@ -255,12 +256,6 @@ class OpenAIJudge:
             value, mass = combine(per_label)
             out.append(Judgement(value, mass, None if value is not None else "no score token in the top log-probs"))
         return out
-
-    def score(self, prompts) -> list[Judgement]:
-        return self._judge(prompts, SCORES, expected_score)
-
-    def prefer_first(self, prompts) -> list[Judgement]:
-        return self._judge(prompts, (1, 2), _first_of_two)
 
 
 def judge_spec() -> str:

@@ -179,7 +179,7 @@ class PerspectiveScorer:
 
     def _score_chunk(self, texts: list[str]) -> tuple[dict, dict]:
         pending = {str(i): t for i, t in enumerate(texts)}
-        scored, failed = {}, {}
+        scored, failed, last_retry = {}, {}, {}
         for attempt in range(self.max_retries + 1):
             if attempt:
                 self._sleep(self.backoff_s * 2 ** (attempt - 1))
@@ -191,19 +191,15 @@ class PerspectiveScorer:
                 if kind == "ok":
                     scored[text] = value
                 elif kind == "retry":
-                    retry[rid] = text
-                    failed[text] = value
+                    retry[rid], last_retry[text] = text, value
                 else:
                     failed[text] = value
-            for text in scored:
-                failed.pop(text, None)
             self.cache.put_many({t: scored[t] for t in pending.values() if t in scored})
             pending = retry
             if not pending:
                 break
-        for text, why in failed.items():
-            if text in pending.values():
-                failed[text] = f"{why} (gave up after {self.max_retries} retries)"
+        for text in pending.values():  # still retryable after the last attempt
+            failed[text] = f"{last_retry[text]} (gave up after {self.max_retries} retries)"
         return scored, failed
 
     # ---------------------------------------------------------------- public

@@ -9,12 +9,9 @@ Which scorer runs is chosen by ``DSTEER_TOXICITY_SCORER`` (``perspective``,
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass, field
 from functools import lru_cache
-
-log = logging.getLogger("dsteer_eval.toxicity")
 
 ENV_SCORER = "DSTEER_TOXICITY_SCORER"
 ENV_LABEL = "DSTEER_TOXICITY_LABEL"

@@ -80,7 +80,8 @@ def read_answers(samples_file) -> dict:
     return out
 
 
-def win_rate_from_samples(judge, samples_a, samples_b, criterion: str = "helpfulness") -> WinRate:
+def paired_answers(samples_a, samples_b) -> tuple[list, list, list]:
+    """``(requests, answers_a, answers_b)`` over the doc_ids both sample files hold."""
     a, b = read_answers(samples_a), read_answers(samples_b)
     common = sorted(set(a) & set(b))
     if not common:
@@ -88,4 +89,8 @@ def win_rate_from_samples(judge, samples_a, samples_b, criterion: str = "helpful
     for doc_id in common:
         if a[doc_id][0] != b[doc_id][0]:
             raise ValueError(f"doc_id {doc_id} has different prompts in the two files: not the same task")
-    return win_rate(judge, [a[d][0] for d in common], [a[d][1] for d in common], [b[d][1] for d in common], criterion)
+    return [a[d][0] for d in common], [a[d][1] for d in common], [b[d][1] for d in common]
+
+
+def win_rate_from_samples(judge, samples_a, samples_b, criterion: str = "helpfulness") -> WinRate:
+    return win_rate(judge, *paired_answers(samples_a, samples_b), criterion)
