@@ -135,6 +135,7 @@ class SteeredLM(HFLM):
             # lm-eval's one-token logits cache shares one forward pass between requests
             # whose prompt/continuation split differs; position masks depend on the split.
             self.logits_cache = False
+        self._vector_file, self._steer_args = vector_file, args  # a sweep re-points them
         self._pending_rows: deque | None = None
         self._sizing_batch = False
         peft_label = f"+peft:{kwargs['peft']}" if kwargs.get("peft") else ""

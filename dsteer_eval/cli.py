@@ -173,6 +173,83 @@ def _cmd_winrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from dataclasses import fields
+
+    from dsteer_eval.sweep.runner import SweepConfig, run_sweep
+
+    config = SweepConfig(**{f.name: getattr(args, f.name) for f in fields(SweepConfig)})
+    failures = run_sweep(config)
+    board = _write_leaderboard([config.output], config.output, plots=not args.no_plots)
+    if failures:
+        print(f"dsteer-eval sweep: {failures} (point, task) run(s) failed: marked 'failed' in the table; "
+              f"see points/*/*/failed.json, fix the cause and re-run the same command to retry them",
+              file=sys.stderr)
+    return 1 if failures else (0 if board else 1)
+
+
+def _write_leaderboard(paths, out, *, plots: bool = True):
+    from dsteer_eval.leaderboard import build_leaderboard, write_leaderboard
+
+    board = build_leaderboard(paths)
+    written = write_leaderboard(board, out, plots=plots)
+    print(board.markdown())
+    print(f"wrote {', '.join(str(p) for p in written.values())}")
+    return board
+
+
+def _cmd_leaderboard(args: argparse.Namespace) -> int:
+    _write_leaderboard(args.folders, args.out or args.folders[0], plots=not args.no_plots)
+    return 0
+
+
+def _add_sweep(verbs) -> None:
+    p = verbs.add_parser(
+        "sweep",
+        help="run an alpha grid (x layers) of steered lm_eval runs and build the leaderboard",
+        description="Run every (layer, alpha) point of a grid through lm-eval's evaluator with the model loaded "
+        "once (log-likelihood requests share the layers below the steered one across alphas), write each "
+        "point's lm-eval results JSON, optional probes and G-Eval win-rates vs alpha=0, then a leaderboard "
+        "(Markdown, CSV, JSON, HTML) and plots. Re-running the same command resumes: finished points are kept.",
+    )
+    p.add_argument("--model-args", default="",
+                   help="lm_eval --model_args for `steered` without alpha, e.g. pretrained=...,peft=...,vector=...,"
+                   "layer=20 (default: the embedded SmolLM2 with the shipped DPO adapter and vector)")
+    p.add_argument("--alphas", required=True, help="comma-separated alpha grid, e.g. -2,-1,-0.5,0,0.5,1,2")
+    p.add_argument("--layers", default=None,
+                   help="comma-separated layers (int, negative from the end, or final); default: layer= of "
+                   "--model-args, else the vector file's default layer")
+    p.add_argument("--tasks", required=True, help="comma-separated lm-eval tasks or groups")
+    p.add_argument("--output", required=True, help="output folder (resumed when it holds the same sweep)")
+    p.add_argument("--limit", type=float, default=None, help="documents per task (a fraction below 1), as lm_eval")
+    p.add_argument("--batch-size", default=8, help="as lm_eval --batch_size (default 8)")
+    p.add_argument("--device", default=None, help="as lm_eval --device (default: cuda if available, else cpu)")
+    p.add_argument("--num-fewshot", type=int, default=None)
+    p.add_argument("--gen-kwargs", default=None, help="as lm_eval --gen_kwargs")
+    p.add_argument("--apply-chat-template", action="store_true")
+    p.add_argument("--include-path", default=None, help="extra folder of YAML tasks, as lm_eval --include_path")
+    p.add_argument("--log-samples", action="store_true", help="keep every task's samples JSONL (win-rate tasks always)")
+    p.add_argument("--probes", action="store_true",
+                   help="per point: projection margin and restoration KL; once: the full probe report")
+    p.add_argument("--probe-data", default=None, help="preference pairs for the probes (default: shipped hh_mini)")
+    p.add_argument("--no-shared-prefix", dest="shared_prefix", action="store_false",
+                   help="compute every layer for every alpha (for checking the shared lower layers)")
+    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="delete --output first instead of resuming")
+    p.set_defaults(func=_cmd_sweep)
+
+    p = verbs.add_parser(
+        "leaderboard",
+        help="rebuild leaderboard tables and plots from sweep folders or plain lm_eval --output_path folders",
+        description="Read every lm-eval results_*.json (and sweep extras) under the folders and write "
+        "leaderboard.{md,csv,json,html} and plots/ into --out (default: the first folder).",
+    )
+    p.add_argument("folders", nargs="+", help="sweep output folders or lm_eval --output_path folders")
+    p.add_argument("--out", default=None, help="where to write the tables (default: the first folder)")
+    p.add_argument("--no-plots", action="store_true")
+    p.set_defaults(func=_cmd_leaderboard)
+
+
 def _cmd_train_dpo(args: argparse.Namespace) -> int:
     from dataclasses import fields
 
@@ -293,6 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output .safetensors path")
     p.set_defaults(func=_cmd_extract)
     _add_train_dpo(verbs)
+    _add_sweep(verbs)
 
     p = verbs.add_parser(
         "probe",

@@ -3,7 +3,8 @@
 :func:`staged_folder` yields a temporary sibling of the target; when the block
 finishes, the sibling replaces the target (an existing target is removed
 first); when it raises, the sibling is deleted and the target is untouched.
-:func:`check_free` refuses to overwrite a non-empty folder unless asked.
+:func:`check_free` refuses to overwrite a non-empty folder unless asked;
+:func:`atomic_write_text` does the same for one file.
 """
 
 from __future__ import annotations
@@ -37,3 +38,17 @@ def staged_folder(target: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary sibling and ``os.replace``: whole or not at all."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path

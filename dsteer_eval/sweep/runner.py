@@ -1,0 +1,348 @@
+"""``dsteer-eval sweep``: every (layer, alpha) point through lm-eval's evaluator, resumable.
+
+Output folder::
+
+    OUT/sweep.json                       settings; a re-run must match them
+    OUT/points/<point>/<task>/           one lm-eval output per (point, task):
+        results_<date>.json              lm-eval's results schema (config.model_args names layer/alpha)
+        samples_<task>_<date>.jsonl      with --log-samples, and always for win-rate tasks
+      or failed.json                     the error, when the task raised
+    OUT/points/<point>/probes.json       --probes: projection margin, restoration KL
+    OUT/points/<point>/winrate/<task>.json   pairwise win-rate vs the alpha=0 point
+    OUT/probe_report/                    --probes: the full probe report of the base/DPO pair
+    OUT/leaderboard.{md,csv,json,html}, OUT/plots/
+
+Each (point, task) folder is staged and renamed into place when complete, and
+each JSON file is replaced atomically, so a killed sweep leaves finished units
+whole and nothing half-written; the re-run skips them.  A failed unit is tried
+again on the next run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dsteer_eval.output_folder import atomic_write_text, staged_folder
+from dsteer_eval.sweep import grid
+
+log = logging.getLogger(__name__)
+
+FORMAT = "dsteer-eval/sweep"
+STEERING_KEYS = ("layer", "alpha")
+# settings that change the numbers of a point: a re-run into the same folder must keep them
+FINGERPRINT_KEYS = ("model_args", "vector_sha256", "limit", "num_fewshot", "gen_kwargs", "apply_chat_template",
+                    "probe_data")
+
+
+@dataclass
+class SweepConfig:
+    model_args: str
+    alphas: str
+    tasks: str
+    output: str
+    layers: str | None = None
+    limit: float | None = None
+    batch_size: int | str = 8
+    device: str | None = None
+    log_samples: bool = False
+    probes: bool = False
+    probe_data: str | None = None
+    include_path: str | None = None
+    num_fewshot: int | None = None
+    gen_kwargs: str | None = None
+    apply_chat_template: bool = False
+    shared_prefix: bool = True
+    overwrite: bool = False
+
+
+@dataclass
+class Plan:
+    """A checked sweep: everything the run needs, built without loading a model."""
+
+    config: SweepConfig
+    base_args: str
+    model_kwargs: dict
+    layers: tuple
+    alphas: tuple
+    tasks: tuple
+    points: list
+    vector: str
+    out: Path
+    settings: dict
+    task_manager: object = field(repr=False, default=None)
+
+
+def split_model_args(text: str) -> tuple[str, dict, str | None]:
+    """``(model_args without layer/alpha, their dict, the layer= value)``; ``alpha=`` is refused."""
+    kept, kwargs, layer = [], {}, None
+    for item in (p.strip() for p in (text or "").split(",")):
+        if not item:
+            continue
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"--model-args: {item!r} is not key=value")
+        if key == "alpha":
+            raise ValueError("--model-args: alpha= is the swept axis; give the values with --alphas")
+        if key == "layer":
+            layer = value.strip()
+            continue
+        kept.append(f"{key}={value.strip()}")
+        kwargs[key] = value.strip()
+    return ",".join(kept), kwargs, layer
+
+
+def _vector_for(kwargs: dict) -> str:
+    from dsteer_eval.adapters.steered import SteeredLM
+
+    if kwargs.get("steer_path"):
+        raise ValueError("--model-args: dsteer-eval sweep steers with vector= (safetensors); steer_path= is not supported")
+    return kwargs.get("vector") or SteeredLM._default_vector_for(kwargs.get("pretrained"))
+
+
+def _num_layers(vf, pretrained) -> int:
+    if "num_layers" in vf.metadata:
+        return int(vf.metadata["num_layers"])
+    from transformers import AutoConfig  # the config only, no weights
+
+    from dsteer_eval.embedded import resolve_pretrained
+
+    return int(AutoConfig.from_pretrained(resolve_pretrained(pretrained)).num_hidden_layers)
+
+
+def plan_sweep(config: SweepConfig) -> Plan:
+    """Check the grid, tasks, vector and output folder; raise ValueError naming the argument."""
+    from lm_eval.tasks import TaskManager
+
+    from dsteer_eval.vectors import load_vectors
+
+    alphas = grid.parse_alpha_grid(config.alphas)
+    base_args, kwargs, layer_arg = split_model_args(config.model_args)
+    vector = _vector_for(kwargs)
+    vf = load_vectors(vector, argument="vector")
+    if config.layers:
+        layers = grid.parse_layer_grid(config.layers)
+    elif layer_arg:
+        layers = grid.parse_layer_grid(layer_arg.replace(";", ","))
+    elif "default_layer" in vf.metadata:
+        layers = (int(vf.metadata["default_layer"]),)
+    else:
+        raise ValueError(f"--layers is required: {vector} names no default layer")
+    grid.check_layers(layers, _num_layers(vf, kwargs.get("pretrained")), set(vf.vectors), str(vector))
+    tasks = tuple(p.strip() for p in config.tasks.split(",")) if config.tasks else ()
+    if not tasks or any(not t for t in tasks):
+        raise ValueError(f"--tasks {config.tasks!r}: give a comma-separated list of lm-eval tasks or groups")
+    if len(set(tasks)) != len(tasks):
+        raise ValueError(f"--tasks {config.tasks!r} names a task twice")
+    task_manager = TaskManager(include_path=config.include_path)
+    grid.check_tasks(tasks, task_manager)
+    if config.limit is not None and not config.limit > 0:
+        raise ValueError(f"--limit {config.limit}: must be > 0 (a count, or a fraction below 1)")
+    if config.probe_data and not Path(config.probe_data).is_file():
+        raise FileNotFoundError(f"--probe-data {config.probe_data}: no such file")
+    settings = {
+        "model_args": base_args,
+        "vector_sha256": hashlib.sha256(Path(vector).read_bytes()).hexdigest(),
+        "limit": config.limit,
+        "num_fewshot": config.num_fewshot,
+        "gen_kwargs": config.gen_kwargs,
+        "apply_chat_template": config.apply_chat_template,
+        "probe_data": config.probe_data,
+    }
+    out = Path(config.output)
+    _check_output(out, settings, config.overwrite)
+    return Plan(config, base_args, kwargs, layers, alphas, tasks, grid.points(layers, alphas), str(vector), out,
+                settings, task_manager)
+
+
+def _check_output(out: Path, settings: dict, overwrite: bool) -> None:
+    record = out / "sweep.json"
+    if overwrite or not out.exists() or not any(out.iterdir()):
+        return
+    if not record.is_file():
+        raise ValueError(f"--output {out} exists and is not a sweep folder; choose a new folder or pass --overwrite")
+    previous = json.loads(record.read_text())
+    changed = [k for k in FINGERPRINT_KEYS if previous.get("settings", {}).get(k) != settings[k]]
+    if changed:
+        detail = "; ".join(f"{k}: {previous['settings'].get(k)!r} then, {settings[k]!r} now" for k in changed)
+        raise ValueError(f"--output {out} holds a sweep with other settings ({detail}); resuming would mix "
+                         f"results. Choose a new folder or pass --overwrite")
+
+
+# ----------------------------------------------------------------- running
+def unit_folder(out: Path, point, task: str) -> Path:
+    return out / "points" / point.name / grid.safe_name(task)
+
+
+def unit_done(folder: Path) -> bool:
+    return any(folder.glob("results_*.json"))
+
+
+def _write_record(plan: Plan) -> None:
+    import lm_eval
+
+    from dsteer_eval import __version__
+
+    plan.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(plan.out / "sweep.json", json.dumps({
+        "format": FORMAT, "format_version": "1", "package_version": __version__,
+        "lm_eval_version": getattr(lm_eval, "__version__", "?"),
+        "settings": plan.settings, "vector": plan.vector,
+        "layers": [str(x) for x in plan.layers], "alphas": list(plan.alphas), "tasks": list(plan.tasks),
+        "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }, indent=1) + "\n")
+
+
+def _evaluate_unit(lm, plan: Plan, point, task: str, folder: Path) -> dict:
+    """One task at one point through lm_eval.simple_evaluate; written the way `lm_eval --output_path` does."""
+    import lm_eval
+    from lm_eval.loggers import EvaluationTracker
+
+    cfg = plan.config
+    with staged_folder(folder) as tmp:
+        tracker = EvaluationTracker(output_path=str(tmp / "results.json"))
+        results = lm_eval.simple_evaluate(
+            model=lm, model_args=point.model_args(plan.base_args), tasks=[task], limit=cfg.limit,
+            batch_size=cfg.batch_size, device=cfg.device, num_fewshot=cfg.num_fewshot, gen_kwargs=cfg.gen_kwargs,
+            apply_chat_template=cfg.apply_chat_template, log_samples=True, evaluation_tracker=tracker,
+            task_manager=plan.task_manager,
+        )
+        results["config"]["model"] = "steered"  # as `lm_eval --model steered --model_args ...` records it
+        samples = results.pop("samples")
+        keep = [name for name, conf in results["configs"].items()
+                if cfg.log_samples or (conf.get("metadata") or {}).get("winrate_criterion")]
+        tracker.save_results_aggregated(results=results, samples=samples if keep else None)
+        for name in keep:
+            tracker.save_results_samples(task_name=name, samples=samples[name])
+        if not unit_done(tmp):  # lm-eval logs and swallows write errors
+            raise OSError(f"lm-eval did not write the results file into {tmp}")
+    return results
+
+
+def _record_failure(plan: Plan, point, task: str, folder: Path, exc: BaseException) -> None:
+    with staged_folder(folder) as tmp:
+        (tmp / "failed.json").write_text(json.dumps({
+            "format": "dsteer-eval/failed-task", "task": task, "model_args": point.model_args(plan.base_args),
+            "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(),
+        }, indent=1) + "\n")
+
+
+def run_sweep(config: SweepConfig, *, print_fn=print) -> int:
+    """Run (or resume) a sweep; returns the number of failed (point, task) units."""
+    from tqdm.auto import tqdm
+
+    plan = plan_sweep(config)  # every check happens before the model loads
+    if config.overwrite and plan.out.exists():
+        shutil.rmtree(plan.out)
+    _write_record(plan)
+    units = [(p, t) for p in plan.points for t in plan.tasks]
+    todo = [(p, t) for p, t in units if not unit_done(unit_folder(plan.out, p, t))]
+    probe_todo = [p for p in plan.points if config.probes and not (plan.out / "points" / p.name / "probes.json").is_file()]
+    total = len(units) + (len(plan.points) if config.probes else 0)
+    remaining = len(todo) + len(probe_todo)
+    print_fn(f"sweep: {len(plan.points)} points x {len(plan.tasks)} task(s) -> {plan.out} "
+             f"({total - remaining} of {total} units already done)")
+    failures = 0
+    lm = _load(plan) if remaining or config.probes else None
+    bar = tqdm(total=total, initial=total - remaining, desc="sweep", unit="unit", position=0, dynamic_ncols=True)
+    point_probes = None
+    try:
+        for point in plan.points:
+            point_units = [t for p, t in todo if p == point]
+            wants_probe = point in probe_todo
+            if not point_units and not wants_probe:
+                continue
+            lm.set_point(point.layer, point.alpha)
+            for task in point_units:
+                bar.set_postfix_str(f"{point.name} {task}")
+                folder = unit_folder(plan.out, point, task)
+                try:
+                    _evaluate_unit(lm, plan, point, task, folder)
+                except Exception as exc:  # noqa: BLE001 - reported as failed, never as a number
+                    failures += 1
+                    log.error("sweep: %s at %s failed: %s", task, point.name, exc)
+                    _record_failure(plan, point, task, folder, exc)
+                bar.update(1)
+            if wants_probe:
+                bar.set_postfix_str(f"{point.name} probes")
+                point_probes = point_probes or _point_probes(lm, plan)
+                result = point_probes.measure(lm.interventions, point.model_args(plan.base_args))
+                atomic_write_text(plan.out / "points" / point.name / "probes.json", json.dumps(result, indent=1) + "\n")
+                bar.update(1)
+    finally:
+        bar.close()
+    if lm is not None and lm.shared is not None:
+        s = lm.shared.stats
+        print_fn(f"sweep: shared lower layers: {s['full']} full and {s['replayed']} replayed log-likelihood "
+                 f"batches (replay check: max |d logit| = {s['verified_max_abs_diff']})")
+    from dsteer_eval.sweep.winrates import sweep_winrates
+
+    sweep_winrates(plan, print_fn=print_fn)
+    if config.probes:
+        _probe_report(lm, plan, print_fn)
+    return failures
+
+
+def _load(plan: Plan):
+    from lm_eval.utils import simple_parse_args_string
+
+    from dsteer_eval.sweep.sweep_lm import SweepLM
+
+    cfg = plan.config
+    args = simple_parse_args_string(plan.base_args)  # type-cast as `lm_eval --model_args` does
+    extra = {"batch_size": cfg.batch_size, "device": cfg.device, "shared_prefix": cfg.shared_prefix}
+    return SweepLM(**(extra | args), layer=plan.layers[0], alpha=0.0)
+
+
+def _probe_prompts(plan: Plan) -> tuple[list, object]:
+    from dsteer_eval.extract import unique_prompts
+    from dsteer_eval.lm_eval_plugin import tasks_dir
+    from dsteer_eval.preference_data import load_pairs
+
+    pairs = load_pairs(plan.config.probe_data or f"{tasks_dir()}/hh/hh_mini.jsonl")
+    return unique_prompts(pairs), pairs
+
+
+def _point_probes(lm, plan: Plan):
+    from dsteer_eval.steer_args import resolve_site
+    from dsteer_eval.sweep.point_probes import PointProbes
+
+    prompts, _ = _probe_prompts(plan)
+    fallback = resolve_site(plan.layers[0], lm._parts.num_layers)
+    return PointProbes(lm.model, lm.tokenizer, lm._vector_file.vectors, lm._parts.num_layers, prompts,
+                       fallback_site=fallback, batch_size=8)
+
+
+def _probe_report(lm, plan: Plan, print_fn) -> None:
+    """The full probe report of the base/DPO pair (the loaded model with its adapter on and off)."""
+    out = plan.out / "probe_report"
+    if (out / "probe_report.json").is_file():
+        return
+    if lm is None or not callable(getattr(lm.model, "disable_adapter", None)):
+        print_fn("sweep: probe_report/ skipped: the full probe report needs a base/DPO pair, i.e. a peft= adapter "
+                 "(run `dsteer-eval probe` for two checkpoints)")
+        return
+    from dsteer_eval.dpo_training import read_card
+    from dsteer_eval.model_pair import ModelPair
+    from dsteer_eval.probe_report import run_probes, write_report
+    from dsteer_eval.steer_args import resolve_site
+
+    _, pairs = _probe_prompts(plan)
+    adapter = plan.model_kwargs.get("peft") or lm.peft
+    card = read_card(adapter) if adapter else None
+    beta = float(card["hyperparameters"]["beta"]) if card else 0.1
+    pair = ModelPair(lm.model, None, lm.tokenizer, str(plan.model_kwargs.get("pretrained", "smollm2")), str(adapter))
+    vf = lm._vector_file
+    report = run_probes(pair, pairs, vectors=vf.vectors, layer=resolve_site(plan.layers[0], lm._parts.num_layers),
+                        vector_info={"source": str(vf.path), "method": vf.metadata.get("method", "")},
+                        alphas=sorted({abs(a) for a in plan.alphas}), beta=beta, grad_pairs=16,
+                        data_info={"source": pairs.source, "skipped": dict(pairs.skipped)})
+    write_report(report, out, overwrite=True)
+    print_fn(f"sweep: wrote {out}/probe_report.json")

@@ -1,0 +1,49 @@
+"""The ``steered`` model, loaded once and re-pointed at each (layer, alpha) of a sweep."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from dsteer_eval.adapters.steered import SteeredLM
+from dsteer_eval.steer_args import Layer
+from dsteer_eval.sweep.shared_prefix import SharedPrefix
+
+
+class SweepLM(SteeredLM):
+    """:class:`SteeredLM` whose steering changes between grid points without reloading.
+
+    Log-likelihood forwards go through :class:`SharedPrefix`, so the layers
+    below the steered site run once per input batch for all alphas of a layer.
+    """
+
+    def __init__(self, *args, shared_prefix: bool = True, **kwargs) -> None:
+        if kwargs.get("steer_path") is not None:
+            raise ValueError("dsteer-eval sweep steers with vector= files; steer_path= is not supported here")
+        super().__init__(*args, **kwargs)
+        self.shared = SharedPrefix(self._parts) if shared_prefix else None
+        self.point: tuple[Layer | None, float] = (None, 0.0)
+
+    def set_point(self, layer: Layer | None, alpha: float) -> None:
+        """Steer ``alpha * v`` at ``layer`` from now on; ``alpha == 0`` runs the model unsteered."""
+        if alpha == 0:
+            self._interventions = []
+        else:
+            args = dataclasses.replace(self._steer_args, layers=(layer,), alphas=(float(alpha),))
+            self._interventions = self._build_interventions(self._vector_file, args)
+        if self.shared is not None:
+            self.shared.set_site(self._interventions[0].site if self._interventions else None)
+        self.point = (layer, float(alpha))
+
+    def _model_call(self, inps, attn_mask=None, labels=None):
+        if self.shared is None or attn_mask is not None or labels is not None or self._sizing_batch:
+            return super()._model_call(inps, attn_mask=attn_mask, labels=labels)
+        own_parts = self._parts
+
+        def run(parts):
+            self._parts = parts  # the steering hook goes on these parts' site module
+            try:
+                return SteeredLM._model_call(self, inps)
+            finally:
+                self._parts = own_parts
+
+        return self.shared.call(inps, run)
