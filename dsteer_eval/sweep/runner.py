@@ -242,6 +242,8 @@ def run_sweep(config: SweepConfig, *, print_fn=print) -> int:
     if config.overwrite and plan.out.exists():
         shutil.rmtree(plan.out)
     _write_record(plan)
+    for stale in plan.out.glob("points/**/.*.tmp*"):  # staging left by a killed run
+        shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
     units = [(p, t) for p in plan.points for t in plan.tasks]
     todo = [(p, t) for p, t in units if not unit_done(unit_folder(plan.out, p, t))]
     probe_todo = [p for p in plan.points if config.probes and not (plan.out / "points" / p.name / "probes.json").is_file()]
@@ -250,7 +252,8 @@ def run_sweep(config: SweepConfig, *, print_fn=print) -> int:
     print_fn(f"sweep: {len(plan.points)} points x {len(plan.tasks)} task(s) -> {plan.out} "
              f"({total - remaining} of {total} units already done)")
     failures = 0
-    lm = _load(plan) if remaining or config.probes else None
+    report_missing = config.probes and not (plan.out / "probe_report" / "probe_report.json").is_file()
+    lm = _load(plan) if remaining or report_missing else None
     bar = tqdm(total=total, initial=total - remaining, desc="sweep", unit="unit", position=0, dynamic_ncols=True)
     point_probes = None
     try:
@@ -259,7 +262,8 @@ def run_sweep(config: SweepConfig, *, print_fn=print) -> int:
             wants_probe = point in probe_todo
             if not point_units and not wants_probe:
                 continue
-            lm.set_point(point.layer, point.alpha)
+            # alpha=0 keeps the first layer's unsteered states for the alphas after it
+            lm.set_point(plan.layers[0] if point.layer is None else point.layer, point.alpha)
             for task in point_units:
                 bar.set_postfix_str(f"{point.name} {task}")
                 folder = unit_folder(plan.out, point, task)
@@ -278,14 +282,14 @@ def run_sweep(config: SweepConfig, *, print_fn=print) -> int:
                 bar.update(1)
     finally:
         bar.close()
-    if lm is not None and lm.shared is not None:
+    if lm is not None and lm.shared is not None and lm.shared.stats["replayed"]:
         s = lm.shared.stats
         print_fn(f"sweep: shared lower layers: {s['full']} full and {s['replayed']} replayed log-likelihood "
                  f"batches (replay check: max |d logit| = {s['verified_max_abs_diff']})")
     from dsteer_eval.sweep.winrates import sweep_winrates
 
     sweep_winrates(plan, print_fn=print_fn)
-    if config.probes:
+    if report_missing:
         _probe_report(lm, plan, print_fn)
     return failures
 

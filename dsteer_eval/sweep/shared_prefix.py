@@ -79,7 +79,7 @@ class SharedPrefix:
         self._norm_name = next(n for n, m in parts.decoder.named_children() if m is parts.final_norm)
 
     def set_site(self, site: int | None) -> None:
-        """Steer at ``site`` from now on (``None``: unsteered); a new site empties the store."""
+        """Share the layers below ``site`` from now on (``None``: none); a new site empties the store."""
         if site != self.site:
             self._store.clear()
             self._bytes, self._verified = 0, False

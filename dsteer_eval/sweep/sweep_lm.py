@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 
+from lm_eval.models.huggingface import HFLM
+
 from dsteer_eval.adapters.steered import SteeredLM
-from dsteer_eval.steer_args import Layer
+from dsteer_eval.steer_args import Layer, resolve_site
 from dsteer_eval.sweep.shared_prefix import SharedPrefix
 
 
@@ -21,28 +23,32 @@ class SweepLM(SteeredLM):
             raise ValueError("dsteer-eval sweep steers with vector= files; steer_path= is not supported here")
         super().__init__(*args, **kwargs)
         self.shared = SharedPrefix(self._parts) if shared_prefix else None
-        self.point: tuple[Layer | None, float] = (None, 0.0)
 
-    def set_point(self, layer: Layer | None, alpha: float) -> None:
-        """Steer ``alpha * v`` at ``layer`` from now on; ``alpha == 0`` runs the model unsteered."""
+    def set_point(self, layer: Layer, alpha: float) -> None:
+        """Steer ``alpha * v`` at ``layer`` from now on; ``alpha == 0`` runs the model unsteered.
+
+        With ``alpha == 0`` the layer still tells the shared lower layers which
+        site to keep: the unsteered states are exactly what the next alphas reuse.
+        """
         if alpha == 0:
             self._interventions = []
         else:
             args = dataclasses.replace(self._steer_args, layers=(layer,), alphas=(float(alpha),))
             self._interventions = self._build_interventions(self._vector_file, args)
         if self.shared is not None:
-            self.shared.set_site(self._interventions[0].site if self._interventions else None)
-        self.point = (layer, float(alpha))
+            self.shared.set_site(resolve_site(layer, self._parts.num_layers))
 
     def _model_call(self, inps, attn_mask=None, labels=None):
         if self.shared is None or attn_mask is not None or labels is not None or self._sizing_batch:
             return super()._model_call(inps, attn_mask=attn_mask, labels=labels)
+        lengths = self._row_prompt_lengths(inps)  # once: the replay check may run the batch twice
         own_parts = self._parts
 
         def run(parts):
             self._parts = parts  # the steering hook goes on these parts' site module
             try:
-                return SteeredLM._model_call(self, inps)
+                with self.steering(lengths):
+                    return HFLM._model_call(self, inps)
             finally:
                 self._parts = own_parts
 
