@@ -4,7 +4,7 @@
 finishes, the sibling replaces the target (an existing target is removed
 first); when it raises, the sibling is deleted and the target is untouched.
 :func:`check_free` refuses to overwrite a non-empty folder unless asked;
-:func:`atomic_write_text` does the same for one file.
+:func:`atomic_write_bytes` / :func:`atomic_write_text` do the same for one file.
 """
 
 from __future__ import annotations
@@ -40,15 +40,19 @@ def staged_folder(target: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary sibling and ``os.replace``: whole or not at all."""
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary sibling and ``os.replace``: whole or not at all."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        tmp.write_text(text, encoding="utf-8")
+        tmp.write_bytes(data)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))

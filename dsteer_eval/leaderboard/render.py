@@ -1,0 +1,167 @@
+"""A leaderboard as Markdown, CSV, JSON and a self-contained HTML page; written atomically."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import math
+from pathlib import Path
+
+from dsteer_eval.leaderboard.table import Cell, Leaderboard
+from dsteer_eval.output_folder import atomic_write_bytes
+
+FORMAT, FORMAT_VERSION = "dsteer-eval/leaderboard", "1"
+MISSING = "—"
+
+
+def fmt(value: float, stderr: float | None = None) -> str:
+    """``0.708 ± 0.030``: 3 decimals, more below 0.1 (3 significant digits), 1 from 100, 1.23e+05 beyond."""
+    a = abs(value) or abs(stderr or 0)
+    if a and (a < 1e-4 or a >= 1e5):
+        spec = ".2e"
+    elif a >= 100:
+        spec = ".1f"
+    else:
+        spec = f".{max(3, 2 - math.floor(math.log10(a))) if a else 3}f"
+    text = format(value, spec)
+    return text if stderr is None else f"{text} ± {format(stderr, spec)}"
+
+
+def _status(cell: Cell | None) -> str:
+    return "failed" if cell and cell.failed is not None else "missing" if cell is None or cell.value is None else "ok"
+
+
+def cell_text(cell: Cell | None, arrow: str = "") -> str:
+    status = _status(cell)
+    if status != "ok":
+        return MISSING if status == "missing" else "failed"
+    text = fmt(cell.value, cell.stderr)
+    return f"{text} {arrow}" if cell.best else text
+
+
+def markdown(board: Leaderboard) -> str:
+    def esc(text: str) -> str:
+        return text.replace("|", "\\|")
+
+    table = [["run", *(esc(c.header) for c in board.columns)]]
+    for row, cells in zip(board.rows, board.cells):
+        texts = [cell_text(cell, col.arrow) for cell, col in zip(cells, board.columns)]
+        table.append([esc(row.label), *(f"**{t}**" if cell and cell.best else t for t, cell in zip(texts, cells))])
+    widths = [max(len(line[j]) for line in table) for j in range(len(table[0]))]
+    lines = ["| " + " | ".join(t.ljust(w) for t, w in zip(line, widths)) + " |" for line in table]
+    lines.insert(1, "| " + " | ".join("-" * w for w in widths) + " |")
+    return "\n".join(lines)
+
+
+def csv_text(board: Leaderboard) -> str:
+    """Raw numbers: one value and one stderr column per leaderboard column; "failed"; empty when missing."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["run", "source", "model", "layer", "alpha",
+                     *(h for c in board.columns for h in (c.key, f"{c.key} stderr"))])
+    for row, cells in zip(board.rows, board.cells):
+        values = []
+        for cell in cells:
+            if cell is None or cell.failed is not None:
+                values += ["" if cell is None else "failed", ""]
+            else:
+                values += ["" if v is None else repr(v) for v in (cell.value, cell.stderr)]
+        writer.writerow([row.label, row.source.label, row.model, row.key.layer or "",
+                         "" if row.key.alpha is None else repr(row.key.alpha), *values])
+    return out.getvalue()
+
+
+def _cell_json(cell: Cell) -> dict:
+    if cell.failed is not None:
+        return {"status": "failed", "error": cell.failed}
+    return {"status": "ok", "value": cell.value, "stderr": cell.stderr, "best": cell.best, **cell.info}
+
+
+def json_data(board: Leaderboard) -> dict:
+    direction = {True: "higher", False: "lower", None: None}
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "sources": [{"label": s.label, "path": str(s.path)} for s in board.sources],
+        "columns": [{"key": c.key, "header": c.header, "kind": c.kind, "task": c.task, "metric": c.metric,
+                     "direction": direction[c.higher_is_better]} for c in board.columns],
+        "rows": [{
+            "label": row.label,
+            "model": row.model,
+            "layer": row.key.layer,
+            "alpha": row.key.alpha,
+            "unsteered": row.key.unsteered,
+            "cells": {c.key: _cell_json(cell) for c, cell in zip(board.columns, cells) if cell is not None},
+            "metrics": row.metrics,
+            # everything that depends on where the files are lives here
+            "sources": {"folder": row.source.label, "path": str(row.source.path),
+                        "files": [str(p) for p in row.files]},
+        } for row, cells in zip(board.rows, board.cells)],
+    }
+
+
+CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
+table { border-collapse: collapse; font-size: 14px; }
+th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: right; white-space: nowrap; }
+th:first-child, td:first-child { text-align: left; }
+th { background: #f2f2f2; }
+td.best { font-weight: bold; background: #e8f5e9; }
+td.failed { color: #b00020; }
+td.missing { color: #999; }
+figure { display: inline-block; margin: 1em 1em 0 0; }
+figure img { max-width: 100%; }
+figcaption { font-size: 12px; color: #555; }
+"""
+
+
+def html_page(board: Leaderboard, figures: dict[str, bytes]) -> str:
+    e = html.escape
+    head = "".join(f"<th>{e(c.header)}</th>" for c in board.columns)
+    body = []
+    for row, cells in zip(board.rows, board.cells):
+        tds = []
+        for cell, col in zip(cells, board.columns):
+            status = _status(cell)
+            cls = status if status != "ok" else "best" if cell.best else ""
+            attrs = f' class="{cls}"' if cls else ""
+            if cls == "failed":
+                attrs += f' title="{e(cell.failed)}"'
+            tds.append(f"<td{attrs}>{e(cell_text(cell, col.arrow))}</td>")
+        body.append(f"<tr><td>{e(row.label)}</td>{''.join(tds)}</tr>")
+    imgs = "".join(
+        f'<figure><img alt="{e(name)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+        f"<figcaption>{e(name)}</figcaption></figure>" for name, png in figures.items())
+    sources = "".join(f"<li>{e(s.label)}: <code>{e(str(s.path))}</code></li>" for s in board.sources)
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>dsteer-eval leaderboard</title>'
+            f"<style>{CSS}</style></head><body><h1>dsteer-eval leaderboard</h1>"
+            f"<table><thead><tr><th>run</th>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+            f"<p>Best per column in bold with the direction arrow; mean ± stderr; — = no result.</p>"
+            f"<h2>Sources</h2><ul>{sources}</ul>{'<h2>Plots</h2>' + imgs if imgs else ''}</body></html>\n")
+
+
+def write_leaderboard(board: Leaderboard, out_dir, *, plots: bool = True) -> dict[str, Path]:
+    """Write leaderboard.{md,csv,json,html} (and plots/*.png) into ``out_dir``; returns what was written."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    figures = {}
+    if plots:
+        from dsteer_eval.leaderboard.plots import figures as make_figures
+
+        figures = make_figures(board)
+    written = {
+        "markdown": atomic_write_bytes(out / "leaderboard.md", (board.markdown() + "\n").encode()),
+        "csv": atomic_write_bytes(out / "leaderboard.csv", csv_text(board).encode()),
+        "json": atomic_write_bytes(out / "leaderboard.json",
+                       (json.dumps(json_data(board), indent=1, ensure_ascii=False, allow_nan=False) + "\n").encode()),
+        "html": atomic_write_bytes(out / "leaderboard.html", html_page(board, figures).encode()),
+    }
+    if figures:
+        (out / "plots").mkdir(exist_ok=True)
+        for name, png in figures.items():
+            atomic_write_bytes(out / "plots" / name, png)
+        written["plots"] = out / "plots"
+    return written
