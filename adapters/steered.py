@@ -123,6 +123,12 @@ class SteeredLM(HFLM):
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         super().__init__(pretrained=resolve_pretrained(pretrained), device=device, **kwargs)
+        accelerator = getattr(self, "accelerator", None)
+        if accelerator is not None and accelerator.device.type == "cpu" and self.world_size == 1:
+            # `ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N`: HFLM takes its
+            # data-parallel rank from the Accelerator only when it counts more than one GPU, so on
+            # CPU every process would stay rank 0 of 1 and evaluate every document.
+            self._rank, self._world_size = accelerator.process_index, accelerator.num_processes
         self._parts = resolve_parts(self.model)
         self._position = args.position
         self._interventions: list[Intervention] = []

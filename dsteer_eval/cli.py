@@ -180,22 +180,21 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
     config = SweepConfig(**{f.name: getattr(args, f.name) for f in fields(SweepConfig)})
     failures = run_sweep(config)
-    board = _write_leaderboard([config.output], config.output, plots=not args.no_plots)
+    _write_leaderboard([config.output], config.output, plots=not args.no_plots)
     if failures:
         print(f"dsteer-eval sweep: {failures} (point, task) run(s) failed: marked 'failed' in the table; "
               f"see points/*/*/failed.json, fix the cause and re-run the same command to retry them",
               file=sys.stderr)
-    return 1 if failures else (0 if board else 1)
+    return 1 if failures else 0
 
 
-def _write_leaderboard(paths, out, *, plots: bool = True):
+def _write_leaderboard(paths, out, *, plots: bool = True) -> None:
     from dsteer_eval.leaderboard import build_leaderboard, write_leaderboard
 
     board = build_leaderboard(paths)
     written = write_leaderboard(board, out, plots=plots)
     print(board.markdown())
     print(f"wrote {', '.join(str(p) for p in written.values())}")
-    return board
 
 
 def _cmd_leaderboard(args: argparse.Namespace) -> int:
@@ -412,9 +411,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_LIST_FLAGS = ("--alphas", "--layers")  # values like "-2,-1,0" look like options to argparse
+
+
+def _join_list_flags(argv: list[str]) -> list[str]:
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] in _LIST_FLAGS and i + 1 < len(argv) and argv[i + 1].startswith("-"):
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_join_list_flags(sys.argv[1:] if argv is None else list(argv)))
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError) as exc:

@@ -80,10 +80,10 @@ def test_bad_model_args_and_output_folders_fail_before_loading(tiny_dir, vec, tm
 def test_cli_reports_bad_grid_with_exit_2(tiny_dir, vec, tmp_path, capsys):
     from dsteer_eval.cli import main
 
-    code = main(["sweep", "--model-args", f"pretrained={tiny_dir},vector={vec}", "--alphas", "1,1",
+    code = main(["sweep", "--model-args", f"pretrained={tiny_dir},vector={vec}", "--alphas", "-1,-1",
                  "--tasks", "dsteer_hh_mini", "--output", str(tmp_path / "o")])
     assert code == 2
-    assert "--alphas '1,1': '1' is given twice" in capsys.readouterr().err
+    assert "--alphas '-1,-1': '-1' is given twice" in capsys.readouterr().err
 
 
 def test_grid_points_share_alpha_zero():

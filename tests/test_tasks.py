@@ -315,9 +315,17 @@ def test_user_yaml_runs_with_plain_lm_eval_and_counts_skipped_pairs(tiny, tiny_d
     assert [s["doc"]["same_prefix"] for s in samples] == [True, False, True]
 
 
+def test_hh_pair_with_an_empty_reply_is_skipped_and_counted():
+    from dsteer_eval.metrics.hh_preference import prepare_pair, process_results
+
+    for chosen, rejected in (("hello", ""), ("", "hello"), ("hello", "  ")):
+        doc = prepare_pair(hh_row("hi", chosen, rejected), 3)
+        assert doc["same_prefix"] is False
+        assert process_results(doc, [(-1.0, False), (-2.0, False)]) == {"skipped_pairs": 1}
+
+
 @pytest.mark.parametrize("rows, message", [
     ([{"chosen": "\n\nHuman: hi\n\nAssistant: hello"}], "missing field 'rejected'"),
-    ([hh_row("hi", "hello", "")], "empty final Assistant reply"),
     ([{"chosen": "no turns here", "rejected": "none"}], "must contain a final"),
     ([], "empty"),
 ])

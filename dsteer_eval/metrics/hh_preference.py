@@ -1,8 +1,9 @@
 """HH preference pairs as lm-eval multiple choice: context = dialogue up to the final
 ``Assistant:``, choices = (chosen reply, rejected reply).
 
-Pairs whose two dialogues differ before the final reply cannot be scored as one
-choice question.  They are kept as documents (lm-eval scores two one-token
+Pairs whose two dialogues differ before the final reply, or whose chosen or
+rejected final reply is empty (a few rows of the real HH data), cannot be scored
+as one choice question.  They are kept as documents (lm-eval scores two one-token
 placeholders for them, which costs nothing) so that :func:`process_results` can
 count them in the ``skipped_pairs`` metric; they contribute to no other metric.
 """
@@ -41,12 +42,8 @@ def prepare_pair(doc, index: int = 0) -> dict:
     if split is None:
         return {"prompt": "", "chosen_reply": PLACEHOLDER[0], "rejected_reply": PLACEHOLDER[1], "same_prefix": False}
     prompt, good, bad = split
-    for name, reply in (("chosen", good), ("rejected", bad)):
-        if not reply.strip():
-            raise PreferenceDataError(
-                f"HH row {index}: the {name} dialogue has an empty final Assistant reply (an empty "
-                "choice); remove the row or fill in the reply"
-            )
+    if not good.strip() or not bad.strip():  # an empty choice: unscorable, so skipped and counted
+        return {"prompt": "", "chosen_reply": PLACEHOLDER[0], "rejected_reply": PLACEHOLDER[1], "same_prefix": False}
     return {"prompt": prompt, "chosen_reply": good, "rejected_reply": bad, "same_prefix": True}
 
 

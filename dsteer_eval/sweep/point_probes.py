@@ -51,8 +51,11 @@ class PointProbes:
         site = self.final_site
         if site is None:
             site = interventions[0].site if interventions else self.fallback_site
-        unit = self.vectors[site].float() / self.vectors[site].float().norm()
-        projection = probes.summary((h[:, site] - self.ref_h[:, site]) @ unit)
+        v = self.vectors[site].float()
+        if float(v.norm()) > 0:
+            projection = probes.summary((h[:, site] - self.ref_h[:, site]) @ (v / v.norm()))
+        else:  # e.g. the embeddings, which a LoRA on linear layers never changes
+            projection = {"mean": None, "stderr": None, "note": "v is zero at this site: no direction"}
         restoration = probes.summary(probes.kl(self.ref_logp, logp))
         return {
             "format": "dsteer-eval/point-probes",

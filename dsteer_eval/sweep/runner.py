@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 import time
 import traceback
@@ -123,6 +124,10 @@ def plan_sweep(config: SweepConfig) -> Plan:
 
     from dsteer_eval.vectors import load_vectors
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("dsteer-eval sweep runs in one process; for data parallel run `accelerate launch -m lm_eval "
+                         "--model steered ...` once per alpha and combine the folders with `dsteer-eval leaderboard` "
+                         "(README: Scale past one machine)")
     alphas = grid.parse_alpha_grid(config.alphas)
     base_args, kwargs, layer_arg = split_model_args(config.model_args)
     vector = _vector_for(kwargs)
