@@ -263,15 +263,15 @@ class SteeredLM(HFLM):
     def interventions(self) -> list[Intervention]:
         return list(self._interventions)
 
-    def steering(self, prompt_lengths=None):
-        """The steering context for one forward pass (or one ``generate``)."""
+    def steering(self, prompt_lengths=None, parts=None):
+        """The steering context for one forward pass (or one ``generate``); ``parts``: other modules to hook."""
         return steer(
             self.model,
             self._interventions,
             position=self._position,
             prompt_lengths=prompt_lengths,
             module_edits=self._module_edits,
-            parts=self._parts,
+            parts=parts or self._parts,
         )
 
     def _row_prompt_lengths(self, inps: torch.Tensor) -> torch.Tensor | None:

@@ -18,7 +18,6 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-STEERING_KEYS = ("layer", "alpha")
 RUNTIME_KEYS = ("batch_size", "device", "dtype")  # how a model ran, not which model
 
 

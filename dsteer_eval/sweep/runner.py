@@ -36,7 +36,6 @@ from dsteer_eval.sweep import grid
 log = logging.getLogger(__name__)
 
 FORMAT = "dsteer-eval/sweep"
-STEERING_KEYS = ("layer", "alpha")
 # settings that change the numbers of a point: a re-run into the same folder must keep them
 FINGERPRINT_KEYS = ("model_args", "vector_sha256", "limit", "num_fewshot", "gen_kwargs", "apply_chat_template",
                     "probe_data")

@@ -76,7 +76,8 @@ class SharedPrefix:
         self._bytes = 0
         self._layer_tuple = False  # do decoder layers return a tuple (older transformers) or a tensor
         self._verified = False
-        self._norm_name = next(n for n, m in parts.decoder.named_children() if m is parts.final_norm)
+        # where the final norm hangs, for replaying at site ``final`` (None: not a direct child; not replayed)
+        self._norm_name = next((n for n, m in parts.decoder.named_children() if m is parts.final_norm), None)
 
     def set_site(self, site: int | None) -> None:
         """Share the layers below ``site`` from now on (``None``: none); a new site empties the store."""
@@ -92,8 +93,9 @@ class SharedPrefix:
 
     def call(self, ids: torch.Tensor, run: Callable[[ModelParts], torch.Tensor]) -> torch.Tensor:
         """``run(parts)`` does the steered forward with hooks on ``parts``; returns its logits."""
-        if not self.enabled or self.site is None or self.site == 0:
-            return run(self.parts)  # site 0 (embeddings) has nothing below it to share
+        if (not self.enabled or self.site is None or self.site == 0  # site 0 has nothing below it to share
+                or (self.site == self.parts.num_layers and self._norm_name is None)):
+            return run(self.parts)
         key = self._key(ids)
         state = self._store.get(key)
         if state is None:

@@ -42,14 +42,9 @@ class SweepLM(SteeredLM):
         if self.shared is None or attn_mask is not None or labels is not None or self._sizing_batch:
             return super()._model_call(inps, attn_mask=attn_mask, labels=labels)
         lengths = self._row_prompt_lengths(inps)  # once: the replay check may run the batch twice
-        own_parts = self._parts
 
         def run(parts):
-            self._parts = parts  # the steering hook goes on these parts' site module
-            try:
-                with self.steering(lengths):
-                    return HFLM._model_call(self, inps)
-            finally:
-                self._parts = own_parts
+            with self.steering(lengths, parts):  # the steering hook goes on these parts' site module
+                return HFLM._model_call(self, inps)
 
         return self.shared.call(inps, run)
