@@ -427,12 +427,15 @@ def _join_list_flags(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from dsteer_eval.redaction import install_log_redaction, redact
+
+    install_log_redaction()
     parser = build_parser()
     args = parser.parse_args(_join_list_flags(sys.argv[1:] if argv is None else list(argv)))
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError) as exc:
-        print(f"dsteer-eval {args.verb}: error: {exc}", file=sys.stderr)
+        print(f"dsteer-eval {args.verb}: error: {redact(exc)}", file=sys.stderr)
         return 2
 
 

@@ -128,6 +128,9 @@ class _LmEvalFinder:  # a meta-path finder (importlib.abc is not imported: start
 def install() -> None:
     """Called from ``dsteer_eval.pth``; cheap, idempotent, never raises."""
     try:
+        from dsteer_eval.redaction import install_log_redaction
+
+        install_log_redaction()  # every log record of this process, lm-eval's included
         if any(isinstance(f, _LmEvalFinder) for f in sys.meta_path):
             return
         sys.meta_path.insert(0, _LmEvalFinder())

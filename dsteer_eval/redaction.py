@@ -1,0 +1,97 @@
+"""The one place where secrets are taken out of text that is stored, logged or printed.
+
+What counts as a secret:
+
+* the value of every environment variable whose name says it holds one
+  (``*_KEY``, ``*_TOKEN``, ``*_SECRET``, ``*PASSWORD*``, e.g. ``PERSPECTIVE_API_KEY``,
+  ``OPENAI_API_KEY``, ``HF_TOKEN``), read when :func:`redact` runs, so a key set
+  after import is covered too;
+* values registered with :func:`register` (a key passed in code, not via the environment);
+* whatever stands after ``key=`` / ``api_key=`` / ``access_token=`` in a URL query and after
+  ``Bearer `` in a header, whether or not the value is known.
+
+Every place that stores or prints an exception text or a failure reason calls :func:`redact`
+(``failed.json``, scorer failure reasons, leaderboards, CLI errors); :func:`install_log_redaction`
+redacts every log record the process creates (message, arguments and formatted traceback).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+
+MASK = "<redacted>"
+_SECRET_ENV = re.compile(r"(_KEY|_TOKEN|_SECRET|PASSWORD)$|^(HF_TOKEN|HUGGING_FACE_HUB_TOKEN)$", re.I)
+_URL_SECRET = re.compile(r"(?P<name>[?&;](?:key|api_key|apikey|access_token|token)=)[^&\s\"'<>]+", re.I)
+_BEARER = re.compile(r"(?P<name>Bearer\s+)[A-Za-z0-9._~+/=-]{8,}")
+_MIN_SECRET_LEN = 6  # shorter values (e.g. "1", "true") are not secrets and would mangle text
+
+_registered: set[str] = set()
+
+
+def register(secret: str | None) -> None:
+    """Redact ``secret`` wherever it appears from now on (a key given in code, not the environment)."""
+    if secret and len(secret) >= _MIN_SECRET_LEN:
+        _registered.add(str(secret))
+
+
+def secrets() -> list[str]:
+    found = set(_registered)
+    for name, value in os.environ.items():
+        if value and len(value) >= _MIN_SECRET_LEN and _SECRET_ENV.search(name):
+            found.add(value)
+    return sorted(found, key=len, reverse=True)  # longest first: a key that contains another
+
+
+def redact(text) -> str:
+    """``text`` as a string with every known secret and every URL key/token value masked."""
+    text = str(text)
+    for secret in secrets():
+        if secret in text:
+            text = text.replace(secret, MASK)
+    text = _URL_SECRET.sub(lambda m: m.group("name") + MASK, text)
+    return _BEARER.sub(lambda m: m.group("name") + MASK, text)
+
+
+def redact_value(value):
+    """Redact every string inside a JSON-like value (dicts, lists, strings)."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {k: redact_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redact_value(v) for v in value]
+    return value
+
+
+_installed = False
+
+
+def install_log_redaction() -> None:
+    """Make every log record of this process carry only redacted text (idempotent).
+
+    A record factory, not a filter: filters attach to one logger or handler and miss records of
+    loggers created later (googleapiclient's, httplib2's); the factory sees every record. The
+    message is formatted once here, and an exception's traceback is rendered and redacted into
+    ``exc_text`` so handlers print the redacted text instead of formatting ``exc_info`` again.
+    """
+    global _installed
+    if _installed:
+        return
+    previous = logging.getLogRecordFactory()
+
+    def factory(*args, **kwargs):
+        record = previous(*args, **kwargs)
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a bad format string: keep lm-eval's own error path
+            return record
+        record.msg, record.args = redact(message), ()
+        if record.exc_info and record.exc_info[0] is not None:
+            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+            record.exc_info = None
+        return record
+
+    logging.setLogRecordFactory(factory)
+    _installed = True
