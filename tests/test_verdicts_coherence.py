@@ -34,7 +34,7 @@ def test_leave_one_out_coherence_is_zero_for_iid_and_one_for_a_planted_direction
     iid = torch.randn(n, d, generator=gen)
     naive = torch.nn.functional.cosine_similarity(iid, iid.mean(0, keepdim=True), dim=1).mean()
     assert float(naive) == pytest.approx(iid_expectation_naive(n, d), abs=0.02)  # the bias: ≈ 0.125
-    assert abs(float(loo_cosines(iid).mean())) < 0.01
+    assert abs(float(loo_cosines(iid).mean())) < 0.04  # sd of this mean ≈ 0.01 (the cosines are correlated)
     shared = torch.randn(d, generator=gen)
     planted = 10 * shared + 0.5 * torch.randn(n, d, generator=gen)
     assert float(loo_cosines(planted).mean()) > 0.97
