@@ -31,6 +31,7 @@ class ModelPair:
     tokenizer: object
     base_id: str
     dpo_id: str
+    adapter_name: str = "default"  # which adapter of the PeftModel is the DPO side (the null adapter: "null")
 
     @property
     def uses_adapter(self) -> bool:
@@ -46,6 +47,8 @@ class ModelPair:
         if which not in ("base", "dpo"):
             raise ValueError(f"side must be 'base' or 'dpo', got {which!r}")
         if self.uses_adapter:
+            if which == "dpo" and self.base.active_adapter != self.adapter_name:
+                self.base.set_adapter(self.adapter_name)
             ctx = self.base.disable_adapter() if which == "base" else nullcontext()
             with ctx:
                 yield self.base
