@@ -55,3 +55,27 @@ def test_relabel_swaps_a_seeded_half():
     assert len(swapped) == 5 and relabel(pairs, seed=3)[1] == swapped
     for i, (a, b) in enumerate(zip(pairs, out)):
         assert (b.chosen, b.rejected) == ((a.rejected, a.chosen) if i in swapped else (a.chosen, a.rejected))
+
+
+def test_pca_cloud_coordinates_equal_numpy_and_a_pure_shift_is_undone():
+    import numpy as np
+
+    from dsteer_eval.pca_cloud import pca_cloud
+
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(20, 6))
+    v = rng.normal(size=6) * 3
+    dpo = base + v  # a pure shift by v
+    got = pca_cloud(torch.tensor(base), torch.tensor(dpo), torch.tensor(v))
+    stacked = np.concatenate([base, dpo, dpo - v, base + v])
+    centred = stacked - stacked.mean(0)
+    _, s, vh = np.linalg.svd(centred, full_matrices=False)
+    coords = centred @ vh[:2].T
+    mine = np.concatenate([np.array(got["coords"][k]) for k in ("base", "dpo", "dpo_minus_v", "base_plus_v")])
+    signs = np.sign((mine * coords).sum(0))  # a singular vector's sign is arbitrary
+    np.testing.assert_allclose(mine * signs, coords, atol=1e-10)
+    np.testing.assert_allclose(got["explained_variance_ratio"], s[:2] ** 2 / (s ** 2).sum(), rtol=1e-10)
+    dist = got["centroid_distances"]
+    assert dist["base_dpo"] == pytest.approx(np.linalg.norm(v), rel=1e-12)
+    assert dist["base_dpo_minus_v"] == pytest.approx(0.0, abs=1e-12)
+    assert dist["dpo_base_plus_v"] == pytest.approx(0.0, abs=1e-12)
