@@ -93,3 +93,31 @@ def test_null_adapter_matches_the_mean_shift_at_the_site(lora_pair):
     with lora_pair.side("dpo") as m:
         again = last_token_states(m, lora_pair.tokenizer, PROMPTS)[:, site]
     torch.testing.assert_close(again, dpo)
+
+
+def test_lattice_field_on_a_tiny_pair(lora_pair, tmp_path):
+    from dsteer_eval.extract import pair_states
+    from dsteer_eval.lattice_field import lattice_basis, lattice_field, quiver_png
+    from dsteer_eval.preference_data import PreferencePair
+
+    pairs = [PreferencePair(p, " Mix flour and bake.", " I would rather not.") for p in PROMPTS[:3]]
+    states = pair_states(lora_pair, PROMPTS)
+    final = states.delta.shape[1] - 1
+    delta = states.delta[:, final]
+    v = delta.mean(0)
+    basis = lattice_basis(v, delta)
+    torch.testing.assert_close(basis @ basis.T, torch.eye(3, dtype=torch.float64), atol=1e-10, rtol=0)
+    assert float(basis[0] @ v.double()) == pytest.approx(float(v.double().norm()), rel=1e-10)
+    field = lattice_field(lora_pair, pairs, v, delta, beta=0.1)
+    assert len(field["points"]) == 27 and [0, 0, 0] in field["points"]
+    g = torch.tensor(field["field_in_basis"])
+    assert g.shape == (27, 3) and torch.isfinite(g).all()
+    assert -1.0 <= field["uniformity_min"] <= field["uniformity"] <= 1.0
+    # at the origin the field is minus the mean of the per-pair gradients of the coherence probe
+    from dsteer_eval import probes
+
+    coherence = probes.gradient_coherence(lora_pair, pairs, beta=0.1)
+    origin = field["points"].index([0, 0, 0])
+    torch.testing.assert_close(g[origin].double(), -(coherence["mean"].double() @ basis.T), rtol=1e-4, atol=1e-7)
+    quiver_png(field, tmp_path / "q.png")
+    assert (tmp_path / "q.png").stat().st_size > 1000
