@@ -6,9 +6,13 @@ What counts as a secret:
   (``*_KEY``, ``*_TOKEN``, ``*_SECRET``, ``*PASSWORD*``, e.g. ``PERSPECTIVE_API_KEY``,
   ``OPENAI_API_KEY``, ``HF_TOKEN``), read when :func:`redact` runs, so a key set
   after import is covered too;
-* values registered with :func:`register` (a key passed in code, not via the environment);
-* whatever stands after ``key=`` / ``api_key=`` / ``access_token=`` in a URL query and after
-  ``Bearer `` in a header, whether or not the value is known.
+* values registered with :func:`register` (a key passed in code, not via the environment),
+  masked as ``<NAME>`` when registered with a name (``register(key, "PERSPECTIVE_API_KEY")``),
+  so a reader still sees which secret stood there;
+* whatever stands after ``key=`` / ``api_key=`` / ``api-key=`` / ``access_token=`` / ``token=``
+  in a URL query and after ``Bearer `` in a header, whether or not the value is known.
+
+A known secret is also masked in its percent-encoded form (as it appears inside a URL).
 
 Every place that stores or prints an exception text or a failure reason calls :func:`redact`
 (``failed.json``, scorer failure reasons, leaderboards, CLI errors); :func:`install_log_redaction`
@@ -20,36 +24,52 @@ from __future__ import annotations
 import logging
 import os
 import re
+from urllib.parse import quote
 
 MASK = "<redacted>"
 _SECRET_ENV = re.compile(r"(_KEY|_TOKEN|_SECRET|PASSWORD)$|^(HF_TOKEN|HUGGING_FACE_HUB_TOKEN)$", re.I)
-_URL_SECRET = re.compile(r"(?P<name>[?&;](?:key|api_key|apikey|access_token|token)=)[^&\s\"'<>]+", re.I)
+_URL_SECRET = re.compile(r"(?P<name>[?&;](?:key|api[_-]?key|access_token|token)=)[^&\s\"'<>]+", re.I)
 _BEARER = re.compile(r"(?P<name>Bearer\s+)[A-Za-z0-9._~+/=-]{8,}")
 _MIN_SECRET_LEN = 6  # shorter values (e.g. "1", "true") are not secrets and would mangle text
 
-_registered: set[str] = set()
+_registered: dict[str, str] = {}  # secret -> its mask
 
 
-def register(secret: str | None) -> None:
-    """Redact ``secret`` wherever it appears from now on (a key given in code, not the environment)."""
-    if secret and len(secret) >= _MIN_SECRET_LEN:
-        _registered.add(str(secret))
+def register(secret: str | None, name: str | None = None) -> None:
+    """Redact ``secret`` wherever it appears from now on (a key given in code, not the environment).
+
+    With ``name`` it is masked as ``<name>`` (e.g. ``<PERSPECTIVE_API_KEY>``), else as :data:`MASK`.
+    """
+    if secret and len(str(secret)) >= _MIN_SECRET_LEN:
+        if name:
+            _registered[str(secret)] = f"<{name}>"
+        else:
+            _registered.setdefault(str(secret), MASK)
+
+
+def _masks() -> list[tuple[str, str]]:
+    found = dict(_registered)
+    for name, value in os.environ.items():
+        if value and len(value) >= _MIN_SECRET_LEN and _SECRET_ENV.search(name):
+            found.setdefault(value, MASK)
+    for secret, mask in list(found.items()):
+        encoded = quote(secret, safe="")
+        if encoded != secret:
+            found.setdefault(encoded, mask)
+    return sorted(found.items(), key=lambda item: len(item[0]), reverse=True)  # longest first
 
 
 def secrets() -> list[str]:
-    found = set(_registered)
-    for name, value in os.environ.items():
-        if value and len(value) >= _MIN_SECRET_LEN and _SECRET_ENV.search(name):
-            found.add(value)
-    return sorted(found, key=len, reverse=True)  # longest first: a key that contains another
+    """Every secret value known now, longest first (a key that contains another is masked whole)."""
+    return [secret for secret, _ in _masks()]
 
 
 def redact(text) -> str:
     """``text`` as a string with every known secret and every URL key/token value masked."""
     text = str(text)
-    for secret in secrets():
+    for secret, mask in _masks():
         if secret in text:
-            text = text.replace(secret, MASK)
+            text = text.replace(secret, mask)
     text = _URL_SECRET.sub(lambda m: m.group("name") + MASK, text)
     return _BEARER.sub(lambda m: m.group("name") + MASK, text)
 
@@ -85,12 +105,18 @@ def install_log_redaction() -> None:
         record = previous(*args, **kwargs)
         try:
             message = record.getMessage()
-        except Exception:  # noqa: BLE001 - a bad format string: keep lm-eval's own error path
-            return record
-        record.msg, record.args = redact(message), ()
+        except Exception:  # noqa: BLE001 - a bad format string: keep logging's own error path,
+            # but with nothing secret in what it prints
+            record.msg = redact(record.msg)
+            if isinstance(record.args, tuple):
+                record.args = tuple(redact(a) if isinstance(a, (str, BaseException)) else a for a in record.args)
+        else:
+            record.msg, record.args = redact(message), ()
         if record.exc_info and record.exc_info[0] is not None:
             record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
             record.exc_info = None
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
         return record
 
     logging.setLogRecordFactory(factory)

@@ -10,6 +10,9 @@ probability-weighted score  score = sum_s p(s) * s  over the score tokens 1..5.
   ``logprobs`` + ``top_logprobs``; p(s) from the returned top log-probs,
   renormalised over the score tokens present.  A call that fails after retries,
   or whose top log-probs hold no score token, is a failure (``None``), never 0.
+  Its reason carries the endpoint's own error message, redacted
+  (:func:`dsteer_eval.redaction.redact`; the key is registered), since servers echo
+  keys and request URLs back in their errors.
 
 The judge is chosen by ``DSTEER_JUDGE``: ``smollm2`` (default, embedded, weak),
 ``hf:<path>``, or ``openai:<model>`` (``DSTEER_JUDGE_BASE_URL``, default
@@ -26,6 +29,8 @@ import os
 import time
 from dataclasses import dataclass
 from functools import lru_cache
+
+from dsteer_eval import redaction
 
 log = logging.getLogger("dsteer_eval.geval")
 
@@ -194,6 +199,22 @@ def _first_of_two(probs: dict) -> tuple[float | None, float]:
     return (probs[1] / mass if mass > 0 else None), mass
 
 
+def _error_detail(reply, limit: int = 300) -> str:
+    """``": <the server's error message>"`` from an error reply (OpenAI's ``{"error": {"message"}}``
+    or the start of the body), redacted before it is cut (a cut key could not be recognised)."""
+    try:
+        data = reply.json()
+        error = data.get("error", data) if isinstance(data, dict) else data
+        message = error.get("message", error) if isinstance(error, dict) else error
+        text = message if isinstance(message, str) else (json.dumps(message) if message else "")
+    except ValueError:
+        text = reply.text or ""
+    text = " ".join(redaction.redact(text).split())
+    if len(text) > limit:
+        text = text[:limit] + "..."
+    return f": {text}" if text else ""
+
+
 class OpenAIJudge(_Judge):
     """An OpenAI-compatible chat endpoint with top log-probs (one request per prompt)."""
 
@@ -201,6 +222,7 @@ class OpenAIJudge(_Judge):
                  retries: int = 4, backoff_s: float = 1.0, timeout_s: float = 60.0, sleep=time.sleep):
         self.model, self.base_url = model, base_url.rstrip("/")
         self._key = api_key
+        redaction.register(api_key, "JUDGE_API_KEY")
         self.top_logprobs, self.retries, self.backoff_s, self.timeout_s = top_logprobs, retries, backoff_s, timeout_s
         self._sleep = sleep
         self.name = f"openai:{model}@{self.base_url}"
@@ -227,14 +249,14 @@ class OpenAIJudge(_Judge):
                 reply = requests.post(f"{self.base_url}/chat/completions", headers=headers,
                                       data=json.dumps(body), timeout=self.timeout_s)
             except (requests.Timeout, requests.ConnectionError) as exc:
-                last = f"{type(exc).__name__}"
+                last = f"{type(exc).__name__}: {exc}"
                 continue
             if reply.status_code == 200:
                 return reply.json()
-            last = f"HTTP {reply.status_code}"
+            last = f"HTTP {reply.status_code}{_error_detail(reply)}"
             if reply.status_code not in (408, 409, 429) and reply.status_code < 500:
                 break
-        raise RuntimeError(f"judge endpoint failed: {last}")
+        raise RuntimeError(redaction.redact(f"judge endpoint failed: {last}"))
 
     def _judge(self, prompts, labels, combine) -> list[Judgement]:
         out = []
@@ -243,7 +265,7 @@ class OpenAIJudge(_Judge):
                 data = self._post(prompt)
                 top = data["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
             except RuntimeError as exc:
-                out.append(Judgement(None, 0.0, str(exc)))
+                out.append(Judgement(None, 0.0, redaction.redact(exc)))
                 continue
             except (KeyError, IndexError, TypeError, ValueError):
                 out.append(Judgement(None, 0.0, "reply without choices[0].logprobs.content[0].top_logprobs"))
