@@ -22,7 +22,9 @@ the same name once dsteer-eval is installed (see ``dsteer_eval.lm_eval_plugin``)
 from __future__ import annotations
 
 import logging
+import math
 from collections import deque
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -39,8 +41,8 @@ from dsteer_eval.embedded import (
 )
 from dsteer_eval.metrics.reference_models import register_active
 from dsteer_eval.model_parts import resolve_parts
-from dsteer_eval.steer_args import SteerArgs, resolve_site
-from dsteer_eval.steering import Intervention, steer
+from dsteer_eval.steer_args import SteerArgs, resolve_sites
+from dsteer_eval.steering import Intervention, NonFiniteError, check_finite, check_fits_dtype, steer
 from dsteer_eval.vectors import VectorFile, check_compatible, load_vectors
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,35 @@ lm_eval_plugin.register()  # no-op when the .pth hook already ran
 
 class NoDefaultVectorError(ValueError):
     pass
+
+
+class NonFiniteStateError(NonFiniteError):
+    """A steered forward pass produced NaN/inf: the run stops instead of scoring meaningless numbers."""
+
+
+def _check_builtin_entry(where: str, info: dict) -> None:
+    """Finite vector, coefficient and bias, and a direction for 'clamp' (before any model loads)."""
+    vec = info.get("steering_vector")
+    if not isinstance(vec, torch.Tensor) or not vec.is_floating_point():
+        raise ValueError(f"{where}: 'steering_vector' must be a float tensor")
+    check_finite(vec, f"{where} steering_vector")
+    coef = info.get("steering_coefficient", 1.0)
+    try:
+        coef_value = float(coef)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: steering_coefficient={coef!r} is not a number") from None
+    if not math.isfinite(coef_value):
+        raise NonFiniteError(f"{where}: steering_coefficient={coef!r} must be a finite number")
+    bias = info.get("bias")
+    if bias is not None:
+        if not isinstance(bias, torch.Tensor):
+            raise ValueError(f"{where}: 'bias' must be a tensor or None")
+        check_finite(bias, f"{where} bias")
+    if info.get("action", "add") == "clamp" and float(torch.linalg.vector_norm(vec.double())) == 0.0:
+        raise NonFiniteError(
+            f"{where}: a 'clamp' steering_vector of norm 0 has no direction (clamping divides by its "
+            f"norm, which gives NaN everywhere); use a non-zero direction"
+        )
 
 
 def _check_steer_path(steer_path) -> Path:
@@ -80,6 +111,8 @@ def _load_builtin_pt(path: Path) -> dict:
             f"steer_path={path} is not lm-eval's steering format "
             f"{{hookpoint: {{'steering_vector': tensor, 'action': 'add'|'clamp', ...}}}}"
         )
+    for hookpoint, info in config.items():
+        _check_builtin_entry(f"steer_path={path} hookpoint {hookpoint!r}", info)
     return config
 
 
@@ -110,13 +143,20 @@ class SteeredLM(HFLM):
                 raise ValueError(
                     "layer=/unit= apply to vector=; a steer_path file names its own hookpoints"
                 )
-            builtin = self._read_builtin(_check_steer_path(steer_path))
+            builtin_path = _check_steer_path(steer_path)
+            builtin = self._read_builtin(builtin_path)
         else:
             if vector is None:
                 vector = self._default_vector_for(pretrained)
                 if "peft" not in kwargs:  # the shipped vector belongs to the shipped DPO model
                     kwargs["peft"] = self._default_adapter_for(pretrained)
             vector_file = load_vectors(vector, argument="vector")
+        self._args_label = ", ".join(  # named by NonFiniteStateError; defaults (shipped vector, adapter) filled in
+            f"{k}={v}" for k, v in (("pretrained", pretrained), ("peft", kwargs.get("peft")), ("vector", vector),
+                                    ("steer_path", steer_path), ("layer", layer), ("alpha", alpha),
+                                    ("position", position), ("dtype", kwargs.get("dtype")))
+            if v is not None
+        )
         if str(kwargs.get("peft", "")).strip().lower() == "none":
             kwargs.pop("peft")  # peft=none: the base model itself
 
@@ -134,7 +174,7 @@ class SteeredLM(HFLM):
         self._interventions: list[Intervention] = []
         self._module_edits: list = []
         if builtin is not None:
-            self._module_edits = self._builtin_edits(builtin, args.alphas)
+            self._module_edits = self._builtin_edits(builtin, args.alphas, where=f"steer_path={builtin_path}")
         else:
             self._interventions = self._build_interventions(vector_file, args)
         if self._position != "all":
@@ -190,7 +230,13 @@ class SteeredLM(HFLM):
         layers = args.layers
         if layers is None:
             if "default_layer" in vf.metadata:
-                layers = (int(vf.metadata["default_layer"]),)
+                try:
+                    layers = (int(vf.metadata["default_layer"]),)
+                except ValueError:
+                    raise ValueError(
+                        f"vector={vf.path}: bad metadata: default_layer={vf.metadata['default_layer']!r} "
+                        f"is not an integer; pass layer="
+                    ) from None
             elif len(vf.vectors) == 1:
                 layers = (next(iter(vf.vectors)),)
             else:
@@ -198,15 +244,19 @@ class SteeredLM(HFLM):
                     f"layer= is required: {vf.path} holds vectors for layers "
                     f"{', '.join(map(str, vf.vectors))} and names no default"
                 )
+        sites = resolve_sites(layers, self._parts.num_layers)  # refuses one site named twice (20;-11)
         out = []
-        for layer, alpha in args.pairs(layers):
-            site = resolve_site(layer, self._parts.num_layers)
+        for site, (layer, alpha) in zip(sites, args.pairs(layers)):
             v = vf.vector(site, argument="vector")
             if args.unit:
                 norm = float(v.norm())
                 if norm == 0.0:
                     raise ValueError(f"unit=true: the vector for layer {site} is zero and has no direction")
                 v = v / norm
+            param = next(self._parts.site_module(site).parameters(), None)  # the dtype the shift is added in
+            dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+            check_fits_dtype(float(alpha) * v.float(), dtype,
+                             f"alpha={alpha:g} times vector={vf.path} (layer {layer}) in the model's dtype")
             out.append(Intervention(site=site, vector=v, alpha=alpha))
         return out
 
@@ -218,7 +268,7 @@ class SteeredLM(HFLM):
             return SteeredModel.derive_steer_config(str(path))
         return _load_builtin_pt(path)
 
-    def _builtin_edits(self, config: dict, alphas: tuple[float, ...]) -> list:
+    def _builtin_edits(self, config: dict, alphas: tuple[float, ...], where: str = "steer_path") -> list:
         """Hooks for lm-eval's built-in format, using its own add/clamp functions."""
         from functools import partial
 
@@ -232,23 +282,32 @@ class SteeredLM(HFLM):
         for hookpoint, info in config.items():
             if hookpoint not in modules:
                 raise ValueError(f"steer_path hookpoint {hookpoint!r} is not a module of this model")
+            entry = f"{where} hookpoint {hookpoint!r}"
+            _check_builtin_entry(entry, info)  # also for configs derived from a .csv
             vec = info["steering_vector"].to(self.device).to(self.model.dtype)
+            check_finite(vec, f"{entry} steering_vector in {self.model.dtype}")
             coef = float(info.get("steering_coefficient", 1.0))
             bias = info.get("bias")
             if bias is not None:
-                bias = bias.to(self.device).to(self.model.dtype)
+                bias = check_finite(bias.to(self.device).to(self.model.dtype), f"{entry} bias in {self.model.dtype}")
             action = info.get("action", "add")
             if action == "add":
                 if bias is not None:
                     raise ValueError(f"steer_path hookpoint {hookpoint!r}: bias is not supported with 'add'")
                 scaled = vec * coef if alpha == 1.0 else vec * coef * alpha
+                check_fits_dtype(info["steering_vector"].double() * coef * alpha, self.model.dtype,
+                                 f"{entry}: alpha={alpha:g} times steering_coefficient={coef:g} times steering_vector")
+                check_finite(scaled, f"{entry}: alpha={alpha:g} times steering_coefficient={coef:g} "
+                                     f"times steering_vector in {self.model.dtype}")
                 fn = partial(SteeredModel.add, vector=scaled, head_index=info.get("head_index"))
             elif action == "clamp":
                 if alpha != 1.0:
                     raise ValueError("alpha= does not apply to 'clamp' hookpoints; set steering_coefficient")
+                direction = check_finite(vec / torch.norm(vec), f"{entry}: the clamp direction (steering_vector "
+                                                                  f"/ its norm) in {self.model.dtype}")
                 fn = partial(
                     SteeredModel.clamp,
-                    direction=vec / torch.norm(vec),
+                    direction=direction,
                     value=coef,
                     bias=bias,
                     head_index=info.get("head_index"),
@@ -263,16 +322,63 @@ class SteeredLM(HFLM):
     def interventions(self) -> list[Intervention]:
         return list(self._interventions)
 
+    @contextmanager
     def steering(self, prompt_lengths=None, parts=None):
-        """The steering context for one forward pass (or one ``generate``); ``parts``: other modules to hook."""
-        return steer(
+        """The steering context for one forward pass (or one ``generate``); ``parts``: other modules to hook.
+
+        Every forward pass inside it has its logits checked: NaN/inf raises
+        :class:`NonFiniteStateError` instead of being scored (argmax over NaN picks choice 0)."""
+        parts = parts or self._parts
+        with steer(
             self.model,
             self._interventions,
             position=self._position,
             prompt_lengths=prompt_lengths,
             module_edits=self._module_edits,
-            parts=parts or self._parts,
-        )
+            parts=parts,
+        ) as state, self._finite_guard(parts):
+            yield state
+
+    @contextmanager
+    def _finite_guard(self, parts):
+        """Hooks that check the logits (real tokens only, by the attention mask) of every forward pass."""
+        seen = {"mask": None}
+
+        def pre_hook(module, args, kwargs):
+            mask = kwargs.get("attention_mask")
+            seen["mask"] = mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
+
+        def hook(module, args, output):
+            logits = output[0] if isinstance(output, tuple) else output
+            if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
+                return
+            if bool(torch.isfinite(logits.sum(dtype=torch.float32))):
+                return  # one reduction, no copy of the logits: the usual case
+            finite = torch.isfinite(logits)
+            if bool(finite.all()):
+                return
+            mask = seen["mask"]
+            if mask is not None and logits.dim() == 3 and mask.shape[0] == logits.shape[0] \
+                    and mask.shape[1] >= logits.shape[1]:
+                real = mask[:, -logits.shape[1]:].to(device=logits.device, dtype=torch.bool)
+                if bool(finite[real].all()):
+                    return  # NaN only where padding is (never read)
+                finite = finite | ~real[..., None]
+            n_bad = int((~finite).sum())
+            raise NonFiniteStateError(
+                f"steered model ({self._args_label}): a forward pass gave NaN/inf logits ({n_bad} values); "
+                f"log-likelihoods and generations from it would be meaningless, so the run stops instead "
+                f"of scoring them. Use a smaller alpha, dtype=float32 (float16 overflows above 65504), or "
+                f"check the vector"
+            )
+
+        handles = [parts.decoder.register_forward_pre_hook(pre_hook, with_kwargs=True),
+                   parts.lm_head.register_forward_hook(hook)]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
 
     def _row_prompt_lengths(self, inps: torch.Tensor) -> torch.Tensor | None:
         if self._position == "all":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -65,10 +66,15 @@ def _site(value: str, model, flag: str) -> int:
 
 def _cmd_extract(args: argparse.Namespace) -> int:
     from dsteer_eval import extract
+    from dsteer_eval.output_folder import check_writable
     from dsteer_eval.vectors import save_vectors
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if Path(args.out).expanduser().is_dir():
+        raise ValueError(f"--out {args.out} is a folder; give the path of the .safetensors file to write")
+    check_writable(args.out)  # before any data or model loads
+    stats: dict = {}
     if args.method == "dpo-diff":
         from dsteer_eval.model_pair import ModelPair
         from dsteer_eval.preference_data import load_prompts
@@ -78,7 +84,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         extra = {"data": source}
         side = _dpo_side(args)
         pair = ModelPair.load(args.pretrained, **side)
-        vectors = extract.dpo_diff(pair, prompts, batch_size=args.batch_size)
+        vectors = extract.dpo_diff(pair, prompts, batch_size=args.batch_size, stats=stats)
         model, n = pair.base, len(prompts)
         extra.update({"dpo": pair.dpo_id, "dpo_is_adapter": pair.uses_adapter, "prompts": n})
     else:
@@ -88,7 +94,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         extra = {"data": pairs.source, "skipped": dict(pairs.skipped)}
         model, tokenizer, _ = load_model(args.pretrained, peft=args.peft)
         if args.method == "caa":
-            vectors, n = extract.caa(model, tokenizer, pairs, batch_size=args.batch_size), len(pairs)
+            vectors, n = extract.caa(model, tokenizer, pairs, batch_size=args.batch_size, stats=stats), len(pairs)
         else:
             vectors, n = extract.preference(model, tokenizer, pairs)
             extra["pairs_without_divergence"] = len(pairs) - n
@@ -99,12 +105,19 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         extra["default_layer"] = str(site)
     elif len(vectors) == 1:
         extra["default_layer"] = str(next(iter(vectors)))
+    truncated = int(stats.get("truncated", 0))
+    if args.method != "preference":  # the preference method runs no forward pass
+        extra["truncated_texts"] = truncated
+        if stats.get("context"):
+            extra["context_tokens"] = int(stats["context"])
     extra["peak_rss_mib"] = round(_peak_rss_mib())
     out = save_vectors(args.out, vectors, model=model, model_id=str(args.pretrained or "smollm2"),
                        method=args.method, n_examples=n, extra=extra)
     norms = ", ".join(f"{s}:{float(v.norm()):.3g}" for s, v in vectors.items() if s % 5 == 0 or len(vectors) == 1)
+    cut = (f"; {truncated} text(s) longer than the model's context were cut to their last "
+           f"{stats.get('context')} tokens" if truncated else "")
     print(f"wrote {out}: {len(vectors)} site(s) from {n} examples (|v| by layer {norms}); "
-          f"peak memory {extra['peak_rss_mib']} MiB")
+          f"peak memory {extra['peak_rss_mib']} MiB{cut}")
     return 0
 
 
@@ -437,6 +450,35 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"dsteer-eval {args.verb}: error: {redact(exc)}", file=sys.stderr)
         return 2
+    except OSError as exc:  # e.g. a read-only or full output folder: one line, not a traceback
+        print(f"dsteer-eval {args.verb}: error: {redact(_os_error_message(exc, args))}", file=sys.stderr)
+        return 2
+
+
+def _output_flag(args: argparse.Namespace) -> tuple[str, str] | None:
+    for flag, name in (("--out", "out"), ("--output", "output")):
+        value = getattr(args, name, None)
+        if value:
+            return flag, str(value)
+    return None
+
+
+def _touches(filename: str, out: str) -> bool:
+    """Whether ``filename`` is ``out``, inside it, one of its parents, or a staging sibling of it."""
+    f = os.path.realpath(os.path.expanduser(filename))
+    o = os.path.realpath(os.path.expanduser(out))
+    sibling = os.path.dirname(f) == os.path.dirname(o) and os.path.basename(f).startswith(f".{os.path.basename(o)}.")
+    return f == o or f.startswith(o + os.sep) or o.startswith(f + os.sep) or sibling
+
+
+def _os_error_message(exc: OSError, args: argparse.Namespace) -> str:
+    reason = exc.strerror or str(exc)
+    filename = exc.filename if isinstance(exc.filename, str) else None
+    output = _output_flag(args)
+    if output is not None and (filename is None or _touches(filename, output[1])):
+        flag, out = output
+        return f"cannot write {filename or out}: {reason} ({flag} {out})"
+    return f"{filename}: {reason}" if filename else reason
 
 
 if __name__ == "__main__":

@@ -15,11 +15,14 @@ Methods:
                  h(prompt + chosen) − h(prompt + rejected) at the last reply token.
 
 All run in batches with a progress bar and are deterministic (no sampling;
-inputs in file order).
+inputs in file order).  A text longer than the model's context
+(:func:`context_limit`) is cut to its last tokens (the state read is the last
+token's; a leading BOS is kept) and counted: ``stats["truncated"]``.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -30,11 +33,59 @@ from dsteer_eval.hidden_states import record
 from dsteer_eval.model_parts import resolve_parts
 from dsteer_eval.preference_data import PreferencePair
 
+log = logging.getLogger(__name__)
+_SANE_CONTEXT = 10_000_000  # tokenizers without a limit say 1e30; configs sometimes say absurd things
 
-def pad_batch(tokenizer, token_lists: Sequence[Sequence[int]], device):
-    """Right-padded ``(ids, attention_mask, last_index)`` for lists of token ids."""
+
+def context_limit(model, tokenizer=None) -> int | None:
+    """The most tokens one forward pass may take: the smaller of the config's position limit
+    (``max_position_embeddings``, ``n_positions``, ...) and the tokenizer's ``model_max_length``,
+    ignoring values that are not sane (missing, <= 1, or the "no limit" 1e30); ``None`` if neither is."""
+    from dsteer_eval.model_parts import unwrap
+
+    found = []
+    config = getattr(unwrap(model), "config", None) if model is not None else None
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and not isinstance(value, bool):
+            found.append(value)
+            break
+    value = getattr(tokenizer, "model_max_length", None)
+    if isinstance(value, int) and not isinstance(value, bool):
+        found.append(value)
+    sane = [v for v in found if 1 < v < _SANE_CONTEXT]
+    return min(sane) if sane else None
+
+
+def keep_end(tokens: Sequence[int], max_length: int | None, bos_token_id: int | None = None) -> list[int]:
+    """``tokens`` cut to their last ``max_length`` (a leading BOS stays first); unchanged if they fit."""
+    tokens = list(tokens)
+    if max_length is None or len(tokens) <= max_length:
+        return tokens
+    if bos_token_id is not None and tokens and tokens[0] == bos_token_id and max_length > 1:
+        return [tokens[0]] + tokens[len(tokens) - (max_length - 1):]
+    return tokens[len(tokens) - max_length:]
+
+
+def pad_batch(tokenizer, token_lists: Sequence[Sequence[int]], device, *, max_length: int | None = None,
+              stats: dict | None = None):
+    """Right-padded ``(ids, attention_mask, last_index)`` for lists of token ids.
+
+    With ``max_length``, longer lists keep their last tokens (:func:`keep_end`) and
+    ``stats["truncated"]`` counts them.  Callers that index positions from the start
+    (continuation scoring) leave ``max_length`` out."""
     if any(len(t) == 0 for t in token_lists):
         raise ValueError("an empty text has no last token")
+    if max_length is not None:
+        bos = getattr(tokenizer, "bos_token_id", None)
+        cut = [keep_end(t, max_length, bos) for t in token_lists]
+        n_cut = sum(len(a) != len(b) for a, b in zip(cut, token_lists))
+        if n_cut:
+            log.warning("%d token sequence(s) longer than the model's context of %d tokens are cut to their "
+                        "last %d tokens", n_cut, max_length, max_length)
+        if stats is not None:
+            stats["truncated"] = stats.get("truncated", 0) + n_cut
+        token_lists = cut
     width = max(len(t) for t in token_lists)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     ids = torch.tensor([list(t) + [pad] * (width - len(t)) for t in token_lists], device=device)
@@ -43,27 +94,44 @@ def pad_batch(tokenizer, token_lists: Sequence[Sequence[int]], device):
     return ids, mask, last
 
 
-def sorted_batches(tokenizer, texts: Sequence[str], batch_size: int, device):
-    """``(indices, ids, mask, last)`` batches of ``texts`` in order of token length (less padding)."""
+def sorted_batches(tokenizer, texts: Sequence[str], batch_size: int, device, *, max_length: int | None = None,
+                   stats: dict | None = None):
+    """``(indices, ids, mask, last)`` batches of ``texts`` in order of token length (less padding).
+
+    With ``max_length`` (see :func:`context_limit`), a longer text keeps its last
+    ``max_length`` tokens and is counted in ``stats["truncated"]``."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     encoded = [tokenizer(t, add_special_tokens=True).input_ids for t in texts]
-    order = sorted(range(len(texts)), key=lambda i: (len(encoded[i]), i))
+    bos = getattr(tokenizer, "bos_token_id", None)
+    cut = [keep_end(ids, max_length, bos) for ids in encoded]
+    n_cut = sum(len(a) != len(b) for a, b in zip(cut, encoded))
+    if n_cut:
+        log.warning("%d of %d text(s) are longer than the model's context of %d tokens; each is cut to its "
+                    "last %d tokens (the last token's state is the one read)", n_cut, len(texts), max_length,
+                    max_length)
+    if stats is not None:
+        stats["truncated"] = stats.get("truncated", 0) + n_cut
+        stats["context"] = max_length
+    order = sorted(range(len(texts)), key=lambda i: (len(cut[i]), i))
     for start in range(0, len(texts), batch_size):
         index = order[start : start + batch_size]
-        yield (index, *pad_batch(tokenizer, [encoded[i] for i in index], device))
+        yield (index, *pad_batch(tokenizer, [cut[i] for i in index], device))
 
 
-def last_token_states(model, tokenizer, texts: Sequence[str], *, batch_size: int = 8, desc: str = "") -> torch.Tensor:
+def last_token_states(model, tokenizer, texts: Sequence[str], *, batch_size: int = 8, desc: str = "",
+                      stats: dict | None = None) -> torch.Tensor:
     """Hidden states of the last token of each text, all sites: ``(len(texts), sites, d)`` float32.
 
     Texts are batched in order of length and returned in input order.  Only the
-    decoder runs: no logits are computed.
+    decoder runs: no logits are computed.  Texts longer than the model's context
+    keep their last tokens; ``stats["truncated"]`` counts them.
     """
     parts = resolve_parts(model)
     device = next(model.parameters()).device
     out = torch.empty(len(texts), parts.num_sites, parts.hidden_size)
-    batches = sorted_batches(tokenizer, texts, batch_size, device)
+    batches = sorted_batches(tokenizer, texts, batch_size, device, max_length=context_limit(model, tokenizer),
+                             stats=stats)
     for index, ids, mask, last in tqdm(batches, total=-(-len(texts) // batch_size), desc=desc or "forward", leave=False):
         with torch.no_grad(), record(model, parts=parts) as seen:
             parts.decoder(input_ids=ids, attention_mask=mask, use_cache=False)
@@ -84,25 +152,34 @@ class PairStates:
     prompts: list[str]
     base: torch.Tensor
     dpo: torch.Tensor
+    truncated: int = 0  # prompts cut to the model's context (their last tokens kept)
 
     @property
     def delta(self) -> torch.Tensor:
         return self.dpo - self.base
 
 
-def pair_states(pair, prompts: Sequence[str], *, batch_size: int = 8) -> PairStates:
+def pair_states(pair, prompts: Sequence[str], *, batch_size: int = 8, stats: dict | None = None) -> PairStates:
     if not prompts:
         raise ValueError("dpo-diff needs at least one prompt")
-    states = {}
+    states, seen = {}, {}
     for which in ("base", "dpo"):
+        side_stats: dict = {}
         with pair.side(which) as model:
-            states[which] = last_token_states(model, pair.tokenizer, prompts, batch_size=batch_size, desc=which)
-    return PairStates(list(prompts), states["base"], states["dpo"])
+            states[which] = last_token_states(model, pair.tokenizer, prompts, batch_size=batch_size, desc=which,
+                                              stats=side_stats)
+        seen[which] = side_stats
+    truncated = max(s.get("truncated", 0) for s in seen.values())  # the same prompts on both sides
+    if stats is not None:
+        stats["truncated"] = stats.get("truncated", 0) + truncated
+        stats["context"] = seen["base"].get("context")
+    return PairStates(list(prompts), states["base"], states["dpo"], truncated)
 
 
-def dpo_diff(pair, prompts: Sequence[str], *, batch_size: int = 8) -> dict[int, torch.Tensor]:
+def dpo_diff(pair, prompts: Sequence[str], *, batch_size: int = 8,
+             stats: dict | None = None) -> dict[int, torch.Tensor]:
     """v̄ = mean over prompts of h_dpo − h_base at the last prompt token, every site."""
-    mean = pair_states(pair, prompts, batch_size=batch_size).delta.mean(0)
+    mean = pair_states(pair, prompts, batch_size=batch_size, stats=stats).delta.mean(0)
     return {site: mean[site] for site in range(mean.shape[0])}
 
 
@@ -158,10 +235,13 @@ def preference(model, tokenizer, pairs: Sequence[PreferencePair]) -> tuple[dict[
     return {resolve_parts(model).num_layers: mean}, len(found)
 
 
-def caa(model, tokenizer, pairs: Sequence[PreferencePair], *, batch_size: int = 8) -> dict[int, torch.Tensor]:
+def caa(model, tokenizer, pairs: Sequence[PreferencePair], *, batch_size: int = 8,
+        stats: dict | None = None) -> dict[int, torch.Tensor]:
     if not pairs:
         raise ValueError("caa needs at least one preference pair")
-    chosen = last_token_states(model, tokenizer, [p.prompt + p.chosen for p in pairs], batch_size=batch_size, desc="chosen")
-    rejected = last_token_states(model, tokenizer, [p.prompt + p.rejected for p in pairs], batch_size=batch_size, desc="rejected")
+    chosen = last_token_states(model, tokenizer, [p.prompt + p.chosen for p in pairs], batch_size=batch_size,
+                               desc="chosen", stats=stats)
+    rejected = last_token_states(model, tokenizer, [p.prompt + p.rejected for p in pairs], batch_size=batch_size,
+                                 desc="rejected", stats=stats)
     mean = (chosen - rejected).mean(0)
     return {site: mean[site] for site in range(mean.shape[0])}

@@ -1,53 +1,133 @@
-"""Output folders that appear whole or not at all.
+"""Output folders that appear whole or not at all, and never lose finished work.
 
-:func:`staged_folder` yields a temporary sibling of the target; when the block
-finishes, the sibling replaces the target (an existing target is removed
-first); when it raises, the sibling is deleted and the target is untouched.
-:func:`check_free` refuses to overwrite a non-empty folder unless asked;
-:func:`atomic_write_bytes` / :func:`atomic_write_text` do the same for one file.
+:func:`staged_folder` yields a temporary folder next to the target; when the
+block finishes, the staged folder takes the target's place; when it raises, the
+staged folder is deleted and the target is untouched.  A target that is a
+symbolic link is followed: the new content goes where the link points and the
+link itself survives.  An existing target is first renamed aside and deleted
+only once the new content is in place; if the final move fails, the finished
+staged folder is kept and the error says where it is.
+
+:func:`check_free` refuses to overwrite a non-empty folder unless asked and, like
+:func:`check_writable`, checks that the output can be written before any work
+starts.  :func:`atomic_write_bytes` / :func:`atomic_write_text` write one file
+whole or not at all.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+log = logging.getLogger(__name__)
 
-def check_free(out: str | os.PathLike, overwrite: bool = False) -> Path:
-    out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ValueError(f"--out {out} exists and is not empty; choose a new folder or pass --overwrite")
+
+class OutputFolderError(ValueError):
+    """The output cannot be written where asked; the message names the flag and the path."""
+
+
+def resolve_target(target: str | os.PathLike) -> Path:
+    """``target`` with every symbolic link followed (also a dangling one: where it points)."""
+    return Path(os.path.realpath(Path(target).expanduser()))
+
+
+def check_writable(out: str | os.PathLike, flag: str = "--out") -> Path:
+    """Raise :class:`OutputFolderError` unless ``out`` (a file or folder to be created or replaced)
+    can be written: its nearest existing ancestor must be a folder we can create entries in."""
+    given = Path(out).expanduser()
+    real = resolve_target(given)
+    ancestor = real.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise OutputFolderError(f"cannot write {given}: {ancestor} is a file, not a folder ({flag} {out})")
+    try:
+        probe = tempfile.mkdtemp(prefix=f".{real.name}.writecheck", dir=ancestor)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise OutputFolderError(f"cannot write {given}: {ancestor} is not writable ({reason}) ({flag} {out})") from None
+    os.rmdir(probe)
+    return given
+
+
+def check_free(out: str | os.PathLike, overwrite: bool = False, flag: str = "--out") -> Path:
+    out = Path(out).expanduser()
+    real = resolve_target(out)
+    if real.exists() and not real.is_dir():
+        raise OutputFolderError(f"{flag} {out} is a file, not a folder; choose a folder path")
+    if real.exists() and any(real.iterdir()) and not overwrite:
+        raise OutputFolderError(f"{flag} {out} exists and is not empty; choose a new folder or pass --overwrite")
+    check_writable(out, flag)
     return out
 
 
 @contextmanager
 def staged_folder(target: str | os.PathLike) -> Iterator[Path]:
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+    given = Path(target).expanduser()
+    real = resolve_target(given)
+    real.parent.mkdir(parents=True, exist_ok=True)
+    tmp = real.with_name(f".{real.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
         yield tmp
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    _swap_in(tmp, real, given)
+
+
+def _swap_in(tmp: Path, real: Path, given: Path) -> None:
+    """Move the finished ``tmp`` to ``real``; the old ``real`` goes aside first and is deleted last."""
+    aside = None
+    if real.exists() or real.is_symlink():
+        aside = real.with_name(f".{real.name}.old{os.getpid()}")
+        shutil.rmtree(aside, ignore_errors=True)
+        try:
+            os.replace(real, aside)
+        except OSError as exc:
+            raise OutputFolderError(
+                f"cannot replace {given}: moving the old content aside failed ({exc.strerror or exc}); "
+                f"the finished output is kept in {tmp}"
+            ) from None
+    try:
+        os.replace(tmp, real)
+    except OSError as exc:
+        restored = ""
+        if aside is not None:
+            try:
+                os.replace(aside, real)
+                restored = f"; the previous {given} is unchanged"
+            except OSError:
+                restored = f"; the previous content of {given} is in {aside}"
+        raise OutputFolderError(
+            f"cannot move the finished output into {given} ({exc.strerror or exc}): it is kept in {tmp}{restored}"
+        ) from None
+    if aside is not None:
+        if aside.is_dir() and not aside.is_symlink():
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            aside.unlink(missing_ok=True)
+        if aside.exists():
+            log.warning("could not delete the replaced output %s; delete it by hand", aside)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary sibling and ``os.replace``: whole or not at all."""
+    """Write ``data`` to ``path`` through a temporary sibling and ``os.replace``: whole or not at all.
+
+    A ``path`` that is a symbolic link is followed: the file it points to is replaced, the link stays."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    real = resolve_target(path)
+    real.parent.mkdir(parents=True, exist_ok=True)
+    tmp = real.with_name(f".{real.name}.tmp{os.getpid()}")
     try:
         tmp.write_bytes(data)
-        os.replace(tmp, path)
+        os.replace(tmp, real)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

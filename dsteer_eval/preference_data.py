@@ -17,6 +17,8 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import re
+import zlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,19 +86,67 @@ def pair_from_row(row) -> PreferencePair:
     return pair
 
 
+class DataFileError(ValueError):
+    """A preference data file that cannot be read; the message names the file and the line."""
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _lone_surrogate(value, field: str = ""):
+    """``(field, string)`` of the first string in ``value`` holding a lone surrogate, or ``None``."""
+    if isinstance(value, str):
+        return (field, value) if _SURROGATE.search(value) else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            name = f"{field}.{key}" if field else str(key)
+            if _SURROGATE.search(str(key)):
+                return name, str(key)
+            bad = _lone_surrogate(item, name)
+            if bad:
+                return bad
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            bad = _lone_surrogate(item, f"{field}[{i}]")
+            if bad:
+                return bad
+    return None
+
+
 def _jsonl_rows(path: Path):
+    """``(where, row)`` of every non-blank line; every failure names the file and the line."""
     opener = gzip.open if path.suffix == ".gz" else open
+    last_good = 0
     try:
         with opener(path, "rt", encoding="utf-8") as fh:
             for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    yield f"{path}:{lineno}", json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-    except (UnicodeDecodeError, gzip.BadGzipFile, EOFError) as exc:
-        raise ValueError(f"preference data {path}: not a UTF-8 JSONL(.gz) file ({exc})") from None
+                if line.strip():
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError as exc:
+                        raise DataFileError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+                    bad = _lone_surrogate(row)
+                    if bad is not None:
+                        field, text = bad
+                        at = _SURROGATE.search(text).start()
+                        raise DataFileError(
+                            f"{path}:{lineno}: field {field or '(the row)'!r} holds a lone surrogate "
+                            f"\\u{ord(text[at]):04x} at character {at} (half of a UTF-16 pair, not valid "
+                            f"Unicode text); fix or drop that row"
+                        )
+                    yield f"{path}:{lineno}", row
+                last_good = lineno
+    except (UnicodeDecodeError, gzip.BadGzipFile, EOFError, zlib.error) as exc:
+        if isinstance(exc, UnicodeDecodeError):
+            why = "not a UTF-8 JSONL(.gz) file (invalid UTF-8)"
+        elif isinstance(exc, EOFError):
+            why = "the gzip data is cut off (an incomplete copy or download: fetch it again)"
+        elif isinstance(exc, gzip.BadGzipFile) and last_good == 0 and "Not a gzipped file" in str(exc):
+            why = "not a UTF-8 JSONL(.gz) file (not gzip data)"
+        else:
+            why = "the gzip data is corrupt (fetch or compress the file again)"
+        last = f"the last good line is {last_good}" if last_good else "no line could be read"
+        raise DataFileError(f"preference data {path}: {why}; {last} ({type(exc).__name__}: {exc})") from None
 
 
 def _hub_rows(name: str, data_dir: str | None, split: str):

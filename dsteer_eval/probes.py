@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from dsteer_eval.extract import Divergence, PairStates, divergences, pad_batch, unembedding
+from dsteer_eval.extract import Divergence, PairStates, context_limit, divergences, pad_batch, unembedding
 from dsteer_eval.model_parts import resolve_parts, unwrap
 from dsteer_eval.preference_data import PreferencePair
 from dsteer_eval.spectra import spectral_entropy, spectrum, singular_values
@@ -78,9 +78,10 @@ def _final_states_at(model, tokenizer, prefixes: Sequence[Sequence[int]], batch_
     """Final (post-norm) hidden state at the last token of each token prefix: ``(N, d)``."""
     parts = resolve_parts(model)
     device = next(model.parameters()).device
+    limit = context_limit(model, tokenizer)  # a longer prefix keeps its last tokens (the one read is the last)
     rows = []
     for start in range(0, len(prefixes), batch_size):
-        ids, mask, last = pad_batch(tokenizer, prefixes[start : start + batch_size], device)
+        ids, mask, last = pad_batch(tokenizer, prefixes[start : start + batch_size], device, max_length=limit)
         with torch.no_grad():
             h = parts.decoder(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
         rows.append(h[torch.arange(len(last), device=device), last].float().cpu())
@@ -251,13 +252,14 @@ def next_token_logprobs(model, tokenizer, prompts: Sequence[str], *, interventio
     only the last position is projected; others run their full forward.
     """
     from dsteer_eval.dpo_head import supports_compact_head
-    from dsteer_eval.extract import sorted_batches
+    from dsteer_eval.extract import context_limit, sorted_batches
 
     parts = resolve_parts(model)
     plain_head = supports_compact_head(unwrap(model))
     device = next(model.parameters()).device
     out = [None] * len(prompts)
-    for index, ids, mask, last in sorted_batches(tokenizer, prompts, batch_size, device):
+    batches = sorted_batches(tokenizer, prompts, batch_size, device, max_length=context_limit(model, tokenizer))
+    for index, ids, mask, last in batches:
         rows = torch.tensor(index)
         edits = [(module, (lambda h, fn=fn: fn(h, rows))) for module, fn in module_edits]
         pick = torch.arange(len(index), device=device)

@@ -96,6 +96,26 @@ def resolve_site(layer: Layer, num_layers: int) -> int:
     return site
 
 
+def resolve_sites(layers, num_layers: int) -> tuple[int, ...]:
+    """Resolve every layer of ``layers`` (see :func:`resolve_site`) and refuse two that name one site.
+
+    ``layer=20;-11`` on a 30-layer model, or ``final;-1``, would add the vector twice
+    at the same hidden state; the error names both spellings."""
+    sites: list[int] = []
+    seen: dict[int, Layer] = {}
+    for layer in layers:
+        site = resolve_site(layer, num_layers)
+        if site in seen:
+            raise ValueError(
+                f"layer={';'.join(str(x) for x in layers)}: {seen[site]!r} and {layer!r} are the same "
+                f"site ({site} of a model with {num_layers} decoder layers), so the vector would be added "
+                f"twice; name each layer once"
+            )
+        seen[site] = layer
+        sites.append(site)
+    return tuple(sites)
+
+
 @dataclass(frozen=True)
 class SteerArgs:
     layers: tuple[Layer, ...] | None

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickletools
 import struct
 import time
 from collections.abc import Mapping
@@ -24,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
+from dsteer_eval.steering import NonFiniteError, check_finite
 
 FORMAT = "dsteer-eval/vectors"
 FORMAT_VERSION = "1"
@@ -69,24 +72,107 @@ class VectorFile:
         return self.vectors[site]
 
 
+_PICKLE_OPCODES = frozenset(op.code.encode("latin-1") for op in pickletools.opcodes)
+_MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
+
+
+def _pickle_message(path: Path, argument: str) -> str:
+    return (
+        f"{argument}={path} is a pickle / torch.save file, not safetensors. dsteer-eval does not "
+        f"unpickle vector files (unpickling can run arbitrary code). Convert it once, in a "
+        f"Python session you trust: `safetensors.torch.save_file({{'layer.20': v.float()}}, "
+        f"'v.safetensors')`; a file in lm-eval's built-in steering format goes to steer_path= instead"
+    )
+
+
+def _looks_pickled(head: bytes) -> bool:
+    """A zip archive (torch.save) or a binary pickle: PROTO 2..5, then FRAME (4, 5) or an opcode (2, 3)."""
+    if head.startswith(b"PK\x03\x04"):
+        return True
+    if len(head) >= 3 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        return head[2:3] == b"\x95" if head[1] >= 4 else head[2:3] in _PICKLE_OPCODES
+    return False
+
+
+def _safetensors_header(path: Path) -> tuple[dict | None, str]:
+    """``(parsed JSON header, "")``, or ``(None, why not)``: 8-byte little-endian length, then a JSON object.
+
+    The header also gets ``"__header_len__"`` (the stated length) for :func:`_check_header`."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as fh:
+        prefix = fh.read(8)
+        if len(prefix) < 8:
+            return None, f"it is {size} bytes long, too short for a safetensors header"
+        (header_len,) = struct.unpack("<Q", prefix)
+        if header_len < 2 or header_len > _MAX_HEADER:
+            return None, f"its header length {header_len} is not plausible"
+        if 8 + header_len > size:
+            return None, (f"its header claims {header_len} bytes but the file has {size - 8} after the length: "
+                          f"truncated, or not safetensors at all")
+        raw = fh.read(header_len)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return None, f"its header is not valid JSON ({exc})"
+    if not isinstance(header, dict):
+        return None, "its header is not a JSON object"
+    header["__header_len__"] = header_len
+    return header, ""
+
+
+def _check_header(path: Path, argument: str, header: dict) -> None:
+    """Structure of a parsed header: metadata of strings, tensors inside the file (not truncated)."""
+    data_len = os.path.getsize(path) - 8 - header.pop("__header_len__")
+    meta = header.get("__metadata__", {})
+    if meta is not None and (not isinstance(meta, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in meta.items())):
+        raise VectorFileError(
+            f"{argument}={path}: bad metadata: '__metadata__' must map strings to strings; "
+            f"rewrite the file with dsteer_eval.vectors.save_vectors"
+        )
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        offsets = info.get("data_offsets") if isinstance(info, dict) else None
+        if (not isinstance(offsets, list) or len(offsets) != 2
+                or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+                or not 0 <= offsets[0] <= offsets[1]):
+            raise VectorFileError(f"{argument}={path}: bad header entry for tensor {key!r} (data_offsets)")
+        if offsets[1] > data_len:
+            raise VectorFileError(
+                f"{argument}={path} is truncated: tensor {key!r} needs bytes up to {offsets[1]} of the data "
+                f"section but only {data_len} are there; copy or write the file again"
+            )
+
+
 def _sniff(path: Path, argument: str) -> None:
+    """Accept a well-formed safetensors file; refuse pickles (by their real signatures) and anything else.
+
+    The safetensors parse comes first: its first byte is the low byte of the header
+    length, which may well be 0x80 (a pickle's first byte) in a valid file."""
+    header, why = _safetensors_header(path)
+    if header is not None:
+        _check_header(path, argument, header)
+        return
     with open(path, "rb") as fh:
         head = fh.read(16)
-    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+    if _looks_pickled(head):
+        raise VectorFileError(_pickle_message(path, argument))
+    raise VectorFileError(
+        f"{argument}={path} is not a safetensors file ({why}); write vectors with "
+        f"dsteer_eval.vectors.save_vectors or safetensors.torch.save_file"
+    )
+
+
+def _int_metadata(metadata: dict, key: str, path: Path, argument: str) -> int | None:
+    if key not in metadata:
+        return None
+    try:
+        return int(metadata[key])
+    except ValueError:
         raise VectorFileError(
-            f"{argument}={path} is a pickle / torch.save file, not safetensors. dsteer-eval does not "
-            f"unpickle vector files (unpickling can run arbitrary code). Convert it once, in a "
-            f"Python session you trust: `safetensors.torch.save_file({{'layer.20': v.float()}}, "
-            f"'v.safetensors')`; a file in lm-eval's built-in steering format goes to steer_path= instead"
-        )
-    if len(head) < 9:
-        raise VectorFileError(f"{argument}={path} is too short to be a safetensors file")
-    (header_len,) = struct.unpack("<Q", head[:8])
-    if head[8:9] != b"{" or header_len > os.path.getsize(path):
-        raise VectorFileError(
-            f"{argument}={path} is not a safetensors file (bad header); write vectors with "
-            f"dsteer_eval.vectors.save_vectors or safetensors.torch.save_file"
-        )
+            f"{argument}={path}: bad metadata: {key}={metadata[key]!r} is not an integer"
+        ) from None
 
 
 def _site_of(key: str, num_layers: int | None) -> int:
@@ -115,10 +201,26 @@ def load_vectors(path: str | os.PathLike, *, argument: str = "vector") -> Vector
             f"the path of an existing .safetensors vector file"
         )
     _sniff(path, argument)
-    with safe_open(str(path), framework="pt") as fh:
-        metadata = dict(fh.metadata() or {})
-        num_layers = int(metadata["num_layers"]) if "num_layers" in metadata else None
-        vectors = {_site_of(k, num_layers): fh.get_tensor(k) for k in fh.keys()}
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            metadata = dict(fh.metadata() or {})
+            num_layers = _int_metadata(metadata, "num_layers", path, argument)
+            vectors = {}
+            for key in fh.keys():
+                try:
+                    site = _site_of(key, num_layers)
+                except VectorFileError as exc:
+                    raise VectorFileError(f"{argument}={path}: {exc}") from None
+                if site in vectors:
+                    raise VectorFileError(f"{argument}={path}: two tensors name layer {site} (key {key!r})")
+                vectors[site] = fh.get_tensor(key)
+    except VectorFileError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - safetensors' own errors name neither the file nor the fix
+        raise VectorFileError(
+            f"{argument}={path}: cannot read the safetensors file ({type(exc).__name__}: {exc}); "
+            f"it may be truncated or corrupt: copy or write it again"
+        ) from None
     if not vectors:
         raise VectorFileError(f"{argument}={path} holds no tensors")
     sizes = {tuple(v.shape) for v in vectors.values()}
@@ -128,9 +230,14 @@ def load_vectors(path: str | os.PathLike, *, argument: str = "vector") -> Vector
             f"got shapes {sorted(sizes)}"
         )
     for site, v in vectors.items():
-        if not v.is_floating_point() or not torch.isfinite(v).all():
-            raise VectorFileError(f"{argument}={path}: vector for layer {site} has NaN/inf or is not float")
-    if "hidden_size" in metadata and int(metadata["hidden_size"]) != next(iter(sizes))[0]:
+        if not v.is_floating_point():
+            raise VectorFileError(f"{argument}={path}: vector for layer {site} is not float ({v.dtype})")
+        try:
+            check_finite(v, f"{argument}={path}: vector for layer {site}")
+        except NonFiniteError as exc:
+            raise VectorFileError(str(exc)) from None
+    hidden = _int_metadata(metadata, "hidden_size", path, argument)
+    if hidden is not None and hidden != next(iter(sizes))[0]:
         raise VectorFileError(f"{argument}={path}: metadata hidden_size disagrees with its tensors")
     return VectorFile(path, {k: v.float() for k, v in sorted(vectors.items())}, metadata)
 
@@ -174,8 +281,12 @@ def save_vectors(
     tensors = {}
     for site, v in sorted(vectors.items()):
         v = v.detach().to("cpu", torch.float32).contiguous()
-        if v.dim() != 1 or not torch.isfinite(v).all():
-            raise VectorFileError(f"vector for layer {site} must be finite and 1-D")
+        if v.dim() != 1:
+            raise VectorFileError(f"vector for layer {site} must be 1-D, got shape {tuple(v.shape)}")
+        try:
+            check_finite(v, f"vector for layer {site}")
+        except NonFiniteError as exc:
+            raise VectorFileError(str(exc)) from None
         tensors[f"layer.{int(site)}"] = v
     meta = {
         "format": FORMAT,
@@ -194,8 +305,13 @@ def save_vectors(
     for key, value in (extra or {}).items():
         meta[str(key)] = value if isinstance(value, str) else json.dumps(value)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    real = Path(os.path.realpath(path.expanduser()))  # a symlink is followed; the link stays
+    real.parent.mkdir(parents=True, exist_ok=True)
+    tmp = real.with_name(f".{real.name}.tmp{os.getpid()}")
+    try:
+        save_file(tensors, str(tmp), metadata=meta)
+        os.replace(tmp, real)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path

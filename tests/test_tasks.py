@@ -177,7 +177,14 @@ def test_truthfulqa_mini_prompts_and_scoring_are_the_builtin_ones():
     assert mc2.doc_to_text(doc) == apply_template(builtin_config("truthfulqa_mc2")["doc_to_text"], doc)
     gdoc = next(iter(gen.validation_docs()))
     assert gen.doc_to_text(gdoc) == apply_template(builtin_config("truthfulqa_gen")["doc_to_text"], gdoc)
-    assert mc2.config.process_results.__code__ is builtin_utils.process_results_mc2.__code__
+    # mc2 scores through our wrapper (non-finite documents counted, never scored), which returns the
+    # built-in function's own result for every finite document
+    from dsteer_eval.metrics import truthfulqa as ours
+
+    assert mc2.config.process_results is ours.process_results_mc2
+    lls = [(-0.5 - 0.7 * i, i == 0) for i in range(len(doc["mc2_targets"]["labels"]))]
+    expected = builtin_utils.process_results_mc2(doc, lls)
+    assert ours.process_results_mc2(doc, lls) == {**expected, "n_nonfinite": 0}
     assert gen.config.process_results.__code__ is builtin_utils.process_results_gen.__code__
     metrics = [m["metric"] for m in builtin_config("truthfulqa_gen")["metric_list"]]
     assert [m["metric"] for m in gen.config.metric_list] == metrics

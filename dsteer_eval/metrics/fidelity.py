@@ -7,7 +7,9 @@ the embedded SmolLM2 (labelled).  Per document: ``bleu`` (sacrebleu sentence BLE
 0-100), ``rougeL`` (rouge-score F1 x 100), ``gen_nll`` (mean NLL per generated
 token); corpus: ``perplexity`` = exp(total NLL / total tokens).  An empty
 generation gets BLEU = ROUGE-L = 0 and is counted in ``n_empty``; it has no tokens
-and so no perplexity.
+and so no perplexity.  A generation whose NLL under the reference model is NaN/inf
+keeps its BLEU/ROUGE-L (they read only the text) but is counted in ``n_nonfinite``
+and left out of ``gen_nll`` and ``perplexity``.
 """
 
 from __future__ import annotations
@@ -84,19 +86,24 @@ def process_results(doc, results) -> dict:
     if not isinstance(item, dict) or "nll_sum" not in item:
         raise ValueError("fidelity: generations were not scored; the task YAML needs the score_generations filter")
     text, reference = item["text"].strip(), doc["chosen_reply"].strip()
-    out = {"reference_model": item["reference_model"], "n_empty": int(not text)}
+    out = {"reference_model": item["reference_model"], "n_empty": int(not text), "n_nonfinite": 0}
     if not text:
         out.update(bleu=0.0, rougeL=0.0)
         return out
     out["bleu"] = float(sacrebleu.sentence_bleu(text, [reference]).score)
     out["rougeL"] = float(_rouge().score(reference, text)["rougeL"].fmeasure * 100)
-    out["gen_nll"] = item["nll_sum"] / item["n_tokens"]
-    out["perplexity"] = (item["nll_sum"], item["n_tokens"])
+    nll = float(item["nll_sum"])
+    if not math.isfinite(nll):
+        out["n_nonfinite"] = 1  # no gen_nll, no perplexity: a NaN would poison the corpus value
+        return out
+    out["gen_nll"] = nll / item["n_tokens"]
+    out["perplexity"] = (nll, item["n_tokens"])
     return out
 
 
 def corpus_perplexity(items) -> float:
-    """exp(total NLL / total tokens) over ``(nll_sum, n_tokens)`` items."""
+    """exp(total NLL / total tokens) over ``(nll_sum, n_tokens)`` items (non-finite ones left out)."""
+    items = [(s, n) for s, n in items if math.isfinite(float(s))]
     total = sum(n for _, n in items)
     return math.exp(sum(s for s, _ in items) / total) if total else float("nan")
 

@@ -1,8 +1,14 @@
 """TruthfulQA minis: built-in prompts and scoring (see dsteer_eval.metrics.truthfulqa)."""
 
-from lm_eval.tasks.truthfulqa.utils import process_docs_gen, process_results_gen, process_results_mc2  # noqa: F401
+from lm_eval.tasks.truthfulqa.utils import process_docs_gen, process_results_gen  # noqa: F401
 
-from dsteer_eval.metrics.truthfulqa import check_docs, gen_doc_to_text, mc_doc_to_text  # noqa: F401
+from dsteer_eval.metrics.truthfulqa import (  # noqa: F401
+    check_docs,
+    gen_doc_to_text,
+    mc_doc_to_text,
+    process_results_mc1,  # the built-in scores, plus n_nonfinite: NaN/inf log-likelihoods are never scored
+    process_results_mc2,
+)
 
 
 def process_docs_mc(dataset):
