@@ -36,6 +36,42 @@ from dsteer_eval.model_parts import ModelParts, resolve_parts
 POSITIONS = ("all", "prompt", "completion", "last")
 
 
+class NonFiniteError(ValueError):
+    """A steering vector, coefficient or shift that holds NaN/inf (or overflows the model's dtype)."""
+
+
+def check_finite(tensor: torch.Tensor, what: str) -> torch.Tensor:
+    """Return ``tensor`` unchanged, or raise :class:`NonFiniteError` naming ``what`` if it holds NaN/inf.
+
+    The one check every steering-vector source goes through (vector files, lm-eval's
+    ``steer_path`` dicts, :class:`Intervention` objects)."""
+    if not isinstance(tensor, torch.Tensor):
+        raise NonFiniteError(f"{what} must be a tensor, got {type(tensor).__name__}")
+    if tensor.is_floating_point() or tensor.is_complex():
+        bad = ~torch.isfinite(tensor)
+        if bool(bad.any()):
+            n_nan = int(torch.isnan(tensor).sum())
+            raise NonFiniteError(
+                f"{what} contains NaN or inf ({n_nan} NaN, {int(bad.sum()) - n_nan} inf of "
+                f"{tensor.numel()} values); it would make every log-likelihood meaningless"
+            )
+    return tensor
+
+
+def check_fits_dtype(shift: torch.Tensor, dtype: torch.dtype, what: str) -> torch.Tensor:
+    """``shift`` (computed in float32 or wider) cast to ``dtype``; :class:`NonFiniteError` naming
+    ``what`` when a value overflows that dtype (e.g. beyond 65504 in float16)."""
+    check_finite(shift, what)
+    cast = shift.to(dtype)
+    if dtype.is_floating_point and not bool(torch.isfinite(cast).all()):
+        raise NonFiniteError(
+            f"{what}: |alpha * vector| reaches {float(shift.abs().max()):.4g}, beyond the largest "
+            f"{str(dtype).replace('torch.', '')} value {torch.finfo(dtype).max:.6g}; use a smaller alpha "
+            f"(or unit=true), or load the model in float32/bfloat16 (dtype=float32)"
+        )
+    return cast
+
+
 @dataclass(frozen=True)
 class Intervention:
     """Add ``alpha * vector`` at hidden-state site ``site``."""
@@ -48,9 +84,8 @@ class Intervention:
         if self.vector.dim() != 1:
             raise ValueError(f"steering vector must be 1-D, got shape {tuple(self.vector.shape)}")
         if not math.isfinite(self.alpha):
-            raise ValueError(f"alpha must be finite, got {self.alpha}")
-        if not torch.isfinite(self.vector).all():
-            raise ValueError("steering vector contains NaN or inf")
+            raise NonFiniteError(f"alpha must be finite, got {self.alpha}")
+        check_finite(self.vector, f"steering vector for layer {self.site}")
 
 
 @dataclass
@@ -88,7 +123,8 @@ def _read_offset(kwargs: dict) -> int:
     cache_position = kwargs.get("cache_position")
     if cache_position is not None and cache_position.numel() > 0:
         return int(cache_position.reshape(-1)[0])
-    past = kwargs.get("past_key_values")
+    # transformers >= 5.24 passes the KV cache as ``cache`` (``past_key_values`` before)
+    past = kwargs.get("cache", kwargs.get("past_key_values"))
     if past is not None and hasattr(past, "get_seq_length"):
         return int(past.get_seq_length())
     return 0
@@ -119,13 +155,17 @@ def _make_hook(state: SteeringState, edit: Callable[[torch.Tensor], torch.Tensor
     return hook
 
 
-def _adder(vectors: Sequence[tuple[torch.Tensor, float]], module: nn.Module):
-    """Edit function adding the sum of ``alpha * v`` at one site, in the site's dtype."""
+def _adder(vectors: Sequence[tuple[torch.Tensor, float]], module: nn.Module, site: int | None = None):
+    """Edit function adding the sum of ``alpha * v`` at one site, in the site's dtype.
+
+    A sum that overflows that dtype (e.g. float16) is refused here, before any forward pass."""
     total = sum(float(alpha) * v.detach().to(torch.float32) for v, alpha in vectors)
     param = next(module.parameters(), None)
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
     device = param.device if param is not None else torch.device("cpu")
-    delta = total.to(device=device, dtype=dtype)
+    alphas = ", ".join(f"{float(alpha):g}" for _, alpha in vectors)
+    where = f"alpha={alphas} times the steering vector" + (f" at layer {site}" if site is not None else "")
+    delta = check_fits_dtype(total, dtype, where).to(device=device)
 
     def edit(hidden: torch.Tensor) -> torch.Tensor:
         d = delta if delta.device == hidden.device and delta.dtype == hidden.dtype else delta.to(hidden)
@@ -186,7 +226,7 @@ def steer(
             handles.append(parts.decoder.register_forward_pre_hook(pre_hook, with_kwargs=True))
         for site, vectors in sorted(by_site.items()):
             module = parts.site_module(site)
-            handles.append(module.register_forward_hook(_make_hook(state, _adder(vectors, module))))
+            handles.append(module.register_forward_hook(_make_hook(state, _adder(vectors, module, site))))
         for module, edit in module_edits:
             handles.append(module.register_forward_hook(_make_hook(state, edit)))
         yield state
