@@ -264,9 +264,10 @@ def test_rerun_skips_finished_units_and_retries_failed_ones(swept, tiny_dir, vec
     monkeypatch.setattr(runner, "_evaluate_unit", lambda lm, plan, point, task, folder: (
         evaluated.append((point.name, task)), real(lm, plan, point, task, folder))[1])
     lines = []
-    failures = runner.run_sweep(config(tiny_dir, vec, out, layers="2,final",
-                                       tasks="dsteer_hh_mini,dsteer_geval_mini,hh_boom", include_path=failing_task,
-                                       probes=True), print_fn=lines.append)
+    with env_vars(DSTEER_JUDGE=f"hf:{tiny_dir}"):  # the judge is part of the sweep's fingerprint: keep it
+        failures = runner.run_sweep(config(tiny_dir, vec, out, layers="2,final",
+                                           tasks="dsteer_hh_mini,dsteer_geval_mini,hh_boom", include_path=failing_task,
+                                           probes=True), print_fn=lines.append)
     assert failures == 5 and sorted(evaluated) == sorted((p, "hh_boom") for p in
                                                          ["unsteered", "L2_a-1", "L2_a2", "Lfinal_a-1", "Lfinal_a2"])
     assert "(15 of 20 units already done)" in lines[0]  # 10 task units + 5 probe units

@@ -1,4 +1,10 @@
-"""A leaderboard as Markdown, CSV, JSON and a self-contained HTML page; written atomically."""
+"""A leaderboard as Markdown, CSV, JSON and a self-contained HTML page; written atomically.
+
+Every text is built before the first file is written, so a rendering error leaves the previous
+tables in place, never a new ``.md`` beside an old ``.json``.  Files the leaderboard skipped
+(unreadable or mis-shaped) are counted and named under the Markdown table, on the HTML page and in
+the JSON's ``skipped``.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ import json
 import math
 from pathlib import Path
 
+from dsteer_eval.leaderboard.collect import clean
 from dsteer_eval.leaderboard.table import Cell, Leaderboard
 from dsteer_eval.output_folder import atomic_write_bytes
 
@@ -53,6 +60,9 @@ def markdown(board: Leaderboard) -> str:
     widths = [max(len(line[j]) for line in table) for j in range(len(table[0]))]
     lines = ["| " + " | ".join(t.ljust(w) for t, w in zip(line, widths)) + " |" for line in table]
     lines.insert(1, "| " + " | ".join("-" * w for w in widths) + " |")
+    if board.skipped:
+        lines += ["", f"Skipped {len(board.skipped)} unreadable or mis-shaped file(s):"]
+        lines += [f"- {s.reason}" for s in board.skipped]
     return "\n".join(lines)
 
 
@@ -77,12 +87,14 @@ def csv_text(board: Leaderboard) -> str:
 def _cell_json(cell: Cell) -> dict:
     if cell.failed is not None:
         return {"status": "failed", "error": cell.failed}
-    return {"status": "ok", "value": cell.value, "stderr": cell.stderr, "best": cell.best, **cell.info}
+    # "missing": a probe or win-rate file whose mean was NaN (no number), as the tables show it
+    return {"status": _status(cell), "value": cell.value, "stderr": cell.stderr, "best": cell.best, **cell.info}
 
 
 def json_data(board: Leaderboard) -> dict:
+    """The leaderboard as JSON-ready data; NaN/inf anywhere become None (strict JSON has no NaN)."""
     direction = {True: "higher", False: "lower", None: None}
-    return {
+    return clean({
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "sources": [{"label": s.label, "path": str(s.path)} for s in board.sources],
@@ -100,7 +112,8 @@ def json_data(board: Leaderboard) -> dict:
             "sources": {"folder": row.source.label, "path": str(row.source.path),
                         "files": [str(p) for p in row.files]},
         } for row, cells in zip(board.rows, board.cells)],
-    }
+        "skipped": [{"path": str(s.path), "reason": s.reason} for s in board.skipped],
+    })
 
 
 CSS = """
@@ -136,11 +149,15 @@ def html_page(board: Leaderboard, figures: dict[str, bytes]) -> str:
         f'<figure><img alt="{e(name)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
         f"<figcaption>{e(name)}</figcaption></figure>" for name, png in figures.items())
     sources = "".join(f"<li>{e(s.label)}: <code>{e(str(s.path))}</code></li>" for s in board.sources)
+    skipped = "".join(f"<li>{e(s.reason)}</li>" for s in board.skipped)
+    if skipped:
+        skipped = f"<h2>Skipped {len(board.skipped)} unreadable or mis-shaped file(s)</h2><ul>{skipped}</ul>"
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>dsteer-eval leaderboard</title>'
             f"<style>{CSS}</style></head><body><h1>dsteer-eval leaderboard</h1>"
             f"<table><thead><tr><th>run</th>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
             f"<p>Best per column in bold with the direction arrow; mean ± stderr; — = no result.</p>"
-            f"<h2>Sources</h2><ul>{sources}</ul>{'<h2>Plots</h2>' + imgs if imgs else ''}</body></html>\n")
+            f"<h2>Sources</h2><ul>{sources}</ul>{skipped}{'<h2>Plots</h2>' + imgs if imgs else ''}"
+            f"</body></html>\n")
 
 
 def write_leaderboard(board: Leaderboard, out_dir, *, plots: bool = True) -> dict[str, Path]:
@@ -152,13 +169,14 @@ def write_leaderboard(board: Leaderboard, out_dir, *, plots: bool = True) -> dic
         from dsteer_eval.leaderboard.plots import figures as make_figures
 
         figures = make_figures(board)
-    written = {
-        "markdown": atomic_write_bytes(out / "leaderboard.md", (board.markdown() + "\n").encode()),
-        "csv": atomic_write_bytes(out / "leaderboard.csv", csv_text(board).encode()),
-        "json": atomic_write_bytes(out / "leaderboard.json",
-                       (json.dumps(json_data(board), indent=1, ensure_ascii=False, allow_nan=False) + "\n").encode()),
-        "html": atomic_write_bytes(out / "leaderboard.html", html_page(board, figures).encode()),
+    texts = {  # all of them first: an error here writes nothing
+        "markdown": ("leaderboard.md", board.markdown() + "\n"),
+        "csv": ("leaderboard.csv", csv_text(board)),
+        "json": ("leaderboard.json",
+                 json.dumps(json_data(board), indent=1, ensure_ascii=False, allow_nan=False) + "\n"),
+        "html": ("leaderboard.html", html_page(board, figures)),
     }
+    written = {kind: atomic_write_bytes(out / name, text.encode()) for kind, (name, text) in texts.items()}
     if figures:
         (out / "plots").mkdir(exist_ok=True)
         for name, png in figures.items():

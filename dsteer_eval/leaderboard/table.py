@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dsteer_eval.leaderboard.collect import Entry, RowKey, Source, clean, collect, number
+from dsteer_eval.leaderboard.collect import Entry, RowKey, Skipped, Source, clean, collect, number
+from dsteer_eval.sweep.grid import alpha_text
 
 PROBE_COLUMNS = (("projection margin", "projection_margin", True), ("restoration KL", "restoration_kl", False))
 
@@ -56,6 +57,7 @@ class Leaderboard:
     rows: list[Row]
     columns: list[Column]
     cells: list[list[Cell | None]]  # [row][column]; None = missing
+    skipped: list[Skipped] = field(default_factory=list)  # unreadable or mis-shaped files, with the reason
 
     def markdown(self) -> str:
         from dsteer_eval.leaderboard.render import markdown
@@ -87,7 +89,8 @@ def _labels(keys: list[RowKey], sources: list[Source]) -> dict[RowKey, tuple[str
         elif k.unsteered:
             steering = "unsteered (α=0)"
         else:
-            steering = f"α={k.alpha:g}" if k.layer is None else f"layer {k.layer}, α={k.alpha:g}"
+            alpha = alpha_text(k.alpha)  # lossless: 1 and 1.0000001 are two rows, so two labels
+            steering = f"α={alpha}" if k.layer is None else f"layer {k.layer}, α={alpha}"
         out[k] = (" · ".join(p for p in (group, steering) if p), group)
     return out
 
@@ -130,7 +133,7 @@ def _mark_best(cells: list[Cell | None], higher_is_better: bool | None) -> None:
 
 def build_leaderboard(paths) -> Leaderboard:
     """Read every results file and sweep extra under ``paths`` (one source per folder) into a table."""
-    sources, entries = collect(paths)
+    sources, entries, skipped = collect(paths)
     by_date = sorted(entries, key=lambda e: e.date)  # stable: equal dates keep path order
     winners = {_slot(e.row, e.kind, e.task): e for e in by_date}  # the newest entry of each slot
     won = [e for e in entries if winners[_slot(e.row, e.kind, e.task)] is e]
@@ -170,4 +173,4 @@ def build_leaderboard(paths) -> Leaderboard:
     cells = [[_cell(winners.get(_slot(row.key, c.kind, c.task)), c) for c in columns] for row in rows]
     for j, column in enumerate(columns):
         _mark_best([r[j] for r in cells], column.higher_is_better)
-    return Leaderboard(sources, rows, columns, cells)
+    return Leaderboard(sources, rows, columns, cells, skipped)

@@ -11,8 +11,10 @@ import difflib
 import math
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from dsteer_eval.steer_args import Layer, parse_layers, resolve_site
+if TYPE_CHECKING:  # steer_args imports torch; the leaderboard imports this module for alpha_text only
+    from dsteer_eval.steer_args import Layer
 
 
 @dataclass(frozen=True)
@@ -22,15 +24,28 @@ class Point:
 
     @property
     def name(self) -> str:
-        """Folder name: ``unsteered``, ``L20_a-1``, ``Lfinal_a0.5``."""
+        """Folder name: ``unsteered``, ``L20_a-1``, ``Lfinal_a0.5``, ``L2_a1.0000001`` (see :func:`alpha_text`)."""
         if self.alpha == 0:
             return "unsteered"
-        return f"L{self.layer}_a{self.alpha:g}"
+        return f"L{self.layer}_a{alpha_text(self.alpha)}"
 
     def model_args(self, base: str) -> str:
         """``base`` model_args plus this point's ``layer=``/``alpha=`` (as a plain lm_eval run would have)."""
-        extra = "alpha=0" if self.alpha == 0 else f"layer={self.layer},alpha={self.alpha:g}"
+        extra = "alpha=0" if self.alpha == 0 else f"layer={self.layer},alpha={alpha_text(self.alpha)}"
         return f"{base},{extra}" if base else extra
+
+
+def alpha_text(alpha: float) -> str:
+    """``alpha`` as the shortest text that ``float()`` reads back as exactly ``alpha``.
+
+    ``-1``, ``0.5``, ``1e-07`` as ``format(alpha, "g")`` writes them when that is exact (so folder
+    names of earlier sweeps stay the same); otherwise Python's shortest round-trip ``repr``
+    (``1.0000001``, ``0.3333333333333333``), never the 6 significant digits of ``:g``, which made
+    ``1`` and ``1.0000001`` the same folder.
+    """
+    alpha = float(alpha)
+    short = format(alpha, "g")
+    return short if float(short) == alpha else repr(alpha)
 
 
 def _items(text: str, flag: str) -> list[str]:
@@ -56,6 +71,8 @@ def parse_alpha_grid(text: str) -> tuple[float, ...]:
 
 
 def parse_layer_grid(text: str) -> tuple[Layer, ...]:
+    from dsteer_eval.steer_args import parse_layers
+
     items = _items(text, "--layers")
     try:
         return parse_layers(";".join(items))
@@ -65,6 +82,8 @@ def parse_layer_grid(text: str) -> tuple[Layer, ...]:
 
 def check_layers(layers: tuple[Layer, ...], num_layers: int, available: set[int] | None, source: str) -> None:
     """Each layer in range for ``num_layers`` and (when known) present in the vector file."""
+    from dsteer_eval.steer_args import resolve_site
+
     sites = {}
     for layer in layers:
         try:

@@ -2,7 +2,8 @@
 
 Output folder::
 
-    OUT/sweep.json                       settings; a re-run must match them
+    OUT/sweep.json                       settings and fingerprint (scorer, judge, reference model, model
+                                         file contents); a re-run must match them
     OUT/points/<point>/<task>/           one lm-eval output per (point, task):
         results_<date>.json              lm-eval's results schema (config.model_args names layer/alpha)
         samples_<task>_<date>.jsonl      with --log-samples, and always for win-rate tasks
@@ -14,8 +15,11 @@ Output folder::
 
 Each (point, task) folder is staged and renamed into place when complete, and
 each JSON file is replaced atomically, so a killed sweep leaves finished units
-whole and nothing half-written; the re-run skips them.  A failed unit is tried
-again on the next run.
+whole and nothing half-written; the re-run skips them.  A unit is complete only
+when its files pass :mod:`dsteer_eval.sweep.units` (lm-eval swallows write errors,
+so a full disk would otherwise leave 0-byte results that count as done); that
+check runs right after each unit and again before a resume skips it.  A failed
+unit is tried again on the next run.
 """
 
 from __future__ import annotations
@@ -31,14 +35,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dsteer_eval.output_folder import atomic_write_text, staged_folder
+from dsteer_eval.redaction import redact
 from dsteer_eval.sweep import grid
+from dsteer_eval.sweep.units import check_unit, unit_done  # unit_done: the resume rule
 
 log = logging.getLogger(__name__)
 
 FORMAT = "dsteer-eval/sweep"
 # settings that change the numbers of a point: a re-run into the same folder must keep them
-FINGERPRINT_KEYS = ("model_args", "vector_sha256", "limit", "num_fewshot", "gen_kwargs", "apply_chat_template",
-                    "probe_data")
+FIRST_KEYS = ("model_args", "vector_sha256", "limit", "num_fewshot", "gen_kwargs", "apply_chat_template", "probe_data")
+# ... and since fingerprint_version 2 (dsteer_eval.sweep.fingerprint): scorer, judge and reference model
+FINGERPRINT_VERSION = "2"
+FINGERPRINT_KEYS = (*FIRST_KEYS, "toxicity_scorer", "toxicity_label", "judge", "judge_base_url", "reference_model")
 
 
 @dataclass
@@ -160,10 +168,25 @@ def plan_sweep(config: SweepConfig) -> Plan:
         "apply_chat_template": config.apply_chat_template,
         "probe_data": config.probe_data,
     }
+    settings.update(_fingerprint(kwargs))
     out = Path(config.output)
     _check_output(out, settings, config.overwrite)
     return Plan(config, base_args, kwargs, layers, alphas, tasks, grid.points(layers, alphas), str(vector), out,
                 settings, task_manager)
+
+
+def _fingerprint(kwargs: dict) -> dict:
+    """Scorer/judge/reference settings and the contents of every model file (cheap hashes), see fingerprint.py."""
+    from dsteer_eval.adapters.steered import SteeredLM
+    from dsteer_eval.sweep import fingerprint
+
+    default_adapter = None
+    if not kwargs.get("vector") and "peft" not in kwargs:  # the shipped vector brings the shipped DPO adapter
+        default_adapter = SteeredLM._default_adapter_for(kwargs.get("pretrained"))
+    settings, contents = fingerprint.environment_settings()
+    model = fingerprint.model_contents(kwargs, default_adapter=default_adapter)
+    return {"fingerprint_version": FINGERPRINT_VERSION, **settings,
+            "contents": {**{f"{k}=": v for k, v in model.items()}, **contents}}
 
 
 def _check_output(out: Path, settings: dict, overwrite: bool) -> None:
@@ -172,21 +195,40 @@ def _check_output(out: Path, settings: dict, overwrite: bool) -> None:
         return
     if not record.is_file():
         raise ValueError(f"--output {out} exists and is not a sweep folder; choose a new folder or pass --overwrite")
-    previous = json.loads(record.read_text())
-    changed = [k for k in FINGERPRINT_KEYS if previous.get("settings", {}).get(k) != settings[k]]
+    try:
+        previous = json.loads(record.read_text())["settings"]
+        if not isinstance(previous, dict):
+            raise TypeError("'settings' is not an object")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"--output {out}: cannot read {record} ({exc}); choose a new folder or pass "
+                         f"--overwrite") from None
+    # a sweep.json written before fingerprint_version 2 lacks the newer keys: they are taken as unchanged
+    legacy = "fingerprint_version" not in previous
+    changed = [f"{k}: {previous.get(k)!r} then, {settings.get(k)!r} now" for k in FINGERPRINT_KEYS
+               if not (legacy and k not in FIRST_KEYS) and previous.get(k) != settings.get(k)]
+    then = previous.get("contents") if isinstance(previous.get("contents"), dict) else {}
+    now = settings.get("contents", {})
+    for name in ([] if legacy else sorted(set(then) | set(now))):
+        old, new = _field(then.get(name), "sha256"), _field(now.get(name), "sha256")
+        if old is not None and new is not None and old != new:  # None: files not found (yet), see fingerprint.py
+            where = _field(now.get(name), "path") or _field(then.get(name), "path")
+            changed.append(f"the contents of {name} ({where}) changed: sha256 {old[:16]} then, {new[:16]} now")
+    if legacy:
+        log.warning("sweep: %s was written before the scorer/judge/model-contents fingerprint; resuming on the "
+                    "assumption that they did not change", record)
     if changed:
-        detail = "; ".join(f"{k}: {previous['settings'].get(k)!r} then, {settings[k]!r} now" for k in changed)
-        raise ValueError(f"--output {out} holds a sweep with other settings ({detail}); resuming would mix "
-                         f"results. Choose a new folder or pass --overwrite")
+        raise ValueError(f"--output {out} holds a sweep with other settings ({'; '.join(changed)}); resuming would "
+                         f"mix incomparable results. Choose a new folder (--output) or pass --overwrite to start over")
+
+
+def _field(entry, key: str):
+    value = entry.get(key) if isinstance(entry, dict) else None
+    return value if isinstance(value, str) else None
 
 
 # ----------------------------------------------------------------- running
 def unit_folder(out: Path, point, task: str) -> Path:
     return out / "points" / point.name / grid.safe_name(task)
-
-
-def unit_done(folder: Path) -> bool:
-    return any(folder.glob("results_*.json"))
 
 
 def _write_record(plan: Plan) -> None:
@@ -225,17 +267,25 @@ def _evaluate_unit(lm, plan: Plan, point, task: str, folder: Path) -> dict:
         tracker.save_results_aggregated(results=results, samples=samples if keep else None)
         for name in keep:
             tracker.save_results_samples(task_name=name, samples=samples[name])
-        if not unit_done(tmp):  # lm-eval logs and swallows write errors
-            raise OSError(f"lm-eval did not write the results file into {tmp}")
+        # lm-eval logs and swallows write errors (a full disk leaves a 0-byte or cut-off file): the
+        # unit counts only when the resume rule accepts it; the error names the file as it would be
+        check_unit(tmp, samples_for=keep, shown=folder)
     return results
 
 
 def _record_failure(plan: Plan, point, task: str, folder: Path, exc: BaseException) -> None:
-    with staged_folder(folder) as tmp:
-        (tmp / "failed.json").write_text(json.dumps({
-            "format": "dsteer-eval/failed-task", "task": task, "model_args": point.model_args(plan.base_args),
-            "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(),
-        }, indent=1) + "\n")
+    """``failed.json`` with the error and traceback, secrets redacted; never raises (a full disk)."""
+    text = json.dumps({
+        "format": "dsteer-eval/failed-task", "task": task, "model_args": point.model_args(plan.base_args),
+        "error": redact(f"{type(exc).__name__}: {exc}"),
+        "traceback": redact("".join(traceback.format_exception(exc))),
+    }, indent=1) + "\n"
+    try:
+        with staged_folder(folder) as tmp:
+            (tmp / "failed.json").write_text(text)
+    except Exception as write_error:  # noqa: BLE001 - the unit stays not done: the next run retries it anyway
+        log.error("sweep: could not record the failure of %s in %s: %s", task, folder / "failed.json",
+                  redact(write_error))
 
 
 def run_sweep(config: SweepConfig, *, print_fn=print) -> int:
@@ -275,7 +325,7 @@ def run_sweep(config: SweepConfig, *, print_fn=print) -> int:
                     _evaluate_unit(lm, plan, point, task, folder)
                 except Exception as exc:  # noqa: BLE001 - reported as failed, never as a number
                     failures += 1
-                    log.error("sweep: %s at %s failed: %s", task, point.name, exc)
+                    log.error("sweep: %s at %s failed: %s", task, point.name, redact(exc))
                     _record_failure(plan, point, task, folder, exc)
                 bar.update(1)
             if wants_probe:

@@ -13,17 +13,20 @@ import json
 from pathlib import Path
 
 from dsteer_eval.output_folder import atomic_write_text
+from dsteer_eval.redaction import redact
+from dsteer_eval.sweep.units import unit_done
 
 
 def _samples(folder: Path, task: str) -> Path | None:
-    found = sorted(folder.glob(f"samples_{task}_*.jsonl"))
+    """The samples of ``task`` in a complete unit folder (never of a cut-off one)."""
+    found = sorted(folder.glob(f"samples_{task}_*.jsonl")) if unit_done(folder) else []
     return found[-1] if found else None
 
 
 def _criteria(folder: Path) -> dict[str, str]:
-    """``{task: criterion}`` from the configs of a (point, task) results file."""
+    """``{task: criterion}`` from the configs of a complete (point, task) results file."""
     files = sorted(folder.glob("results_*.json"))
-    if not files:
+    if not files or not unit_done(folder):
         return {}
     configs = json.loads(files[-1].read_text()).get("configs", {})
     return {name: c["metadata"]["winrate_criterion"] for name, c in configs.items()
@@ -62,7 +65,7 @@ def sweep_winrates(plan, *, print_fn=print) -> int:
         try:
             result = win_rate_from_samples(judge, a, b, criterion).to_dict()
         except Exception as exc:  # noqa: BLE001 - a judge outage leaves a gap, never a number
-            print_fn(f"sweep: win-rate of {point.name} on {name} failed ({type(exc).__name__}: {exc}); "
+            print_fn(f"sweep: win-rate of {point.name} on {name} failed ({redact(f'{type(exc).__name__}: {exc}')}); "
                      f"re-run the sweep to retry")
             continue
         result.update({"format": "dsteer-eval/winrate", "task": name, "baseline": "alpha=0",

