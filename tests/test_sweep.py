@@ -42,7 +42,7 @@ def config(tiny_dir, vec, out, **overrides):
     ({"alphas": "0,-0"}, "given twice"),
     ({"alphas": "1,inf"}, "not finite"),
     ({"layers": "99"}, "out of range"),
-    ({"layers": "2,-3"}, "are the same layer"),
+    ({"layers": "2,-3"}, "2 and -3 are the same site"),
     ({"layers": "2,2"}, "twice"),
     ({"layers": "two"}, "neither an integer nor 'final'"),
     ({"tasks": "dsteer_hh_mini,no_such_task"}, "unknown task 'no_such_task'"),

@@ -81,19 +81,18 @@ def parse_layer_grid(text: str) -> tuple[Layer, ...]:
 
 
 def check_layers(layers: tuple[Layer, ...], num_layers: int, available: set[int] | None, source: str) -> None:
-    """Each layer in range for ``num_layers`` and (when known) present in the vector file."""
-    from dsteer_eval.steer_args import resolve_site
+    """Each layer in range for ``num_layers``, named once (the one rule of steer_args.resolve_sites) and
+    (when known) present in the vector file."""
+    from dsteer_eval.steer_args import resolve_sites
 
-    sites = {}
-    for layer in layers:
-        try:
-            site = resolve_site(layer, num_layers)
-        except ValueError as exc:
-            raise ValueError(f"--layers: {exc}") from None
-        if site in sites.values():
-            other = next(k for k, v in sites.items() if v == site)
-            raise ValueError(f"--layers: {other} and {layer} are the same layer (site {site})")
-        sites[layer] = site
+    try:
+        sites = resolve_sites(layers, num_layers)
+    except ValueError as exc:
+        message = str(exc)
+        if message.startswith("layer="):  # the --model_args spelling; here the flag is --layers
+            message = message.split(": ", 1)[1]
+        raise ValueError(f"--layers: {message}") from None
+    for layer, site in zip(layers, sites):
         if available is not None and site not in available:
             raise ValueError(f"--layers: {source} has no vector for layer {layer} (it has {sorted(available)})")
 

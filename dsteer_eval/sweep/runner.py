@@ -296,8 +296,11 @@ def run_sweep(config: SweepConfig, *, print_fn=print) -> int:
     if config.overwrite and plan.out.exists():
         shutil.rmtree(plan.out)
     _write_record(plan)
-    for stale in plan.out.glob("points/**/.*.tmp*"):  # staging left by a killed run
-        shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+    # staging (.*.tmp*) and replaced units set aside (.*.old*) left by a killed run: a unit is
+    # only ever replaced when it is redone, so neither holds anything the re-run still needs
+    for pattern in ("points/**/.*.tmp*", "points/**/.*.old*"):
+        for stale in plan.out.glob(pattern):
+            shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
     units = [(p, t) for p in plan.points for t in plan.tasks]
     todo = [(p, t) for p, t in units if not unit_done(unit_folder(plan.out, p, t))]
     probe_todo = [p for p in plan.points if config.probes and not (plan.out / "points" / p.name / "probes.json").is_file()]
