@@ -128,20 +128,26 @@ class SteeredLM(HFLM):
         alpha=1.0,
         position: str = "all",
         unit=False,
+        mode: str = "add",
+        norm_preserve=False,
+        control=None,
+        control_seed=0,
         steer_path: str | None = None,
         device: str | None = None,
         **kwargs,
     ) -> None:
         # Everything that can be checked without the model is checked first.
-        args = SteerArgs.parse(layer=layer, alpha=alpha, position=position, unit=unit)
+        args = SteerArgs.parse(layer=layer, alpha=alpha, position=position, unit=unit, mode=mode,
+                               norm_preserve=norm_preserve, control=control, control_seed=control_seed)
         if vector is not None and steer_path is not None:
             raise ValueError("give either vector= (safetensors) or steer_path= (built-in format), not both")
         builtin = None
         vector_file: VectorFile | None = None
         if steer_path is not None:
-            if layer is not None or args.unit:
+            if layer is not None or args.unit or args.mode != "add" or args.control is not None:
                 raise ValueError(
-                    "layer=/unit= apply to vector=; a steer_path file names its own hookpoints"
+                    "layer=/unit=/mode=/control= apply to vector=; a steer_path file names its own hookpoints "
+                    "and actions"
                 )
             builtin_path = _check_steer_path(steer_path)
             builtin = self._read_builtin(builtin_path)
@@ -248,6 +254,10 @@ class SteeredLM(HFLM):
         out = []
         for site, (layer, alpha) in zip(sites, args.pairs(layers)):
             v = vf.vector(site, argument="vector")
+            if args.control is not None:  # a seeded random direction with exactly v's norm
+                from dsteer_eval.controls import random_direction
+
+                v = random_direction(v, site=site, index=args.control, seed=args.control_seed)
             if args.unit:
                 norm = float(v.norm())
                 if norm == 0.0:
@@ -255,9 +265,10 @@ class SteeredLM(HFLM):
                 v = v / norm
             param = next(self._parts.site_module(site).parameters(), None)  # the dtype the shift is added in
             dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
-            check_fits_dtype(float(alpha) * v.float(), dtype,
-                             f"alpha={alpha:g} times vector={vf.path} (layer {layer}) in the model's dtype")
-            out.append(Intervention(site=site, vector=v, alpha=alpha))
+            if args.mode == "add":  # an ablation scales an existing component: nothing is added
+                check_fits_dtype(float(alpha) * v.float(), dtype,
+                                 f"alpha={alpha:g} times vector={vf.path} (layer {layer}) in the model's dtype")
+            out.append(Intervention(site=site, vector=v, alpha=alpha, mode=args.mode))
         return out
 
     @staticmethod
@@ -336,6 +347,7 @@ class SteeredLM(HFLM):
             prompt_lengths=prompt_lengths,
             module_edits=self._module_edits,
             parts=parts,
+            norm_preserve=self._steer_args.norm_preserve,
         ) as state, self._finite_guard(parts):
             yield state
 

@@ -1,4 +1,5 @@
-"""Parse and check the steering model_args (``layer=``, ``alpha=``, ``position=``, ``unit=``).
+"""Parse and check the steering model_args (``layer=``, ``alpha=``, ``position=``, ``unit=``,
+``mode=``, ``norm_preserve=``, ``control=``).
 
 lm-eval hands ``--model_args`` values over already type-cast (``"-1.0"`` -> float,
 ``"20"`` -> int), so every parser accepts both strings and numbers.  Several
@@ -12,7 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from dsteer_eval.steering import POSITIONS
+from dsteer_eval.steering import MODES, POSITIONS
 
 Layer = int | str  # an int site (may be negative) or "final"
 
@@ -71,6 +72,24 @@ def parse_position(value) -> str:
     return text
 
 
+def parse_mode(value) -> str:
+    text = str(value).strip().lower()
+    if text not in MODES:
+        raise ValueError(f"mode={value!r} is not one of: {', '.join(MODES)} (add: h + alpha*v; "
+                         f"ablate: h - alpha*(h.v_hat)v_hat)")
+    return text
+
+
+def parse_control(value) -> int | None:
+    """``control=random:<i>``: steer with random control i (seeded, norm-matched) instead of v."""
+    if value is None or str(value).strip().lower() in ("", "none"):
+        return None
+    kind, _, index = str(value).strip().partition(":")
+    if kind != "random" or not index.isdigit():
+        raise ValueError(f"control={value!r}: expected random:<i> (e.g. control=random:0), i = 0, 1, ...")
+    return int(index)
+
+
 def parse_bool(value, name: str) -> bool:
     if isinstance(value, bool):
         return value
@@ -122,9 +141,14 @@ class SteerArgs:
     alphas: tuple[float, ...]
     position: str = "all"
     unit: bool = False
+    mode: str = "add"
+    norm_preserve: bool = False
+    control: int | None = None  # index of the random control that replaces v (dsteer_eval.controls)
+    control_seed: int = 0
 
     @classmethod
-    def parse(cls, layer=None, alpha=1.0, position="all", unit=False) -> SteerArgs:
+    def parse(cls, layer=None, alpha=1.0, position="all", unit=False, mode="add", norm_preserve=False,
+              control=None, control_seed=0) -> SteerArgs:
         layers = parse_layers(layer) if layer is not None else None
         alphas = parse_alphas(alpha)
         if layers is not None and len(alphas) not in (1, len(layers)):
@@ -134,7 +158,18 @@ class SteerArgs:
             )
         if layers is None and len(alphas) != 1:
             raise ValueError(f"alpha={alpha!r} gives several values but no layer= was given")
-        return cls(layers, alphas, parse_position(position), parse_bool(unit, "unit"))
+        mode = parse_mode(mode)
+        if mode == "ablate" and any(a < 0 for a in alphas):
+            raise ValueError(
+                f"mode=ablate with alpha={alpha!r}: ablation removes the component along v and has no direction "
+                f"to reverse (a negative alpha would amplify it); use alpha >= 0 (1 removes it)"
+            )
+        try:
+            seed = int(control_seed)
+        except (TypeError, ValueError):
+            raise ValueError(f"control_seed={control_seed!r} must be a whole number") from None
+        return cls(layers, alphas, parse_position(position), parse_bool(unit, "unit"), mode,
+                   parse_bool(norm_preserve, "norm_preserve"), parse_control(control), seed)
 
     def pairs(self, layers: tuple[Layer, ...]) -> list[tuple[Layer, float]]:
         alphas = self.alphas * len(layers) if len(self.alphas) == 1 else self.alphas

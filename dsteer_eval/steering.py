@@ -19,6 +19,18 @@ Every row of a batch has a *prompt length* ``p`` (number of prompt tokens):
 Positions are absolute: during cached generation a forward pass over new
 tokens starts at the cache length, which a pre-hook on the decoder reads, so
 steering only generated tokens leaves the prompt's KV cache unsteered.
+
+Modes
+-----
+* ``add`` (default)  h ← h + α·v. A negative α subtracts v.
+* ``ablate``         h ← h − α·(h·v̂)·v̂, v̂ = v/‖v‖: the component along v̂ is scaled by (1 − α)
+                     (α = 1 removes it, α = 2 reflects it); every component orthogonal to v̂ is
+                     untouched and ‖v‖ does not matter. Ablation has no direction to reverse, so a
+                     negative α is refused (it would *amplify* the component).
+
+At one site, ablations read the incoming state and additions follow. ``norm_preserve=True`` then
+rescales each steered position to the norm it had before steering (h' · ‖h‖/‖h'‖), so only the
+direction changes.
 """
 
 from __future__ import annotations
@@ -34,6 +46,7 @@ from torch import nn
 from dsteer_eval.model_parts import ModelParts, resolve_parts
 
 POSITIONS = ("all", "prompt", "completion", "last")
+MODES = ("add", "ablate")
 
 
 class NonFiniteError(ValueError):
@@ -79,13 +92,23 @@ class Intervention:
     site: int
     vector: torch.Tensor
     alpha: float
+    mode: str = "add"
 
     def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}; got {self.mode!r}")
+        if self.mode == "ablate" and self.alpha < 0:
+            raise ValueError(
+                f"mode=ablate with alpha={self.alpha:g}: ablation removes the component along v and has no "
+                f"direction to reverse (a negative alpha would amplify it); use alpha >= 0 (1 removes it)"
+            )
         if self.vector.dim() != 1:
             raise ValueError(f"steering vector must be 1-D, got shape {tuple(self.vector.shape)}")
         if not math.isfinite(self.alpha):
             raise NonFiniteError(f"alpha must be finite, got {self.alpha}")
         check_finite(self.vector, f"steering vector for layer {self.site}")
+        if self.mode == "ablate" and float(self.vector.detach().float().norm()) == 0.0:
+            raise ValueError(f"mode=ablate: the vector for layer {self.site} is zero and has no direction to ablate")
 
 
 @dataclass
@@ -155,25 +178,43 @@ def _make_hook(state: SteeringState, edit: Callable[[torch.Tensor], torch.Tensor
     return hook
 
 
-def _adder(vectors: Sequence[tuple[torch.Tensor, float]], module: nn.Module, site: int | None = None):
-    """Edit function adding the sum of ``alpha * v`` at one site, in the site's dtype.
+def _adder(vectors: Sequence[tuple[torch.Tensor, float]], module: nn.Module, site: int | None = None,
+           ablations: Sequence[tuple[torch.Tensor, float]] = (), norm_preserve: bool = False):
+    """Edit function for one site: ablate v̂ components, add the sum of ``alpha * v`` in the site's
+    dtype, and with ``norm_preserve`` give each position back its incoming norm.
 
     A sum that overflows that dtype (e.g. float16) is refused here, before any forward pass."""
-    total = sum(float(alpha) * v.detach().to(torch.float32) for v, alpha in vectors)
     param = next(module.parameters(), None)
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
     device = param.device if param is not None else torch.device("cpu")
-    alphas = ", ".join(f"{float(alpha):g}" for _, alpha in vectors)
-    where = f"alpha={alphas} times the steering vector" + (f" at layer {site}" if site is not None else "")
-    delta = check_fits_dtype(total, dtype, where).to(device=device)
+    delta = None
+    if vectors:
+        total = sum(float(alpha) * v.detach().to(torch.float32) for v, alpha in vectors)
+        alphas = ", ".join(f"{float(alpha):g}" for _, alpha in vectors)
+        where = f"alpha={alphas} times the steering vector" + (f" at layer {site}" if site is not None else "")
+        delta = check_fits_dtype(total, dtype, where).to(device=device)
+    units = [(v.detach().to(torch.float32) / v.detach().to(torch.float32).norm(), float(a)) for v, a in ablations]
+    size = delta.shape[0] if delta is not None else units[0][0].shape[0]
 
     def edit(hidden: torch.Tensor) -> torch.Tensor:
-        d = delta if delta.device == hidden.device and delta.dtype == hidden.dtype else delta.to(hidden)
-        if hidden.shape[-1] != d.shape[0]:
+        if hidden.shape[-1] != size:
             raise RuntimeError(
-                f"steering vector has {d.shape[0]} dims but the hidden state has {hidden.shape[-1]}"
+                f"steering vector has {size} dims but the hidden state has {hidden.shape[-1]}"
             )
-        return hidden + d
+        out = hidden
+        if units:
+            h32 = hidden.float()
+            for u, alpha in units:
+                u = u.to(h32.device)
+                h32 = h32 - alpha * (hidden.float() @ u)[..., None] * u
+            out = h32.to(hidden.dtype)
+        if delta is not None:
+            out = out + (delta if delta.device == out.device and delta.dtype == out.dtype else delta.to(out))
+        if norm_preserve:
+            before = hidden.float().norm(dim=-1, keepdim=True)
+            after = out.float().norm(dim=-1, keepdim=True)
+            out = (out.float() * (before / after.clamp_min(torch.finfo(torch.float32).tiny))).to(hidden.dtype)
+        return out
 
     return edit
 
@@ -187,10 +228,11 @@ def steer(
     prompt_lengths: torch.Tensor | Sequence[int] | None = None,
     module_edits: Iterable[tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor]]] = (),
     parts: ModelParts | None = None,
+    norm_preserve: bool = False,
 ) -> Iterator[SteeringState]:
     """Steer ``model`` inside the ``with`` block.
 
-    ``interventions`` add ``alpha * v`` at hidden-state sites; ``module_edits``
+    ``interventions`` add ``alpha * v`` (or ablate v̂, see *Modes*) at hidden-state sites; ``module_edits``
     apply arbitrary ``hidden -> hidden`` functions to the outputs of given
     modules (used for lm-eval's built-in ``steer_path`` format).  Both respect
     ``position``.  The yielded :class:`SteeringState` may be updated between
@@ -205,7 +247,7 @@ def steer(
         prompt_lengths = torch.as_tensor(list(prompt_lengths), dtype=torch.long)
     state = SteeringState(position=position, prompt_lengths=prompt_lengths)
 
-    by_site: dict[int, list[tuple[torch.Tensor, float]]] = {}
+    by_site: dict[int, tuple[list, list]] = {}  # site -> (additions, ablations)
     for item in interventions:
         if not 0 <= item.site <= parts.num_layers:
             raise ValueError(f"layer {item.site} is out of range 0..{parts.num_layers}")
@@ -214,7 +256,8 @@ def steer(
                 f"steering vector has {item.vector.shape[0]} dims but the model's hidden "
                 f"size is {parts.hidden_size}"
             )
-        by_site.setdefault(item.site, []).append((item.vector, item.alpha))
+        adds, ablations = by_site.setdefault(item.site, ([], []))
+        (ablations if item.mode == "ablate" else adds).append((item.vector, item.alpha))
 
     handles = []
     try:
@@ -224,9 +267,10 @@ def steer(
                 state.offset = _read_offset(kwargs)
 
             handles.append(parts.decoder.register_forward_pre_hook(pre_hook, with_kwargs=True))
-        for site, vectors in sorted(by_site.items()):
+        for site, (adds, ablations) in sorted(by_site.items()):
             module = parts.site_module(site)
-            handles.append(module.register_forward_hook(_make_hook(state, _adder(vectors, module, site))))
+            edit = _adder(adds, module, site, ablations, norm_preserve)
+            handles.append(module.register_forward_hook(_make_hook(state, edit)))
         for module, edit in module_edits:
             handles.append(module.register_forward_hook(_make_hook(state, edit)))
         yield state
