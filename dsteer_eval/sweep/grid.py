@@ -21,18 +21,30 @@ if TYPE_CHECKING:  # steer_args imports torch; the leaderboard imports this modu
 class Point:
     layer: Layer | None  # as the user wrote it (int, negative int, "final"); None when unsteered
     alpha: float
+    side: str = "dpo"  # "dpo": the model as loaded; "base": its PEFT adapter switched off (peft=none)
+    control: int | None = None  # random control i in place of v (dsteer_eval.controls), same alpha and layer
 
     @property
     def name(self) -> str:
-        """Folder name: ``unsteered``, ``L20_a-1``, ``Lfinal_a0.5``, ``L2_a1.0000001`` (see :func:`alpha_text`)."""
-        if self.alpha == 0:
-            return "unsteered"
-        return f"L{self.layer}_a{alpha_text(self.alpha)}"
+        """Folder name: ``unsteered``, ``L20_a-1``, ``L20_a-1_random0``, ``base``, ``base_L20_a1``, ...
+        (α as :func:`alpha_text` writes it)."""
+        core = "unsteered" if self.alpha == 0 else f"L{self.layer}_a{alpha_text(self.alpha)}"
+        if self.control is not None:
+            core += f"_random{self.control}"
+        if self.side == "base":
+            return "base" if self.alpha == 0 else f"base_{core}"
+        return core
 
     def model_args(self, base: str) -> str:
-        """``base`` model_args plus this point's ``layer=``/``alpha=`` (as a plain lm_eval run would have)."""
-        extra = "alpha=0" if self.alpha == 0 else f"layer={self.layer},alpha={alpha_text(self.alpha)}"
-        return f"{base},{extra}" if base else extra
+        """``base`` model_args plus this point's ``layer=``/``alpha=`` (as a plain lm_eval run would have),
+        ``peft=none`` on the base side and ``control=random:<i>`` for a control."""
+        kept = [item for item in base.split(",") if item.strip()]
+        if self.side == "base":
+            kept = [item for item in kept if item.partition("=")[0].strip() != "peft"] + ["peft=none"]
+        extra = ["alpha=0"] if self.alpha == 0 else [f"layer={self.layer}", f"alpha={alpha_text(self.alpha)}"]
+        if self.control is not None:
+            extra.append(f"control=random:{self.control}")
+        return ",".join(kept + extra)
 
 
 def alpha_text(alpha: float) -> str:
@@ -55,17 +67,17 @@ def _items(text: str, flag: str) -> list[str]:
     return items
 
 
-def parse_alpha_grid(text: str) -> tuple[float, ...]:
+def parse_alpha_grid(text: str, flag: str = "--alphas") -> tuple[float, ...]:
     out: list[float] = []
-    for item in _items(text, "--alphas"):
+    for item in _items(text, flag):
         try:
             alpha = float(item)
         except ValueError:
-            raise ValueError(f"--alphas {text!r}: {item!r} is not a number") from None
+            raise ValueError(f"{flag} {text!r}: {item!r} is not a number") from None
         if not math.isfinite(alpha):
-            raise ValueError(f"--alphas {text!r}: {item!r} is not finite")
+            raise ValueError(f"{flag} {text!r}: {item!r} is not finite")
         if alpha in out:
-            raise ValueError(f"--alphas {text!r}: {item!r} is given twice")
+            raise ValueError(f"{flag} {text!r}: {item!r} is given twice")
         out.append(alpha + 0.0)  # -0.0 -> 0.0
     return tuple(out)
 
@@ -109,10 +121,21 @@ def check_tasks(tasks: tuple[str, ...], task_manager) -> None:
                          f"--include-path adds a folder of YAML tasks")
 
 
-def points(layers: tuple[Layer, ...], alphas: tuple[float, ...]) -> list[Point]:
-    """Unsteered first (when 0 is in the grid), then layer by layer, alphas in the given order."""
-    grid = [Point(None, 0.0)] if 0.0 in alphas else []
-    return grid + [Point(layer, a) for layer in layers for a in alphas if a != 0.0]
+def points(layers: tuple[Layer, ...], alphas: tuple[float, ...], *, base_alphas: tuple[float, ...] = (),
+           controls: int = 0) -> list[Point]:
+    """The grid in run order: the model as loaded (α=0 first, then layer by layer, each steered α followed
+    by its ``controls`` random directions), then its base side (adapter off) over ``base_alphas`` the same
+    way. α=0 first on each side: its unsteered states are what the shared lower layers replay."""
+    def side(name: str, values: tuple[float, ...]) -> list[Point]:
+        out = [Point(None, 0.0, name)] if 0.0 in values else []
+        for layer in layers:
+            for a in values:
+                if a != 0.0:
+                    out.append(Point(layer, a, name))
+                    out += [Point(layer, a, name, i) for i in range(controls)]
+        return out
+
+    return side("dpo", alphas) + side("base", base_alphas)
 
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.=-]+")

@@ -68,6 +68,8 @@ class SweepConfig:
     apply_chat_template: bool = False
     shared_prefix: bool = True
     overwrite: bool = False
+    controls: str | None = None  # "random:K": K norm-matched random directions beside every steered point
+    base_alphas: str | None = "auto"  # the base side (adapter off): "auto", "none" or a comma list
 
 
 @dataclass
@@ -171,8 +173,34 @@ def plan_sweep(config: SweepConfig) -> Plan:
     settings.update(_fingerprint(kwargs))
     out = Path(config.output)
     _check_output(out, settings, config.overwrite)
-    return Plan(config, base_args, kwargs, layers, alphas, tasks, grid.points(layers, alphas), str(vector), out,
-                settings, task_manager)
+    from dsteer_eval.controls import parse_controls
+
+    controls = parse_controls(config.controls)
+    base_alphas = _base_alphas(config.base_alphas, alphas, kwargs)
+    points = grid.points(layers, alphas, base_alphas=base_alphas, controls=controls)
+    return Plan(config, base_args, kwargs, layers, alphas, tasks, points, str(vector), out, settings, task_manager)
+
+
+def has_adapter(kwargs: dict) -> bool:
+    """Whether the sweep's model carries a PEFT adapter (explicit peft=, or the shipped pair's default)."""
+    peft = str(kwargs.get("peft", "")).strip()
+    if peft:
+        return peft.lower() != "none"
+    return not kwargs.get("vector")  # the shipped vector comes with the shipped DPO adapter
+
+
+def _base_alphas(text: str | None, alphas: tuple, kwargs: dict) -> tuple:
+    """``--base-alphas``: ``auto`` = α=0 plus the grid's positive α when the model has an adapter (the
+    base model, and base + α·v: does v reproduce the DPO model?), else none; ``none``; or a list."""
+    value = "auto" if text is None else str(text).strip().lower()
+    if value == "none":
+        return ()
+    if value == "auto":
+        return (0.0, *(a for a in alphas if a > 0)) if has_adapter(kwargs) else ()
+    if not has_adapter(kwargs):
+        raise ValueError("--base-alphas: the model has no PEFT adapter to switch off (give peft=... in "
+                         "--model-args, or use the default shipped pair)")
+    return grid.parse_alpha_grid(text, flag="--base-alphas")
 
 
 def _fingerprint(kwargs: dict) -> dict:
@@ -242,6 +270,8 @@ def _write_record(plan: Plan) -> None:
         "lm_eval_version": getattr(lm_eval, "__version__", "?"),
         "settings": plan.settings, "vector": plan.vector,
         "layers": [str(x) for x in plan.layers], "alphas": list(plan.alphas), "tasks": list(plan.tasks),
+        "points": [{"name": p.name, "side": p.side, "layer": None if p.layer is None else str(p.layer),
+                    "alpha": p.alpha, "control": p.control} for p in plan.points],
         "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }, indent=1) + "\n")
 
@@ -267,10 +297,41 @@ def _evaluate_unit(lm, plan: Plan, point, task: str, folder: Path) -> dict:
         tracker.save_results_aggregated(results=results, samples=samples if keep else None)
         for name in keep:
             tracker.save_results_samples(task_name=name, samples=samples[name])
+        atomic_write_text(tmp / PER_DOC, json.dumps(per_doc_values(samples)) + "\n")
         # lm-eval logs and swallows write errors (a full disk leaves a 0-byte or cut-off file): the
         # unit counts only when the resume rule accepts it; the error names the file as it would be
         check_unit(tmp, samples_for=keep, shown=folder)
     return results
+
+
+PER_DOC = "per_doc.json"
+
+
+def per_doc_values(samples: dict) -> dict:
+    """``{task: {doc_id, metrics: {name: [value per doc]}, resps}}`` from lm-eval's samples: what paired
+    statistics need (per-document metric values, and the responses that fix the conditioned subset),
+    small enough to keep for every unit whether or not ``--log-samples`` keeps the full samples.
+
+    A value that is not a number (a failed score, a list) is stored as None and never paired. ``resps``
+    are the filtered responses: log-likelihoods (one per choice) or generated texts."""
+    from dsteer_eval.leaderboard.collect import number
+
+    out = {}
+    for task, rows in samples.items():
+        rows = sorted(rows, key=lambda r: r["doc_id"])
+        names = sorted({m for r in rows for m in r.get("metrics", [])})
+        resps = []
+        for r in rows:
+            found = r.get("filtered_resps", [])
+            resps.append([x[0] if isinstance(x, (list, tuple)) and x and isinstance(x[0], (int, float)) else
+                          x if isinstance(x, (int, float, str)) else str(x) for x in found])
+        out[task] = {
+            "doc_id": [r["doc_id"] for r in rows],
+            "metrics": {m: [number(float(r[m]) if isinstance(r.get(m), bool) else r.get(m)) for r in rows]
+                        for m in names},
+            "resps": resps,
+        }
+    return {"format": "dsteer-eval/per-doc", "tasks": out}
 
 
 def _record_failure(plan: Plan, point, task: str, folder: Path, exc: BaseException) -> None:
@@ -319,8 +380,10 @@ def run_sweep(config: SweepConfig, *, print_fn=print) -> int:
             wants_probe = point in probe_todo
             if not point_units and not wants_probe:
                 continue
+            if wants_probe and point_probes is None:  # before set_point: its reference pass toggles the adapter
+                point_probes = _point_probes(lm, plan)
             # alpha=0 keeps the first layer's unsteered states for the alphas after it
-            lm.set_point(plan.layers[0] if point.layer is None else point.layer, point.alpha)
+            lm.set_point(plan.layers[0] if point.layer is None else point.layer, point.alpha, point.side, point.control)
             for task in point_units:
                 bar.set_postfix_str(f"{point.name} {task}")
                 folder = unit_folder(plan.out, point, task)
@@ -333,7 +396,6 @@ def run_sweep(config: SweepConfig, *, print_fn=print) -> int:
                 bar.update(1)
             if wants_probe:
                 bar.set_postfix_str(f"{point.name} probes")
-                point_probes = point_probes or _point_probes(lm, plan)
                 result = point_probes.measure(lm.interventions, point.model_args(plan.base_args))
                 atomic_write_text(plan.out / "points" / point.name / "probes.json", json.dumps(result, indent=1) + "\n")
                 bar.update(1)

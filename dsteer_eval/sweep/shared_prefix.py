@@ -70,6 +70,7 @@ class SharedPrefix:
         dtype = next(parts.lm_head.parameters()).dtype
         self.tolerance = tolerance if tolerance is not None else (1e-4 if dtype in (torch.float32, torch.float64) else 2e-2)
         self.site: int | None = None
+        self.scope = ""
         self.enabled = self.budget > 0
         self.stats = {"stored": 0, "replayed": 0, "full": 0, "verified_max_abs_diff": None}
         self._store: dict[tuple, torch.Tensor] = {}
@@ -79,12 +80,13 @@ class SharedPrefix:
         # where the final norm hangs, for replaying at site ``final`` (None: not a direct child; not replayed)
         self._norm_name = next((n for n, m in parts.decoder.named_children() if m is parts.final_norm), None)
 
-    def set_site(self, site: int | None) -> None:
-        """Share the layers below ``site`` from now on (``None``: none); a new site empties the store."""
-        if site != self.site:
+    def set_site(self, site: int | None, scope: str = "") -> None:
+        """Share the layers below ``site`` from now on (``None``: none); a new site or a new ``scope`` (the
+        side of a base/DPO pair: different weights below the site) empties the store."""
+        if (site, scope) != (self.site, self.scope):
             self._store.clear()
             self._bytes, self._verified = 0, False
-            self.site = site
+            self.site, self.scope = site, scope
 
     @staticmethod
     def _key(ids: torch.Tensor) -> tuple:

@@ -24,19 +24,30 @@ class SweepLM(SteeredLM):
         super().__init__(*args, **kwargs)
         self.shared = SharedPrefix(self._parts) if shared_prefix else None
 
-    def set_point(self, layer: Layer, alpha: float) -> None:
+    def set_point(self, layer: Layer, alpha: float, side: str = "dpo", control: int | None = None) -> None:
         """Steer ``alpha * v`` at ``layer`` from now on; ``alpha == 0`` runs the model unsteered.
 
-        With ``alpha == 0`` the layer still tells the shared lower layers which
-        site to keep: the unsteered states are exactly what the next alphas reuse.
+        ``side="base"`` switches the PEFT adapter off (the base model of the pair); ``control=i`` steers
+        with random control i (same norm, layer and alpha) instead of v. With ``alpha == 0`` the layer
+        still tells the shared lower layers which site to keep: the unsteered states are exactly what
+        the next alphas of the same side reuse (each side keeps its own).
         """
+        if side not in ("dpo", "base"):
+            raise ValueError(f"side must be 'dpo' or 'base', got {side!r}")
+        adapter = getattr(self.model, "disable_adapter_layers", None)
+        if side == "base":
+            if adapter is None:
+                raise ValueError("a base-side point needs a model with a PEFT adapter (peft=...)")
+            self.model.disable_adapter_layers()
+        elif adapter is not None:
+            self.model.enable_adapter_layers()
         if alpha == 0:
             self._interventions = []
         else:
-            args = dataclasses.replace(self._steer_args, layers=(layer,), alphas=(float(alpha),))
+            args = dataclasses.replace(self._steer_args, layers=(layer,), alphas=(float(alpha),), control=control)
             self._interventions = self._build_interventions(self._vector_file, args)
         if self.shared is not None:
-            self.shared.set_site(resolve_site(layer, self._parts.num_layers))
+            self.shared.set_site(resolve_site(layer, self._parts.num_layers), scope=side)
 
     def _model_call(self, inps, attn_mask=None, labels=None):
         if self.shared is None or attn_mask is not None or labels is not None or self._sizing_batch:
