@@ -119,7 +119,7 @@ def quiver_png(field: dict, path) -> None:
     ax.quiver([p[0] for p, _ in rows], [p[1] for p, _ in rows], [f[0] for _, f in rows], [f[1] for _, f in rows],
               angles="xy", pivot="mid", color="tab:blue")
     ax.set_xlabel(r"$\hat v$ (× r)")
-    ax.set_ylabel("PC1 of δ ⟂ v̂ (× r)")
+    ax.set_ylabel("PC1 of δ orthogonal to v̂ (× r)")
     ax.set_title(f"−∇L on the lattice (c3 = 0); uniformity {field['uniformity']:.2f}")
     ax.set_xlim(-1.6, 1.6)
     ax.set_ylim(-1.6, 1.6)

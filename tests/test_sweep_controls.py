@@ -67,13 +67,19 @@ def test_base_side_and_controls_equal_separate_runs(tiny_dir, vec, tiny_adapter_
     assert seen[("dpo", -2.0, 0)] != seen[("dpo", -2.0, None)]  # the control is another direction
 
 
-def test_sweep_writes_per_doc_values_for_every_unit(tiny_dir, vec, tiny_adapter_dir, tmp_path):
+@pytest.fixture(scope="module")
+def controlled(tiny_dir, vec, tiny_adapter_dir, tmp_path_factory):
     from dsteer_eval.sweep.runner import run_sweep
 
-    out = tmp_path / "out"
+    out = tmp_path_factory.mktemp("controlled") / "out"
     failures = run_sweep(config(tiny_dir, vec, out, model_args=f"pretrained={tiny_dir},vector={vec},peft={tiny_adapter_dir}",
-                                alphas="-1,0,1", controls="random:1"), print_fn=lambda *_: None)
+                                alphas="-1,0,1", controls="random:1", limit=None), print_fn=lambda *_: None)
     assert failures == 0
+    return out
+
+
+def test_sweep_writes_per_doc_values_for_every_unit(controlled):
+    out = controlled
     names = sorted(p.name for p in (out / "points").iterdir())
     assert names == sorted(["unsteered", "L2_a-1", "L2_a-1_random0", "L2_a1", "L2_a1_random0", "base", "base_L2_a1",
                             "base_L2_a1_random0"])
@@ -81,7 +87,7 @@ def test_sweep_writes_per_doc_values_for_every_unit(tiny_dir, vec, tiny_adapter_
         unit = out / "points" / name / "dsteer_hh_mini"
         per_doc = json.loads((unit / "per_doc.json").read_text())["tasks"]["dsteer_hh_mini"]
         results = json.loads(next(unit.glob("results_*.json")).read_text())
-        assert per_doc["doc_id"] == [0, 1, 2]
+        assert per_doc["doc_id"] == list(range(24))  # the 24 hh_mini pairs
         acc = per_doc["metrics"]["acc"]
         assert sum(acc) / len(acc) == pytest.approx(results["results"]["dsteer_hh_mini"]["acc,none"], abs=1e-12)
         assert all(len(r) == 2 and all(isinstance(x, float) for x in r) for r in per_doc["resps"])
@@ -90,3 +96,90 @@ def test_sweep_writes_per_doc_values_for_every_unit(tiny_dir, vec, tiny_adapter_
         assert ("control=random:0" in model_args) == name.endswith("random0")
     record = json.loads((out / "sweep.json").read_text())
     assert [p["name"] for p in record["points"]][:3] == ["unsteered", "L2_a-1", "L2_a-1_random0"]
+
+
+def test_leaderboard_pairs_every_effect_with_its_reference_and_controls(controlled):
+    from dsteer_eval.leaderboard import build_leaderboard, write_leaderboard
+    from dsteer_eval.stats.bootstrap import paired_bootstrap
+
+    out = controlled
+    board = build_leaderboard([out])
+    key = "dsteer_hh_mini/acc"
+
+    def acc(point):
+        d = json.loads((out / "points" / point / "dsteer_hh_mini" / "per_doc.json").read_text())["tasks"]
+        return d["dsteer_hh_mini"]["metrics"]["logprob_margin"], d["dsteer_hh_mini"]["metrics"]["acc"]
+
+    from dsteer_eval.leaderboard.paired import role
+
+    by_role = {(role(i.key).side, i.key.alpha): i for i in board.paired[key]}
+    item = by_role[("dpo", -1.0)]
+    assert item.label == "DPO (peft=tiny_adapter0) · layer 2, α=-1"
+    _, x = acc("L2_a-1")
+    _, ref = acc("unsteered")
+    _, ctl = acc("L2_a-1_random0")
+    assert item.vs_ref == paired_bootstrap(x, ref)  # exactly the documented procedure on these documents
+    assert item.vs_control == paired_bootstrap(x, ctl)  # K=1: the control's own values
+    assert item.controls["k"] == 1 and item.controls["mean"] == pytest.approx(sum(ctl) / len(ctl))
+    base = by_role[("base", 0.0)]
+    assert base.label == "base (peft=none) · unsteered (α=0)"
+    _, b = acc("base")
+    assert base.vs_ref == paired_bootstrap(b, ref)  # the base row against DPO at α=0
+    assert base.n_conditioned is not None
+    assert {i.label for i in board.paired[key]} == {r.label for r in board.rows if "random" not in r.label} - \
+        {"DPO (peft=tiny_adapter0) · unsteered (α=0)"}
+    # the claims are computed: (a) once, (b)/(d) for DPO α=-1, (c)/(d) for base α=+1, per paired metric
+    claims = [v for v in board.claims if "dsteer_hh_mini/acc" in v.claim]
+    gap = paired_bootstrap(b, ref)
+    if gap.mean != 0:
+        assert [c.claim[:3] for c in claims] == ["(a)", "(b)", "(d)", "(c)", "(d)"]
+    assert all(c.verdict in ("supported", "contradicted", "not shown", "partly") for c in claims)
+    written = write_leaderboard(board, out, plots=False)
+    md = written["markdown"].read_text()
+    assert "Paired: dsteer_hh_mini/acc" in md and "Δ vs control" in md
+    data = json.loads(written["json"].read_text())
+    assert data["paired"][key] and data["claims"] == [v.as_dict() for v in board.claims]
+    header = written["csv"].read_text().splitlines()[0]
+    assert f"{key} vs_ref mean" in header and f"{key} vs_control low" in header
+
+
+def _unit(folder, model_args, values, resps=None):
+    folder.mkdir(parents=True)
+    n = len(values)
+    (folder / "results_2026-01-01T00-00-00.json").write_text(json.dumps({
+        "results": {"t": {"alias": "t", "m,none": sum(values) / n, "m_stderr,none": 0.0}},
+        "configs": {"t": {"metric_list": [{"metric": "m", "aggregation": "mean", "higher_is_better": True}]}},
+        "config": {"model": "steered", "model_args": model_args}, "higher_is_better": {"t": {"m": True}},
+        "date": 1.0}))
+    (folder / "per_doc.json").write_text(json.dumps({"format": "dsteer-eval/per-doc", "tasks": {"t": {
+        "doc_id": list(range(n)), "metrics": {"m": values},
+        "resps": resps or [[float(v), 0.0] for v in values]}}}))
+
+
+@pytest.mark.parametrize("restore, verdicts", [
+    # -v takes back 80 % of the gap, +v reproduces it, random directions do nothing
+    (0.8, ["supported", "supported", "supported", "supported", "supported"]),
+    # -v takes back only 30 %: (b) partly
+    (0.3, ["supported", "partly", "supported", "supported", "supported"]),
+    # -v moves the metric away from the base: (b) and (d) contradicted
+    (-0.5, ["supported", "contradicted", "contradicted", "supported", "supported"]),
+])
+def test_claims_are_computed_from_the_numbers(tmp_path, restore, verdicts):
+    from dsteer_eval.leaderboard import build_leaderboard
+
+    n = 40
+    noise = [((i * 7919) % 13 - 6) / 100 for i in range(n)]
+    dpo = [1.0 + e for e in noise]
+    base = [0.0 + e for e in noise]  # gap base - dpo = -1 on every document
+    _unit(tmp_path / "a", "pretrained=m,peft=/a,alpha=0", dpo)
+    _unit(tmp_path / "b", "pretrained=m,peft=/a,layer=2,alpha=-1", [d - restore + e / 5 for d, e in zip(dpo, noise)])
+    _unit(tmp_path / "c", "pretrained=m,peft=/a,layer=2,alpha=-1,control=random:0", [d + e / 5 for d, e in zip(dpo, noise)])
+    _unit(tmp_path / "d", "pretrained=m,peft=none,alpha=0", base)
+    _unit(tmp_path / "e", "pretrained=m,peft=none,layer=2,alpha=1", [b + 0.9 + e / 5 for b, e in zip(base, noise)])
+    _unit(tmp_path / "f", "pretrained=m,peft=none,layer=2,alpha=1,control=random:0", [b - e / 5 for b, e in zip(base, noise)])
+    board = build_leaderboard([tmp_path])
+    assert [c.claim[:3] for c in board.claims] == ["(a)", "(b)", "(d)", "(c)", "(d)"]
+    assert [c.verdict for c in board.claims] == verdicts
+    b = board.claims[1]
+    assert b.note == f"fraction {restore:.2f} (needs ≥ 0.50)"
+    assert b.delta["mean"] == pytest.approx(-restore + sum(noise) / n / 5)

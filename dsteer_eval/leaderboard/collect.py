@@ -189,10 +189,14 @@ def _results(source: int, path: Path) -> tuple[list[Entry], dict]:
              isinstance(data["configs"][task], dict))])
         metrics = task_metrics(values)
         task_hib = hib.get(task)
+        metric_list = data["configs"][task].get("metric_list")
         entries.append(Entry(row, "results", task, date, path, {
             "metrics": metrics,
             "headline": headline(data["configs"][task], metrics),
             "higher_is_better": task_hib if isinstance(task_hib, dict) else {},
+            # how lm-eval aggregated each metric: paired per-document statistics need a plain mean
+            "aggregation": {str(m.get("metric")): str(m.get("aggregation")) for m in metric_list
+                            if isinstance(m, dict)} if isinstance(metric_list, list) else {},
         }))
     return entries, subtasks
 

@@ -60,18 +60,73 @@ def markdown(board: Leaderboard) -> str:
     widths = [max(len(line[j]) for line in table) for j in range(len(table[0]))]
     lines = ["| " + " | ".join(t.ljust(w) for t, w in zip(line, widths)) + " |" for line in table]
     lines.insert(1, "| " + " | ".join("-" * w for w in widths) + " |")
+    lines += paired_markdown(board)
     if board.skipped:
         lines += ["", f"Skipped {len(board.skipped)} unreadable or mis-shaped file(s):"]
         lines += [f"- {s.reason}" for s in board.skipped]
     return "\n".join(lines)
 
 
+def delta_text(d) -> str:
+    """``+0.123 [+0.050, +0.190]*``: a paired difference with its CI; * when the CI excludes 0."""
+    if d is None:
+        return MISSING
+    return f"{fmt(d.mean)} [{fmt(d.low)}, {fmt(d.high)}]{'*' if d.significant else ''}".replace("[-", "[−")
+
+
+PAIRED_NOTE = ("Paired differences per document (matched by doc_id), mean with a 95 % percentile bootstrap CI "
+               "(2000 seeded resamples); * = the CI excludes 0. 'vs ref': against the same side at α=0 (the base "
+               "row: against DPO at α=0); 'vs control': against the mean of the norm-matched random directions at "
+               "the same layer and α; 'conditioned': vs ref on the documents where base and DPO (α=0) differ.")
+
+
+def paired_rows(board: Leaderboard):
+    """(column, [(row label, value cell text, ref, vs ref, vs control, controls, conditioned)]) per paired column."""
+    for column in board.columns:
+        items = board.paired.get(column.key)
+        if not items:
+            continue
+        out = []
+        for item in items:
+            controls = item.controls
+            ctl = f"{fmt(controls['mean'])} ± {fmt(controls['sd'])} (K={controls['k']})" if controls else MISSING
+            cond = (f"{delta_text(item.conditioned)} (n={item.n_conditioned})" if item.n_conditioned is not None
+                    else MISSING)
+            out.append((item.label, item.reference or MISSING, delta_text(item.vs_ref), delta_text(item.vs_control),
+                        ctl, cond))
+        yield column, out
+
+
+def paired_markdown(board: Leaderboard) -> list[str]:
+    from dsteer_eval.stats.verdicts import markdown as verdict_table
+
+    lines = []
+    for column, items in paired_rows(board):
+        lines += ["", f"Paired: {column.header}", "",
+                  "| run | ref | Δ vs ref [95% CI] | Δ vs control [95% CI] | controls: mean ± sd | Δ vs ref, conditioned |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        lines += ["| " + " | ".join(t.replace("|", "\\|") for t in item) + " |" for item in items]
+    if lines:
+        lines += ["", PAIRED_NOTE]
+    if board.claims:
+        lines += ["", "D-STEER claims (verdicts computed from the paired CIs: supported / contradicted / not shown; "
+                  "'partly' = right direction but less than half the gap):", "", verdict_table(board.claims).rstrip()]
+    return lines
+
+
+def delta_text_dict(d: dict) -> str:
+    return f"{fmt(d['mean'])} [{fmt(d['low'])}, {fmt(d['high'])}]{'*' if d.get('significant') else ''}"
+
+
 def csv_text(board: Leaderboard) -> str:
     """Raw numbers: one value and one stderr column per leaderboard column; "failed"; empty when missing."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
+    paired = {key: {item.label: item for item in items} for key, items in board.paired.items()}
+    extra = [(key, which) for key in paired for which in ("vs_ref", "vs_control", "conditioned")]
     writer.writerow(["run", "source", "model", "layer", "alpha",
-                     *(h for c in board.columns for h in (c.key, f"{c.key} stderr"))])
+                     *(h for c in board.columns for h in (c.key, f"{c.key} stderr")),
+                     *(f"{key} {which} {part}" for key, which in extra for part in ("mean", "low", "high"))])
     for row, cells in zip(board.rows, board.cells):
         values = []
         for cell in cells:
@@ -79,6 +134,9 @@ def csv_text(board: Leaderboard) -> str:
                 values += ["" if cell is None else "failed", ""]
             else:
                 values += ["" if v is None else repr(v) for v in (cell.value, cell.stderr)]
+        for key, which in extra:
+            d = getattr(paired[key].get(row.label), which, None) if row.label in paired[key] else None
+            values += ["", "", ""] if d is None else [repr(d.mean), repr(d.low), repr(d.high)]
         writer.writerow([row.label, row.source.label, row.model, row.key.layer or "",
                          "" if row.key.alpha is None else repr(row.key.alpha), *values])
     return out.getvalue()
@@ -113,6 +171,9 @@ def json_data(board: Leaderboard) -> dict:
                         "files": [str(p) for p in row.files]},
         } for row, cells in zip(board.rows, board.cells)],
         "skipped": [{"path": str(s.path), "reason": s.reason} for s in board.skipped],
+        "paired": {key: [item.as_dict() for item in items] for key, items in board.paired.items()},
+        "paired_method": PAIRED_NOTE,
+        "claims": [v.as_dict() for v in board.claims],
     })
 
 
@@ -149,6 +210,19 @@ def html_page(board: Leaderboard, figures: dict[str, bytes]) -> str:
         f'<figure><img alt="{e(name)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
         f"<figcaption>{e(name)}</figcaption></figure>" for name, png in figures.items())
     sources = "".join(f"<li>{e(s.label)}: <code>{e(str(s.path))}</code></li>" for s in board.sources)
+    paired = []
+    for column, items in paired_rows(board):
+        heads = "".join(f"<th>{e(h)}</th>" for h in ("run", "ref", "Δ vs ref [95% CI]", "Δ vs control [95% CI]",
+                                                      "controls: mean ± sd", "Δ vs ref, conditioned"))
+        trs = "".join("<tr>" + "".join(f"<td>{e(t)}</td>" for t in item) + "</tr>" for item in items)
+        paired.append(f"<h3>{e(column.header)}</h3><table><thead><tr>{heads}</tr></thead><tbody>{trs}</tbody></table>")
+    if paired:
+        paired = f"<h2>Paired differences</h2>{''.join(paired)}<p>{e(PAIRED_NOTE)}</p>"
+    claims = "".join(f"<tr><td>{e(v.claim)}</td><td>{e(v.verdict)}</td><td>{e(delta_text_dict(v.delta))}</td>"
+                     f"<td>{e(v.note)}</td></tr>" for v in board.claims)
+    if claims:
+        claims = ("<h2>D-STEER claims</h2><table><thead><tr><th>claim</th><th>verdict</th><th>Δ [95% CI]</th>"
+                  f"<th>note</th></tr></thead><tbody>{claims}</tbody></table>")
     skipped = "".join(f"<li>{e(s.reason)}</li>" for s in board.skipped)
     if skipped:
         skipped = f"<h2>Skipped {len(board.skipped)} unreadable or mis-shaped file(s)</h2><ul>{skipped}</ul>"
@@ -156,6 +230,7 @@ def html_page(board: Leaderboard, figures: dict[str, bytes]) -> str:
             f"<style>{CSS}</style></head><body><h1>dsteer-eval leaderboard</h1>"
             f"<table><thead><tr><th>run</th>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
             f"<p>Best per column in bold with the direction arrow; mean ± stderr; — = no result.</p>"
+            f"{''.join(paired) if isinstance(paired, list) else paired}{claims}"
             f"<h2>Sources</h2><ul>{sources}</ul>{skipped}{'<h2>Plots</h2>' + imgs if imgs else ''}"
             f"</body></html>\n")
 

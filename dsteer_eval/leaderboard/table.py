@@ -57,6 +57,8 @@ class Leaderboard:
     rows: list[Row]
     columns: list[Column]
     cells: list[list[Cell | None]]  # [row][column]; None = missing
+    paired: dict = field(default_factory=dict)  # column key -> [PairedRow] (see leaderboard/paired.py)
+    claims: list = field(default_factory=list)  # [Verdict]: the D-STEER claims, computed from the paired CIs
     skipped: list[Skipped] = field(default_factory=list)  # unreadable or mis-shaped files, with the reason
 
     def markdown(self) -> str:
@@ -77,11 +79,30 @@ def _sort_key(row: RowKey):
     return row.source, row.identity, layer, -float("inf") if row.alpha is None else row.alpha
 
 
+def _model_text(k: RowKey, keys: list[RowKey]) -> str:
+    """What tells this row's model from the others of its folder: the model args that differ, with a
+    sweep's roles named (``peft=none`` is the base side, ``control=random:<i>`` a random control, another
+    ``peft=`` the DPO side) and paths shortened to their last part."""
+    same = [x.identity for x in keys if x.source == k.source]
+    common = set.intersection(*(set(i) for i in same))
+    parts = []
+    for name, value in k.identity:
+        if (name, value) in common:
+            continue
+        if name == "peft":
+            parts.append("base (peft=none)" if value.lower() == "none" else f"DPO (peft={Path(value).name or value})")
+        elif name == "control":
+            parts.append(value)
+        else:
+            parts.append(f"{name}={Path(value).name if '/' in value else value}")
+    return ", ".join(parts) or "DPO (default)"
+
+
 def _labels(keys: list[RowKey], sources: list[Source]) -> dict[RowKey, tuple[str, str]]:
     many_sources, many_models = len({k.source for k in keys}) > 1, len({k.identity for k in keys}) > 1
     out = {}
     for k in keys:
-        model = k.model or "default model"
+        model = (_model_text(k, keys) if many_models else k.model) or "default model"
         group = " · ".join(([sources[k.source].label] if many_sources else [])
                            + ([model] if many_models or k.alpha is None else []))
         if k.alpha is None:
@@ -173,4 +194,16 @@ def build_leaderboard(paths) -> Leaderboard:
     cells = [[_cell(winners.get(_slot(row.key, c.kind, c.task)), c) for c in columns] for row in rows]
     for j, column in enumerate(columns):
         _mark_best([r[j] for r in cells], column.higher_is_better)
-    return Leaderboard(sources, rows, columns, cells, skipped)
+    from dsteer_eval.leaderboard.paired import paired_statistics
+
+    paired, claims = {}, []
+    for column in columns:
+        if column.kind != "metric" or column.metric is None:
+            continue
+        found = {row.key: winners.get(_slot(row.key, "results", column.task)) for row in rows}
+        found = {k: e for k, e in found.items() if e is not None and e.kind == "results"}
+        rows_stats, column_claims = paired_statistics(rows, column, found)
+        if rows_stats:
+            paired[column.key] = rows_stats
+            claims += column_claims
+    return Leaderboard(sources, rows, columns, cells, paired=paired, claims=claims, skipped=skipped)
