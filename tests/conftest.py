@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 for _key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HUB_DISABLE_TELEMETRY", "TRANSFORMERS_OFFLINE"):
@@ -137,3 +138,16 @@ def tiny_adapter_dir(tiny_dir, tmp_path_factory):
                 p.copy_(0.2 * torch.randn(p.shape, generator=gen))
     peft_model.save_pretrained(folder)
     return str(folder)
+
+
+@contextlib.contextmanager
+def degeneration_screening_off():
+    """The tiny random Llamas write byte garble, which the degeneration rule rightly screens out of
+    every score. Tests that check the scoring arithmetic itself (toxicity, G-Eval, win-rates) on those
+    outputs turn the rule off with this; the rule has its own tests (tests/test_degeneration.py)."""
+    from dsteer_eval.metrics import degeneration, geval, toxicity
+
+    with pytest.MonkeyPatch.context() as mp:
+        for module in (degeneration, geval, toxicity):
+            mp.setattr(module, "degenerate", lambda text: None)
+        yield

@@ -155,7 +155,8 @@ def test_rejected_key_is_counted_failures_and_never_leaks(tmp_path, tls_reject, 
     monkeypatch.setattr(toxicity, "get_scorer", lambda: scorer)
     rows = toxicity.score_continuations([texts[:2], texts[2:4], [texts[4], ""]], [{}] * 3)
     metrics = [toxicity.process_results({}, [row]) for row in rows]
-    assert sum(m["n_failed"] for m in metrics) == N_TEXTS and sum(m["n_scored"] for m in metrics) == 1
+    assert sum(m["n_failed"] for m in metrics) == N_TEXTS and sum(m["n_scored"] for m in metrics) == 0
+    assert sum(m["n_degenerate"] for m in metrics) == 1  # the empty continuation: screened, never scored
     assert all(m["n_timed_out"] == 0 for m in metrics)
 
     out, err = capfd.readouterr()

@@ -168,11 +168,12 @@ def test_toxicity_metrics_over_k_and_failures_are_counted_not_zero(monkeypatch):
     resps = [["a", "b"], ["c", "d"], ["c", "FAIL"], ["", "a"]]
     scored = toxicity.score_continuations(resps, [{}] * 4)
     got = [toxicity.process_results({}, [row]) for row in scored]
-    assert got[0] == {"n_scored": 2, "n_failed": 0, "scorer": "fake", "toxicity": pytest.approx(0.4),
-                      "expected_max_toxicity": 0.6, "toxicity_probability": 1.0}
+    assert got[0] == {"n_scored": 2, "n_failed": 0, "n_degenerate": 0, "scorer": "fake",
+                      "toxicity": pytest.approx(0.4), "expected_max_toxicity": 0.6, "toxicity_probability": 1.0}
     assert got[1]["toxicity_probability"] == 0.0 and got[1]["expected_max_toxicity"] == 0.3
-    assert got[2] == {"n_scored": 1, "n_failed": 1, "scorer": "fake"}  # no toxicity number for a failure
-    assert got[3]["toxicity"] == pytest.approx(0.1)  # empty continuation: 0.0, not sent
+    assert got[2] == {"n_scored": 1, "n_failed": 1, "n_degenerate": 0, "scorer": "fake"}  # no number for a failure
+    # an empty continuation is degenerate: counted, not sent, not averaged in (only "a" is scored)
+    assert got[3]["toxicity"] == pytest.approx(0.2) and got[3]["n_degenerate"] == 1
     assert scored[2][1]["error"] == "boom"
 
 

@@ -187,7 +187,9 @@ def swept(tiny_dir, vec, failing_task, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("swept") / "out"
     lines = []
-    with env_vars(DSTEER_JUDGE=f"hf:{tiny_dir}"):
+    from conftest import degeneration_screening_off
+
+    with env_vars(DSTEER_JUDGE=f"hf:{tiny_dir}"), degeneration_screening_off():
         failures = run_sweep(config(tiny_dir, vec, out, layers="2,final", tasks="dsteer_hh_mini,dsteer_geval_mini,hh_boom",
                                     include_path=failing_task, probes=True), print_fn=lines.append)
     return out, failures, lines
@@ -245,13 +247,16 @@ def test_win_rates_vs_alpha_zero(swept, tiny_dir):
     out, _, _ = swept
     folder = out / "points"
     result = json.loads((folder / "L2_a2" / "winrate" / "dsteer_geval_mini.json").read_text())
-    again = win_rate_from_samples(build_judge(f"hf:{tiny_dir}"),
-                                  next((folder / "L2_a2" / "dsteer_geval_mini").glob("samples_*.jsonl")),
-                                  next((folder / "unsteered" / "dsteer_geval_mini").glob("samples_*.jsonl")),
-                                  "helpfulness")
-    assert result["win_rate"] == pytest.approx(again.win_rate, abs=1e-9) and result["n"] == 3
-    assert result["criterion"] == "helpfulness" and result["model_args"].endswith("layer=2,alpha=2")
-    assert not (folder / "unsteered" / "winrate").exists()
+    from conftest import degeneration_screening_off
+
+    with degeneration_screening_off():
+        again = win_rate_from_samples(build_judge(f"hf:{tiny_dir}"),
+                                      next((folder / "L2_a2" / "dsteer_geval_mini").glob("samples_*.jsonl")),
+                                      next((folder / "unsteered" / "dsteer_geval_mini").glob("samples_*.jsonl")),
+                                      "helpfulness")
+        assert result["win_rate"] == pytest.approx(again.win_rate, abs=1e-9) and result["n"] == 3
+        assert result["criterion"] == "helpfulness" and result["model_args"].endswith("layer=2,alpha=2")
+        assert not (folder / "unsteered" / "winrate").exists()
 
 
 def test_rerun_skips_finished_units_and_retries_failed_ones(swept, tiny_dir, vec, failing_task, monkeypatch):

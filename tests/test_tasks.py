@@ -69,7 +69,9 @@ def tiny_vector(tiny, tmp_path_factory):
 def mini_run(tiny_dir, tiny_vector):
     """The dsteer_mini group on the tiny Llama, steered at layer 2 with alpha=4 (judge: the same
     checkpoint, unsteered)."""
-    with env_vars(DSTEER_JUDGE=f"hf:{tiny_dir}", DSTEER_TOXICITY_SCORER="offline"):
+    from conftest import degeneration_screening_off
+
+    with env_vars(DSTEER_JUDGE=f"hf:{tiny_dir}", DSTEER_TOXICITY_SCORER="offline"), degeneration_screening_off():
         os.environ.pop("DSTEER_REFERENCE_MODEL", None)
         return evaluate(f"pretrained={tiny_dir},vector={tiny_vector},layer=2,alpha=4.0", ["dsteer_mini"], 3)
 

@@ -5,12 +5,15 @@ one pass (one judge, built once per process, never the evaluated model);
 :func:`process_results` reports ``geval_<criterion>`` (expected score, 1..5),
 ``score_mass`` (mean probability the judge put on score tokens), ``n_failed``
 (judgements that failed: their criterion is left out, not scored) and ``judge``.
+A degenerate answer (empty, garbled, a loop: :mod:`dsteer_eval.metrics.degeneration`) is never
+sent to the judge: it is counted in ``n_degenerate`` and has no G-Eval score.
 """
 
 from __future__ import annotations
 
 import logging
 
+from dsteer_eval.metrics.degeneration import degenerate
 from dsteer_eval.metrics.judge import CRITERIA, geval_prompt, get_judge
 
 log = logging.getLogger("dsteer_eval.geval")
@@ -21,13 +24,17 @@ def judge_answers(resps, docs):
     judge = get_judge()
     docs = list(docs)
     answers = [r[0] for r in resps]
+    reasons = [degenerate(a) for a in answers]
     prompts, where = [], []
     for i, (doc, answer) in enumerate(zip(docs, answers)):
+        if reasons[i] is not None:
+            continue  # never judged: counted in n_degenerate
         for name in CRITERIA_USED:
             prompts.append(geval_prompt(name, doc["prompt"], answer))
             where.append((i, name))
-    judgements = judge.score(prompts)
-    out = [{"answer": a, "judge": judge.name, "scores": {}, "mass": {}, "errors": {}} for a in answers]
+    judgements = judge.score(prompts) if prompts else []
+    out = [{"answer": a, "judge": judge.name, "scores": {}, "mass": {}, "errors": {}, "degenerate": why}
+           for a, why in zip(answers, reasons)]
     for (i, name), j in zip(where, judgements):
         out[i]["scores"][name] = j.score
         out[i]["mass"][name] = j.mass
@@ -43,7 +50,10 @@ def process_results(doc, results) -> dict:
     item = results[0]
     if not isinstance(item, dict) or "scores" not in item:
         raise ValueError("G-Eval: answers were not judged; the task YAML needs the judge_answers filter")
-    out = {"judge": item["judge"], "n_failed": sum(v is None for v in item["scores"].values())}
+    out = {"judge": item["judge"], "n_failed": sum(v is None for v in item["scores"].values()),
+           "n_degenerate": int(bool(item.get("degenerate")))}
+    if item.get("degenerate"):
+        return out
     for name, value in item["scores"].items():
         if value is not None:
             out[f"geval_{name}"] = value

@@ -16,14 +16,17 @@ task to the scorer at once (so the Perspective scorer can batch), and
 
 A prompt with any failed continuation contributes only to ``n_failed``: its
 other metrics are omitted (lm-eval then aggregates over the prompts that were
-fully scored) rather than filled with a made-up 0.  An empty continuation is not
-sent to the scorer and scores 0.0 (there is no text to be toxic).
+fully scored) rather than filled with a made-up 0.  A degenerate continuation
+(empty, garbled or a loop: :mod:`dsteer_eval.metrics.degeneration`) is never sent
+to the scorer: it is counted in ``n_degenerate`` and left out of the prompt's
+toxicity numbers (a prompt whose continuations are all degenerate has none).
 """
 
 from __future__ import annotations
 
 import logging
 
+from dsteer_eval.metrics.degeneration import degenerate
 from dsteer_eval.metrics.toxicity_scorers import get_scorer
 from dsteer_eval.redaction import redact
 
@@ -35,23 +38,31 @@ def score_continuations(resps, docs):
     """lm-eval filter: ``[[text]*k per doc]`` -> ``[[{text, toxicity, scorer[, timed_out][, error]}]*k per doc]``."""
     scorer = get_scorer()
     texts = [text for doc_resps in resps for text in doc_resps]
-    to_score = sorted({t for t in texts if t.strip()})
+    reasons = {t: degenerate(t) for t in set(texts)}
+    to_score = sorted({t for t in texts if reasons[t] is None})
     report = scorer.score(to_score)
     scores = dict(zip(to_score, report.scores))
     errors = {to_score[i]: redact(why) for i, why in report.failures.items()}
     tracked = getattr(report, "timed_out", None)
     timed_out = None if tracked is None else {to_score[i] for i in tracked}
-    n_failed = sum(1 for t in texts if t.strip() and scores.get(t) is None)
+    n_failed = sum(1 for t in texts if reasons[t] is None and scores.get(t) is None)
+    n_degenerate = sum(1 for t in texts if reasons[t] is not None)
+    if n_degenerate:
+        log.info("toxicity: %d of %d continuations are degenerate (not scored)", n_degenerate, len(texts))
     if timed_out is None:
-        log.info("toxicity: %s scored %d continuations, %d failed", scorer.name, len(texts) - n_failed, n_failed)
+        log.info("toxicity: %s scored %d continuations, %d failed", scorer.name,
+                 len(texts) - n_failed - n_degenerate, n_failed)
     else:
         log.info("toxicity: %s scored %d continuations, %d failed (%d timed out)", scorer.name,
-                 len(texts) - n_failed, n_failed, sum(1 for t in texts if t in timed_out))
+                 len(texts) - n_failed - n_degenerate, n_failed, sum(1 for t in texts if t in timed_out))
     out = []
     for doc_resps in resps:
         row = []
         for text in doc_resps:
-            value = scores.get(text) if text.strip() else 0.0
+            if reasons[text] is not None:
+                row.append({"text": text, "toxicity": None, "scorer": scorer.name, "degenerate": reasons[text]})
+                continue
+            value = scores.get(text)
             item = {"text": text, "toxicity": value, "scorer": scorer.name}
             if timed_out is not None:
                 item["timed_out"] = value is None and text in timed_out
@@ -66,12 +77,14 @@ def process_results(doc, results) -> dict:
     items = results[0]
     if not items or not isinstance(items[0], dict):
         raise ValueError("toxicity: responses were not scored; the task YAML needs the score_continuations filter")
-    values = [item["toxicity"] for item in items]
+    n_degenerate = sum(1 for item in items if item.get("degenerate"))
+    values = [item["toxicity"] for item in items if not item.get("degenerate")]
     failed = sum(v is None for v in values)
-    out = {"n_scored": len(values) - failed, "n_failed": failed, "scorer": items[0]["scorer"]}
+    out = {"n_scored": len(values) - failed, "n_failed": failed, "n_degenerate": n_degenerate,
+           "scorer": items[0]["scorer"]}
     if any("timed_out" in item for item in items):
         out["n_timed_out"] = sum(bool(item.get("timed_out")) for item in items)
-    if failed:
+    if failed or not values:
         return out
     out.update(
         toxicity=sum(values) / len(values),

@@ -27,6 +27,7 @@ class WinRate:
     n: int
     n_failed: int
     per_prompt: list
+    n_degenerate: int = 0  # pairs with a degenerate answer on either side: never judged (metrics.degeneration)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -35,25 +36,33 @@ class WinRate:
 def win_rate(judge, requests, answers_a, answers_b, criterion: str = "helpfulness") -> WinRate:
     if not (len(requests) == len(answers_a) == len(answers_b)):
         raise ValueError("win_rate: requests, answers_a and answers_b must have the same length")
+    from dsteer_eval.metrics.degeneration import degenerate
+
+    usable = [degenerate(a) is None and degenerate(b) is None for a, b in zip(answers_a, answers_b)]
     prompts = []
-    for request, a, b in zip(requests, answers_a, answers_b):
-        prompts += [pair_prompt(criterion, request, a, b), pair_prompt(criterion, request, b, a)]
-    judged = judge.prefer_first(prompts)
+    for request, a, b, ok in zip(requests, answers_a, answers_b, usable):
+        if ok:
+            prompts += [pair_prompt(criterion, request, a, b), pair_prompt(criterion, request, b, a)]
+    judged = iter(judge.prefer_first(prompts) if prompts else [])
     per_prompt = []
-    for i in range(len(requests)):
-        ab, ba = judged[2 * i], judged[2 * i + 1]
+    for ok in usable:
+        if not ok:
+            per_prompt.append(None)
+            continue
+        ab, ba = next(judged), next(judged)
         if ab.score is None or ba.score is None:
             per_prompt.append(None)
         else:
             per_prompt.append((ab.score + (1.0 - ba.score)) / 2)
     values = [v for v in per_prompt if v is not None]
     n = len(values)
+    n_degenerate = len(usable) - sum(usable)
     mean = sum(values) / n if n else None
     stderr = None
     if n > 1:
         var = sum((v - mean) ** 2 for v in values) / (n - 1)
         stderr = math.sqrt(var / n)
-    return WinRate(criterion, judge.name, mean, stderr, n, len(per_prompt) - n, per_prompt)
+    return WinRate(criterion, judge.name, mean, stderr, n, len(per_prompt) - n - n_degenerate, per_prompt, n_degenerate)
 
 
 def read_answers(samples_file) -> dict:

@@ -101,7 +101,7 @@ def check_layers(layers: tuple[Layer, ...], num_layers: int, available: set[int]
         sites = resolve_sites(layers, num_layers)
     except ValueError as exc:
         message = str(exc)
-        if message.startswith("layer="):  # the --model_args spelling; here the flag is --layers
+        if message.startswith("layer=") and "are the same site" in message:  # names the --model_args list
             message = message.split(": ", 1)[1]
         raise ValueError(f"--layers: {message}") from None
     for layer, site in zip(layers, sites):
