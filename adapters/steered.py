@@ -261,8 +261,10 @@ class SteeredLM(HFLM):
             if args.unit:
                 norm = float(v.norm())
                 if norm == 0.0:
-                    raise ValueError(f"unit=true: the vector for layer {site} is zero and has no direction")
+                    raise ValueError(f"unit={args.unit}: the vector for layer {site} is zero and has no direction")
                 v = v / norm
+                if args.unit == "norm":  # alpha is a fraction of the typical state norm at this site
+                    v = v * self.mean_state_norm(site)
             param = next(self._parts.site_module(site).parameters(), None)  # the dtype the shift is added in
             dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
             if args.mode == "add":  # an ablation scales an existing component: nothing is added
@@ -270,6 +272,20 @@ class SteeredLM(HFLM):
                                  f"alpha={alpha:g} times vector={vf.path} (layer {layer}) in the model's dtype")
             out.append(Intervention(site=site, vector=v, alpha=alpha, mode=args.mode))
         return out
+
+    def mean_state_norm(self, site: int) -> float:
+        """Mean ‖h‖ at ``site`` over the shipped hh_mini prompts at their last token, unsteered (cached):
+        the scale of ``unit=norm``, so alpha=0.1 pushes by a tenth of a typical state's norm."""
+        cache = self.__dict__.setdefault("_state_norms", {})
+        if site not in cache:
+            from dsteer_eval.extract import last_token_states, unique_prompts
+            from dsteer_eval.lm_eval_plugin import tasks_dir
+            from dsteer_eval.preference_data import load_pairs
+
+            prompts = unique_prompts(load_pairs(f"{tasks_dir()}/hh/hh_mini.jsonl"))
+            states = last_token_states(self.model, self.tokenizer, prompts, desc="unit=norm")
+            cache[site] = float(states[:, site].norm(dim=-1).mean())
+        return cache[site]
 
     @staticmethod
     def _read_builtin(path: Path) -> dict:

@@ -140,7 +140,7 @@ class SteerArgs:
     layers: tuple[Layer, ...] | None
     alphas: tuple[float, ...]
     position: str = "all"
-    unit: bool = False
+    unit: bool | str = False  # True: v/|v|; "norm": v/|v| times the mean |h| at the site (alpha = fraction of |h|)
     mode: str = "add"
     norm_preserve: bool = False
     control: int | None = None  # index of the random control that replaces v (dsteer_eval.controls)
@@ -168,7 +168,8 @@ class SteerArgs:
             seed = int(control_seed)
         except (TypeError, ValueError):
             raise ValueError(f"control_seed={control_seed!r} must be a whole number") from None
-        return cls(layers, alphas, parse_position(position), parse_bool(unit, "unit"), mode,
+        unit = "norm" if str(unit).strip().lower() == "norm" else parse_bool(unit, "unit")
+        return cls(layers, alphas, parse_position(position), unit, mode,
                    parse_bool(norm_preserve, "norm_preserve"), parse_control(control), seed)
 
     def pairs(self, layers: tuple[Layer, ...]) -> list[tuple[Layer, float]]:

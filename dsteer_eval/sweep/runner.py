@@ -68,6 +68,7 @@ class SweepConfig:
     apply_chat_template: bool = False
     shared_prefix: bool = True
     overwrite: bool = False
+    ceiling: str | None = None  # ceiling.json for --alphas rel:... (dsteer-eval ceiling)
     controls: str | None = None  # "random:K": K norm-matched random directions beside every steered point
     base_alphas: str | None = "auto"  # the base side (adapter off): "auto", "none" or a comma list
 
@@ -137,7 +138,12 @@ def plan_sweep(config: SweepConfig) -> Plan:
         raise ValueError("dsteer-eval sweep runs in one process; for data parallel run `accelerate launch -m lm_eval "
                          "--model steered ...` once per alpha and combine the folders with `dsteer-eval leaderboard` "
                          "(README: Scale past one machine)")
-    alphas = grid.parse_alpha_grid(config.alphas)
+    from dsteer_eval.ceiling import parse_relative
+
+    relative = parse_relative(config.alphas)  # rel:... or auto: multiples of the vector's strength ceiling
+    alphas = grid.parse_alpha_grid(config.alphas) if relative is None else None
+    if relative is None and config.ceiling:
+        raise ValueError("--ceiling goes with --alphas rel:... or --alphas auto")
     base_args, kwargs, layer_arg = split_model_args(config.model_args)
     vector = _vector_for(kwargs)
     vf = load_vectors(vector, argument="vector")
@@ -176,9 +182,42 @@ def plan_sweep(config: SweepConfig) -> Plan:
     from dsteer_eval.controls import parse_controls
 
     controls = parse_controls(config.controls)
+    if relative is not None:
+        if len(layers) != 1:
+            raise ValueError("--alphas rel:/auto: the ceiling belongs to one layer; give one --layers value")
+        from dsteer_eval.ceiling import relative_alphas
+
+        alphas = relative_alphas(relative, _ceiling(config, kwargs, layers[0], out))
     base_alphas = _base_alphas(config.base_alphas, alphas, kwargs)
     points = grid.points(layers, alphas, base_alphas=base_alphas, controls=controls)
     return Plan(config, base_args, kwargs, layers, alphas, tasks, points, str(vector), out, settings, task_manager)
+
+
+def _ceiling(config: SweepConfig, kwargs: dict, layer, out: Path) -> dict:
+    """The ceiling for relative alphas: --ceiling FILE, else OUT/ceiling.json of an earlier run, else (for
+    --alphas auto) measured now on the probe prompts and written to OUT/ceiling.json."""
+    from dsteer_eval.ceiling import FORMAT, ceiling_for
+
+    path = Path(config.ceiling) if config.ceiling else out / "ceiling.json"
+    if path.is_file():
+        try:
+            data = json.loads(path.read_text())
+            if data.get("format") != FORMAT:
+                raise ValueError(f"format is {data.get('format')!r}")
+            data["negative"]["ceiling"], data["positive"]["ceiling"]  # noqa: B018 - shape check
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"--ceiling {path}: not a dsteer-eval ceiling file ({exc}); make one with "
+                             f"`dsteer-eval ceiling`") from None
+        if str(data.get("layer")) != str(layer):
+            raise ValueError(f"--ceiling {path} was measured at layer {data.get('layer')}, the sweep steers layer {layer}")
+        return data
+    if config.ceiling:
+        raise FileNotFoundError(f"--ceiling {config.ceiling}: no such file")
+    if str(config.alphas).strip().lower() != "auto":
+        raise ValueError("--alphas rel:... needs --ceiling FILE (from `dsteer-eval ceiling`); --alphas auto measures it")
+    data = ceiling_for(kwargs, layer, _probe_prompts_for(config)[:16], device=config.device)
+    atomic_write_text(path, json.dumps(data, indent=1) + "\n")
+    return data
 
 
 def has_adapter(kwargs: dict) -> bool:
@@ -426,11 +465,22 @@ def _load(plan: Plan):
 
 def _probe_prompts(plan: Plan) -> tuple[list, object]:
     from dsteer_eval.extract import unique_prompts
+
+    pairs = _probe_pairs(plan.config)
+    return unique_prompts(pairs), pairs
+
+
+def _probe_pairs(config: SweepConfig):
     from dsteer_eval.lm_eval_plugin import tasks_dir
     from dsteer_eval.preference_data import load_pairs
 
-    pairs = load_pairs(plan.config.probe_data or f"{tasks_dir()}/hh/hh_mini.jsonl")
-    return unique_prompts(pairs), pairs
+    return load_pairs(config.probe_data or f"{tasks_dir()}/hh/hh_mini.jsonl")
+
+
+def _probe_prompts_for(config: SweepConfig) -> list:
+    from dsteer_eval.extract import unique_prompts
+
+    return unique_prompts(_probe_pairs(config))
 
 
 def _point_probes(lm, plan: Plan):
