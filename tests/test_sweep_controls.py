@@ -183,3 +183,19 @@ def test_claims_are_computed_from_the_numbers(tmp_path, restore, verdicts):
     b = board.claims[1]
     assert b.note == f"fraction {restore:.2f} (needs ≥ 0.50)"
     assert b.delta["mean"] == pytest.approx(-restore + sum(noise) / n / 5)
+
+
+def test_plots_draw_controls_as_a_band_not_as_lines(controlled):
+    from dsteer_eval.leaderboard import build_leaderboard
+    from dsteer_eval.leaderboard.plots import _bands, _column_value, _lines, figures
+
+    board = build_leaderboard([controlled])
+    j = next(j for j, c in enumerate(board.columns) if c.key == "dsteer_hh_mini/acc")
+    lines = _lines(board, _column_value(board, j))
+    assert not any("random" in label for label, _ in lines)
+    bands = _bands(board, _column_value(board, j))
+    assert sorted(label for label, _ in bands) == [
+        "DPO (peft=tiny_adapter0) · layer 2: random controls (K=1)", "base (peft=none) · layer 2: random controls (K=1)"]
+    dpo = dict(bands)["DPO (peft=tiny_adapter0) · layer 2: random controls (K=1)"]
+    assert [p[0] for p in dpo] == [-1.0, 1.0]
+    assert figures(board)["overview.png"].startswith(b"\x89PNG")

@@ -1,6 +1,9 @@
 """PNG plots of a leaderboard: each metric vs α, one line per layer, with stderr error bars.
 
 The α=0 (unsteered) row of a model joins every layer's line; rows without a numeric α are not plotted.
+Random-direction controls (``control=random:<i>`` rows of a sweep with ``--controls``) are not lines of
+their own: at each α they are drawn as a shaded band from the lowest to the highest control value, with
+their mean dashed, beside the line of the model they control for.
 """
 
 from __future__ import annotations
@@ -16,12 +19,38 @@ from dsteer_eval.plots import _pyplot
 Point = tuple[float, float, float]  # alpha, value, stderr (nan when unknown)
 
 
+_CONTROL = re.compile(r"(, )?random:\d+")
+
+
+def _bands(board: Leaderboard, value_of) -> list[tuple[str, list[tuple[float, float, float, float]]]]:
+    """Control rows as bands: ``(label, [(alpha, low, mean, high)])`` per (controlled group, layer)."""
+    from dsteer_eval.leaderboard.paired import role
+
+    found: dict[tuple, dict[float, list[float]]] = {}
+    for i, row in enumerate(board.rows):
+        if row.key.alpha is None or role(row.key).control is None:
+            continue
+        got = value_of(i)
+        if got is None or got[0] is None:
+            continue
+        parent = _CONTROL.sub("", row.group).strip(" ,·") or "DPO (default)"
+        found.setdefault((parent, row.key.layer), {}).setdefault(row.key.alpha, []).append(got[0])
+    out = []
+    for (parent, layer), by_alpha in found.items():
+        k = max(len(v) for v in by_alpha.values())
+        points = [(a, min(v), sum(v) / len(v), max(v)) for a, v in sorted(by_alpha.items())]
+        out.append((f"{parent} · layer {layer}: random controls (K={k})", points))
+    return out
+
+
 def _lines(board: Leaderboard, value_of) -> list[tuple[str, list[Point]]]:
     """``value_of(row_index) -> (value, stderr) | None`` as lines of points, one per (source/model, layer)."""
+    from dsteer_eval.leaderboard.paired import role
+
     groups: dict[str, tuple[dict, list]] = {}
     for i, row in enumerate(board.rows):
         found = value_of(i) if row.key.alpha is not None else None
-        if found is None or found[0] is None:
+        if found is None or found[0] is None or role(row.key).control is not None:
             continue
         point = (row.key.alpha, found[0], math.nan if found[1] is None else found[1])
         layers, unsteered = groups.setdefault(row.group, ({}, []))
@@ -38,10 +67,14 @@ def _lines(board: Leaderboard, value_of) -> list[tuple[str, list[Point]]]:
     return lines
 
 
-def _draw(ax, lines, title: str, ylabel: str, legend: bool = True) -> None:
+def _draw(ax, lines, title: str, ylabel: str, legend: bool = True, bands=()) -> None:
     for label, points in lines:
         x, y, err = zip(*points)
         ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=label)
+    for label, points in bands:
+        x, low, mean, high = zip(*points)
+        ax.fill_between(x, low, high, color="grey", alpha=0.25, step=None, label=label)
+        ax.plot(x, mean, color="grey", ls="--", marker="x", lw=1)
     ax.axvline(0, color="grey", lw=0.6, ls=":")
     ax.set_title(title, fontsize=10)
     ax.set_xlabel("α")
@@ -96,7 +129,7 @@ def figures(board: Leaderboard) -> dict[str, bytes]:
     series = list(_metric_series(board)) + [
         (c.header, c.key, c.key, _column_value(board, j)) for j, c in enumerate(board.columns) if c.kind != "metric"]
     out: dict[str, bytes] = {}
-    overview = [(c.header, lines) for j, c in enumerate(board.columns)
+    overview = [(c.header, lines, _bands(board, _column_value(board, j))) for j, c in enumerate(board.columns)
                 if c.metric and (lines := _lines(board, _column_value(board, j)))]
     if overview:
         ncols = min(3, len(overview))
@@ -104,7 +137,7 @@ def figures(board: Leaderboard) -> dict[str, bytes]:
         fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.4 * nrows), squeeze=False)
         for k, ax in enumerate(axes.flat):
             if k < len(overview):
-                _draw(ax, overview[k][1], overview[k][0], "", legend=k == 0)
+                _draw(ax, overview[k][1], overview[k][0], "", legend=k == 0, bands=overview[k][2])
             else:
                 ax.set_visible(False)
         fig.suptitle("Metrics vs α")
@@ -113,6 +146,6 @@ def figures(board: Leaderboard) -> dict[str, bytes]:
         lines = _lines(board, value_of)
         if lines:
             fig, ax = plt.subplots(figsize=(5.5, 3.8))
-            _draw(ax, lines, title, ylabel)
+            _draw(ax, lines, title, ylabel, bands=_bands(board, value_of))
             out[_file_name(stem, out)] = _png(plt, fig)
     return out
