@@ -33,6 +33,10 @@ def probe_figures(report: dict, folder: Path) -> list[str]:
         edges, counts = cons["histogram"]["edges"], cons["histogram"]["counts"]
         ax.bar(edges[:-1], counts, width=[b - a for a, b in zip(edges, edges[1:])], align="edge", edgecolor="k")
         ax.axvline(cons["cos"]["mean"], color="C3", ls="--", label=f"mean {cons['cos']['mean']:.2f}")
+        null = (report.get("nulls") or {}).get("consistency")
+        if null and null.get("histogram"):
+            ax.stairs(null["histogram"]["counts"], null["histogram"]["edges"], color="C1", lw=1.5,
+                      label=f"null adapter, cos(δ, v̄_null) (mean {null['cos']['mean']:.2f})")
         ax.axvline(0.5, color="grey", ls=":", label="0.5")
         ax.set_xlabel(r"cos($\delta_i$, $\bar v$)")
         ax.set_ylabel("prompts")
@@ -103,4 +107,31 @@ def probe_figures(report: dict, folder: Path) -> list[str]:
         ax.set_title("Projection on v̄: DPO minus base")
         ax.legend()
         save(fig, "projection_by_layer.png")
+
+    pca = report.get("pca_cloud")
+    if pca and pca.get("coords"):
+        fig, ax = plt.subplots(figsize=(5.5, 4.6))
+        styles = {"base": ("C0", "o", r"$H_{base}$"), "dpo": ("C3", "o", r"$H_{dpo}$"),
+                  "dpo_minus_v": ("C1", "x", r"$H_{dpo} - \bar v$"), "base_plus_v": ("C2", "+", r"$H_{base} + \bar v$")}
+        for key, (color, marker, label) in styles.items():
+            xy = pca["coords"].get(key) or []
+            if xy:
+                ax.scatter([r[0] for r in xy], [r[1] if len(r) > 1 else 0.0 for r in xy], s=18, c=color,
+                           marker=marker, label=label, alpha=0.75)
+        evr = pca.get("explained_variance_ratio") or [0, 0]
+        ax.set_xlabel(f"PC1 ({evr[0]:.0%})")
+        ax.set_ylabel(f"PC2 ({evr[1]:.0%})" if len(evr) > 1 else "PC2")
+        dist = pca.get("centroid_distances", {})
+        ax.set_title(f"PCA at layer {pca.get('layer')}, last prompt token\n"
+                     f"|c_base − c_dpo| {dist.get('base_dpo', 0):.3g}, |c_base − c(dpo − v̄)| "
+                     f"{dist.get('base_dpo_minus_v', 0):.3g}", fontsize=9)
+        ax.legend(fontsize=8)
+        save(fig, "pca_cloud.png")
+
+    lattice = report.get("lattice_field")
+    if lattice and lattice.get("points"):
+        from dsteer_eval.lattice_field import quiver_png
+
+        quiver_png(lattice, folder / "lattice_field.png")
+        written.append("lattice_field.png")
     return written

@@ -266,7 +266,9 @@ def test_cli_extract_and_probe_end_to_end(tiny_dir, tiny_adapter_dir, short_pair
     assert len(report["spectra"]) == 5 and report["data"]["prompts"] == 6 and report["data"]["pairs"] == 18
     assert report["gradient_coherence"]["at_dpo"]["pairs"] == 4
     assert set(report["figures"]) == {"consistency_hist.png", "spectra_by_layer.png", "singular_values.png",
-                                      "steering_identity.png", "projection_by_layer.png"}
+                                      "steering_identity.png", "projection_by_layer.png", "pca_cloud.png",
+                                      "lattice_field.png"}
+    assert report["format_version"] == "2" and report["verdicts"] and (out / "verdicts.md").is_file()
     for name in report["figures"]:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert set(report["headline"]) >= {"projection_frac_rose", "restoration_best_ratio", "delta_sigma1_over_sigma2"}
