@@ -27,7 +27,8 @@ def _load_pairs(args: argparse.Namespace):
     from dsteer_eval.preference_data import load_pairs
 
     source = args.data or _default_pairs()
-    return load_pairs(source, data_dir=args.data_dir, split=args.split, limit=args.limit, offset=args.offset)
+    return load_pairs(source, data_dir=args.data_dir, split=args.split, limit=args.limit, offset=args.offset,
+                      part=getattr(args, "part", None))
 
 
 def _dpo_side(args: argparse.Namespace) -> dict:
@@ -80,8 +81,11 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         from dsteer_eval.preference_data import load_prompts
 
         prompts, source = load_prompts(args.data or _default_pairs(), data_dir=args.data_dir, split=args.split,
-                                       limit=args.limit, offset=args.offset)  # fail before loading models
+                                       limit=args.limit, offset=args.offset,
+                                       part=args.part)  # fail before loading models
         extra = {"data": source}
+        if args.part not in (None, "all"):
+            extra["part"] = args.part
         side = _dpo_side(args)
         pair = ModelPair.load(args.pretrained, **side)
         vectors = extract.dpo_diff(pair, prompts, batch_size=args.batch_size, stats=stats)
@@ -92,6 +96,8 @@ def _cmd_extract(args: argparse.Namespace) -> int:
 
         pairs = _load_pairs(args)  # fail on bad data before loading the model
         extra = {"data": pairs.source, "skipped": dict(pairs.skipped)}
+        if pairs.part:
+            extra["pairs_other_parts"] = pairs.other_parts
         model, tokenizer, _ = load_model(args.pretrained, peft=args.peft)
         if args.method == "caa":
             vectors, n = extract.caa(model, tokenizer, pairs, batch_size=args.batch_size, stats=stats), len(pairs)
@@ -130,6 +136,9 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     from dsteer_eval.vectors import check_compatible, load_vectors
 
     alphas = parse_alphas(args.alphas.replace(",", ";"))
+    for flag in ("null_seed", "random_controls", "lattice_pairs"):
+        if getattr(args, flag) < 0:
+            raise ValueError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: must be 0 or more")
     out = check_free(args.out, args.overwrite)  # before any model loads; write_report checks again
     pairs = _load_pairs(args)
     side = _dpo_side(args)
@@ -158,12 +167,19 @@ def _cmd_probe(args: argparse.Namespace) -> int:
         beta = float(card["hyperparameters"]["beta"]) if card else 0.1
     report = run_probes(pair, pairs, vectors=vectors, vector_info=info, layer=layer, alphas=alphas, beta=beta,
                         grad_pairs=args.grad_pairs, batch_size=args.batch_size, max_length=args.max_length,
-                        data_info={"source": pairs.source, "skipped": dict(pairs.skipped)})
+                        data_info={"source": pairs.source, "skipped": dict(pairs.skipped)},
+                        nulls=not args.no_nulls, null_seed=args.null_seed, random_controls=args.random_controls,
+                        lattice_pairs=args.lattice_pairs)
     path = write_report(report, out, figures=not args.no_figures, overwrite=args.overwrite)
     h = report["headline"]
-    print(f"wrote {path} (+{len(report.get('figures', []))} figures)")
+    print(f"wrote {path}, {path.parent / 'verdicts.md'} (+{len(report.get('figures', []))} figures)")
     for key, value in h.items():
-        print(f"  {key:28s} {value if value is None else round(value, 4)}")
+        print(f"  {key:40s} {value if value is None else round(value, 4)}")
+    if (report.get("nulls") or {}).get("error"):
+        print(f"  null adapter: not available ({report['nulls']['error']})")
+    for v in report.get("verdicts", []):
+        d = v["delta"]
+        print(f"  [{v['verdict']:>12s}] {v['claim']} (Δ {d['mean']:+.3g} [{d['low']:+.3g}, {d['high']:+.3g}])")
     return 0
 
 
@@ -215,6 +231,30 @@ def _cmd_leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_ceiling(args: argparse.Namespace) -> int:
+    import json
+
+    from dsteer_eval.ceiling import ceiling_for
+    from dsteer_eval.extract import unique_prompts
+    from dsteer_eval.lm_eval_plugin import tasks_dir
+    from dsteer_eval.output_folder import atomic_write_text, check_writable
+    from dsteer_eval.preference_data import load_pairs
+    from dsteer_eval.sweep.runner import split_model_args
+
+    if args.prompts < 1:
+        raise ValueError("--prompts must be >= 1")
+    check_writable(args.out, "--out")
+    _, kwargs, layer = split_model_args(args.model_args)
+    prompts = unique_prompts(load_pairs(args.data or f"{tasks_dir()}/hh/hh_mini.jsonl"))[: args.prompts]
+    result = ceiling_for(kwargs, args.layer or layer, prompts, device=args.device, start=args.start, steps=args.steps,
+                         max_new_tokens=args.max_new_tokens, max_degenerate=args.max_degenerate,
+                         max_perplexity_ratio=args.max_perplexity_ratio)
+    atomic_write_text(args.out, json.dumps(result, indent=1) + "\n")
+    print(f"ceiling at layer {result['layer']}: alpha >= -{result['negative']['ceiling']:g} and <= "
+          f"{result['positive']['ceiling']:g} (|v| = {result['vector_norm']:.4g}) -> {args.out}")
+    return 0
+
+
 def _add_sweep(verbs) -> None:
     p = verbs.add_parser(
         "sweep",
@@ -244,11 +284,42 @@ def _add_sweep(verbs) -> None:
     p.add_argument("--probes", action="store_true",
                    help="per point: projection margin and restoration KL; once: the full probe report")
     p.add_argument("--probe-data", default=None, help="preference pairs for the probes (default: shipped hh_mini)")
+    p.add_argument("--ceiling", default=None,
+                   help="ceiling.json (from `dsteer-eval ceiling`) for --alphas rel:-1,-0.5,0,0.5,1 (multiples of the "
+                   "vector's strength ceiling per side); --alphas auto measures it first")
+    p.add_argument("--controls", default=None,
+                   help="random[:K]: beside every steered point, K seeded random directions with exactly v's norm "
+                   "at the same layer and alpha (control=random:<i> in their model args); the leaderboard shows "
+                   "each effect beside the controls' with a paired CI")
+    p.add_argument("--base-alphas", default="auto",
+                   help="alphas for the base side (the PEFT adapter switched off, peft=none): 'auto' (default) = 0 "
+                   "and the grid's positive alphas when the model has an adapter, 'none', or a comma list")
     p.add_argument("--no-shared-prefix", dest="shared_prefix", action="store_false",
                    help="compute every layer for every alpha (for checking the shared lower layers)")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--overwrite", action="store_true", help="delete --output first instead of resuming")
     p.set_defaults(func=_cmd_sweep)
+
+    p = verbs.add_parser(
+        "ceiling",
+        help="the largest |alpha| per side before generations degenerate (judge-free), for relative alpha grids",
+        description="Generate greedily on the probe prompts at |alpha| = start, 2*start, ... for each sign and keep the "
+        "largest strength at which at most --max-degenerate of the outputs are degenerate (empty, garbled, loops) and "
+        "their perplexity under the unsteered model stays within --max-perplexity-ratio of its own outputs'. "
+        "Writes ceiling.json for `dsteer-eval sweep --alphas rel:... --ceiling`.",
+    )
+    p.add_argument("--model-args", default="", help="as for sweep (no alpha=); default: the shipped pair")
+    p.add_argument("--layer", default=None, help="layer (default: layer= of --model-args, else the vector's default)")
+    p.add_argument("--data", default=None, help="preference pairs whose prompts are used (default: shipped hh_mini)")
+    p.add_argument("--prompts", type=int, default=16, help="how many prompts (default 16)")
+    p.add_argument("--start", type=float, default=0.25)
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--max-degenerate", type=float, default=0.1)
+    p.add_argument("--max-perplexity-ratio", type=float, default=3.0)
+    p.add_argument("--device", default=None)
+    p.add_argument("--out", required=True, help="the ceiling.json to write")
+    p.set_defaults(func=_cmd_ceiling)
 
     p = verbs.add_parser(
         "leaderboard",
@@ -265,18 +336,75 @@ def _add_sweep(verbs) -> None:
 def _cmd_train_dpo(args: argparse.Namespace) -> int:
     from dataclasses import fields
 
-    from dsteer_eval.dpo_training import DPOSettings, train_dpo
+    from dsteer_eval.dpo_training import PRESETS, DPOSettings, preset_settings, train_dpo
 
-    settings = DPOSettings(**{f.name: getattr(args, f.name) for f in fields(DPOSettings)})
+    given = getattr(args, "_given", set())
+    if args.preset:
+        settings = preset_settings(args.preset)
+        for f in fields(DPOSettings):
+            if f.name in given:  # a flag on the command line overrides the preset
+                setattr(settings, f.name, getattr(args, f.name))
+        if "steps" in given and "epochs" not in given:
+            settings.epochs = 0.0  # --steps N replaces the preset's epoch count instead of being ignored
+        part = args.part if "part" in given else PRESETS[args.preset]["part"]
+    else:
+        settings = DPOSettings(**{f.name: getattr(args, f.name) for f in fields(DPOSettings)})
+        part = args.part
     card = train_dpo(args.data, args.out, settings, pretrained=args.pretrained, data_dir=args.data_dir,
-                     split=args.split, limit=args.limit, overwrite=args.overwrite)
+                     split=args.split, limit=args.limit, part=None if part == "all" else part, preset=args.preset,
+                     overwrite=args.overwrite, checkpoint_dir=args.checkpoint_dir, save_steps=args.save_steps,
+                     resume=args.resume)
     m = card["metrics"]
     line = ", ".join(
         f"{name} reward accuracy {v['reward_accuracy']:.3f} margin {v['reward_margin_mean']:+.4f}"
         for name, v in m.items()
     )
-    print(f"wrote {args.out} ({card['kind']}, {card['steps_done']} steps, {card['seconds_per_step']} s/step): {line}")
+    d = card["data"]
+    print(f"wrote {args.out} ({card['kind']}, {card['steps_done']} steps, {card['seconds_per_step']} s/step; "
+          f"part {d['part']}: {d['pairs_train']} train / {d['pairs_eval']} eval pairs, "
+          f"{d['prompts_truncated']} prompts left-truncated): {line}")
     return 0
+
+
+class _Given(argparse.Action):
+    """Stores like ``store`` and records that the flag was given (so it can override a preset)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        namespace.__dict__.setdefault("_given", set()).add(self.dest)
+
+
+class _GivenBool(argparse.BooleanOptionalAction):
+    def __call__(self, parser, namespace, values, option_string=None):
+        super().__call__(parser, namespace, values, option_string)
+        namespace.__dict__.setdefault("_given", set()).add(self.dest)
+
+
+def _cmd_build_refusal(args: argparse.Namespace) -> int:
+    from dsteer_eval.refusal_data import CARD_NAME, PAIRS_NAME, build_refusal
+
+    card = build_refusal(args.hh, args.truthfulqa, args.out)
+    print(f"wrote {Path(args.out) / PAIRS_NAME} ({card['rows']} pairs) and {Path(args.out) / CARD_NAME}")
+    for part, kinds in card["counts"].items():
+        print(f"  {part:7s} harmful {kinds['harmful']:5d}  harmless {kinds['harmless']:5d}")
+    for why, n in card["left_out"].items():
+        print(f"  left out: {n} ({why})")
+    return 0
+
+
+def _add_build_refusal(verbs) -> None:
+    p = verbs.add_parser(
+        "build-refusal",
+        help="build the refusal preference set (harmful HH requests + harmless TruthfulQA questions)",
+        description="Write OUT/refusal_pairs.jsonl.gz (prompt/chosen/rejected with kind and part) and "
+        "OUT/refusal_card.json. Harmful rows: HH pairs whose rejected reply does not refuse; chosen = one of "
+        "10 refusal phrasings (seeded by the prompt), rejected = the data set's reply. Harmless rows: "
+        "TruthfulQA questions; chosen = the best answer, rejected = a refusal phrasing.",
+    )
+    p.add_argument("--hh", required=True, help="HH-RLHF harmless-base JSONL(.gz) (chosen/rejected dialogues)")
+    p.add_argument("--truthfulqa", required=True, help="TruthfulQA CSV (original columns) or truthful_qa JSONL")
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(func=_cmd_build_refusal)
 
 
 def _add_pair_args(p) -> None:
@@ -297,7 +425,7 @@ def _add_pair_args(p) -> None:
 
 
 def _add_train_dpo(verbs) -> None:
-    from dsteer_eval.dpo_training import DPOSettings
+    from dsteer_eval.dpo_training import DEFAULT_SAVE_STEPS, PRESETS, DPOSettings
 
     d = DPOSettings()
     p = verbs.add_parser(
@@ -312,36 +440,57 @@ def _add_train_dpo(verbs) -> None:
                    "or a hub dataset id such as Anthropic/hh-rlhf")
     p.add_argument("--data-dir", default=None, help="hub data_dir, e.g. harmless-base")
     p.add_argument("--split", default="train", help="hub split (default: train)")
-    p.add_argument("--limit", type=int, default=None, help="read at most this many usable pairs")
+    p.add_argument("--limit", type=int, default=None,
+                   help="read at most this many usable pairs (with --part train: train on at most this many)")
+    p.add_argument("--part", choices=["train", "all"], default="all", action=_Given,
+                   help="train: train on the split's train part and measure eval rewards on its eval part "
+                   "(the vector/probe/eval parts are never trained on); all: every pair, --eval-size held out "
+                   "at random (default: all, or the preset's part)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help="documented recipe: refusal (LoRA r16/a32 all-linear, beta 0.1, lr 5e-4, 1 epoch, warmup 6, "
+                   "batch 4, --part train) or hh (the shipped adapter's settings, --part train); flags override it")
     p.add_argument("--pretrained", default=None, help="hub id, local path or 'smollm2' (default: embedded)")
     p.add_argument("--out", required=True, help="output folder (created when training finishes)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
-    p.add_argument("--beta", type=float, default=d.beta, help=f"DPO beta (default {d.beta})")
-    p.add_argument("--learning-rate", type=float, default=d.learning_rate, help=f"default {d.learning_rate}")
-    p.add_argument("--steps", type=int, default=d.steps, help=f"optimizer steps (default {d.steps})")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"pairs per step (default {d.batch_size})")
-    p.add_argument("--grad-accum", type=int, default=d.grad_accum, help="gradient accumulation steps")
-    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
-    p.add_argument("--max-length", type=int, default=d.max_length,
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out folder (and delete an unfinished run's checkpoints)")
+    p.add_argument("--checkpoint-dir", default=None,
+                   help="where resumable checkpoints go (default: OUT.checkpoints beside --out; deleted when "
+                   "training finishes)")
+    p.add_argument("--save-steps", type=int, default=DEFAULT_SAVE_STEPS,
+                   help=f"save a checkpoint every this many steps (default {DEFAULT_SAVE_STEPS}; 0: none)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from its newest checkpoint (same command plus --resume)")
+    p.add_argument("--beta", type=float, default=d.beta, action=_Given, help=f"DPO beta (default {d.beta})")
+    p.add_argument("--learning-rate", type=float, default=d.learning_rate, action=_Given,
+                   help=f"default {d.learning_rate}")
+    p.add_argument("--steps", type=int, default=d.steps, action=_Given, help=f"optimizer steps (default {d.steps})")
+    p.add_argument("--epochs", type=float, default=d.epochs, action=_Given,
+                   help="> 0: passes over the train pairs, replacing --steps (steps = ceil(epochs x pairs / "
+                   "(batch size x grad accum)))")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, action=_Given,
+                   help=f"pairs per step (default {d.batch_size})")
+    p.add_argument("--grad-accum", type=int, default=d.grad_accum, action=_Given, help="gradient accumulation steps")
+    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps, action=_Given)
+    p.add_argument("--max-length", type=int, default=d.max_length, action=_Given,
                    help=f"tokens of prompt+reply; replies are cut to fit (default {d.max_length})")
-    p.add_argument("--max-prompt-length", type=int, default=d.max_prompt_length,
-                   help=f"pairs with longer prompts are skipped and counted (default {d.max_prompt_length})")
-    p.add_argument("--eval-size", type=int, default=d.eval_size, help="held-out pairs for eval rewards")
-    p.add_argument("--full", action=argparse.BooleanOptionalAction, default=d.full,
-                   help="full fine-tuning instead of LoRA")
-    p.add_argument("--lora-r", type=int, default=d.lora_r)
-    p.add_argument("--lora-alpha", type=int, default=d.lora_alpha)
-    p.add_argument("--lora-dropout", type=float, default=d.lora_dropout)
-    p.add_argument("--lora-targets", default=d.lora_targets,
+    p.add_argument("--max-prompt-length", type=int, default=d.max_prompt_length, action=_Given,
+                   help=f"longer prompts are left-truncated to their final turns and counted (default "
+                   f"{d.max_prompt_length})")
+    p.add_argument("--eval-size", type=int, default=d.eval_size, action=_Given,
+                   help="held-out pairs for eval rewards (with --part train: drawn from the eval part)")
+    p.add_argument("--full", action=_GivenBool, default=d.full, help="full fine-tuning instead of LoRA")
+    p.add_argument("--lora-r", type=int, default=d.lora_r, action=_Given)
+    p.add_argument("--lora-alpha", type=int, default=d.lora_alpha, action=_Given)
+    p.add_argument("--lora-dropout", type=float, default=d.lora_dropout, action=_Given)
+    p.add_argument("--lora-targets", default=d.lora_targets, action=_Given,
                    help="'all-linear' or comma-separated module names (q_proj,v_proj,...)")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=d.precision,
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=d.precision, action=_Given,
                    help="auto: bf16 on CUDA with bf16 support, else fp32 (bf16 is very slow on most CPUs)")
-    p.add_argument("--lm-head", choices=["auto", "trl", "compact"], default=d.lm_head,
+    p.add_argument("--lm-head", choices=["auto", "trl", "compact"], default=d.lm_head, action=_Given,
                    help="auto: trl's fused head on GPU, dsteer-eval's compact head on CPU (same numbers)")
-    p.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction,
-                   default=d.gradient_checkpointing)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--logging-steps", type=int, default=d.logging_steps)
+    p.add_argument("--gradient-checkpointing", action=_GivenBool, default=d.gradient_checkpointing)
+    p.add_argument("--seed", type=int, default=d.seed, action=_Given)
+    p.add_argument("--logging-steps", type=int, default=d.logging_steps, action=_Given)
     p.set_defaults(func=_cmd_train_dpo)
 
 
@@ -377,11 +526,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "preference: mean W_U[y_w] - W_U[y_l] at the first divergent reply token (final site only); "
                    "caa: mean h(prompt+chosen) - h(prompt+rejected) at the last reply token")
     _add_pair_args(p)
+    p.add_argument("--part", choices=["train", "vector", "probe", "eval", "all"], default="all",
+                   help="use only the pairs/prompts of this part of the file-level split (dsteer_eval.splits; "
+                   "v-bar is extracted on 'vector'); default: all")
     p.add_argument("--default-layer", default=None,
                    help="record the layer used when layer= is omitted (int, negative, or final)")
     p.add_argument("--out", required=True, help="output .safetensors path")
     p.set_defaults(func=_cmd_extract)
     _add_train_dpo(verbs)
+    _add_build_refusal(verbs)
     _add_sweep(verbs)
 
     p = verbs.add_parser(
@@ -403,6 +556,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: from the adapter's dpo_card.json, else 0.1)")
     p.add_argument("--grad-pairs", type=int, default=64, help="pairs used for gradient coherence")
     p.add_argument("--max-length", type=int, default=256, help="token cap of prompt+reply for gradients")
+    p.add_argument("--no-nulls", action="store_true",
+                   help="skip the null adapter (the DPO update's rows permuted, rescaled to DPO's mean |delta| at "
+                   "--layer) and the verdicts against it")
+    p.add_argument("--null-seed", type=int, default=0,
+                   help="seed of the null adapter's permutations, the random directions and the relabelled half")
+    p.add_argument("--random-controls", type=int, default=1,
+                   help="norm-matched random directions in place of v-bar at --layer (0: none)")
+    p.add_argument("--lattice-pairs", type=int, default=8,
+                   help="preference pairs for the Fig 1(b) lattice field at final (0: skip it)")
     p.add_argument("--no-figures", action="store_true")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--out", required=True, help="output folder")

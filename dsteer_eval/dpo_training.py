@@ -14,6 +14,23 @@ training pairs and on held-out pairs, and writes into ``out``:
 The output folder appears only when training finished: everything is written
 to a temporary sibling first and moved into place at the end.
 
+Data parts.  With ``part="train"`` the run trains on the ``train`` part of the
+file-level split (:mod:`dsteer_eval.splits`) and measures held-out rewards on up
+to ``eval_size`` pairs of the ``eval`` part of the same file; the ``vector``,
+``probe`` and ``eval`` parts are never trained on.  Without a part (``None``) every
+pair may be trained on and ``eval_size`` pairs are held out at random (seeded),
+as before (a warning says so).  Prompts longer than ``max_prompt_length`` tokens
+are left-truncated to their final turns
+(:func:`dsteer_eval.preference_data.left_truncate`) and counted, not dropped.
+
+Resuming.  Every ``save_steps`` steps the trainer's state (adapter or model,
+optimizer, scheduler, RNG states) is saved under ``checkpoint_dir`` (default: the
+sibling ``<out>.checkpoints/``, outside the output folder; deleted when the run
+finishes).  ``resume=True`` continues from the newest complete checkpoint there,
+to the same weights as an uninterrupted run; the run's settings and data are
+recorded in ``checkpoint_dir/dsteer_run.json`` and a resume with different ones
+is refused, naming what changed.
+
 Speed on CPUs.  trl's DPOConfig defaults to bf16 autocast and gradient
 checkpointing, and on a non-Triton device its fused LM head scores every
 position with tile ops.  On a CPU without native bf16 that makes a step ~10x
@@ -26,6 +43,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import random
 import shlex
@@ -38,6 +56,9 @@ import torch
 
 CARD_NAME = "dpo_card.json"
 CARD_FORMAT = "dsteer-eval/dpo-card"
+RUN_NAME = "dsteer_run.json"
+DEFAULT_SAVE_STEPS = 50
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -63,6 +84,7 @@ class DPOSettings:
     gradient_checkpointing: bool = False
     seed: int = 0
     logging_steps: int = 10
+    epochs: float = 0.0  # > 0: steps = ceil(epochs * train pairs / (batch_size * grad_accum)), replacing steps
 
     def check(self) -> None:
         for name in ("steps", "batch_size", "grad_accum", "max_length", "max_prompt_length", "logging_steps"):
@@ -71,6 +93,8 @@ class DPOSettings:
         for name in ("warmup_steps", "eval_size"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not (math.isfinite(self.epochs) and self.epochs >= 0):
+            raise ValueError(f"epochs must be a finite number >= 0 (0: use steps), got {self.epochs}")
         if self.max_prompt_length >= self.max_length:
             raise ValueError(
                 f"max_prompt_length ({self.max_prompt_length}) must be below max_length ({self.max_length}) "
@@ -95,6 +119,33 @@ class DPOSettings:
             raise ValueError("lora_targets is empty; use 'all-linear' or module names like q_proj,v_proj")
         return "all-linear" if targets == ["all-linear"] else targets
 
+    def steps_for(self, train_pairs: int) -> int:
+        """Optimizer steps of the run: ``steps``, or ``epochs`` passes over ``train_pairs``."""
+        if self.epochs > 0:
+            return max(1, math.ceil(self.epochs * train_pairs / (self.batch_size * self.grad_accum)))
+        return self.steps
+
+
+# Documented recipes (README, "Splits, the refusal pair and real-row tasks").  A preset fills
+# the settings and the data part; flags given on the command line override it.
+PRESETS = {
+    # the refusal pair: build-refusal's refusal_pairs.jsonl.gz, ~1 epoch over the train part
+    "refusal": {"part": "train", "settings": dict(
+        beta=0.1, learning_rate=5e-4, epochs=1.0, batch_size=4, warmup_steps=6, lora_r=16, lora_alpha=32,
+        lora_targets="all-linear")},
+    # the HH pair: the shipped adapter's hyper-parameters (dsteer_eval/artifacts/smollm2/dpo_adapter)
+    "hh": {"part": "train", "settings": dict(
+        beta=0.1, learning_rate=3e-4, steps=150, batch_size=4, warmup_steps=10, lora_r=4, lora_alpha=8,
+        lora_targets="all-linear")},
+}
+
+
+def preset_settings(name: str) -> DPOSettings:
+    try:
+        return DPOSettings(**PRESETS[name]["settings"])
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}") from None
+
 
 # ---------------------------------------------------------------------- data
 def _sha256(path: Path) -> str:
@@ -105,25 +156,67 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def split_pairs(pairs, tokenizer, settings: DPOSettings):
-    """Drop pairs whose prompt is too long, shuffle (seeded), and hold out ``eval_size`` pairs."""
-    kept, too_long = [], 0
+def fit_prompts(pairs, tokenizer, max_prompt_length: int):
+    """The pairs with every prompt left-truncated to ``max_prompt_length`` tokens, and
+    ``{"prompts_truncated": n, "prompt_tokens_cut": total}``."""
+    from dsteer_eval.preference_data import PreferencePair, left_truncate
+
+    out, truncated, cut_total = [], 0, 0
     for pair in pairs:
-        if len(tokenizer(pair.prompt).input_ids) > settings.max_prompt_length:
-            too_long += 1
-        else:
-            kept.append(pair)
-    if not kept:
-        raise ValueError(
-            f"every preference pair has a prompt longer than max_prompt_length={settings.max_prompt_length} "
-            f"tokens; raise --max-prompt-length (and --max-length)"
-        )
-    random.Random(settings.seed).shuffle(kept)
-    n_eval = min(settings.eval_size, len(kept) // 5) if settings.eval_size else 0
-    evaluation, train = kept[:n_eval], kept[n_eval:]
-    if settings.eval_size and not evaluation:
-        raise ValueError(f"only {len(kept)} usable pairs: too few to hold out eval pairs; pass eval_size=0")
-    return train, evaluation, too_long
+        prompt, cut = left_truncate(pair.prompt, tokenizer, max_prompt_length)
+        if cut:
+            truncated += 1
+            cut_total += cut
+            pair = PreferencePair(prompt, pair.chosen, pair.rejected)
+        out.append(pair)
+    return out, {"prompts_truncated": truncated, "prompt_tokens_cut": cut_total}
+
+
+def split_pairs(pairs, tokenizer, settings: DPOSettings, *, part: str | None = None, limit: int | None = None):
+    """``(train, eval, info)``: the pairs to train on, the held-out pairs, and counts for the card.
+
+    ``part="train"``: train on the pairs of the split's ``train`` part (the first ``limit``
+    of them), hold out up to ``eval_size`` pairs of its ``eval`` part (seeded pick); the
+    other parts are left out.  ``part=None``: shuffle every pair (seeded) and hold out
+    ``min(eval_size, n // 5)``.  Prompts longer than ``max_prompt_length`` are
+    left-truncated to their final turns and counted (``prompts_truncated``).
+    """
+    from dsteer_eval.splits import check_part, part_of
+
+    part = check_part(part)
+    if part not in (None, "train"):
+        raise ValueError(f"train-dpo trains on part 'train' (or all rows); part {part!r} is kept for "
+                         f"extraction, probes or evaluation and is never trained on")
+    pairs = list(pairs)
+    if part is None:
+        kept = pairs[:limit] if limit is not None else pairs
+        random.Random(settings.seed).shuffle(kept)
+        n_eval = min(settings.eval_size, len(kept) // 5) if settings.eval_size else 0
+        evaluation, train = kept[:n_eval], kept[n_eval:]
+        if settings.eval_size and not evaluation:
+            raise ValueError(f"only {len(kept)} usable pairs: too few to hold out eval pairs; pass eval_size=0")
+        other = 0
+    else:
+        by_part = {}
+        for pair in pairs:
+            by_part.setdefault(part_of(pair.prompt), []).append(pair)
+        train = by_part.get("train", [])[:limit] if limit is not None else by_part.get("train", [])
+        held = by_part.get("eval", [])
+        random.Random(settings.seed).shuffle(held)
+        evaluation = held[: settings.eval_size]
+        other = len(pairs) - len(by_part.get("train", [])) - len(held)
+        if not train:
+            raise ValueError(f"none of the {len(pairs)} usable pairs is in the split's 'train' part; "
+                             f"train on every pair with part all (--part all)")
+    train, info = fit_prompts(train, tokenizer, settings.max_prompt_length)
+    evaluation, info_eval = fit_prompts(evaluation, tokenizer, settings.max_prompt_length)
+    info = {
+        "part": part or "all",
+        "pairs_other_parts": other,
+        "prompts_truncated": info["prompts_truncated"] + info_eval["prompts_truncated"],
+        "prompt_tokens_cut": info["prompt_tokens_cut"] + info_eval["prompt_tokens_cut"],
+    }
+    return train, evaluation, info
 
 
 def _dataset(pairs):
@@ -139,17 +232,23 @@ def _use_bf16(settings: DPOSettings) -> bool:
     return settings.precision == "bf16"
 
 
-def make_trainer(model, tokenizer, train_pairs, settings: DPOSettings, *, output_dir, eval_pairs=None, ref_model=None):
-    """A configured :class:`trl.DPOTrainer` (LoRA unless ``settings.full``)."""
+def make_trainer(model, tokenizer, train_pairs, settings: DPOSettings, *, output_dir, eval_pairs=None, ref_model=None,
+                 save_steps: int | None = None, callbacks=None):
+    """A configured :class:`trl.DPOTrainer` (LoRA unless ``settings.full``).
+
+    ``save_steps``: save a resumable checkpoint into ``output_dir`` every that many steps
+    (and at the end; the two newest are kept).  ``callbacks``: extra transformers callbacks."""
     from trl import DPOConfig, DPOTrainer
 
     settings.check()
     on_cpu = next(model.parameters()).device.type == "cpu"
+    saving = dict(save_strategy="steps", save_steps=int(save_steps), save_total_limit=2) if save_steps else \
+        dict(save_strategy="no")
     config = DPOConfig(
         output_dir=str(output_dir),
         beta=settings.beta,
         learning_rate=settings.learning_rate,
-        max_steps=settings.steps,
+        max_steps=settings.steps_for(len(train_pairs)),
         per_device_train_batch_size=settings.batch_size,
         per_device_eval_batch_size=settings.batch_size,
         gradient_accumulation_steps=settings.grad_accum,
@@ -159,7 +258,7 @@ def make_trainer(model, tokenizer, train_pairs, settings: DPOSettings, *, output
         bf16=_use_bf16(settings),
         gradient_checkpointing=settings.gradient_checkpointing,
         logging_steps=settings.logging_steps,
-        save_strategy="no",
+        **saving,
         report_to=[],
         seed=settings.seed,
         data_seed=settings.seed,
@@ -190,6 +289,7 @@ def make_trainer(model, tokenizer, train_pairs, settings: DPOSettings, *, output
         eval_dataset=_dataset(eval_pairs) if eval_pairs else None,
         processing_class=tokenizer,
         peft_config=peft_config,
+        callbacks=list(callbacks) if callbacks else None,
     )
     want_compact = settings.lm_head == "compact" or (settings.lm_head == "auto" and on_cpu)
     trainer.dsteer_lm_head = "trl"
@@ -248,9 +348,13 @@ def reward_summary(chosen: torch.Tensor, rejected: torch.Tensor) -> dict:
 
 
 # ------------------------------------------------------------------ the job
-def recreate_command(pretrained, data, settings: DPOSettings, *, out, data_dir=None, split="train", limit=None) -> str:
-    """The ``dsteer-eval train-dpo`` command line that reproduces a run."""
+def recreate_command(pretrained, data, settings: DPOSettings, *, out, data_dir=None, split="train", limit=None,
+                     part=None, preset=None) -> str:
+    """The ``dsteer-eval train-dpo`` command line that reproduces a run (settings that differ from
+    the preset's, or from the defaults, are named)."""
     argv = ["dsteer-eval", "train-dpo", "--data", str(data)]
+    if preset:
+        argv += ["--preset", preset]
     if pretrained is not None:
         argv += ["--pretrained", str(pretrained)]
     if data_dir:
@@ -259,7 +363,10 @@ def recreate_command(pretrained, data, settings: DPOSettings, *, out, data_dir=N
         argv += ["--split", split]
     if limit is not None:
         argv += ["--limit", str(limit)]
-    default = DPOSettings()
+    default_part = PRESETS[preset]["part"] if preset else None
+    if (part or None) != default_part:
+        argv += ["--part", part or "all"]
+    default = preset_settings(preset) if preset else DPOSettings()
     for f in fields(DPOSettings):
         value = getattr(settings, f.name)
         if value == getattr(default, f.name):
@@ -271,6 +378,56 @@ def recreate_command(pretrained, data, settings: DPOSettings, *, out, data_dir=N
             argv += [flag, str(value)]
     argv += ["--out", str(out)]
     return shlex.join(argv)
+
+
+def default_checkpoint_dir(out) -> Path:
+    """``<out>.checkpoints``: a sibling of the output folder, never inside it."""
+    out = Path(out).expanduser()
+    return out.with_name(out.name + ".checkpoints")
+
+
+def complete_checkpoints(folder) -> list[Path]:
+    """``checkpoint-N`` folders under ``folder`` that hold their trainer state, oldest first."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = []
+    for child in folder.iterdir():
+        name = child.name
+        if child.is_dir() and name.startswith("checkpoint-") and name[len("checkpoint-"):].isdigit():
+            if (child / "trainer_state.json").is_file():
+                found.append((int(name[len("checkpoint-"):]), child))
+    return [path for _, path in sorted(found)]
+
+
+def _check_resumable(folder: Path, run: dict, resume: bool, overwrite: bool) -> Path | None:
+    """The checkpoint to resume from (``None``: start afresh); refuses to mix two runs."""
+    recorded = folder / RUN_NAME
+    checkpoints = complete_checkpoints(folder)
+    if folder.exists() and (not folder.is_dir() or (any(folder.iterdir()) and not recorded.is_file())):
+        raise ValueError(f"checkpoint folder {folder} exists and is not a train-dpo checkpoint folder (no {RUN_NAME}); "
+                         f"choose another --checkpoint-dir")
+    if folder.exists() and not resume:
+        if (checkpoints or recorded.is_file()) and not overwrite:
+            raise ValueError(
+                f"checkpoint folder {folder} holds an unfinished run; pass --resume to continue it, "
+                f"or --overwrite to delete it and start again"
+            )
+        shutil.rmtree(folder, ignore_errors=True)
+        return None
+    if not checkpoints:
+        if resume:
+            log.warning("train-dpo --resume: no checkpoint in %s yet; starting from step 0", folder)
+        return None
+    if recorded.is_file():
+        before = json.loads(recorded.read_text())
+        ignored = {"save_steps"} | ({"data"} if before.get("data_sha256") and run.get("data_sha256") else set())
+        changed = sorted(k for k in (set(before) | set(run)) - ignored if before.get(k) != run.get(k))
+        if changed:
+            detail = "; ".join(f"{k}: {before.get(k)!r} then, {run.get(k)!r} now" for k in changed)
+            raise ValueError(f"cannot resume from {folder}: the run differs ({detail}); "
+                             f"use the same settings and data, or another --checkpoint-dir")
+    return checkpoints[-1]
 
 
 def _versions() -> dict:
@@ -294,19 +451,46 @@ def train_dpo(
     data_dir: str | None = None,
     split: str = "train",
     limit: int | None = None,
+    part: str | None = None,
+    preset: str | None = None,
     overwrite: bool = False,
     device: str | None = None,
+    checkpoint_dir=None,
+    save_steps: int | None = DEFAULT_SAVE_STEPS,
+    resume: bool = False,
+    callbacks=None,
 ) -> dict:
-    """Train, evaluate and save; returns the card (also written to ``out/dpo_card.json``)."""
+    """Train, evaluate and save; returns the card (also written to ``out/dpo_card.json``).
+
+    ``part``: ``"train"`` (train on the split's train part, eval rewards on its eval part) or
+    ``None``/``"all"`` (every pair, ``eval_size`` held out at random; warned).  ``limit``: with
+    a part, at most that many train pairs; without, at most that many pairs read.
+    ``preset``: only recorded (the card's command names it); the settings are ``settings``.
+    ``save_steps``/``checkpoint_dir``/``resume``: see the module docstring (``save_steps=0``:
+    no checkpoints).  ``callbacks``: extra transformers ``TrainerCallback`` objects.
+    """
     from dsteer_eval.embedded import resolve_pretrained
     from dsteer_eval.model_parts import unwrap
-    from dsteer_eval.output_folder import check_free, staged_folder
+    from dsteer_eval.output_folder import check_free, check_writable, staged_folder
     from dsteer_eval.preference_data import load_pairs
+    from dsteer_eval.splits import check_part
 
     settings = settings or DPOSettings()
     settings.check()
+    part = check_part(part)
+    if save_steps is not None and int(save_steps) < 0:
+        raise ValueError(f"save_steps must be >= 0 (0: no checkpoints), got {save_steps}")
     out = check_free(out, overwrite)
-    pairs = load_pairs(data, data_dir=data_dir, split=split, limit=limit)  # fail before loading the model
+    ckpt = Path(checkpoint_dir).expanduser() if checkpoint_dir else default_checkpoint_dir(out)
+    if save_steps or resume:
+        check_writable(ckpt, "--checkpoint-dir")
+        if ckpt.resolve() == Path(out).resolve() or Path(out).resolve() in ckpt.resolve().parents:
+            raise ValueError(f"--checkpoint-dir {ckpt} must be outside the output folder {out}")
+    # fail on bad data before loading the model
+    pairs = load_pairs(data, data_dir=data_dir, split=split, limit=None if part else limit)
+    if part is None:
+        log.warning("train-dpo: training on every pair of %s (no --part): the probe and eval parts of the "
+                    "split are trained on too; pass --part train to keep them out", pairs.source)
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -317,13 +501,28 @@ def train_dpo(
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device)
-    train_pairs, eval_pairs, too_long = split_pairs(pairs, tokenizer, settings)
+    train_pairs, eval_pairs, split_info = split_pairs(pairs, tokenizer, settings, part=part,
+                                                      limit=limit if part else None)
+    sha = _sha256(Path(str(data))) if Path(str(data)).is_file() else None
+    run = {"settings": asdict(settings), "data": str(data), "data_sha256": sha, "data_dir": data_dir,
+           "split": split, "limit": limit, "part": part, "pretrained": str(path), "save_steps": save_steps}
+    resume_from = None
+    if save_steps or resume:
+        resume_from = _check_resumable(ckpt, run, resume, overwrite)
+        if save_steps:
+            ckpt.mkdir(parents=True, exist_ok=True)
+            (ckpt / RUN_NAME).write_text(json.dumps(run, indent=1) + "\n")
 
     with staged_folder(out) as tmp:
-        trainer = make_trainer(model, tokenizer, train_pairs, settings, output_dir=tmp / "trainer")
+        trainer_dir = ckpt if save_steps else tmp / "trainer"
+        trainer = make_trainer(model, tokenizer, train_pairs, settings, output_dir=trainer_dir,
+                               save_steps=save_steps or None, callbacks=callbacks)
         started = time.perf_counter()
-        trainer.train()
+        if resume_from is not None:
+            log.warning("train-dpo: resuming from %s", resume_from)
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from is not None else None)
         train_seconds = time.perf_counter() - started
+        resumed_step = int(resume_from.name.split("-")[-1]) if resume_from is not None else 0
         measured = {"train": reward_summary(*pair_rewards(trainer, train_pairs[: max(settings.eval_size, 64)]))}
         if eval_pairs:
             measured["eval"] = reward_summary(*pair_rewards(trainer, eval_pairs))
@@ -341,12 +540,12 @@ def train_dpo(
             "limit": limit,
             "rows_skipped": dict(pairs.skipped),
             "pairs_loaded": len(pairs),
-            "pairs_prompt_too_long": too_long,
+            **split_info,
             "pairs_train": len(train_pairs),
             "pairs_eval": len(eval_pairs),
         }
-        if Path(str(data)).is_file():
-            data_record["sha256"] = _sha256(Path(str(data)))
+        if sha:
+            data_record["sha256"] = sha
         history = [
             {k: v for k, v in row.items() if k in ("step", "loss", "rewards/accuracies", "rewards/margins", "learning_rate")}
             for row in trainer.state.log_history if "loss" in row
@@ -359,19 +558,24 @@ def train_dpo(
             "base_model_path": str(path),
             "data": data_record,
             "hyperparameters": asdict(settings),
+            "preset": preset,
             "lm_head": trainer.dsteer_lm_head,
             "bf16": bool(trainer.args.bf16),
             "device": device,
             "steps_done": int(trainer.state.global_step),
+            "resumed_from_step": resumed_step if resume_from is not None else None,
             "train_seconds": round(train_seconds, 1),
-            "seconds_per_step": round(train_seconds / max(trainer.state.global_step, 1), 2),
+            "seconds_per_step": round(train_seconds / max(trainer.state.global_step - resumed_step, 1), 2),
             "loss_history": history,
             "metrics": measured,
             "versions": _versions(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "command": recreate_command(pretrained, data, settings, out=out, data_dir=data_dir, split=split, limit=limit),
+            "command": recreate_command(pretrained, data, settings, out=out, data_dir=data_dir, split=split,
+                                        limit=limit, part=part, preset=preset),
         }
         (tmp / CARD_NAME).write_text(json.dumps(card, indent=1) + "\n")
+    if save_steps:
+        shutil.rmtree(ckpt, ignore_errors=True)  # the run finished: its checkpoints are not needed
     return card
 
 

@@ -10,6 +10,10 @@ also come as explicit ``prompt``/``chosen``/``rejected`` strings.
 a few unusable rows (an empty reply, two dialogues whose earlier turns differ);
 by default those are skipped and counted in :attr:`PairSet.skipped`, and with
 ``strict=True`` the first one is an error naming the row.
+
+``part=`` keeps only the rows of one part of the file-level split
+(:mod:`dsteer_eval.splits`); :func:`left_truncate` cuts a prompt that is too long
+to its final whole turns (or, if the last turn alone is too long, its final tokens).
 """
 
 from __future__ import annotations
@@ -41,9 +45,14 @@ class PairSet(list):
         super().__init__(pairs)
         self.source = source
         self.skipped = Counter() if skipped is None else skipped
+        self.part = None  # the split part kept (None: every row)
+        self.other_parts = 0  # usable pairs left out because they belong to another part
 
     def describe(self) -> dict:
-        return {"source": self.source, "pairs": len(self), "skipped": dict(self.skipped)}
+        out = {"source": self.source, "pairs": len(self), "skipped": dict(self.skipped)}
+        if self.part is not None:
+            out.update(part=self.part, other_parts=self.other_parts)
+        return out
 
 
 def split_pair(chosen: str, rejected: str) -> tuple[str, str, str] | None:
@@ -158,11 +167,14 @@ def _hub_rows(name: str, data_dir: str | None, split: str):
 
 
 def load_pairs(source: str | Path, *, data_dir: str | None = None, split: str = "train",
-               limit: int | None = None, offset: int = 0, strict: bool = False) -> PairSet:
+               limit: int | None = None, offset: int = 0, strict: bool = False,
+               part: str | None = None) -> PairSet:
     """Pairs from a local JSONL(.gz) path or a hub dataset id (``data_dir``/``split`` for the hub).
 
-    ``offset`` skips that many usable pairs first (e.g. to probe on pairs an
-    extraction did not use); ``limit`` then caps the number returned.
+    ``part`` (``train``/``vector``/``probe``/``eval``; ``None`` or ``"all"``: every row)
+    keeps the pairs of that part of the split (:func:`dsteer_eval.splits.part_of` of the
+    prompt); the others are counted in :attr:`PairSet.other_parts`.  ``offset`` then skips
+    that many usable pairs (of the part) first; ``limit`` caps the number returned.
 
     Unusable rows (empty reply, differing prompts, identical replies) are skipped
     and counted, or raise with ``strict=True``.  Malformed rows always raise.
@@ -179,11 +191,18 @@ def load_pairs(source: str | Path, *, data_dir: str | None = None, split: str = 
         raise FileNotFoundError(f"preference data {source}: no such file (and not a hub id like Anthropic/hh-rlhf)")
     if offset < 0 or (limit is not None and limit < 1):
         raise ValueError(f"offset must be >= 0 and limit >= 1, got offset={offset}, limit={limit}")
-    pairs = PairSet(source=label + (f" from pair {offset}" if offset else ""))
+    from dsteer_eval.splits import check_part, part_of
+
+    part = check_part(part)
+    pairs = PairSet(source=label + (f" part {part}" if part else "") + (f" from pair {offset}" if offset else ""))
+    pairs.part = part
     usable = 0
     for where, row in rows:
         try:
             pair = pair_from_row(row)
+            if part is not None and part_of(pair.prompt) != part:
+                pairs.other_parts += 1
+                continue
             usable += 1
             if usable > offset:
                 pairs.append(pair)
@@ -197,6 +216,9 @@ def load_pairs(source: str | Path, *, data_dir: str | None = None, split: str = 
             break
     if not pairs:
         extra = f" ({sum(pairs.skipped.values())} unusable rows skipped: {dict(pairs.skipped)})" if pairs.skipped else ""
+        if part is not None:
+            extra += (f" in part {part!r} ({pairs.other_parts} usable pairs are in other parts; "
+                      f"pass part all to use them)")
         raise ValueError(f"preference data {label} holds no usable pairs{extra}")
     if pairs.skipped:
         log.warning("preference data %s: skipped %s", label, dict(pairs.skipped))
@@ -204,12 +226,16 @@ def load_pairs(source: str | Path, *, data_dir: str | None = None, split: str = 
 
 
 def load_prompts(source: str | Path, *, data_dir: str | None = None, split: str = "train",
-                 limit: int | None = None, offset: int = 0) -> tuple[list[str], str]:
+                 limit: int | None = None, offset: int = 0, part: str | None = None) -> tuple[list[str], str]:
     """Unique prompts from preference data, or from rows holding only a ``prompt`` string.
 
     Returns ``(prompts, source label)``.  Rows with ``chosen``/``rejected`` go
     through :func:`load_pairs` (and its checks); prompt-only rows are read as is.
+    ``part`` keeps the prompts of one split part (before ``offset``/``limit``).
     """
+    from dsteer_eval.splits import check_part, part_of
+
+    part = check_part(part)
     path = Path(source)
     if path.is_file():
         first = next((row for _, row in _jsonl_rows(path)), None)
@@ -219,13 +245,15 @@ def load_prompts(source: str | Path, *, data_dir: str | None = None, split: str 
                 text = row.get("prompt") if isinstance(row, dict) else None
                 if not isinstance(text, str) or not text.strip():
                     raise ValueError(f"{where}: a prompt-only row needs a non-empty string field 'prompt'")
-                prompts.append(text)
+                if part is None or part_of(text) == part:
+                    prompts.append(text)
             prompts = list(dict.fromkeys(prompts))[offset:]
             prompts = prompts[:limit] if limit is not None else prompts
             if not prompts:
-                raise ValueError(f"prompt file {path} holds no prompts (after offset={offset})")
-            return prompts, str(path)
-    pairs = load_pairs(source, data_dir=data_dir, split=split, limit=limit, offset=offset)
+                where = f" in part {part!r}" if part else ""
+                raise ValueError(f"prompt file {path} holds no prompts{where} (after offset={offset})")
+            return prompts, str(path) + (f" part {part}" if part else "")
+    pairs = load_pairs(source, data_dir=data_dir, split=split, limit=limit, offset=offset, part=part)
     return list(dict.fromkeys(p.prompt for p in pairs)), pairs.source
 
 
@@ -235,3 +263,49 @@ def read_pairs(path: str | Path, *, limit: int | None = None, strict: bool = Fal
     if not path.is_file():
         raise FileNotFoundError(f"preference data {path}: no such file")
     return load_pairs(path, limit=limit, strict=strict)
+
+
+# ---------------------------------------------------------------- truncation
+_TURN_START = re.compile(r"\n\n(?:Human|Assistant):")
+
+
+def turn_starts(prompt: str) -> list[int]:
+    """Offsets where a ``\n\nHuman:`` or ``\n\nAssistant:`` turn starts, except a final bare
+    ``\n\nAssistant:`` (the reply's slot, which is always kept)."""
+    starts = [m.start() for m in _TURN_START.finditer(prompt)]
+    if starts and prompt.endswith(SEPARATOR) and starts[-1] == len(prompt) - len(SEPARATOR):
+        starts.pop()
+    return starts
+
+
+def left_truncate(prompt: str, tokenizer, max_tokens: int) -> tuple[str, int]:
+    """``prompt`` cut to at most ``max_tokens`` tokens (as ``tokenizer(prompt).input_ids`` counts
+    them, special tokens included), and how many tokens were cut (0: unchanged).
+
+    The cut keeps the final turns: the longest suffix that starts at a ``\n\nHuman:`` or
+    ``\n\nAssistant:`` turn boundary and fits.  When even the last turn (with the final
+    ``\n\nAssistant:``) is too long, its final tokens are kept: the tail of the token ids,
+    decoded, shortened one token at a time until the re-tokenized text fits.
+    """
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+    n_tokens = lambda text: len(tokenizer(text).input_ids)  # noqa: E731
+    full = n_tokens(prompt)
+    if full <= max_tokens:
+        return prompt, 0
+    for start in turn_starts(prompt):  # earliest first: the longest suffix that fits
+        if start == 0:
+            continue
+        candidate = prompt[start:]
+        kept = n_tokens(candidate)
+        if kept <= max_tokens:
+            return candidate, full - kept
+    ids = tokenizer(prompt, add_special_tokens=False).input_ids
+    keep = max(max_tokens - n_tokens(""), 1)  # room left by the special tokens the tokenizer adds
+    while keep > 0:
+        candidate = tokenizer.decode(ids[-keep:], skip_special_tokens=True)
+        kept = n_tokens(candidate)
+        if candidate and kept <= max_tokens:
+            return candidate, full - kept
+        keep -= 1
+    raise ValueError(f"cannot cut a prompt to {max_tokens} tokens")

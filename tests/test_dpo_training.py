@@ -98,7 +98,9 @@ def test_train_dpo_writes_adapter_and_card(tiny_dir, short_pairs_file, tmp_path)
     assert names == {"adapter_model.safetensors", "adapter_config.json", "dpo_card.json"}
     assert json.loads((out / "dpo_card.json").read_text()) == card
     assert card["data"]["pairs_loaded"] == 18 and card["data"]["pairs_eval"] == 3
-    assert card["data"]["pairs_train"] + card["data"]["pairs_eval"] + card["data"]["pairs_prompt_too_long"] == 18
+    # no pair is dropped: over-long prompts are left-truncated and counted instead
+    assert card["data"]["pairs_train"] + card["data"]["pairs_eval"] == 18 and card["data"]["part"] == "all"
+    assert card["data"]["prompts_truncated"] == 0
     assert card["steps_done"] == 2 and card["kind"] == "lora" and card["lm_head"] == "compact" and not card["bf16"]
     for split in ("train", "eval"):
         m = card["metrics"][split]
