@@ -34,6 +34,7 @@ from lm_eval.models.huggingface import HFLM
 from dsteer_eval import lm_eval_plugin
 from dsteer_eval.embedded import (
     DEFAULT_MODEL,
+    check_pair,
     default_adapter,
     default_vector,
     is_embedded_name,
@@ -132,6 +133,7 @@ class SteeredLM(HFLM):
         norm_preserve=False,
         control=None,
         control_seed=0,
+        pair: str | None = None,
         steer_path: str | None = None,
         device: str | None = None,
         **kwargs,
@@ -153,9 +155,11 @@ class SteeredLM(HFLM):
             builtin = self._read_builtin(builtin_path)
         else:
             if vector is None:
-                vector = self._default_vector_for(pretrained)
+                vector = self._default_vector_for(pretrained, pair)
                 if "peft" not in kwargs:  # the shipped vector belongs to the shipped DPO model
-                    kwargs["peft"] = self._default_adapter_for(pretrained)
+                    kwargs["peft"] = self._default_adapter_for(pretrained, pair)
+            elif pair is not None:
+                raise ValueError("pair= picks a shipped base/DPO pair; with vector= give peft= yourself")
             vector_file = load_vectors(vector, argument="vector")
         self._args_label = ", ".join(  # named by NonFiniteStateError; defaults (shipped vector, adapter) filled in
             f"{k}={v}" for k, v in (("pretrained", pretrained), ("peft", kwargs.get("peft")), ("vector", vector),
@@ -201,30 +205,31 @@ class SteeredLM(HFLM):
 
     # ------------------------------------------------------------------ setup
     @staticmethod
-    def _shipped(pretrained, find, missing: str) -> str:
-        """The artefact ``find(name)`` ships for an embedded model, or NoDefaultVectorError(missing)."""
+    def _shipped(pretrained, find, missing: str, pair=None) -> str:
+        """The artefact ``find(name, pair)`` ships for an embedded model, or NoDefaultVectorError(missing)."""
         name = DEFAULT_MODEL if pretrained is None else str(pretrained).strip().lower()
-        shipped = find(name)
+        shipped = find(name, pair)
         if shipped is None:
             raise NoDefaultVectorError(missing.format(name=name))
         return str(shipped)
 
     @classmethod
-    def _default_adapter_for(cls, pretrained) -> str:
+    def _default_adapter_for(cls, pretrained, pair=None) -> str:
         return cls._shipped(
             pretrained, default_adapter,
             "dsteer-eval ships a vector but no DPO adapter for '{name}' (a broken install?); "
-            "reinstall dsteer-eval, or pass peft=none to steer the base model",
+            "reinstall dsteer-eval, or pass peft=none to steer the base model", pair,
         )
 
     @classmethod
-    def _default_vector_for(cls, pretrained) -> str:
+    def _default_vector_for(cls, pretrained, pair=None) -> str:
         if pretrained is None or is_embedded_name(pretrained):
             return cls._shipped(
                 pretrained, default_vector,
-                "no vector= given, and this install does not ship a default steering vector for the "
-                "embedded model '{name}' (dsteer_eval/artifacts/{name}/vector.safetensors; "
-                "scripts/dsteer_pipeline.sh re-creates it). Pass vector=PATH.safetensors and layer=L",
+                "no vector= given, and this install does not ship the steering vector of pair "
+                f"{check_pair(pair)!r} for the embedded model '{{name}}' (dsteer_eval/artifacts/{{name}}/; "
+                "scripts/refusal_pipeline.sh and scripts/dsteer_pipeline.sh re-create them). "
+                "Pass vector=PATH.safetensors and layer=L", pair,
             )
         raise ValueError(
             f"vector= is required for pretrained={pretrained}: pass a .safetensors file from "

@@ -154,10 +154,10 @@ def ceiling_for(kwargs: dict, layer, prompts: Sequence[str], *, device: str | No
     from dsteer_eval.steer_args import parse_layers, resolve_site
     from dsteer_eval.vectors import check_compatible, load_vectors
 
-    vector_path = kwargs.get("vector") or SteeredLM._default_vector_for(kwargs.get("pretrained"))
+    vector_path = kwargs.get("vector") or SteeredLM._default_vector_for(kwargs.get("pretrained"), kwargs.get("pair"))
     peft = kwargs.get("peft")
     if peft is None and not kwargs.get("vector"):
-        peft = SteeredLM._default_adapter_for(kwargs.get("pretrained"))
+        peft = SteeredLM._default_adapter_for(kwargs.get("pretrained"), kwargs.get("pair"))
     path = resolve_pretrained(kwargs.get("pretrained"))
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = AutoTokenizer.from_pretrained(path)

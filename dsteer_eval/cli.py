@@ -556,6 +556,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: from the adapter's dpo_card.json, else 0.1)")
     p.add_argument("--grad-pairs", type=int, default=64, help="pairs used for gradient coherence")
     p.add_argument("--max-length", type=int, default=256, help="token cap of prompt+reply for gradients")
+    p.add_argument("--part", choices=["train", "vector", "probe", "eval", "all"], default="all",
+                   help="probe on this part of the file-level split only (README: Splits); the pipeline uses probe")
     p.add_argument("--no-nulls", action="store_true",
                    help="skip the null adapter (the DPO update's rows permuted, rescaled to DPO's mean |delta| at "
                    "--layer) and the verdicts against it")

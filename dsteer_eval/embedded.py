@@ -162,19 +162,34 @@ def ensure_embedded(name: str = DEFAULT_MODEL) -> Path:
     return target
 
 
-def default_vector(name: str = DEFAULT_MODEL) -> Path | None:
-    """The steering vector the package ships for an embedded model, if any."""
+# The base/DPO pairs shipped for the embedded model: pair name -> (adapter folder, vector file) under
+# dsteer_eval/artifacts/<model>/. "refusal" (the default) is the pair whose DPO effect passes its gate
+# (README: Splits, the refusal pair and real-row tasks); "hh" is the earlier HH harmless pair.
+PAIRS = {"refusal": ("refusal/adapter", "refusal/vector.safetensors"), "hh": ("dpo_adapter", "vector.safetensors")}
+DEFAULT_PAIR = "refusal"
+
+
+def check_pair(pair: str | None) -> str:
+    """``pair=`` as a known pair name (None = the default pair)."""
+    name = DEFAULT_PAIR if pair is None or str(pair).strip() == "" else str(pair).strip().lower()
+    if name not in PAIRS:
+        raise ValueError(f"pair={pair!r}: the shipped pairs are {', '.join(PAIRS)} (default {DEFAULT_PAIR})")
+    return name
+
+
+def default_vector(name: str = DEFAULT_MODEL, pair: str | None = None) -> Path | None:
+    """The steering vector the package ships for an embedded model's ``pair``, if any."""
     from importlib.resources import files
 
-    resource = files("dsteer_eval") / "artifacts" / name / "vector.safetensors"
+    resource = files("dsteer_eval") / "artifacts" / name / PAIRS[check_pair(pair)][1]
     return Path(str(resource)) if resource.is_file() else None
 
 
-def default_adapter(name: str = DEFAULT_MODEL) -> Path | None:
-    """The DPO LoRA adapter the package ships for an embedded model, if any."""
+def default_adapter(name: str = DEFAULT_MODEL, pair: str | None = None) -> Path | None:
+    """The DPO LoRA adapter the package ships for an embedded model's ``pair``, if any."""
     from importlib.resources import files
 
-    resource = files("dsteer_eval") / "artifacts" / name / "dpo_adapter"
+    resource = files("dsteer_eval") / "artifacts" / name / PAIRS[check_pair(pair)][0]
     return Path(str(resource)) if (resource / "adapter_config.json").is_file() else None
 
 

@@ -242,7 +242,7 @@ def test_embedded_without_shipped_vector_says_so(monkeypatch):
     from dsteer_eval.adapters import steered
     from dsteer_eval.adapters.steered import NoDefaultVectorError
 
-    monkeypatch.setattr(steered, "default_vector", lambda name: None)
+    monkeypatch.setattr(steered, "default_vector", lambda name, pair=None: None)
     for pretrained in (None, "smollm2"):
         with pytest.raises(NoDefaultVectorError, match="does not ship a default steering vector .* 'smollm2'"):
             get_model("steered")(pretrained=pretrained)

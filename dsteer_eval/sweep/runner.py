@@ -115,7 +115,7 @@ def _vector_for(kwargs: dict) -> str:
 
     if kwargs.get("steer_path"):
         raise ValueError("--model-args: dsteer-eval sweep steers with vector= (safetensors); steer_path= is not supported")
-    return kwargs.get("vector") or SteeredLM._default_vector_for(kwargs.get("pretrained"))
+    return kwargs.get("vector") or SteeredLM._default_vector_for(kwargs.get("pretrained"), kwargs.get("pair"))
 
 
 def _num_layers(vf, pretrained) -> int:
@@ -249,7 +249,7 @@ def _fingerprint(kwargs: dict) -> dict:
 
     default_adapter = None
     if not kwargs.get("vector") and "peft" not in kwargs:  # the shipped vector brings the shipped DPO adapter
-        default_adapter = SteeredLM._default_adapter_for(kwargs.get("pretrained"))
+        default_adapter = SteeredLM._default_adapter_for(kwargs.get("pretrained"), kwargs.get("pair"))
     settings, contents = fingerprint.environment_settings()
     model = fingerprint.model_contents(kwargs, default_adapter=default_adapter)
     return {"fingerprint_version": FINGERPRINT_VERSION, **settings,
