@@ -244,7 +244,7 @@ def test_embedded_without_shipped_vector_says_so(monkeypatch):
 
     monkeypatch.setattr(steered, "default_vector", lambda name, pair=None: None)
     for pretrained in (None, "smollm2"):
-        with pytest.raises(NoDefaultVectorError, match="does not ship a default steering vector .* 'smollm2'"):
+        with pytest.raises(NoDefaultVectorError, match="does not ship the steering vector of pair 'refusal' .* 'smollm2'"):
             get_model("steered")(pretrained=pretrained)
 
 
