@@ -568,6 +568,7 @@ def train_dpo(
             "seconds_per_step": round(train_seconds / max(trainer.state.global_step - resumed_step, 1), 2),
             "loss_history": history,
             "metrics": measured,
+            "gate": gate(measured.get("eval")),
             "versions": _versions(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "command": recreate_command(pretrained, data, settings, out=out, data_dir=data_dir, split=split,
@@ -577,6 +578,23 @@ def train_dpo(
     if save_steps:
         shutil.rmtree(ckpt, ignore_errors=True)  # the run finished: its checkpoints are not needed
     return card
+
+
+# The gate a shipped pair must pass (measured on held-out pairs, never trained on): DPO really learned.
+GATE = {"min_margin_in_stderrs": 3.0, "min_reward_accuracy": 0.62}
+
+
+def gate(held_out: dict | None) -> dict:
+    """Whether the held-out implicit-reward margin is > 0 by at least 3 standard errors and the reward
+    accuracy is at least 0.62 (README: the refusal pair); computed from the card's own numbers."""
+    rule = (f"held-out reward margin > 0 by >= {GATE['min_margin_in_stderrs']:g} stderr and reward accuracy "
+            f">= {GATE['min_reward_accuracy']:g}")
+    if not held_out or not held_out.get("pairs") or not held_out.get("reward_margin_stderr"):
+        return {"rule": rule, "passed": False, "why": "no held-out pairs with a margin stderr"}
+    in_stderrs = held_out["reward_margin_mean"] / held_out["reward_margin_stderr"]
+    passed = in_stderrs >= GATE["min_margin_in_stderrs"] and held_out["reward_accuracy"] >= GATE["min_reward_accuracy"]
+    return {"rule": rule, "passed": bool(passed), "margin_in_stderrs": in_stderrs,
+            "reward_accuracy": held_out["reward_accuracy"], "pairs": held_out["pairs"]}
 
 
 def read_card(folder) -> dict | None:

@@ -457,3 +457,13 @@ def test_extract_reads_only_its_part(tiny_dir, short_pairs_file, tmp_path):
     n_eval = sum(part_of(row["prompt"]) == "eval" for row in SHORT_PAIRS) * 3
     assert int(meta["n_examples"]) == n_eval and "part eval" in meta["data"]
     assert int(meta["pairs_other_parts"]) == 18 - n_eval
+
+
+def test_the_gate_is_computed_from_the_held_out_rewards():
+    from dsteer_eval.dpo_training import gate
+
+    ok = gate({"pairs": 100, "reward_accuracy": 0.7, "reward_margin_mean": 0.3, "reward_margin_stderr": 0.05})
+    assert ok["passed"] and ok["margin_in_stderrs"] == pytest.approx(6.0)
+    assert not gate({"pairs": 100, "reward_accuracy": 0.6, "reward_margin_mean": 0.3, "reward_margin_stderr": 0.05})["passed"]
+    assert not gate({"pairs": 100, "reward_accuracy": 0.9, "reward_margin_mean": 0.1, "reward_margin_stderr": 0.05})["passed"]
+    assert not gate(None)["passed"]
