@@ -199,3 +199,23 @@ def test_plots_draw_controls_as_a_band_not_as_lines(controlled):
     dpo = dict(bands)["DPO (peft=tiny_adapter0) · layer 2: random controls (K=1)"]
     assert [p[0] for p in dpo] == [-1.0, 1.0]
     assert figures(board)["overview.png"].startswith(b"\x89PNG")
+
+
+def test_metadata_paired_adds_metrics_beyond_the_headline(tmp_path):
+    from dsteer_eval.leaderboard import build_leaderboard
+
+    def unit(folder, model_args, a, b):
+        folder.mkdir(parents=True)
+        (folder / "results_2026-01-01T00-00-00.json").write_text(json.dumps({
+            "results": {"t": {"alias": "t", "m,none": sum(a) / len(a), "k,none": sum(b) / len(b)}},
+            "configs": {"t": {"metric_list": [{"metric": "m", "aggregation": "mean"}, {"metric": "k", "aggregation": "mean"}],
+                              "metadata": {"headline": "m", "paired": ["k"]}}},
+            "config": {"model_args": model_args}, "date": 1.0}))
+        (folder / "per_doc.json").write_text(json.dumps({"tasks": {"t": {
+            "doc_id": [0, 1, 2], "metrics": {"m": a, "k": b}, "resps": [[0.0]] * 3}}}))
+
+    unit(tmp_path / "a", "pretrained=m,alpha=0", [1.0, 2.0, 3.0], [0.0, 0.0, 0.0])
+    unit(tmp_path / "b", "pretrained=m,layer=2,alpha=-1", [1.0, 2.0, 4.0], [1.0, 1.0, 1.0])
+    board = build_leaderboard([tmp_path])
+    assert list(board.paired) == ["t/m", "t/k"] and [c.key for c in board.columns] == ["t/m"]
+    assert board.paired["t/k"][0].vs_ref.mean == 1.0 and board.paired["t/m"][0].vs_ref.mean == pytest.approx(1 / 3)

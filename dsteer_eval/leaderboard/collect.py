@@ -194,11 +194,19 @@ def _results(source: int, path: Path) -> tuple[list[Entry], dict]:
             "metrics": metrics,
             "headline": headline(data["configs"][task], metrics),
             "higher_is_better": task_hib if isinstance(task_hib, dict) else {},
+            # more metrics to pair than the headline: the task YAML's metadata.paired (a list)
+            "paired_metrics": _paired_metrics(data["configs"][task]),
             # how lm-eval aggregated each metric: paired per-document statistics need a plain mean
             "aggregation": {str(m.get("metric")): str(m.get("aggregation")) for m in metric_list
                             if isinstance(m, dict)} if isinstance(metric_list, list) else {},
         }))
     return entries, subtasks
+
+
+def _paired_metrics(config: dict) -> list[str]:
+    metadata = config.get("metadata")
+    found = metadata.get("paired") if isinstance(metadata, dict) else None
+    return [str(m) for m in found] if isinstance(found, list) else []
 
 
 def _leaf_tasks(task: str, subtasks: dict[str, list], seen=()) -> list[str]:

@@ -143,6 +143,22 @@ def _cell(entry: Entry | None, column: Column) -> Cell | None:
     return None if value is None else Cell(value, found[1])
 
 
+def _paired_columns(columns: list[Column], entries: list[Entry]) -> list[Column]:
+    """The headline metric columns, each followed by the metrics its task's YAML lists in metadata.paired."""
+    extra = {}
+    for e in entries:
+        if e.kind == "results":
+            extra.setdefault(e.task, dict.fromkeys(e.data.get("paired_metrics", [])))
+    out = []
+    for column in columns:
+        if column.kind != "metric" or column.metric is None:
+            continue
+        out.append(column)
+        out += [Column(f"{column.task}/{m}", "metric", column.task, m, None)
+                for m in extra.get(column.task, {}) if m != column.metric]
+    return out
+
+
 def _mark_best(cells: list[Cell | None], higher_is_better: bool | None) -> None:
     scored = [c for c in cells if c is not None and c.value is not None]
     if higher_is_better is None or not scored:
@@ -197,9 +213,7 @@ def build_leaderboard(paths) -> Leaderboard:
     from dsteer_eval.leaderboard.paired import paired_statistics
 
     paired, claims = {}, []
-    for column in columns:
-        if column.kind != "metric" or column.metric is None:
-            continue
+    for column in _paired_columns(columns, won):
         found = {row.key: winners.get(_slot(row.key, "results", column.task)) for row in rows}
         found = {k: e for k, e in found.items() if e is not None and e.kind == "results"}
         rows_stats, column_claims = paired_statistics(rows, column, found)
