@@ -45,7 +45,9 @@ its numbers were read at, as a key of ``positions``::
     steering_identity {layer: L, position: all, alphas, kl_base_dpo, kl_dpo_base, restoration_kl,
                        reproduction_kl, best_restoration {alpha, kl, ratio}, best_reproduction,
                        alpha_1: {restoration_kl, restoration_ratio, reproduction_kl, reproduction_ratio},
-                       grid: [{layer, site_name (L | final), position (all | last), the same keys}]}
+                       grid: [{layer, site_name (L | final), position (all | last), the same keys}],
+                       ablation: {layer: L, position: all, mode: ablate, alphas (>= 0), kl_base_dpo,
+                                  restoration_kl: KL(base ‖ dpo with v̂ ablated at α), best_restoration}}
     controls      {random_direction: {count, seed, layer: L, norm, names,
                                       projection {position: last_prompt, shift, frac_rose},
                                       consistency {position: last_prompt, cos, frac_above_0_5},
@@ -273,6 +275,10 @@ def run_probes(pair, pairs, *, vectors: dict[int, torch.Tensor] | None = None, v
         "reproduction_kl": float(one["reproduction"].mean()),
         "reproduction_ratio": _ratio(float(one["reproduction"].mean()), ident["kl_dpo_base"]),
     }
+    ablation = probes.ablation_identity(pair, prompts, v, layer, [a for a in alphas if a >= 0], batch_size=batch_size,
+                                        logp=logp)
+    ablation["best_restoration"] = _best(ablation["alphas"], ablation["restoration_kl"], ablation["kl_base_dpo"])
+    ident["ablation"] = ablation
     ident["grid"] = []
     for site, vec, name in ((layer, v, str(layer)), (final, v_final, "final")):
         if name == "final" and site == layer:

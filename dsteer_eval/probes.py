@@ -451,6 +451,22 @@ def identity_kl(pair, prompts: Sequence[str], vector: torch.Tensor, site: int, a
     }
 
 
+def ablation_identity(pair, prompts: Sequence[str], vector: torch.Tensor, site: int, alphas: Sequence[float],
+                      *, batch_size: int = 8, logp: dict | None = None) -> dict:
+    """Restoration by *ablation*: mean next-token KL(base ‖ dpo with the v̂ component scaled by 1 − α) at
+    ``site``, every position (``mode=ablate``: α = 1 removes it). Ablation has no sign to reverse and
+    does not add v̄, so there is no reproduction counterpart."""
+    logp = logp or side_logprobs(pair, prompts, batch_size=batch_size)
+    out = []
+    for alpha in alphas:
+        with pair.side("dpo") as model:
+            got = next_token_logprobs(model, pair.tokenizer, prompts, batch_size=batch_size,
+                                      interventions=[Intervention(site, vector, float(alpha), mode="ablate")])
+        out.append(float(kl(logp["base"], got).mean()))
+    return {"layer": site, "position": "all", "mode": "ablate", "alphas": [float(a) for a in alphas],
+            "kl_base_dpo": float(kl(logp["base"], logp["dpo"]).mean()), "restoration_kl": out}
+
+
 def steering_identity(pair, prompts: Sequence[str], vector: torch.Tensor, site: int, alphas: Sequence[float],
                       *, batch_size: int = 8, position: str = "all", logp: dict | None = None) -> dict:
     """Mean next-token KL over prompts: restoration KL(base ‖ dpo − αv̄), reproduction KL(dpo ‖ base + αv̄),
