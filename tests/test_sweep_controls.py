@@ -219,3 +219,19 @@ def test_metadata_paired_adds_metrics_beyond_the_headline(tmp_path):
     board = build_leaderboard([tmp_path])
     assert list(board.paired) == ["t/m", "t/k"] and [c.key for c in board.columns] == ["t/m"]
     assert board.paired["t/k"][0].vs_ref.mean == 1.0 and board.paired["t/m"][0].vs_ref.mean == pytest.approx(1 / 3)
+
+
+def test_without_a_base_dpo_gap_the_direction_claims_are_not_shown(tmp_path):
+    from dsteer_eval.leaderboard import build_leaderboard
+
+    n = 40
+    dpo = [1.0 + ((i * 7919) % 13 - 6) / 100 for i in range(n)]
+    base = [d + (0.5 if i % 2 else -0.49) for i, d in enumerate(dpo)]  # no significant gap
+    _unit(tmp_path / "a", "pretrained=m,peft=/a,alpha=0", dpo)
+    _unit(tmp_path / "b", "pretrained=m,peft=/a,layer=2,alpha=-1", [d - 2.0 for d in dpo])
+    _unit(tmp_path / "d", "pretrained=m,peft=none,alpha=0", base)
+    _unit(tmp_path / "e", "pretrained=m,peft=none,layer=2,alpha=1", [b + 2.0 for b in base])
+    claims = build_leaderboard([tmp_path]).claims
+    assert [(c.claim[:3], c.verdict) for c in claims] == [("(a)", "not shown"), ("(b)", "not shown"),
+                                                         ("(c)", "not shown")]
+    assert all("no significant base–DPO gap" in c.note for c in claims[1:])

@@ -20,6 +20,8 @@ def test_verdict_flips_when_the_numbers_flip():
     assert verdict("x", 1.0, 2.05, down, "higher").verdict == "contradicted"
     assert verdict("x", 1.0, 2.05, down, "lower").verdict == "supported"
     assert verdict("x", 1.5, 1.5, flat, "higher").verdict == "not shown"
+    assert verdict("x", 1.5, 1.5, flat, "lower").verdict == "not shown"  # a CI across 0 shows nothing either way
+    assert verdict("x", 2.05, 1.0, up, "lower").verdict == "contradicted"
     assert verdict("x", 2.05, 1.0, up, "higher", fraction=0.4, at_least=0.5).verdict == "partly"
     assert verdict("x", 2.05, 1.0, up, "higher", fraction=0.6, at_least=0.5).verdict == "supported"
     table = markdown([verdict("restoration", 2.05, 1.0, up, "higher")])

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from dsteer_eval.stats.bootstrap import PairedDelta, finite_pairs, paired_bootstrap
 from dsteer_eval.stats.conditioned import conditioned_docs
-from dsteer_eval.stats.verdicts import Verdict, verdict
+from dsteer_eval.stats.verdicts import NOT_SHOWN, Verdict, verdict
 
 AT_LEAST = 0.5  # claim (b): the fraction of the DPO−base gap that −v must take back
 
@@ -201,6 +201,14 @@ def _claims(column, key, r: Role, item: PairedRow, base0, dpo0, values, labels) 
     gap = _gap(values, base0, dpo0)
     if gap is None or gap.mean == 0 or key.alpha == 0 or item.vs_ref is None:
         return []
+    moves_back = r.side == "dpo" and key.alpha < 0 or r.side == "base" and key.alpha > 0
+    if not gap.significant:  # no base–DPO gap: "toward the base / DPO" has no direction to test
+        if not moves_back:
+            return []
+        claim = "(b) DPO" if r.side == "dpo" else "(c) base"
+        return [Verdict(f"{claim} layer {key.layer}, α={key.alpha:g} on {column.task}/{column.metric}",
+                        _mean(values[key]), None, item.vs_ref.as_dict(), "higher", NOT_SHOWN,
+                        "no significant base–DPO gap (claim a) to move along")]
     toward_base = "higher" if gap.mean > 0 else "lower"
     toward_dpo = "lower" if gap.mean > 0 else "higher"
     metric = f"{column.task}/{column.metric}"

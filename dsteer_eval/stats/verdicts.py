@@ -39,9 +39,10 @@ class Verdict:
 def judge(delta: PairedDelta, expect: str) -> str:
     if expect not in ("higher", "lower"):
         raise ValueError(f"expect must be 'higher' or 'lower', got {expect!r}")
-    sign = 1 if expect == "higher" else -1
-    if sign * delta.low > 0 or sign * delta.high < 0:
-        return SUPPORTED if (delta.low > 0) == (sign > 0) else CONTRADICTED
+    if delta.low > 0:  # the CI lies above 0
+        return SUPPORTED if expect == "higher" else CONTRADICTED
+    if delta.high < 0:  # the CI lies below 0
+        return SUPPORTED if expect == "lower" else CONTRADICTED
     return NOT_SHOWN
 
 
