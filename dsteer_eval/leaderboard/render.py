@@ -71,7 +71,7 @@ def delta_text(d) -> str:
     """``+0.123 [+0.050, +0.190]*``: a paired difference with its CI; * when the CI excludes 0."""
     if d is None:
         return MISSING
-    return f"{fmt(d.mean)} [{fmt(d.low)}, {fmt(d.high)}]{'*' if d.significant else ''}".replace("[-", "[−")
+    return f"{fmt(d.mean)} [{fmt(d.low)}, {fmt(d.high)}]{'*' if d.significant else ''}"
 
 
 PAIRED_NOTE = ("Paired differences per document (matched by doc_id), mean with a 95 % percentile bootstrap CI "
