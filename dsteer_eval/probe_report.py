@@ -47,7 +47,10 @@ its numbers were read at, as a key of ``positions``::
                        alpha_1: {restoration_kl, restoration_ratio, reproduction_kl, reproduction_ratio},
                        grid: [{layer, site_name (L | final), position (all | last), the same keys}],
                        ablation: {layer: L, position: all, mode: ablate, alphas (>= 0), kl_base_dpo,
-                                  restoration_kl: KL(base ‖ dpo with v̂ ablated at α), best_restoration}}
+                                  restoration_kl: KL(base ‖ dpo with v̂ ablated at α), best_restoration},
+                       norm_preserve: {layer: L, position: all, norm_preserve: true, alphas, kl_base_dpo,
+                                       kl_dpo_base, restoration_kl, reproduction_kl (each steered state
+                                       rescaled to its own norm)}}
     controls      {random_direction: {count, seed, layer: L, norm, names,
                                       projection {position: last_prompt, shift, frac_rose},
                                       consistency {position: last_prompt, cos, frac_above_0_5},
@@ -279,6 +282,8 @@ def run_probes(pair, pairs, *, vectors: dict[int, torch.Tensor] | None = None, v
                                         logp=logp)
     ablation["best_restoration"] = _best(ablation["alphas"], ablation["restoration_kl"], ablation["kl_base_dpo"])
     ident["ablation"] = ablation
+    ident["norm_preserve"] = probes.norm_preserved_identity(pair, prompts, v, layer, alphas, batch_size=batch_size,
+                                                            logp=logp)
     ident["grid"] = []
     for site, vec, name in ((layer, v, str(layer)), (final, v_final, "final")):
         if name == "final" and site == layer:

@@ -379,7 +379,7 @@ def layer_spectra(states: PairStates, vectors: dict[int, torch.Tensor] | None = 
 
 # -------------------------------------------------------- steering identity
 def next_token_logprobs(model, tokenizer, prompts: Sequence[str], *, interventions=(), module_edits=(),
-                        batch_size: int = 8, position: str = "all") -> torch.Tensor:
+                        batch_size: int = 8, position: str = "all", norm_preserve: bool = False) -> torch.Tensor:
     """log p(next token | prompt) at the last prompt token: ``(N, vocab)`` float32.
 
     ``module_edits`` functions receive ``(hidden, rows)`` where ``rows`` indexes
@@ -402,6 +402,7 @@ def next_token_logprobs(model, tokenizer, prompts: Sequence[str], *, interventio
         pick = torch.arange(len(index), device=device)
         lengths = (last + 1).cpu() if position != "all" else None
         with torch.no_grad(), steer(model, interventions, module_edits=edits, position=position,
+                                    norm_preserve=norm_preserve,
                                     prompt_lengths=lengths):
             if plain_head:
                 h = parts.decoder(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
@@ -465,6 +466,27 @@ def ablation_identity(pair, prompts: Sequence[str], vector: torch.Tensor, site: 
         out.append(float(kl(logp["base"], got).mean()))
     return {"layer": site, "position": "all", "mode": "ablate", "alphas": [float(a) for a in alphas],
             "kl_base_dpo": float(kl(logp["base"], logp["dpo"]).mean()), "restoration_kl": out}
+
+
+def norm_preserved_identity(pair, prompts: Sequence[str], vector: torch.Tensor, site: int, alphas: Sequence[float],
+                            *, batch_size: int = 8, logp: dict | None = None) -> dict:
+    """The steering identity with ``norm_preserve=True``: each steered state keeps its norm, so only its
+    direction moves. Restoration KL(base ‖ dpo − αv̄) and reproduction KL(dpo ‖ base + αv̄), every position."""
+    logp = logp or side_logprobs(pair, prompts, batch_size=batch_size)
+    restoration, reproduction = [], []
+    for alpha in alphas:
+        with pair.side("dpo") as model:
+            restored = next_token_logprobs(model, pair.tokenizer, prompts, batch_size=batch_size, norm_preserve=True,
+                                           interventions=[Intervention(site, vector, -float(alpha))])
+        with pair.side("base") as model:
+            reproduced = next_token_logprobs(model, pair.tokenizer, prompts, batch_size=batch_size,
+                                             norm_preserve=True, interventions=[Intervention(site, vector, float(alpha))])
+        restoration.append(float(kl(logp["base"], restored).mean()))
+        reproduction.append(float(kl(logp["dpo"], reproduced).mean()))
+    return {"layer": site, "position": "all", "norm_preserve": True, "alphas": [float(a) for a in alphas],
+            "kl_base_dpo": float(kl(logp["base"], logp["dpo"]).mean()),
+            "kl_dpo_base": float(kl(logp["dpo"], logp["base"]).mean()),
+            "restoration_kl": restoration, "reproduction_kl": reproduction}
 
 
 def steering_identity(pair, prompts: Sequence[str], vector: torch.Tensor, site: int, alphas: Sequence[float],

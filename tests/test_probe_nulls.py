@@ -388,3 +388,22 @@ def test_ablation_restoration_in_the_report(run, lora_pair):
         got = probes.next_token_logprobs(model, lora_pair.tokenizer, prompts,
                                          interventions=[Intervention(LAYER, v, 1.0, mode="ablate")])
     assert ablation["restoration_kl"][1] == pytest.approx(float(probes.kl(logp["base"], got).mean()), rel=1e-4)
+
+
+def test_norm_preserving_identity_in_the_report(run, lora_pair):
+    """norm_preserve=true in the probes: α = 0 is the unsteered KL, and each value equals a direct computation."""
+    from dsteer_eval import probes
+    from dsteer_eval.extract import dpo_diff
+    from dsteer_eval.steering import Intervention
+
+    report, _, _ = run
+    kept = report["steering_identity"]["norm_preserve"]
+    assert kept["norm_preserve"] and kept["alphas"] == [0.0, 1.0]
+    assert kept["restoration_kl"][0] == pytest.approx(kept["kl_base_dpo"], rel=1e-6)
+    prompts = list(dict.fromkeys(p.prompt for p in PAIRS))
+    v = dpo_diff(lora_pair, prompts)[LAYER]
+    logp = probes.side_logprobs(lora_pair, prompts)
+    with lora_pair.side("dpo") as model:
+        got = probes.next_token_logprobs(model, lora_pair.tokenizer, prompts, norm_preserve=True,
+                                         interventions=[Intervention(LAYER, v, -1.0)])
+    assert kept["restoration_kl"][1] == pytest.approx(float(probes.kl(logp["base"], got).mean()), rel=1e-4)
