@@ -21,6 +21,6 @@ rm -rf "$ART/adapter" && mkdir -p "$ART" && cp -r build/refusal_dpo "$ART/adapte
 "$BIN/dsteer-eval" extract --method dpo-diff --peft "$ART/adapter" --data "$PAIRS" --part vector \
     --default-layer 20 --out "$ART/vector.safetensors"
 "$BIN/dsteer-eval" probe --peft "$ART/adapter" --vector "$ART/vector.safetensors" --data "$PAIRS" --part probe \
-    --limit 32 --grad-pairs 16 --lattice-pairs 4 --alphas 0,0.5,1,2 --out results/smollm2_refusal --overwrite
+    --limit 24 --grad-pairs 8 --lattice-pairs 2 --max-length 160 --alphas 0,0.5,1,2 --out results/smollm2_refusal --overwrite
 "$BIN/dsteer-eval" sweep --alphas -1,0 --base-alphas 0,1 --controls random:2 --tasks dsteer_refusal_ll \
     --output results/demo_smollm2 --overwrite
