@@ -106,7 +106,9 @@ def test_shipped_pair_is_the_default_and_alpha_minus_one_subtracts_vbar(embedded
     assert card["command"].startswith("dsteer-eval train-dpo ")
     vf = load_vectors(vector)
     assert vf.metadata["method"] == "dpo-diff" and vf.metadata["default_layer"] == "20"
-    assert sum(p.stat().st_size for p in adapter.parent.rglob("*") if p.is_file()) <= 10 * 2**20
+    # the refusal pair: LoRA r=16 on every linear layer, float32 (19 MB); the wheel must stay small
+    assert sum(p.stat().st_size for p in adapter.parent.rglob("*") if p.is_file()) <= 20 * 2**20
+    assert card["gate"]["passed"]  # the default pair passed its gate, computed in its card
 
     lm = get_model("steered")(alpha=-1.0, batch_size=4)
     assert isinstance(lm.model, PeftModel)
