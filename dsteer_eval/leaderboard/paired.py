@@ -99,7 +99,7 @@ class PairedRow:
     controls: dict = field(default_factory=dict)  # {"k", "mean", "sd"} of the controls' own means
     conditioned: PairedDelta | None = None
     n_conditioned: int | None = None
-    dropped: int = 0  # documents whose value is not a finite number on one side (never paired)
+    dropped: int = 0  # documents without a finite value on one side (incl. those that do not report the metric)
 
     def as_dict(self) -> dict:
         d = lambda x: None if x is None else x.as_dict()  # noqa: E731
@@ -183,8 +183,8 @@ def paired_statistics(rows, column, entries: dict) -> tuple[list[PairedRow], lis
                 sd = (sum((m - mu) ** 2 for m in means) / (len(means) - 1)) ** 0.5 if len(means) > 1 else 0.0
                 item.controls = {"k": len(controls), "mean": mu, "sd": sd}
         out.append(item)
-        claims += _claims(column, key, r, item, base0, dpo0, values, labels)
-    return out, _with_gap_claim(column, roles, values, labels, claims)
+        claims += _claims(column, key, r, item, base0, dpo0, values)
+    return out, _with_gap_claim(column, roles, values, claims)
 
 
 def _mean(values: dict) -> float | None:
@@ -196,7 +196,7 @@ def _gap(values, base0, dpo0) -> PairedDelta | None:
     return _delta(values[base0], values[dpo0])[0] if base0 and dpo0 else None
 
 
-def _claims(column, key, r: Role, item: PairedRow, base0, dpo0, values, labels) -> list[Verdict]:
+def _claims(column, key, r: Role, item: PairedRow, base0, dpo0, values) -> list[Verdict]:
     """Claims (b), (c), (d) for one steered row."""
     gap = _gap(values, base0, dpo0)
     if gap is None or gap.mean == 0 or key.alpha == 0 or item.vs_ref is None:
@@ -231,7 +231,7 @@ def _claims(column, key, r: Role, item: PairedRow, base0, dpo0, values, labels) 
     return out
 
 
-def _with_gap_claim(column, roles, values, labels, claims) -> list[Verdict]:
+def _with_gap_claim(column, roles, values, claims) -> list[Verdict]:
     """Claim (a) first, once per family that has both α=0 rows."""
     out = []
     families = {r.family for r in roles.values()}
