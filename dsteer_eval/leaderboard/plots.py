@@ -2,8 +2,8 @@
 
 The α=0 (unsteered) row of a model joins every layer's line; rows without a numeric α are not plotted.
 Random-direction controls (``control=random:<i>`` rows of a sweep with ``--controls``) are not lines of
-their own: at each α they are drawn as a shaded band from the lowest to the highest control value, with
-their mean dashed, beside the line of the model they control for.
+their own: at each α they are drawn in grey as a bar from the lowest to the highest control value with
+their mean marked (x), shaded between alphas, beside the line of the model they control for.
 """
 
 from __future__ import annotations
@@ -73,8 +73,10 @@ def _draw(ax, lines, title: str, ylabel: str, legend: bool = True, bands=()) -> 
         ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=label)
     for label, points in bands:
         x, low, mean, high = zip(*points)
-        ax.fill_between(x, low, high, color="grey", alpha=0.25, step=None, label=label)
-        ax.plot(x, mean, color="grey", ls="--", marker="x", lw=1)
+        if len(x) > 1:  # a band needs two alphas; each alpha also gets its lowest-to-highest bar
+            ax.fill_between(x, low, high, color="grey", alpha=0.2, step=None)
+        ax.errorbar(x, mean, yerr=[[m - lo for m, lo in zip(mean, low)], [hi - m for m, hi in zip(mean, high)]],
+                    color="grey", ls="--" if len(x) > 1 else "none", marker="x", capsize=4, lw=1, label=label)
     ax.axvline(0, color="grey", lw=0.6, ls=":")
     ax.set_title(title, fontsize=10)
     ax.set_xlabel("α")
