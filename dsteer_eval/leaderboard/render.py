@@ -69,9 +69,7 @@ def markdown(board: Leaderboard) -> str:
 
 def delta_text(d) -> str:
     """``+0.123 [+0.050, +0.190]*``: a paired difference with its CI; * when the CI excludes 0."""
-    if d is None:
-        return MISSING
-    return f"{fmt(d.mean)} [{fmt(d.low)}, {fmt(d.high)}]{'*' if d.significant else ''}"
+    return MISSING if d is None else delta_text_dict(d.as_dict())
 
 
 PAIRED_NOTE = ("Paired differences per document (matched by doc_id), mean with a 95 % percentile bootstrap CI "
@@ -115,6 +113,7 @@ def paired_markdown(board: Leaderboard) -> list[str]:
 
 
 def delta_text_dict(d: dict) -> str:
+    """:func:`delta_text` of a PairedDelta stored as a dict (claims keep theirs as dicts)."""
     return f"{fmt(d['mean'])} [{fmt(d['low'])}, {fmt(d['high'])}]{'*' if d.get('significant') else ''}"
 
 
@@ -210,14 +209,13 @@ def html_page(board: Leaderboard, figures: dict[str, bytes]) -> str:
         f'<figure><img alt="{e(name)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
         f"<figcaption>{e(name)}</figcaption></figure>" for name, png in figures.items())
     sources = "".join(f"<li>{e(s.label)}: <code>{e(str(s.path))}</code></li>" for s in board.sources)
-    paired = []
+    tables = []
     for column, items in paired_rows(board):
         heads = "".join(f"<th>{e(h)}</th>" for h in ("run", "ref", "Δ vs ref [95% CI]", "Δ vs control [95% CI]",
                                                       "controls: mean ± sd", "Δ vs ref, conditioned"))
         trs = "".join("<tr>" + "".join(f"<td>{e(t)}</td>" for t in item) + "</tr>" for item in items)
-        paired.append(f"<h3>{e(column.header)}</h3><table><thead><tr>{heads}</tr></thead><tbody>{trs}</tbody></table>")
-    if paired:
-        paired = f"<h2>Paired differences</h2>{''.join(paired)}<p>{e(PAIRED_NOTE)}</p>"
+        tables.append(f"<h3>{e(column.header)}</h3><table><thead><tr>{heads}</tr></thead><tbody>{trs}</tbody></table>")
+    paired = f"<h2>Paired differences</h2>{''.join(tables)}<p>{e(PAIRED_NOTE)}</p>" if tables else ""
     claims = "".join(f"<tr><td>{e(v.claim)}</td><td>{e(v.verdict)}</td><td>{e(delta_text_dict(v.delta))}</td>"
                      f"<td>{e(v.note)}</td></tr>" for v in board.claims)
     if claims:
@@ -230,7 +228,7 @@ def html_page(board: Leaderboard, figures: dict[str, bytes]) -> str:
             f"<style>{CSS}</style></head><body><h1>dsteer-eval leaderboard</h1>"
             f"<table><thead><tr><th>run</th>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
             f"<p>Best per column in bold with the direction arrow; mean ± stderr; — = no result.</p>"
-            f"{''.join(paired) if isinstance(paired, list) else paired}{claims}"
+            f"{paired}{claims}"
             f"<h2>Sources</h2><ul>{sources}</ul>{skipped}{'<h2>Plots</h2>' + imgs if imgs else ''}"
             f"</body></html>\n")
 
