@@ -16,6 +16,10 @@ the same name once dsteer-eval is installed (see ``dsteer_eval.lm_eval_plugin``)
   LoRA adapter (``peft=``) and its dpo-diff vector v̄ at its default layer, so
   ``alpha=-1`` runs the DPO model with v̄ subtracted.  ``peft=none`` steers
   the base model with the shipped v̄ instead (``alpha=1``: base + v̄).
+* ``head_positions=continuation|all``: log-likelihood requests run the LM head and
+  the log-softmax only on the positions lm-eval reads (default ``continuation``;
+  :mod:`dsteer_eval.adapters.continuation_loglik`, same numbers); ``all`` is
+  lm-eval's own loop.
 * everything HFLM takes (``peft=``, ``dtype=``, ``batch_size=`` ...).
 """
 
@@ -136,6 +140,7 @@ class SteeredLM(HFLM):
         pair: str | None = None,
         steer_path: str | None = None,
         device: str | None = None,
+        head_positions: str = "continuation",
         **kwargs,
     ) -> None:
         # Everything that can be checked without the model is checked first.
@@ -143,6 +148,10 @@ class SteeredLM(HFLM):
                                norm_preserve=norm_preserve, control=control, control_seed=control_seed)
         if vector is not None and steer_path is not None:
             raise ValueError("give either vector= (safetensors) or steer_path= (built-in format), not both")
+        head_positions = str(head_positions).strip().lower()
+        if head_positions not in ("continuation", "all"):
+            raise ValueError(f"head_positions={head_positions!r}: use continuation (the LM head only where "
+                             f"log-likelihoods are read; the default) or all (lm-eval's own loop)")
         builtin = None
         vector_file: VectorFile | None = None
         if steer_path is not None:
@@ -192,6 +201,13 @@ class SteeredLM(HFLM):
             # whose prompt/continuation split differs; position masks depend on the split.
             self.logits_cache = False
         self._vector_file, self._steer_args = vector_file, args  # a sweep re-points them
+        from dsteer_eval.adapters.continuation_loglik import takes_logits_to_keep
+
+        self._continuation_head = head_positions == "continuation" and self.backend == "causal" \
+            and takes_logits_to_keep(self.model)
+        if head_positions == "continuation" and not self._continuation_head:
+            log.warning("steered: this model takes no logits_to_keep (or is seq2seq); log-likelihoods use "
+                        "lm-eval's full-head loop")
         self._pending_rows: deque | None = None
         self._sizing_batch = False
         peft_label = f"+peft:{kwargs['peft']}" if kwargs.get("peft") else ""
@@ -433,6 +449,10 @@ class SteeredLM(HFLM):
         return torch.tensor(lengths, dtype=torch.long)
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs=None):
+        if self._continuation_head:
+            from dsteer_eval.adapters.continuation_loglik import loglikelihood_tokens
+
+            return loglikelihood_tokens(self, requests, disable_tqdm, override_bs, call=self._kept_call)
         if self._position == "all":
             return super()._loglikelihood_tokens(requests, disable_tqdm, override_bs)
         # HFLM processes requests sorted by this key (a stable sort) when the
@@ -450,6 +470,16 @@ class SteeredLM(HFLM):
             return super()._loglikelihood_tokens(requests, disable_tqdm, override_bs)
         finally:
             self._pending_rows = None
+
+    def _kept_call(self, inps, keep, prompt_lengths):
+        """Steered logits at positions ``keep`` only (``logits_to_keep``)."""
+        with self.steering(prompt_lengths if self._position != "all" else None):
+            return self._forward_kept(inps, keep)
+
+    def _forward_kept(self, inps, keep):
+        with torch.no_grad(), torch.autocast(device_type=self.device.type, dtype=self.mixed_precision_dtype,
+                                             enabled=self.mixed_precision_dtype is not None):
+            return self.model(inps, logits_to_keep=keep).logits
 
     def _detect_batch_size(self, requests=None, pos: int = 0):
         self._sizing_batch = True

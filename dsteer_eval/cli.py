@@ -353,7 +353,7 @@ def _cmd_train_dpo(args: argparse.Namespace) -> int:
     card = train_dpo(args.data, args.out, settings, pretrained=args.pretrained, data_dir=args.data_dir,
                      split=args.split, limit=args.limit, part=None if part == "all" else part, preset=args.preset,
                      overwrite=args.overwrite, checkpoint_dir=args.checkpoint_dir, save_steps=args.save_steps,
-                     resume=args.resume)
+                     resume=args.resume, eval_part=args.eval_part)
     m = card["metrics"]
     line = ", ".join(
         f"{name} reward accuracy {v['reward_accuracy']:.3f} margin {v['reward_margin_mean']:+.4f}"
@@ -378,6 +378,46 @@ class _GivenBool(argparse.BooleanOptionalAction):
     def __call__(self, parser, namespace, values, option_string=None):
         super().__call__(parser, namespace, values, option_string)
         namespace.__dict__.setdefault("_given", set()).add(self.dest)
+
+
+def _cmd_dpo_gate(args: argparse.Namespace) -> int:
+    from dsteer_eval.dpo_gate import command_line, evaluate_adapter, write_heldout
+
+    measured = evaluate_adapter(args.adapter, args.data, part=args.part, eval_size=args.eval_size,
+                                pretrained=args.pretrained, device=args.device)
+    s = measured["summary"]
+    print(f"{args.adapter} on part {measured['part']} ({measured['pairs']} pairs, {measured['prompts_truncated']} "
+          f"prompts left-truncated): reward accuracy {s['reward_accuracy']:.3f}, margin "
+          f"{s['reward_margin_mean']:+.3f} ± {s['reward_margin_stderr']:.3f} (stderr)")
+    for kind, k in measured["by_kind"].items():
+        print(f"  {kind:7s} {k['pairs']:4d} pairs: accuracy {k['reward_accuracy']:.3f}, margin "
+              f"{k['reward_margin_mean']:+.3f} ± {k['reward_margin_stderr'] or float('nan'):.3f}")
+    if args.write_card:
+        card = write_heldout(args.adapter, measured, command_line(args._argv))
+        if args.part == "eval":
+            g = card["gate"]
+            print(f"gate {'passed' if g['passed'] else 'FAILED'} ({g['margin_in_stderrs']:.1f} stderr, accuracy "
+                  f"{g['reward_accuracy']:.3f})" + ("" if "passed_every_kind" not in g else
+                                                    f"; every kind: {g['passed_every_kind']}"))
+    return 0
+
+
+def _add_dpo_gate(verbs) -> None:
+    p = verbs.add_parser(
+        "dpo-gate",
+        help="measure a trained LoRA pair's held-out implicit rewards (pooled and by pair kind) and its gate",
+        description="Policy = the adapter, reference = the base model; rewards beta*(log pi - log pi_ref) on "
+        "every pair of a never-trained part (default eval), split by kind for refusal sets (refuse/answer). "
+        "--write-card records them in the card (heldout) and recomputes the gate from the eval part.",
+    )
+    p.add_argument("adapter", help="a train-dpo LoRA output folder (with dpo_card.json)")
+    p.add_argument("--data", required=True, help="the preference pairs it was trained from")
+    p.add_argument("--part", choices=["eval", "vector", "probe"], default="eval")
+    p.add_argument("--eval-size", type=int, default=None, help="at most this many pairs (seeded pick; default all)")
+    p.add_argument("--pretrained", default=None, help="base model (default: embedded)")
+    p.add_argument("--device", default=None)
+    p.add_argument("--write-card", action="store_true", help="record the result in ADAPTER/dpo_card.json")
+    p.set_defaults(func=_cmd_dpo_gate)
 
 
 def _cmd_build_refusal(args: argparse.Namespace) -> int:
@@ -446,6 +486,9 @@ def _add_train_dpo(verbs) -> None:
                    help="train: train on the split's train part and measure eval rewards on its eval part "
                    "(the vector/probe/eval parts are never trained on); all: every pair, --eval-size held out "
                    "at random (default: all, or the preset's part)")
+    p.add_argument("--eval-part", choices=["eval", "vector", "probe"], default="eval",
+                   help="with --part train: the part held-out rewards come from (default eval; vector for "
+                   "hyper-parameter selection that must not look at the eval part)")
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help="documented recipe: refusal (LoRA r16/a32 all-linear, beta 0.1, lr 5e-4, 1 epoch, warmup 6, "
                    "batch 4, --part train) or hh (the shipped adapter's settings, --part train); flags override it")
@@ -534,6 +577,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output .safetensors path")
     p.set_defaults(func=_cmd_extract)
     _add_train_dpo(verbs)
+    _add_dpo_gate(verbs)
     _add_build_refusal(verbs)
     _add_sweep(verbs)
 
@@ -608,7 +652,9 @@ def main(argv: list[str] | None = None) -> int:
 
     install_log_redaction()
     parser = build_parser()
-    args = parser.parse_args(_join_list_flags(sys.argv[1:] if argv is None else list(argv)))
+    argv = _join_list_flags(sys.argv[1:] if argv is None else list(argv))
+    args = parser.parse_args(argv)
+    args._argv = argv  # the exact command, for cards that record how they were made
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError) as exc:

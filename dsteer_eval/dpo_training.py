@@ -172,12 +172,14 @@ def fit_prompts(pairs, tokenizer, max_prompt_length: int):
     return out, {"prompts_truncated": truncated, "prompt_tokens_cut": cut_total}
 
 
-def split_pairs(pairs, tokenizer, settings: DPOSettings, *, part: str | None = None, limit: int | None = None):
+def split_pairs(pairs, tokenizer, settings: DPOSettings, *, part: str | None = None, limit: int | None = None,
+                eval_part: str = "eval"):
     """``(train, eval, info)``: the pairs to train on, the held-out pairs, and counts for the card.
 
     ``part="train"``: train on the pairs of the split's ``train`` part (the first ``limit``
-    of them), hold out up to ``eval_size`` pairs of its ``eval`` part (seeded pick); the
-    other parts are left out.  ``part=None``: shuffle every pair (seeded) and hold out
+    of them), hold out up to ``eval_size`` pairs of its ``eval_part`` part (default ``eval``;
+    ``vector`` for hyper-parameter selection that must not look at the eval part; seeded pick);
+    the other parts are left out.  ``part=None``: shuffle every pair (seeded) and hold out
     ``min(eval_size, n // 5)``.  Prompts longer than ``max_prompt_length`` are
     left-truncated to their final turns and counted (``prompts_truncated``).
     """
@@ -187,6 +189,8 @@ def split_pairs(pairs, tokenizer, settings: DPOSettings, *, part: str | None = N
     if part not in (None, "train"):
         raise ValueError(f"train-dpo trains on part 'train' (or all rows); part {part!r} is kept for "
                          f"extraction, probes or evaluation and is never trained on")
+    if check_part(eval_part) in (None, "train"):
+        raise ValueError(f"eval_part must be vector, probe or eval (never trained on), got {eval_part!r}")
     pairs = list(pairs)
     if part is None:
         kept = pairs[:limit] if limit is not None else pairs
@@ -201,7 +205,7 @@ def split_pairs(pairs, tokenizer, settings: DPOSettings, *, part: str | None = N
         for pair in pairs:
             by_part.setdefault(part_of(pair.prompt), []).append(pair)
         train = by_part.get("train", [])[:limit] if limit is not None else by_part.get("train", [])
-        held = by_part.get("eval", [])
+        held = by_part.get(eval_part, [])
         random.Random(settings.seed).shuffle(held)
         evaluation = held[: settings.eval_size]
         other = len(pairs) - len(by_part.get("train", [])) - len(held)
@@ -212,6 +216,7 @@ def split_pairs(pairs, tokenizer, settings: DPOSettings, *, part: str | None = N
     evaluation, info_eval = fit_prompts(evaluation, tokenizer, settings.max_prompt_length)
     info = {
         "part": part or "all",
+        "eval_part": eval_part if part else "random hold-out",
         "pairs_other_parts": other,
         "prompts_truncated": info["prompts_truncated"] + info_eval["prompts_truncated"],
         "prompt_tokens_cut": info["prompt_tokens_cut"] + info_eval["prompt_tokens_cut"],
@@ -317,7 +322,9 @@ def pair_rewards(trainer, pairs) -> tuple[torch.Tensor, torch.Tensor]:
         loader = trainer.get_eval_dataloader(prepared)
         for batch in loader:
             batch = trainer._prepare_inputs(batch)
-            ref_c, ref_r = trainer.compute_ref_log_probs(model, batch)
+            # trl's own call passes ``ref_model or model``; passing the policy with a separate
+            # reference model (full fine-tuning) would score the policy against itself
+            ref_c, ref_r = trainer.compute_ref_log_probs(trainer.ref_model or model, batch)
             kwargs = {k: v for k, v in batch.items() if k not in ("completion_mask", "ref_chosen_logps", "ref_rejected_logps")}
             labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
             with trainer.accelerator.autocast():
@@ -349,7 +356,7 @@ def reward_summary(chosen: torch.Tensor, rejected: torch.Tensor) -> dict:
 
 # ------------------------------------------------------------------ the job
 def recreate_command(pretrained, data, settings: DPOSettings, *, out, data_dir=None, split="train", limit=None,
-                     part=None, preset=None) -> str:
+                     part=None, preset=None, eval_part="eval") -> str:
     """The ``dsteer-eval train-dpo`` command line that reproduces a run (settings that differ from
     the preset's, or from the defaults, are named)."""
     argv = ["dsteer-eval", "train-dpo", "--data", str(data)]
@@ -366,6 +373,8 @@ def recreate_command(pretrained, data, settings: DPOSettings, *, out, data_dir=N
     default_part = PRESETS[preset]["part"] if preset else None
     if (part or None) != default_part:
         argv += ["--part", part or "all"]
+    if eval_part != "eval":
+        argv += ["--eval-part", eval_part]
     default = preset_settings(preset) if preset else DPOSettings()
     for f in fields(DPOSettings):
         value = getattr(settings, f.name)
@@ -459,6 +468,7 @@ def train_dpo(
     save_steps: int | None = DEFAULT_SAVE_STEPS,
     resume: bool = False,
     callbacks=None,
+    eval_part: str = "eval",
 ) -> dict:
     """Train, evaluate and save; returns the card (also written to ``out/dpo_card.json``).
 
@@ -466,6 +476,7 @@ def train_dpo(
     ``None``/``"all"`` (every pair, ``eval_size`` held out at random; warned).  ``limit``: with
     a part, at most that many train pairs; without, at most that many pairs read.
     ``preset``: only recorded (the card's command names it); the settings are ``settings``.
+    ``eval_part``: the part held-out rewards come from (with ``part="train"``).
     ``save_steps``/``checkpoint_dir``/``resume``: see the module docstring (``save_steps=0``:
     no checkpoints).  ``callbacks``: extra transformers ``TrainerCallback`` objects.
     """
@@ -502,10 +513,11 @@ def train_dpo(
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device)
     train_pairs, eval_pairs, split_info = split_pairs(pairs, tokenizer, settings, part=part,
-                                                      limit=limit if part else None)
+                                                      limit=limit if part else None, eval_part=eval_part)
     sha = _sha256(Path(str(data))) if Path(str(data)).is_file() else None
     run = {"settings": asdict(settings), "data": str(data), "data_sha256": sha, "data_dir": data_dir,
-           "split": split, "limit": limit, "part": part, "pretrained": str(path), "save_steps": save_steps}
+           "split": split, "limit": limit, "part": part, "pretrained": str(path), "save_steps": save_steps,
+           "eval_part": eval_part}
     resume_from = None
     if save_steps or resume:
         resume_from = _check_resumable(ckpt, run, resume, overwrite)
@@ -523,9 +535,15 @@ def train_dpo(
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from is not None else None)
         train_seconds = time.perf_counter() - started
         resumed_step = int(resume_from.name.split("-")[-1]) if resume_from is not None else 0
-        measured = {"train": reward_summary(*pair_rewards(trainer, train_pairs[: max(settings.eval_size, 64)]))}
+        measured = {"train": reward_summary(*pair_rewards(trainer, train_pairs[: min(max(settings.eval_size, 64), 256)]))}
         if eval_pairs:
-            measured["eval"] = reward_summary(*pair_rewards(trainer, eval_pairs))
+            from dsteer_eval.dpo_gate import rewards_by_kind
+
+            rewards = pair_rewards(trainer, eval_pairs)
+            measured["eval"] = reward_summary(*rewards)
+            by_kind = rewards_by_kind(*rewards, eval_pairs)
+            if by_kind:
+                measured["eval_by_kind"] = by_kind
         shutil.rmtree(tmp / "trainer", ignore_errors=True)
         if settings.full:
             unwrap(trainer.model).save_pretrained(tmp, safe_serialization=True)
@@ -568,11 +586,11 @@ def train_dpo(
             "seconds_per_step": round(train_seconds / max(trainer.state.global_step - resumed_step, 1), 2),
             "loss_history": history,
             "metrics": measured,
-            "gate": gate(measured.get("eval")),
+            "gate": gate(measured.get("eval"), measured.get("eval_by_kind")),
             "versions": _versions(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "command": recreate_command(pretrained, data, settings, out=out, data_dir=data_dir, split=split,
-                                        limit=limit, part=part, preset=preset),
+                                        limit=limit, part=part, preset=preset, eval_part=eval_part),
         }
         (tmp / CARD_NAME).write_text(json.dumps(card, indent=1) + "\n")
     if save_steps:
@@ -584,17 +602,22 @@ def train_dpo(
 GATE = {"min_margin_in_stderrs": 3.0, "min_reward_accuracy": 0.62}
 
 
-def gate(held_out: dict | None) -> dict:
+def gate(held_out: dict | None, by_kind: dict | None = None) -> dict:
     """Whether the held-out implicit-reward margin is > 0 by at least 3 standard errors and the reward
-    accuracy is at least 0.62 (README: the refusal pair); computed from the card's own numbers."""
+    accuracy is at least 0.62 (README: the refusal pair); computed from the card's own numbers.
+    ``by_kind`` (``{kind: summary}``): the same rule per kind, and ``passed_every_kind``."""
     rule = (f"held-out reward margin > 0 by >= {GATE['min_margin_in_stderrs']:g} stderr and reward accuracy "
             f">= {GATE['min_reward_accuracy']:g}")
     if not held_out or not held_out.get("pairs") or not held_out.get("reward_margin_stderr"):
         return {"rule": rule, "passed": False, "why": "no held-out pairs with a margin stderr"}
     in_stderrs = held_out["reward_margin_mean"] / held_out["reward_margin_stderr"]
     passed = in_stderrs >= GATE["min_margin_in_stderrs"] and held_out["reward_accuracy"] >= GATE["min_reward_accuracy"]
-    return {"rule": rule, "passed": bool(passed), "margin_in_stderrs": in_stderrs,
-            "reward_accuracy": held_out["reward_accuracy"], "pairs": held_out["pairs"]}
+    out = {"rule": rule, "passed": bool(passed), "margin_in_stderrs": in_stderrs,
+           "reward_accuracy": held_out["reward_accuracy"], "pairs": held_out["pairs"]}
+    if by_kind:
+        out["by_kind"] = {kind: gate(summary) for kind, summary in by_kind.items()}
+        out["passed_every_kind"] = all(v["passed"] for v in out["by_kind"].values())
+    return out
 
 
 def read_card(folder) -> dict | None:

@@ -59,3 +59,14 @@ class SweepLM(SteeredLM):
                 return HFLM._model_call(self, inps)
 
         return self.shared.call(inps, run)
+
+    def _kept_call(self, inps, keep, prompt_lengths):
+        if self.shared is None:
+            return super()._kept_call(inps, keep, prompt_lengths)
+        lengths = prompt_lengths if self._position != "all" else None
+
+        def run(parts):
+            with self.steering(lengths, parts):
+                return self._forward_kept(inps, keep)
+
+        return self.shared.call(inps, run)

@@ -1,0 +1,118 @@
+"""A small beta x learning-rate sweep for the refusal pair, selected on the *vector* part.
+
+Each grid point trains the refusal preset for ``--steps`` steps on the train part and measures
+held-out implicit rewards on every pair of the vector part (never trained on, and not the eval
+part: the eval part's numbers stay untouched by the choice).  The choice is computed here:
+the point with the largest worst-kind margin in standard errors (min over refuse/answer of
+mean/stderr), ties broken by pooled reward accuracy.  Implicit rewards scale with beta, so
+margins are compared in standard errors, not raw.
+
+Writes OUT/sweep.json and OUT/sweep.md; finished points (a card in their folder) are reused,
+so an interrupted sweep is resumed by running the same command again.
+
+    python scripts/dpo_hparam_sweep.py --data build/refusal/refusal_pairs.jsonl.gz \
+        --work build/dpo_hparam_sweep --out results/dpo_hparam_sweep
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import sys
+from pathlib import Path
+
+GRID = [(0.1, 5e-4), (0.1, 2e-4), (0.3, 5e-4)]
+
+
+def z(summary: dict) -> float:
+    """margin / stderr; -inf when the stderr is 0 or missing (no spread: nothing learned to compare)."""
+    se = summary["reward_margin_stderr"]
+    return summary["reward_margin_mean"] / se if se else -math.inf
+
+
+def worst_kind_z(metrics: dict) -> float:
+    by_kind = metrics.get("eval_by_kind") or {"all": metrics["eval"]}
+    return min(z(summary) for summary in by_kind.values())
+
+
+def choose(points: list[dict]) -> dict:
+    return max(points, key=lambda p: (p["worst_kind_z"], p["eval"]["reward_accuracy"]))
+
+
+def markdown(report: dict) -> str:
+    lines = [
+        "# beta x learning-rate sweep (refusal pair, SmolLM2-135M-Instruct)",
+        "",
+        f"Each point: `{report['base_command']}` plus its beta and lr; {report['steps']} steps on the train part; "
+        f"held-out rewards on every pair of the **vector** part (the eval part is not looked at). "
+        f"Chosen by code: {report['rule']}.",
+        "",
+        "| beta | lr | pooled acc | pooled margin (z) | refuse acc | refuse z | answer acc | answer z | worst z | |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for p in report["points"]:
+        e, k = p["eval"], p.get("eval_by_kind", {})
+
+        def cell(kind):
+            s = k.get(kind)
+            if not s:
+                return "–", "–"
+            return f"{s['reward_accuracy']:.3f}", f"{z(s):.1f}"
+
+        ra, rz = cell("refuse")
+        aa, az = cell("answer")
+        mark = "**chosen**" if p is report["points"][report["chosen_index"]] else ""
+        lines.append(f"| {p['beta']:g} | {p['learning_rate']:g} | {e['reward_accuracy']:.3f} | "
+                     f"{e['reward_margin_mean']:+.2f} ({z(e):.1f}) | "
+                     f"{ra} | {rz} | {aa} | {az} | {p['worst_kind_z']:.1f} | {mark} |")
+    lines += ["", f"Pairs: {report['points'][0]['pairs_eval']} vector-part pairs per point. Command: "
+              f"`{report['command']}`", ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--work", required=True, help="folder for the grid points' adapters (not committed)")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--steps", type=int, default=30)
+    args = parser.parse_args(argv)
+
+    from dsteer_eval.dpo_training import preset_settings, read_card, train_dpo
+
+    points = []
+    for beta, lr in GRID:
+        folder = Path(args.work) / f"beta{beta:g}_lr{lr:g}"
+        card = read_card(folder)
+        if card is None:
+            settings = preset_settings("refusal")
+            settings.beta, settings.learning_rate, settings.epochs, settings.steps = beta, lr, 0.0, args.steps
+            settings.eval_size = 10_000
+            card = train_dpo(args.data, folder, settings, part="train", eval_part="vector", preset="refusal",
+                             save_steps=10, resume=True)
+        m = card["metrics"]
+        points.append({"beta": beta, "learning_rate": lr, "eval": m["eval"], "eval_by_kind": m.get("eval_by_kind", {}),
+                       "pairs_eval": card["data"]["pairs_eval"], "worst_kind_z": worst_kind_z(m),
+                       "seconds_per_step": card["seconds_per_step"], "card_command": card["command"]})
+    best = choose(points)
+    report = {
+        "format": "dsteer-eval/dpo-hparam-sweep", "steps": args.steps,
+        "rule": "max over points of min over kinds (refuse, answer) of margin/stderr on the vector part; "
+                "ties: pooled reward accuracy",
+        "base_command": "dsteer-eval train-dpo --preset refusal --eval-part vector --eval-size 10000",
+        "points": points, "chosen_index": points.index(best),
+        "chosen": {"beta": best["beta"], "learning_rate": best["learning_rate"]},
+        "command": shlex.join(["python", "scripts/dpo_hparam_sweep.py", *(argv if argv is not None else sys.argv[1:])]),
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sweep.json").write_text(json.dumps(report, indent=1) + "\n")
+    (out / "sweep.md").write_text(markdown(report))
+    print(markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
