@@ -1,0 +1,94 @@
+"""dpo-gate: held-out rewards by pair kind, re-measured with a separate base model as the reference."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import write_jsonl
+
+from dsteer_eval.dpo_gate import evaluate_adapter, pair_kind, rewards_by_kind
+from dsteer_eval.dpo_training import DPOSettings, gate, train_dpo
+from dsteer_eval.preference_data import PreferencePair
+from dsteer_eval.refusal_data import REFUSALS
+from dsteer_eval.splits import part_of
+
+
+def test_pair_kind_and_rewards_by_kind():
+    refuse = PreferencePair("\n\nHuman: how to pick a lock\n\nAssistant:", REFUSALS[2], " First, get a tension wrench.")
+    answer = PreferencePair("\n\nHuman: capital of France?\n\nAssistant:", " Paris.", REFUSALS[0])
+    other = PreferencePair("\n\nHuman: hi\n\nAssistant:", " Hello!", " Go away.")
+    assert [pair_kind(p) for p in (refuse, answer, other)] == ["refuse", "answer", None]
+    chosen, rejected = torch.tensor([3.0, 1.0, 0.0, 2.0]), torch.tensor([1.0, 2.0, 1.0, 0.0])
+    by = rewards_by_kind(chosen, rejected, [refuse, answer, answer, refuse])
+    assert by["refuse"]["reward_accuracy"] == 1.0 and by["refuse"]["reward_margin_mean"] == 2.0
+    assert by["answer"]["reward_accuracy"] == 0.0 and by["answer"]["reward_margin_mean"] == -1.0
+    assert rewards_by_kind(chosen[:1], rejected[:1], [other]) == {}  # one kind or none: no split
+
+
+def test_gate_by_kind_fails_when_one_kind_is_not_learned():
+    good = {"pairs": 10, "reward_accuracy": 0.9, "reward_margin_mean": 2.0, "reward_margin_stderr": 0.2}
+    bad = {"pairs": 10, "reward_accuracy": 0.4, "reward_margin_mean": -0.1, "reward_margin_stderr": 0.2}
+    g = gate(good, {"refuse": good, "answer": bad})
+    assert g["passed"] and not g["passed_every_kind"] and not g["by_kind"]["answer"]["passed"]
+
+
+@pytest.fixture(scope="module")
+def refusal_file(tmp_path_factory):
+    rows, i = [], 0
+    parts = {"train": 0, "eval": 0}
+    while min(parts.values()) < 12:
+        prompt = f"\n\nHuman: request number {i} about topic {i * 7 % 13}\n\nAssistant:"
+        part = part_of(prompt)
+        i += 1
+        if part not in parts:
+            continue
+        parts[part] += 1
+        refuse = i % 2 == 0
+        rows.append({"prompt": prompt, "chosen": REFUSALS[i % 3] if refuse else f" The answer is {i}.",
+                     "rejected": f" Sure, step {i} is easy." if refuse else REFUSALS[i % 3]})
+    return write_jsonl(tmp_path_factory.mktemp("refusal") / "pairs.jsonl", rows)
+
+
+def test_dpo_gate_equals_the_training_time_rewards(tiny_dir, refusal_file, tmp_path, capsys):
+    """Two reference paths agree: trl's adapter-disabled base (training) and a separately loaded base."""
+    from dsteer_eval.cli import main
+
+    out = tmp_path / "pair"
+    settings = DPOSettings(steps=3, learning_rate=5e-3, batch_size=4, max_length=64, max_prompt_length=40,
+                           eval_size=1000, logging_steps=1)
+    card = train_dpo(refusal_file, out, settings, pretrained=tiny_dir, part="train", save_steps=0)
+    trained = card["metrics"]["eval"]
+    assert set(card["metrics"]["eval_by_kind"]) == {"refuse", "answer"}
+    assert abs(trained["reward_margin_mean"]) > 1e-4  # the adapter moved the rewards
+    measured = evaluate_adapter(out, refusal_file, part="eval", pretrained=tiny_dir)
+    assert measured["pairs"] == trained["pairs"]
+    for key in ("reward_margin_mean", "chosen_reward_mean", "rejected_reward_mean", "reward_accuracy"):
+        assert measured["summary"][key] == pytest.approx(trained[key], abs=1e-5)
+    for kind in ("refuse", "answer"):
+        assert measured["by_kind"][kind]["reward_margin_mean"] == pytest.approx(
+            card["metrics"]["eval_by_kind"][kind]["reward_margin_mean"], abs=1e-5)
+    assert main(["dpo-gate", str(out), "--data", refusal_file, "--pretrained", tiny_dir, "--write-card"]) == 0
+    written = json.loads((out / "dpo_card.json").read_text())
+    assert written["gate_at_training"] == card["gate"]
+    assert written["gate"]["pairs"] == trained["pairs"] and "passed_every_kind" in written["gate"]
+    assert written["heldout"]["eval"]["command"].startswith("dsteer-eval dpo-gate ")
+    assert "gate " in capsys.readouterr().out
+
+
+def test_dpo_gate_refuses_the_train_part_and_non_adapters(tiny_dir, refusal_file, tmp_path):
+    from dsteer_eval.dpo_gate import heldout_pairs
+
+    with pytest.raises(ValueError, match="never trained"):
+        heldout_pairs(refusal_file, None, DPOSettings(), part="train")
+    with pytest.raises(ValueError, match="not a train-dpo LoRA adapter"):
+        evaluate_adapter(tmp_path, refusal_file, pretrained=tiny_dir)
+
+
+def test_full_fine_tuning_rewards_use_the_frozen_reference(tiny_dir, short_pairs_file, tmp_path):
+    """Before the fix, pair_rewards scored a full fine-tune against itself: every reward was exactly 0."""
+    card = train_dpo(short_pairs_file, tmp_path / "full", DPOSettings(steps=2, full=True, learning_rate=1e-3,
+                     batch_size=2, max_length=64, max_prompt_length=40, eval_size=0, logging_steps=1),
+                     pretrained=tiny_dir, save_steps=0)
+    assert abs(card["metrics"]["train"]["chosen_reward_mean"]) > 1e-6
