@@ -423,6 +423,7 @@ def run_sweep(config: SweepConfig, *, print_fn=print) -> int:
                 point_probes = _point_probes(lm, plan)
             # alpha=0 keeps the first layer's unsteered states for the alphas after it
             lm.set_point(plan.layers[0] if point.layer is None else point.layer, point.alpha, point.side, point.control)
+            lm.set_group(_generation_group(plan, point, todo), point.name)
             for task in point_units:
                 bar.set_postfix_str(f"{point.name} {task}")
                 folder = unit_folder(plan.out, point, task)
@@ -450,6 +451,19 @@ def run_sweep(config: SweepConfig, *, print_fn=print) -> int:
     if report_missing:
         _probe_report(lm, plan, print_fn)
     return failures
+
+
+def _generation_group(plan: Plan, point, todo) -> list:
+    """``(name, layer, alpha, control)`` of the points still to run that share ``point``'s side and layer
+    (α=0 counts with the first layer), from ``point`` on in run order; generation batches them
+    (sweep_lm.set_group)."""
+    def layer_of(p):
+        return plan.layers[0] if p.layer is None else p.layer
+
+    pending = {p for p, _ in todo}
+    later = plan.points[plan.points.index(point):]  # the points before it have run already
+    return [(p.name, layer_of(p), p.alpha, p.control) for p in later
+            if p in pending and p.side == point.side and str(layer_of(p)) == str(layer_of(point))]
 
 
 def _load(plan: Plan):

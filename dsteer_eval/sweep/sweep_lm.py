@@ -8,6 +8,7 @@ from lm_eval.models.huggingface import HFLM
 
 from dsteer_eval.adapters.steered import SteeredLM
 from dsteer_eval.steer_args import Layer, resolve_site
+from dsteer_eval.sweep.alpha_batch import GenerationStore, GroupPoint, batched_generate, generation_key, row_shift_edit
 from dsteer_eval.sweep.shared_prefix import SharedPrefix
 
 
@@ -23,7 +24,37 @@ class SweepLM(SteeredLM):
             raise ValueError("dsteer-eval sweep steers with vector= files; steer_path= is not supported here")
         super().__init__(*args, **kwargs)
         self.shared = SharedPrefix(self._parts) if shared_prefix else None
+        self.generations = GenerationStore()
+        self._group: list[GroupPoint] = []
+        self._group_site: int | None = None
+        self._point_name: str | None = None
 
+    def set_group(self, points, current: str) -> None:
+        """The grid points that share this point's side and steered layer, as ``(name, layer, alpha, control)``
+        (α=0: unsteered); ``current`` names this point.  Generation batches them into one ``generate`` call
+        per prompt batch (:mod:`dsteer_eval.sweep.alpha_batch`).  A group of one, or a steering setup that
+        cannot be batched (ablate, norm_preserve), turns batching off."""
+        if current not in {p.name for p in self._group}:
+            self.generations.clear()  # a new group: nothing stored can be asked for again
+        self._point_name = current
+        args = self._steer_args
+        if len(points) < 2 or args.mode != "add" or args.norm_preserve or self._module_edits:
+            self._group, self._group_site = [], None
+            return
+        group, sites = [], set()
+        for name, layer, alpha, control in points:
+            if alpha == 0:
+                group.append(GroupPoint(name, None))
+                continue
+            point_args = dataclasses.replace(args, layers=(layer,), alphas=(float(alpha),), control=control)
+            (intervention,) = self._build_interventions(self._vector_file, point_args)
+            sites.add(intervention.site)
+            group.append(GroupPoint(name, float(alpha) * intervention.vector.detach().float().cpu()))
+        if len(sites) != 1:
+            raise ValueError(f"a generation group steers one layer; got sites {sorted(sites)} (internal error)")
+        if current not in {p.name for p in group}:
+            raise ValueError(f"point {current} is not in its group (internal error)")
+        self._group, self._group_site = group, sites.pop()
     def set_point(self, layer: Layer, alpha: float, side: str = "dpo", control: int | None = None) -> None:
         """Steer ``alpha * v`` at ``layer`` from now on; ``alpha == 0`` runs the model unsteered.
 
@@ -59,6 +90,29 @@ class SweepLM(SteeredLM):
                 return HFLM._model_call(self, inps)
 
         return self.shared.call(inps, run)
+
+    def _model_generate(self, context, max_length, stop, **generation_kwargs):
+        sampling = generation_kwargs.get("do_sample") or float(generation_kwargs.get("temperature", 0.0) or 0.0) > 0
+        if sampling or (not self._group and not len(self.generations)):
+            return super()._model_generate(context, max_length, stop, **generation_kwargs)
+        key = generation_key(context, max_length, stop, generation_kwargs)
+        ready = self.generations.take(self._point_name, key)
+        if ready is not None:
+            return ready
+        if not self._group:  # the last point of its group, asked for something not generated ahead
+            return super()._model_generate(context, max_length, stop, **generation_kwargs)
+
+        def generate(rows, rows_kwargs, shifts):
+            saved = self._interventions, self._module_edits
+            self._interventions = []
+            self._module_edits = [(self._parts.site_module(self._group_site), row_shift_edit(shifts))]
+            try:
+                return super(SweepLM, self)._model_generate(rows, max_length, stop, **rows_kwargs)
+            finally:
+                self._interventions, self._module_edits = saved
+
+        return batched_generate(generate, self._group, self._point_name, context, generation_kwargs,
+                                self.generations, key, self.tokenizer.pad_token_id)
 
     def _kept_call(self, inps, keep, prompt_lengths):
         if self.shared is None:
