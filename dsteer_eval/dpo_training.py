@@ -535,7 +535,7 @@ def train_dpo(
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from is not None else None)
         train_seconds = time.perf_counter() - started
         resumed_step = int(resume_from.name.split("-")[-1]) if resume_from is not None else 0
-        measured = {"train": reward_summary(*pair_rewards(trainer, train_pairs[: min(max(settings.eval_size, 64), 256)]))}
+        measured = {"train": reward_summary(*pair_rewards(trainer, train_pairs[: min(max(settings.eval_size, 64), 128)]))}
         if eval_pairs:
             from dsteer_eval.dpo_gate import rewards_by_kind
 
