@@ -47,12 +47,18 @@ def kept_span(inplens, contlens) -> tuple[int, int]:
     return min(i - c for i, c in zip(inplens, contlens)), max(inplens)
 
 
-def loglikelihood_tokens(lm, requests, disable_tqdm: bool = False, override_bs=None, *, call):
+def loglikelihood_tokens(lm, requests, disable_tqdm: bool = False, override_bs=None, *, call, variants: int = 1):
     """lm-eval's causal ``_loglikelihood_tokens`` with the head on the continuation span only.
 
     ``call(batched_inps, keep, prompt_lengths)`` returns logits ``[batch, len(keep), vocab]`` for the
     positions ``keep`` (a 1-D tensor); ``prompt_lengths`` are the rows' prompt lengths (tokens before
     the first continuation token's input position), for steering at ``position=prompt|completion``.
+
+    ``variants=K > 1``: ``call`` returns ``K x batch`` rows, variant-major (the same inputs under K
+    steering settings, :mod:`dsteer_eval.sweep.alpha_batch`); the result is one answer list per
+    variant.  Then ``--batch_size`` counts rows (``batch_size // K`` requests a chunk; ``auto`` is not
+    supported) and lm-eval's one-token logits cache is not used (every request is its own row: the
+    same numbers, computed rather than copied).
     """
 
     def _collate(req):
@@ -62,12 +68,17 @@ def loglikelihood_tokens(lm, requests, disable_tqdm: bool = False, override_bs=N
     def _lookup_one_token_cont(req):
         return req[-2] + req[-1][:-1]
 
-    res = []
+    multi = variants > 1
+    res = [[] for _ in range(variants)]
     re_ord = Collator(requests, sort_fn=_collate,
-                      group_by="contexts" if lm.logits_cache else None, group_fn=_lookup_one_token_cont)
+                      group_by="contexts" if lm.logits_cache and not multi else None, group_fn=_lookup_one_token_cont)
     n_reordered = len(re_ord)
     batch_size = lm.batch_size if lm.batch_size != "auto" else override_bs if override_bs is not None else 0
     batch_fn = lm._batch_scheduler if lm.batch_size == "auto" and n_reordered > 0 and not override_bs else None
+    if multi:
+        if batch_fn is not None or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError("several steering variants in one batch need a whole-number batch size (not auto)")
+        batch_size = max(1, batch_size // variants)
     if batch_fn is not None:
         lm.batch_sizes = {}  # as lm-eval: re-detect for this set of requests
     pbar = tqdm(total=len(requests), disable=(disable_tqdm or (lm.rank != 0)), desc="Running loglikelihood requests")
@@ -87,24 +98,30 @@ def loglikelihood_tokens(lm, requests, disable_tqdm: bool = False, override_bs=N
         keep = torch.arange(start, end, device=batched.device)
         prompt_lengths = torch.tensor([i - (c - 1) for i, c in zip(inplens, contlens)], dtype=torch.long)
         logits = call(batched, keep, prompt_lengths)
-        if logits.shape[1] != end - start:
-            raise RuntimeError(f"continuation head: the model returned {logits.shape[1]} positions for "
-                               f"logits_to_keep of {end - start} (use head_positions=all)")
-        multi_logp = F.log_softmax(logits, dim=-1, dtype=lm.softmax_dtype)
-        for (request_str, ctx_tokens, _), logp, inplen, cont_toks in zip(chunk, multi_logp, inplens, cont_toks_list,
-                                                                         strict=True):
-            contlen = len(cont_toks)
-            logp = logp[inplen - contlen - start: inplen - start].unsqueeze(0)  # [1, contlen, vocab]
-            greedy_tokens = logp.argmax(dim=-1)
-            for request_str, cont_toks, logp in re_ord.get_cache(req_str=request_str, cxt_toks=ctx_tokens,
-                                                                 cont_toks=cont_toks, logits=logp):
-                cont = torch.tensor(cont_toks, dtype=torch.long, device=lm.device).unsqueeze(0)
-                max_equal = (greedy_tokens[:, -cont.shape[1]:] == cont).all()
-                picked = torch.gather(logp, 2, cont.unsqueeze(-1)).squeeze(-1)
-                answer = (float(picked.sum()), bool(max_equal))
-                res.append(answer)
-                if request_str is not None:
-                    lm.cache_hook.add_partial("loglikelihood", request_str, answer)
-                pbar.update(1)
+        if logits.shape[1] != end - start or logits.shape[0] != variants * len(chunk):
+            raise RuntimeError(f"continuation head: the model returned {tuple(logits.shape[:2])} rows x positions "
+                               f"for {variants} x {len(chunk)} rows and logits_to_keep of {end - start} "
+                               f"(use head_positions=all)")
+        for variant in range(variants):
+            rows = logits[variant * len(chunk):(variant + 1) * len(chunk)]
+            multi_logp = F.log_softmax(rows, dim=-1, dtype=lm.softmax_dtype)
+            for (request_str, ctx_tokens, _), logp, inplen, cont_toks in zip(chunk, multi_logp, inplens,
+                                                                             cont_toks_list, strict=True):
+                contlen = len(cont_toks)
+                logp = logp[inplen - contlen - start: inplen - start].unsqueeze(0)  # [1, contlen, vocab]
+                greedy_tokens = logp.argmax(dim=-1)
+                for request_str, cont_toks, logp in re_ord.get_cache(req_str=request_str, cxt_toks=ctx_tokens,
+                                                                     cont_toks=cont_toks, logits=logp):
+                    cont = torch.tensor(cont_toks, dtype=torch.long, device=lm.device).unsqueeze(0)
+                    max_equal = (greedy_tokens[:, -cont.shape[1]:] == cont).all()
+                    picked = torch.gather(logp, 2, cont.unsqueeze(-1)).squeeze(-1)
+                    answer = (float(picked.sum()), bool(max_equal))
+                    res[variant].append(answer)
+                    if request_str is not None and not multi:
+                        lm.cache_hook.add_partial("loglikelihood", request_str, answer)
+                    if variant == 0:
+                        pbar.update(1)
     pbar.close()
-    return re_ord.get_original(res)
+    if multi:
+        return [re_ord.get_original(r) for r in res]
+    return re_ord.get_original(res[0])

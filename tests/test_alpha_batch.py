@@ -114,3 +114,49 @@ def test_embedded_model_group_generation_is_identical(embedded_dir, tmp_path):
     for name, *_ in group:
         assert outs[(True, name)] == outs[(False, name)], name
     assert lm.generations.stats["served"] == len(group) - 1
+
+
+LL_PAIRS = [("Human: How do I bake bread? Assistant:", " Mix flour, water and yeast."),
+            ("Human: How do I bake bread? Assistant:", " I would rather not."),
+            ("Question: 2 + 2 =", " 4"), ("Question: 2 + 2 =", " 5"),
+            ("The quick brown fox", " jumps over the lazy dog, then sleeps.")]
+
+
+def ll_requests():
+    return [Instance("loglikelihood", {}, p, i) for i, p in enumerate(LL_PAIRS)]
+
+
+def _run_ll(lm, group, batched: bool):
+    out = {}
+    for i, (name, layer, alpha, control) in enumerate(group):
+        lm.set_point(layer, alpha, "dpo", control)
+        lm.set_group(group[i:] if batched else [], name)
+        out[name] = lm.loglikelihood(ll_requests())
+    return out
+
+
+@pytest.mark.parametrize("batch_size", [4, 8])
+def test_group_loglikelihoods_equal_separate_points(tiny_dir, vector, batch_size):
+    """One pass per batch for the whole group: lower layers once, rows x points above the site."""
+    from dsteer_eval.sweep.sweep_lm import SweepLM
+
+    separate = _run_ll(SweepLM(pretrained=tiny_dir, vector=vector, layer=2, alpha=0.0, batch_size=batch_size),
+                       GROUP, batched=False)
+    lm = SweepLM(pretrained=tiny_dir, vector=vector, layer=2, alpha=0.0, batch_size=batch_size)
+    batched = _run_ll(lm, GROUP, batched=True)
+    for name in separate:
+        assert max(abs(a[0] - b[0]) for a, b in zip(batched[name], separate[name])) <= 1e-5, name
+        assert [a[1] for a in batched[name]] == [b[1] for b in separate[name]]
+    s = lm.logliks.stats
+    assert s["batched_calls"] == 1 and s["served"] == len(GROUP) - 1 and s["verified_max_abs_diff"] <= 1e-5
+    assert len({tuple(round(x[0], 4) for x in v) for v in separate.values()}) == len(GROUP)
+
+
+def test_group_loglikelihoods_fall_back_when_the_check_fails(tiny_dir, vector, monkeypatch, caplog):
+    from dsteer_eval.sweep.sweep_lm import SweepLM
+
+    lm = SweepLM(pretrained=tiny_dir, vector=vector, layer=2, alpha=0.0, batch_size=4)
+    monkeypatch.setattr(SweepLM, "_check_group_pass", lambda self, *a: 1.0)
+    batched = _run_ll(lm, GROUP, batched=True)
+    separate = _run_ll(SweepLM(pretrained=tiny_dir, vector=vector, layer=2, alpha=0.0, batch_size=4), GROUP, False)
+    assert batched == separate and not lm._multi_ok and "point by point" in caplog.text

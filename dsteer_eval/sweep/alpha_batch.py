@@ -73,6 +73,18 @@ def generation_key(context, max_length, stop, kwargs) -> tuple:
     return _digest(context), _digest(mask), int(max_length), tuple(stop or ()), rest
 
 
+def loglik_key(requests) -> str:
+    """A digest of a list of log-likelihood requests (context and continuation tokens, in order)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for _, context, continuation in requests:
+        digest.update(repr((tuple(context), tuple(continuation))).encode())
+    return digest.hexdigest()
+
+
+def shift_dim(group: list[GroupPoint]) -> int:
+    return next(p.delta for p in group if p.delta is not None).shape[0]
+
+
 class GenerationStore:
     """Outputs generated for the other points of a group, until lm-eval asks for them."""
 

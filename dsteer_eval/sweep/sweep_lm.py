@@ -3,13 +3,31 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
+
+import torch
 
 from lm_eval.models.huggingface import HFLM
 
 from dsteer_eval.adapters.steered import SteeredLM
 from dsteer_eval.steer_args import Layer, resolve_site
-from dsteer_eval.sweep.alpha_batch import GenerationStore, GroupPoint, batched_generate, generation_key, row_shift_edit
+from dsteer_eval.sweep.alpha_batch import (
+    GenerationStore,
+    GroupPoint,
+    batched_generate,
+    generation_key,
+    loglik_key,
+    row_shift_edit,
+    shift_dim,
+)
 from dsteer_eval.sweep.shared_prefix import SharedPrefix
+
+
+log = logging.getLogger(__name__)
+
+
+class _GroupPassDiffers(Exception):
+    """The first grouped log-likelihood pass did not match single passes (grouping is then off)."""
 
 
 class SweepLM(SteeredLM):
@@ -25,6 +43,8 @@ class SweepLM(SteeredLM):
         super().__init__(*args, **kwargs)
         self.shared = SharedPrefix(self._parts) if shared_prefix else None
         self.generations = GenerationStore()
+        self.logliks = GenerationStore()  # answers of the group's other points, per request list
+        self._multi_ok = True  # switched off for good if a grouped pass ever differs from a single one
         self._group: list[GroupPoint] = []
         self._group_site: int | None = None
         self._point_name: str | None = None
@@ -36,6 +56,7 @@ class SweepLM(SteeredLM):
         cannot be batched (ablate, norm_preserve), turns batching off."""
         if current not in {p.name for p in self._group}:
             self.generations.clear()  # a new group: nothing stored can be asked for again
+            self.logliks.clear()
         self._point_name = current
         args = self._steer_args
         if len(points) < 2 or args.mode != "add" or args.norm_preserve or self._module_edits:
@@ -113,6 +134,90 @@ class SweepLM(SteeredLM):
 
         return batched_generate(generate, self._group, self._point_name, context, generation_kwargs,
                                 self.generations, key, self.tokenizer.pad_token_id)
+
+    # ------------------------------------------------ log-likelihoods, a group per pass
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs=None):
+        """With a group (:meth:`set_group`) and the continuation head: the first point computes every point's
+        answers in one pass per batch (lower layers once, the batch expanded to rows x points at the site,
+        each row shifted by its point's alpha*v); the others are served from the store.  The first grouped
+        batch is checked against a single pass (max |d logit| <= 1e-4 in fp32); a mismatch turns grouping
+        off for the rest of the run."""
+        key = loglik_key(requests)
+        ready = self.logliks.take(self._point_name, key) if len(self.logliks) else None
+        if ready is not None:
+            return ready
+        if not (self._group and self._multi_ok and self._continuation_head and self._position == "all"
+                and isinstance(self.batch_size, int) and self.batch_size >= 1):
+            return super()._loglikelihood_tokens(requests, disable_tqdm, override_bs)
+        from dsteer_eval.adapters.continuation_loglik import loglikelihood_tokens
+
+        group = self._group
+        try:
+            answers = loglikelihood_tokens(self, requests, disable_tqdm, override_bs, variants=len(group),
+                                           call=lambda inps, keep, _lengths: self._group_call(inps, keep, group))
+        except _GroupPassDiffers:  # the check failed on the first batch: computed again point by point
+            return super()._loglikelihood_tokens(requests, disable_tqdm, override_bs)
+        mine = None
+        for point, result in zip(group, answers):
+            if point.name == self._point_name:
+                mine = result
+            else:
+                self.logliks.put(point.name, key, result)
+        self.logliks.stats["batched_calls"] += 1
+        return mine
+
+    def _group_call(self, inps, keep, group):
+        """Logits at ``keep`` for every point of ``group`` (rows variant-major); the lower layers run once."""
+        d = next(p.delta for p in group if p.delta is not None).shape[0]
+        shifts = torch.cat([(p.delta if p.delta is not None else torch.zeros(d)).float().expand(inps.shape[0], d)
+                            for p in group])
+        module = self._parts.site_module(self._group_site)
+
+        def expand(mod, args, output):
+            hidden = output[0] if isinstance(output, tuple) else output
+            grown = hidden.repeat(len(group), *([1] * (hidden.dim() - 1)))
+            grown = grown + shifts.to(device=grown.device, dtype=grown.dtype).unsqueeze(1)
+            return (grown, *output[1:]) if isinstance(output, tuple) else grown
+
+        saved = self._interventions
+        self._interventions = []
+        handle = module.register_forward_hook(expand)
+        try:
+            with self.steering(None):
+                logits = self._forward_kept(inps, keep)
+        finally:
+            handle.remove()
+            self._interventions = saved
+        if not self.logliks.stats.get("verified"):
+            self.logliks.stats["verified"] = True
+            diff = self._check_group_pass(inps, keep, group, logits)
+            self.logliks.stats["verified_max_abs_diff"] = diff
+            tolerance = 1e-4 if logits.dtype in (torch.float32, torch.float64) else 2e-2
+            if not diff <= tolerance:
+                log.warning("grouped log-likelihood pass differs from single passes by %.3g (> %.3g) for this "
+                            "architecture; evaluating point by point from now on", diff, tolerance)
+                self._multi_ok = False
+                raise _GroupPassDiffers
+        return logits
+
+    def _check_group_pass(self, inps, keep, group, logits) -> float:
+        from dsteer_eval.sweep.alpha_batch import row_shift_edit
+
+        worst = 0.0
+        for i, point in enumerate(group):
+            saved = self._interventions, self._module_edits
+            shifts = point.delta if point.delta is not None else torch.zeros(shift_dim(group))
+            self._interventions = []
+            self._module_edits = [(self._parts.site_module(self._group_site),
+                                   row_shift_edit(shifts.float().expand(inps.shape[0], -1)))]
+            try:
+                with self.steering(None):
+                    single = self._forward_kept(inps, keep)
+            finally:
+                self._interventions, self._module_edits = saved
+            rows = logits[i * inps.shape[0]:(i + 1) * inps.shape[0]]
+            worst = max(worst, float((rows.float() - single.float()).abs().max()))
+        return worst
 
     def _kept_call(self, inps, keep, prompt_lengths):
         if self.shared is None:
