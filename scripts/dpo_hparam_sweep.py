@@ -78,12 +78,15 @@ def main(argv=None) -> int:
     parser.add_argument("--work", required=True, help="folder for the grid points' adapters (not committed)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--grid", default=None,
+                        help="beta:lr,beta:lr,... (default: " + ",".join(f"{b:g}:{lr:g}" for b, lr in GRID) + ")")
     args = parser.parse_args(argv)
+    grid = [tuple(float(x) for x in item.split(":")) for item in args.grid.split(",")] if args.grid else GRID
 
     from dsteer_eval.dpo_training import preset_settings, read_card, train_dpo
 
     points = []
-    for beta, lr in GRID:
+    for beta, lr in grid:
         folder = Path(args.work) / f"beta{beta:g}_lr{lr:g}"
         card = read_card(folder)
         if card is None:

@@ -22,5 +22,5 @@ rm -rf "$ART/adapter" && mkdir -p "$ART" && cp -r build/refusal_dpo "$ART/adapte
     --default-layer 20 --out "$ART/vector.safetensors"
 "$BIN/dsteer-eval" probe --peft "$ART/adapter" --vector "$ART/vector.safetensors" --data "$PAIRS" --part probe \
     --limit 24 --grad-pairs 8 --lattice-pairs 2 --max-length 160 --alphas 0,0.5,1,2 --out results/smollm2_refusal --overwrite
-"$BIN/dsteer-eval" sweep --alphas -1,0 --base-alphas 0,1 --controls random:2 --tasks dsteer_refusal_ll \
+"$BIN/dsteer-eval" sweep --alphas -1,0 --base-alphas 0,1 --controls random:1 --tasks dsteer_refusal_ll \
     --output results/demo_smollm2 --overwrite

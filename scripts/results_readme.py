@@ -42,9 +42,38 @@ def _card() -> str:
         f"* {card['steps_done']} steps, {card['seconds_per_step']} s/step on this machine's CPU",
         f"* train pairs: {fmt(tr)}",
         f"* **held-out (eval part, never trained on): {fmt(ev)}**",
-        f"* gate ({gate.get('rule')}): **{'passed' if gate.get('passed') else 'failed'}**"
-        + (f" — margin {gate['margin_in_stderrs']:.1f} stderr" if "margin_in_stderrs" in gate else ""),
+        *_heldout(card),
+        f"* gate ({gate.get('rule')}{', ' + gate['measured_on'] if gate.get('measured_on') else ''}): "
+        f"**{'passed' if gate.get('passed') else 'failed'}**"
+        + (f" — margin {gate['margin_in_stderrs']:.1f} stderr" if "margin_in_stderrs" in gate else "")
+        + ("" if "passed_every_kind" not in gate else
+           f"; by kind: " + ", ".join(f"{k} **{'passed' if v['passed'] else 'failed'}** "
+                                      f"({v['margin_in_stderrs']:+.1f} stderr, accuracy {v['reward_accuracy']:.3f})"
+                                      for k, v in gate["by_kind"].items())),
+        *([f"* gate at training time ({card['gate_at_training'].get('pairs')} pairs): "
+           f"{'passed' if card['gate_at_training'].get('passed') else 'failed'}"] if card.get("gate_at_training") else []),
     ])
+
+
+def _heldout(card: dict) -> list[str]:
+    """The card's re-measured held-out rewards (``dsteer-eval dpo-gate --write-card``), pooled and by kind."""
+    out = []
+    for part, entry in sorted(card.get("heldout", {}).items()):
+        s = entry["summary"]
+        out.append(f"* **every {part}-part pair ({entry['pairs']}; `{entry['command']}`): reward accuracy "
+                   f"{s['reward_accuracy']:.3f}, margin {s['reward_margin_mean']:+.3f} ± {s['reward_margin_stderr']:.3f}**")
+        for kind, k in entry.get("by_kind", {}).items():
+            out.append(f"  * {kind} ({k['pairs']} pairs): reward accuracy {k['reward_accuracy']:.3f}, margin "
+                       f"{k['reward_margin_mean']:+.3f} ± {k['reward_margin_stderr']:.3f}")
+    return out
+
+
+def _hparam_sweep() -> list[str]:
+    md = RESULTS / "dpo_hparam_sweep" / "sweep.md"
+    if not md.is_file():
+        return []
+    text = md.read_text().strip().splitlines()
+    return ["## `dpo_hparam_sweep/`: β × learning rate, selected on the vector part", "", *text[2:], ""]
 
 
 def build() -> str:
@@ -64,6 +93,7 @@ def build() -> str:
         "",
         _card(),
         "",
+        *_hparam_sweep(),
         "## `demo_smollm2/`: README command (1) — the thesis on real eval-part rows",
         "",
         f"Tasks {', '.join(sweep['tasks'])}; layer {', '.join(sweep['layers'])}; α grid {sweep['alphas']} on the DPO "
