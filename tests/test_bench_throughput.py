@@ -15,7 +15,7 @@ def test_throughput_smoke_agrees_and_reports_ratios(tmp_path, embedded_dir):
     spec.loader.exec_module(module)
     out = tmp_path / "r.json"
     report = module.main(["--device", "cpu", "--shape", "tiny", "--dtype", "float32", "--docs", "4",
-                          "--gen-prompts", "3", "--gen-tokens", "6", "--alphas", "-1,0,1", "--out", str(out)])
+                          "--gen-prompts", "3", "--gen-tokens", "6", "--alphas=-1,0,1", "--out", str(out)])
     assert json.loads(out.read_text()) == json.loads(json.dumps(report))
     agree = report["agreement"]
     assert agree["max_abs_loglik_steered_vs_builtin"] <= 1e-5
