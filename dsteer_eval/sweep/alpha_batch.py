@@ -85,6 +85,11 @@ def shift_dim(group: list[GroupPoint]) -> int:
     return next(p.delta for p in group if p.delta is not None).shape[0]
 
 
+def group_shifts(points: list[GroupPoint], rows: int, d: int) -> torch.Tensor:
+    """``(len(points) * rows, d)`` per-row shifts, point-major (zeros for an unsteered point)."""
+    return torch.cat([(p.delta if p.delta is not None else torch.zeros(d)).float().expand(rows, d) for p in points])
+
+
 class GenerationStore:
     """Outputs generated for the other points of a group, until lm-eval asks for them."""
 
@@ -109,10 +114,10 @@ class GenerationStore:
 
 
 def batched_generate(generate, group: list[GroupPoint], current: str, context: torch.Tensor, kwargs: dict,
-                     store: GenerationStore, key: tuple, pad_token_id: int) -> torch.Tensor:
+                     store: GenerationStore, key: tuple) -> torch.Tensor:
     """Run ``generate(rows_context, rows_kwargs, shifts)`` for every point of ``group`` (in calls of at most
     :func:`max_rows` rows); keep the others' outputs in ``store``; return ``current``'s."""
-    n, d = context.shape[0], next(p.delta for p in group if p.delta is not None).shape[0]
+    n, d = context.shape[0], shift_dim(group)
     per_call = max(1, max_rows() // n)
     mine = None
     for start in range(0, len(group), per_call):
@@ -121,9 +126,7 @@ def batched_generate(generate, group: list[GroupPoint], current: str, context: t
         rows_kwargs = dict(kwargs)
         if isinstance(kwargs.get("attention_mask"), torch.Tensor):
             rows_kwargs["attention_mask"] = kwargs["attention_mask"].repeat(len(chunk), 1)
-        shifts = torch.cat([(p.delta if p.delta is not None else torch.zeros(d)).float().expand(n, d)
-                            for p in chunk])
-        out = generate(rows, rows_kwargs, shifts)
+        out = generate(rows, rows_kwargs, group_shifts(chunk, n, d))
         store.stats["batched_calls"] += 1
         store.stats["rows"] += rows.shape[0]
         for i, point in enumerate(chunk):

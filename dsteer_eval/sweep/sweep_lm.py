@@ -16,6 +16,7 @@ from dsteer_eval.sweep.alpha_batch import (
     GroupPoint,
     batched_generate,
     generation_key,
+    group_shifts,
     loglik_key,
     row_shift_edit,
     shift_dim,
@@ -133,7 +134,7 @@ class SweepLM(SteeredLM):
                 self._interventions, self._module_edits = saved
 
         return batched_generate(generate, self._group, self._point_name, context, generation_kwargs,
-                                self.generations, key, self.tokenizer.pad_token_id)
+                                self.generations, key)
 
     # ------------------------------------------------ log-likelihoods, a group per pass
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs=None):
@@ -168,9 +169,7 @@ class SweepLM(SteeredLM):
 
     def _group_call(self, inps, keep, group):
         """Logits at ``keep`` for every point of ``group`` (rows variant-major); the lower layers run once."""
-        d = next(p.delta for p in group if p.delta is not None).shape[0]
-        shifts = torch.cat([(p.delta if p.delta is not None else torch.zeros(d)).float().expand(inps.shape[0], d)
-                            for p in group])
+        shifts = group_shifts(group, inps.shape[0], shift_dim(group))
         module = self._parts.site_module(self._group_site)
 
         def expand(mod, args, output):
@@ -201,15 +200,12 @@ class SweepLM(SteeredLM):
         return logits
 
     def _check_group_pass(self, inps, keep, group, logits) -> float:
-        from dsteer_eval.sweep.alpha_batch import row_shift_edit
-
         worst = 0.0
         for i, point in enumerate(group):
             saved = self._interventions, self._module_edits
-            shifts = point.delta if point.delta is not None else torch.zeros(shift_dim(group))
             self._interventions = []
             self._module_edits = [(self._parts.site_module(self._group_site),
-                                   row_shift_edit(shifts.float().expand(inps.shape[0], -1)))]
+                                   row_shift_edit(group_shifts([point], inps.shape[0], shift_dim(group))))]
             try:
                 with self.steering(None):
                     single = self._forward_kept(inps, keep)
