@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from contextlib import nullcontext
 
 import torch
 
@@ -21,6 +22,7 @@ from dsteer_eval.sweep.alpha_batch import (
     row_shift_edit,
     shift_dim,
 )
+from dsteer_eval.sweep.merged_adapter import MergedSides
 from dsteer_eval.sweep.shared_prefix import SharedPrefix
 
 
@@ -38,10 +40,12 @@ class SweepLM(SteeredLM):
     below the steered site run once per input batch for all alphas of a layer.
     """
 
-    def __init__(self, *args, shared_prefix: bool = True, **kwargs) -> None:
+    def __init__(self, *args, shared_prefix: bool = True, merge_adapter: bool = True, **kwargs) -> None:
         if kwargs.get("steer_path") is not None:
             raise ValueError("dsteer-eval sweep steers with vector= files; steer_path= is not supported here")
         super().__init__(*args, **kwargs)
+        self._merged = MergedSides.build(self.model) if merge_adapter else None
+        self._side = "dpo"
         self.shared = SharedPrefix(self._parts) if shared_prefix else None
         self.generations = GenerationStore()
         self.logliks = GenerationStore()  # answers of the group's other points, per request list
@@ -94,6 +98,7 @@ class SweepLM(SteeredLM):
             self.model.disable_adapter_layers()
         elif adapter is not None:
             self.model.enable_adapter_layers()
+        self._side = side
         if alpha == 0:
             self._interventions = []
         else:
@@ -102,7 +107,19 @@ class SweepLM(SteeredLM):
         if self.shared is not None:
             self.shared.set_site(resolve_site(layer, self._parts.num_layers), scope=side)
 
+    def _sides(self):
+        """The DPO side's merged LoRA weights for one call (:mod:`.merged_adapter`), or nothing to do."""
+        return self._merged.dpo() if self._merged is not None and self._side == "dpo" else nullcontext()
+
     def _model_call(self, inps, attn_mask=None, labels=None):
+        with self._sides():
+            return self._steered_call(inps, attn_mask=attn_mask, labels=labels)
+
+    def _model_generate(self, context, max_length, stop, **generation_kwargs):
+        with self._sides():
+            return self._steered_generate(context, max_length, stop, **generation_kwargs)
+
+    def _steered_call(self, inps, attn_mask=None, labels=None):
         if self.shared is None or attn_mask is not None or labels is not None or self._sizing_batch:
             return super()._model_call(inps, attn_mask=attn_mask, labels=labels)
         lengths = self._row_prompt_lengths(inps)  # once: the replay check may run the batch twice
@@ -113,7 +130,7 @@ class SweepLM(SteeredLM):
 
         return self.shared.call(inps, run)
 
-    def _model_generate(self, context, max_length, stop, **generation_kwargs):
+    def _steered_generate(self, context, max_length, stop, **generation_kwargs):
         sampling = generation_kwargs.get("do_sample") or float(generation_kwargs.get("temperature", 0.0) or 0.0) > 0
         if sampling or (not self._group and not len(self.generations)):
             return super()._model_generate(context, max_length, stop, **generation_kwargs)
@@ -138,6 +155,10 @@ class SweepLM(SteeredLM):
 
     # ------------------------------------------------ log-likelihoods, a group per pass
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs=None):
+        with self._sides():
+            return self._grouped_loglikelihood_tokens(requests, disable_tqdm, override_bs)
+
+    def _grouped_loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs=None):
         """With a group (:meth:`set_group`) and the continuation head: the first point computes every point's
         answers in one pass per batch (lower layers once, the batch expanded to rows x points at the site,
         each row shifted by its point's alpha*v); the others are served from the store.  The first grouped
