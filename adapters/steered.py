@@ -26,7 +26,6 @@ the same name once dsteer-eval is installed (see ``dsteer_eval.lm_eval_plugin``)
 from __future__ import annotations
 
 import logging
-import math
 from collections import deque
 from contextlib import contextmanager
 from pathlib import Path
@@ -49,6 +48,7 @@ from dsteer_eval.model_parts import resolve_parts
 from dsteer_eval.steer_args import SteerArgs, resolve_sites
 from dsteer_eval.steering import Intervention, NonFiniteError, check_finite, check_fits_dtype, steer
 from dsteer_eval.vectors import VectorFile, check_compatible, load_vectors
+from dsteer_eval.vectors.torch_dicts import check_builtin_entry, load_builtin_pt
 
 log = logging.getLogger(__name__)
 lm_eval_plugin.register()  # no-op when the .pth hook already ran
@@ -62,31 +62,6 @@ class NonFiniteStateError(NonFiniteError):
     """A steered forward pass produced NaN/inf: the run stops instead of scoring meaningless numbers."""
 
 
-def _check_builtin_entry(where: str, info: dict) -> None:
-    """Finite vector, coefficient and bias, and a direction for 'clamp' (before any model loads)."""
-    vec = info.get("steering_vector")
-    if not isinstance(vec, torch.Tensor) or not vec.is_floating_point():
-        raise ValueError(f"{where}: 'steering_vector' must be a float tensor")
-    check_finite(vec, f"{where} steering_vector")
-    coef = info.get("steering_coefficient", 1.0)
-    try:
-        coef_value = float(coef)
-    except (TypeError, ValueError):
-        raise ValueError(f"{where}: steering_coefficient={coef!r} is not a number") from None
-    if not math.isfinite(coef_value):
-        raise NonFiniteError(f"{where}: steering_coefficient={coef!r} must be a finite number")
-    bias = info.get("bias")
-    if bias is not None:
-        if not isinstance(bias, torch.Tensor):
-            raise ValueError(f"{where}: 'bias' must be a tensor or None")
-        check_finite(bias, f"{where} bias")
-    if info.get("action", "add") == "clamp" and float(torch.linalg.vector_norm(vec.double())) == 0.0:
-        raise NonFiniteError(
-            f"{where}: a 'clamp' steering_vector of norm 0 has no direction (clamping divides by its "
-            f"norm, which gives NaN everywhere); use a non-zero direction"
-        )
-
-
 def _check_steer_path(steer_path) -> Path:
     path = Path(str(steer_path)).expanduser()
     if path.suffix not in (".pt", ".pth", ".csv"):
@@ -97,28 +72,6 @@ def _check_steer_path(steer_path) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"steer_path={steer_path}: no such file")
     return path
-
-
-def _load_builtin_pt(path: Path) -> dict:
-    import pickle
-
-    try:
-        with open(path, "rb") as fh:
-            config = torch.load(fh, weights_only=True, map_location="cpu")
-    except pickle.UnpicklingError as exc:
-        raise ValueError(
-            f"steer_path={path} holds objects other than tensors, numbers and strings, which "
-            f"dsteer-eval will not unpickle (weights_only=True). Save the dict with plain tensors: "
-            f"{exc}"
-        ) from None
-    if not isinstance(config, dict) or not all(isinstance(v, dict) for v in config.values()):
-        raise ValueError(
-            f"steer_path={path} is not lm-eval's steering format "
-            f"{{hookpoint: {{'steering_vector': tensor, 'action': 'add'|'clamp', ...}}}}"
-        )
-    for hookpoint, info in config.items():
-        _check_builtin_entry(f"steer_path={path} hookpoint {hookpoint!r}", info)
-    return config
 
 
 @register_model("steered")
@@ -314,7 +267,7 @@ class SteeredLM(HFLM):
             from lm_eval.models.hf_steered import SteeredModel
 
             return SteeredModel.derive_steer_config(str(path))
-        return _load_builtin_pt(path)
+        return load_builtin_pt(path)
 
     def _builtin_edits(self, config: dict, alphas: tuple[float, ...], where: str = "steer_path") -> list:
         """Hooks for lm-eval's built-in format, using its own add/clamp functions."""
@@ -331,7 +284,7 @@ class SteeredLM(HFLM):
             if hookpoint not in modules:
                 raise ValueError(f"steer_path hookpoint {hookpoint!r} is not a module of this model")
             entry = f"{where} hookpoint {hookpoint!r}"
-            _check_builtin_entry(entry, info)  # also for configs derived from a .csv
+            check_builtin_entry(entry, info)  # also for configs derived from a .csv
             vec = info["steering_vector"].to(self.device).to(self.model.dtype)
             check_finite(vec, f"{entry} steering_vector in {self.model.dtype}")
             coef = float(info.get("steering_coefficient", 1.0))

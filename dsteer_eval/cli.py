@@ -65,6 +65,30 @@ def _site(value: str, model, flag: str) -> int:
     return resolve_site(layers[0], resolve_parts(model).num_layers)
 
 
+def _provenance_command(args: argparse.Namespace) -> str:
+    """This command's exact line, ``dsteer-eval VERB ...`` (secrets redacted), for provenance records."""
+    from dsteer_eval.provenance import command_line
+
+    return command_line(getattr(args, "_argv", None))
+
+
+def _provenance(args: argparse.Namespace, *, data=(), models=(), seeds=None) -> dict:
+    """The provenance record of this command (dsteer_eval.provenance), with its exact command line."""
+    from dsteer_eval.provenance import collect
+
+    return collect(data=data, models=models, seeds=seeds, command=_provenance_command(args))
+
+
+def _pair_models(pair) -> list[dict]:
+    """Provenance entries of a base/DPO pair: the base (loaded) and the adapter or DPO checkpoint."""
+    from dsteer_eval.provenance import model_entry
+
+    base = model_entry("base", pair.base_id, model=pair.base)
+    if pair.uses_adapter:
+        return [base, model_entry("adapter", pair.dpo_id)]
+    return [base, model_entry("dpo", pair.dpo_id, model=pair.dpo)]
+
+
 def _cmd_extract(args: argparse.Namespace) -> int:
     from dsteer_eval import extract
     from dsteer_eval.output_folder import check_writable
@@ -89,16 +113,20 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         side = _dpo_side(args)
         pair = ModelPair.load(args.pretrained, **side)
         vectors = extract.dpo_diff(pair, prompts, batch_size=args.batch_size, stats=stats)
-        model, n = pair.base, len(prompts)
+        model, n, models = pair.base, len(prompts), _pair_models(pair)
         extra.update({"dpo": pair.dpo_id, "dpo_is_adapter": pair.uses_adapter, "prompts": n})
     else:
         from dsteer_eval.loading import load_model
+        from dsteer_eval.provenance import model_entry
 
         pairs = _load_pairs(args)  # fail on bad data before loading the model
         extra = {"data": pairs.source, "skipped": dict(pairs.skipped)}
         if pairs.part:
             extra["pairs_other_parts"] = pairs.other_parts
         model, tokenizer, _ = load_model(args.pretrained, peft=args.peft)
+        models = [model_entry("base", args.pretrained or DEFAULT_MODEL, model=model)]
+        if args.peft:
+            models.append(model_entry("adapter", args.peft))
         if args.method == "caa":
             vectors, n = extract.caa(model, tokenizer, pairs, batch_size=args.batch_size, stats=stats), len(pairs)
         else:
@@ -117,8 +145,9 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         if stats.get("context"):
             extra["context_tokens"] = int(stats["context"])
     extra["peak_rss_mib"] = round(_peak_rss_mib())
+    record = _provenance(args, data=[args.data or _default_pairs()], models=models)
     out = save_vectors(args.out, vectors, model=model, model_id=str(args.pretrained or "smollm2"),
-                       method=args.method, n_examples=n, extra=extra)
+                       method=args.method, n_examples=n, extra=extra, provenance=record)
     norms = ", ".join(f"{s}:{float(v.norm()):.3g}" for s, v in vectors.items() if s % 5 == 0 or len(vectors) == 1)
     cut = (f"; {truncated} text(s) longer than the model's context were cut to their last "
            f"{stats.get('context')} tokens" if truncated else "")
@@ -170,7 +199,11 @@ def _cmd_probe(args: argparse.Namespace) -> int:
                         data_info={"source": pairs.source, "skipped": dict(pairs.skipped)},
                         nulls=not args.no_nulls, null_seed=args.null_seed, random_controls=args.random_controls,
                         lattice_pairs=args.lattice_pairs)
-    path = write_report(report, out, figures=not args.no_figures, overwrite=args.overwrite)
+    from dsteer_eval.provenance import data_entry
+
+    inputs = [data_entry(args.data or _default_pairs(), "pairs")] + ([data_entry(vf.path, "vector")] if vf else [])
+    record = _provenance(args, data=inputs, models=_pair_models(pair), seeds={"null_seed": args.null_seed})
+    path = write_report(report, out, figures=not args.no_figures, overwrite=args.overwrite, provenance=record)
     h = report["headline"]
     print(f"wrote {path}, {path.parent / 'verdicts.md'} (+{len(report.get('figures', []))} figures)")
     for key, value in h.items():
@@ -228,6 +261,37 @@ def _write_leaderboard(paths, out, *, plots: bool = True) -> None:
 
 def _cmd_leaderboard(args: argparse.Namespace) -> int:
     _write_leaderboard(args.folders, args.out or args.folders[0], plots=not args.no_plots)
+    return 0
+
+
+def _model_skeleton(pretrained: str):
+    """The model's architecture on the meta device (config only, no weights): names, sizes, fingerprint."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from dsteer_eval.embedded import resolve_pretrained
+
+    config = AutoConfig.from_pretrained(resolve_pretrained(pretrained))
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from dsteer_eval.provenance import command_line
+    from dsteer_eval.vectors.convert import convert
+
+    layers = None
+    if args.layers:
+        try:
+            layers = [int(x) for x in args.layers.replace(",", ";").split(";") if x.strip()]
+        except ValueError:
+            raise ValueError(f"--layers {args.layers}: expected site numbers such as 20 or 10;20") from None
+    model = _model_skeleton(args.model) if args.model else None
+    done = convert(args.input, args.output, to=args.to, model=model, num_layers=args.num_layers,
+                   alpha=args.alpha, layers=layers, force=args.force,
+                   command=command_line(args._argv))
+    print(f"{done.source} ({done.source_format}) -> {done.out} ({done.out_format}): sites "
+          f"{', '.join(map(str, done.sites))}")
     return 0
 
 
@@ -353,7 +417,7 @@ def _cmd_train_dpo(args: argparse.Namespace) -> int:
     card = train_dpo(args.data, args.out, settings, pretrained=args.pretrained, data_dir=args.data_dir,
                      split=args.split, limit=args.limit, part=None if part == "all" else part, preset=args.preset,
                      overwrite=args.overwrite, checkpoint_dir=args.checkpoint_dir, save_steps=args.save_steps,
-                     resume=args.resume, eval_part=args.eval_part)
+                     resume=args.resume, eval_part=args.eval_part, command=_provenance_command(args))
     m = card["metrics"]
     line = ", ".join(
         f"{name} reward accuracy {v['reward_accuracy']:.3f} margin {v['reward_margin_mean']:+.4f}"
@@ -384,7 +448,7 @@ def _cmd_dpo_gate(args: argparse.Namespace) -> int:
     from dsteer_eval.dpo_gate import command_line, evaluate_adapter, write_heldout
 
     measured = evaluate_adapter(args.adapter, args.data, part=args.part, eval_size=args.eval_size,
-                                pretrained=args.pretrained, device=args.device)
+                                pretrained=args.pretrained, device=args.device, command=_provenance_command(args))
     s = measured["summary"]
     print(f"{args.adapter} on part {measured['part']} ({measured['pairs']} pairs, {measured['prompts_truncated']} "
           f"prompts left-truncated): reward accuracy {s['reward_accuracy']:.3f}, margin "
@@ -430,6 +494,30 @@ def _cmd_build_refusal(args: argparse.Namespace) -> int:
     for why, n in card["left_out"].items():
         print(f"  left out: {n} ({why})")
     return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    import json
+
+    from dsteer_eval.info import describe, render
+
+    found = describe(args.file)
+    print(json.dumps(found, indent=1) if args.json else render(found))
+    return 0
+
+
+def _add_info(verbs) -> None:
+    p = verbs.add_parser(
+        "info",
+        help="print what a dsteer-eval output is and how it was made (its provenance)",
+        description="Describe a vector file (.safetensors, .gguf, .pt), a dpo_card.json, probe_report.json or "
+        "sweep.json, or a folder holding one (train-dpo adapter, probe or sweep output): its kind, key facts "
+        "(layers and norms, data, model, settings) and provenance: package version, git commit, the exact "
+        "command, the sha256 of the input data, the models' fingerprints and the seeds.",
+    )
+    p.add_argument("file", help="the output file or folder to describe")
+    p.add_argument("--json", action="store_true", help="print the whole record as JSON")
+    p.set_defaults(func=_cmd_info)
 
 
 def _add_build_refusal(verbs) -> None:
@@ -576,10 +664,34 @@ def build_parser() -> argparse.ArgumentParser:
                    help="record the layer used when layer= is omitted (int, negative, or final)")
     p.add_argument("--out", required=True, help="output .safetensors path")
     p.set_defaults(func=_cmd_extract)
+
+    p = verbs.add_parser(
+        "convert",
+        help="convert a steering-vector file between dsteer-eval safetensors, llama.cpp GGUF and lm-eval .pt",
+        description="Convert a vector file between formats: dsteer-eval .safetensors, llama.cpp/repeng "
+        "control-vector .gguf (direction.<k> = output of block k = our site k+1), lm-eval's built-in "
+        "steer_path .pt dict, and the D-STEER authors' {layer: tensor} .pt (read and written with --to "
+        "dsteer-authors-pt). The input format is detected from the file's content.",
+    )
+    p.add_argument("input", metavar="IN", help="vector file to read (any supported format)")
+    p.add_argument("output", metavar="OUT", help="file to write; format from its suffix or --to")
+    p.add_argument("--to", choices=["safetensors", "gguf", "lm-eval-pt", "dsteer-authors-pt"], default=None,
+                   help="output format (default: from OUT's suffix; .pt means lm-eval-pt)")
+    p.add_argument("--model", default=None,
+                   help="hub id, path or 'smollm2': checks the vectors fit it and names lm-eval hookpoints "
+                   "after its modules (only its config is read)")
+    p.add_argument("--num-layers", type=int, default=None,
+                   help="the model's decoder-layer count, when neither the file nor --model gives it")
+    p.add_argument("--alpha", type=float, default=1.0,
+                   help="lm-eval .pt only: the steering_coefficient written (default 1)")
+    p.add_argument("--layers", default=None, help="convert only these sites (ours), e.g. 20 or 10;20")
+    p.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    p.set_defaults(func=_cmd_convert)
     _add_train_dpo(verbs)
     _add_dpo_gate(verbs)
     _add_build_refusal(verbs)
     _add_sweep(verbs)
+    _add_info(verbs)
 
     p = verbs.add_parser(
         "probe",

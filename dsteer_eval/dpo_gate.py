@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import shlex
 import time
 from pathlib import Path
 
@@ -79,11 +78,13 @@ def heldout_pairs(data, tokenizer, settings, *, part: str = "eval", eval_size: i
 
 
 def evaluate_adapter(adapter, data, *, part: str = "eval", eval_size: int | None = None, pretrained=None,
-                     device: str | None = None, data_dir=None, split: str = "train") -> dict:
-    """Held-out reward summary (pooled and by kind) of the LoRA pair in ``adapter`` on ``part``."""
+                     device: str | None = None, data_dir=None, split: str = "train", command: str | None = None) -> dict:
+    """Held-out reward summary (pooled and by kind) of the LoRA pair in ``adapter`` on ``part``, with its
+    provenance (``command``: the exact command line; default: this process's)."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from dsteer_eval import provenance
     from dsteer_eval.dpo_training import DPOSettings, make_trainer, pair_rewards, read_card, reward_summary
     from dsteer_eval.embedded import resolve_pretrained
 
@@ -108,9 +109,13 @@ def evaluate_adapter(adapter, data, *, part: str = "eval", eval_size: int | None
         trainer = make_trainer(policy, tokenizer, pairs, settings, output_dir=tmp, ref_model=base)
         chosen, rejected = pair_rewards(trainer, pairs)
     summary = reward_summary(chosen, rejected)
+    record = provenance.collect(
+        data=[data], seeds={"seed": settings.seed}, command=command,
+        models=[provenance.model_entry("base", pretrained or "smollm2", model=base),
+                provenance.model_entry("adapter", adapter)])
     return {"part": part, "pairs": len(pairs), **info, "summary": summary,
             "by_kind": rewards_by_kind(chosen, rejected, pairs),
-            "seconds": round(time.perf_counter() - started, 1)}
+            "seconds": round(time.perf_counter() - started, 1), "provenance": record}
 
 
 def write_heldout(adapter, measured: dict, command: str) -> dict:
@@ -130,4 +135,6 @@ def write_heldout(adapter, measured: dict, command: str) -> dict:
 
 
 def command_line(argv) -> str:
-    return shlex.join(["dsteer-eval", *argv])
+    from dsteer_eval.provenance import command_line as line
+
+    return line(argv)

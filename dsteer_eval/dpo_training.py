@@ -9,7 +9,9 @@ training pairs and on held-out pairs, and writes into ``out``:
   model (``--full``), plus the tokenizer;
 * ``dpo_card.json``: data (source, counts, what was skipped and why),
   hyper-parameters, library versions, wall time, the loss curve, train/eval
-  reward accuracy and margins, and the exact command that re-creates it.
+  reward accuracy and margins, the command that re-creates it, and its provenance
+  (:mod:`dsteer_eval.provenance`: the exact command run, git commit, data sha256, base model
+  fingerprint, seed).
 
 The output folder appears only when training finished: everything is written
 to a temporary sibling first and moved into place at the end.
@@ -41,7 +43,6 @@ and ``lm_head="auto"`` swaps in :mod:`dsteer_eval.dpo_head` on CPU.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -148,14 +149,6 @@ def preset_settings(name: str) -> DPOSettings:
 
 
 # ---------------------------------------------------------------------- data
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def fit_prompts(pairs, tokenizer, max_prompt_length: int):
     """The pairs with every prompt left-truncated to ``max_prompt_length`` tokens, and
     ``{"prompts_truncated": n, "prompt_tokens_cut": total}``."""
@@ -469,6 +462,7 @@ def train_dpo(
     resume: bool = False,
     callbacks=None,
     eval_part: str = "eval",
+    command: str | None = None,
 ) -> dict:
     """Train, evaluate and save; returns the card (also written to ``out/dpo_card.json``).
 
@@ -479,7 +473,9 @@ def train_dpo(
     ``eval_part``: the part held-out rewards come from (with ``part="train"``).
     ``save_steps``/``checkpoint_dir``/``resume``: see the module docstring (``save_steps=0``:
     no checkpoints).  ``callbacks``: extra transformers ``TrainerCallback`` objects.
+    ``command``: the exact command line, for the card's provenance (default: this process's).
     """
+    from dsteer_eval import provenance
     from dsteer_eval.embedded import resolve_pretrained
     from dsteer_eval.model_parts import unwrap
     from dsteer_eval.output_folder import check_free, check_writable, staged_folder
@@ -512,9 +508,11 @@ def train_dpo(
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device)
+    base_entry = provenance.model_entry("base", pretrained or "smollm2", model=model)  # before LoRA wraps it
+    data_entry = provenance.data_entry(data)
     train_pairs, eval_pairs, split_info = split_pairs(pairs, tokenizer, settings, part=part,
                                                       limit=limit if part else None, eval_part=eval_part)
-    sha = _sha256(Path(str(data))) if Path(str(data)).is_file() else None
+    sha = data_entry["sha256"] if Path(str(data)).is_file() else None
     run = {"settings": asdict(settings), "data": str(data), "data_sha256": sha, "data_dir": data_dir,
            "split": split, "limit": limit, "part": part, "pretrained": str(path), "save_steps": save_steps,
            "eval_part": eval_part}
@@ -591,6 +589,8 @@ def train_dpo(
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "command": recreate_command(pretrained, data, settings, out=out, data_dir=data_dir, split=split,
                                         limit=limit, part=part, preset=preset, eval_part=eval_part),
+            "provenance": provenance.collect(data=[data_entry], models=[base_entry], seeds={"seed": settings.seed},
+                                             command=command),
         }
         (tmp / CARD_NAME).write_text(json.dumps(card, indent=1) + "\n")
     if save_steps:

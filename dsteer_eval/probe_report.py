@@ -73,6 +73,8 @@ its numbers were read at, as a key of ``positions``::
     verdicts      [{claim, effect, control, delta (paired CI), expect, verdict, note, key, statistic,
                     layer, site, position, paired_over, n, dropped, kind}]   (dsteer_eval.probe_verdicts)
     figures       PNG file names next to the report
+    provenance    how the report was made (dsteer_eval.provenance): version, git commit, command, the
+                  sha256 of the pairs and vector files, the models' fingerprints, the null seed
 
 A ``summary`` is {n, mean, stderr, median, std, q10, q90, frac_positive}.
 Unit conventions: projections use v̂ = v̄/|v̄|; KL in nats; entropies in nats.
@@ -493,9 +495,12 @@ def _clean(obj):
     return obj
 
 
-def write_report(report: dict, out, *, figures: bool = True, overwrite: bool = False) -> Path:
+def write_report(report: dict, out, *, figures: bool = True, overwrite: bool = False,
+                 provenance: dict | None = None) -> Path:
     """Write ``out/probe_report.json``, ``out/verdicts.md`` and the figures, atomically (a temp folder
-    renamed at the end)."""
+    renamed at the end).  ``provenance``: how the report was made (:func:`dsteer_eval.provenance.collect`);
+    without one (and none in ``report``), a minimal record."""
+    from dsteer_eval import provenance as prov
     from dsteer_eval.output_folder import check_free, staged_folder
     from dsteer_eval.plots import probe_figures
     from dsteer_eval.probe_verdicts import verdicts_markdown
@@ -503,6 +508,8 @@ def write_report(report: dict, out, *, figures: bool = True, overwrite: bool = F
     out = check_free(out, overwrite)
     with staged_folder(out) as tmp:
         report = dict(report)
+        if provenance is not None or prov.KEY not in report:
+            report[prov.KEY] = provenance if provenance is not None else prov.collect()
         report["figures"] = probe_figures(report, tmp) if figures else []
         cleaned = _clean(report)
         (tmp / REPORT_NAME).write_text(json.dumps(cleaned, indent=1, allow_nan=False) + "\n")

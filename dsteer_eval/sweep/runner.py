@@ -3,7 +3,9 @@
 Output folder::
 
     OUT/sweep.json                       settings and fingerprint (scorer, judge, reference model, model
-                                         file contents); a re-run must match them
+                                         file contents); a re-run must match them.  Also the provenance
+                                         of the run that wrote it (dsteer_eval.provenance) and of the
+                                         runs it resumed (earlier_provenance): not compared on resume
     OUT/points/<point>/<task>/           one lm-eval output per (point, task):
         results_<date>.json              lm-eval's results schema (config.model_args names layer/alpha)
         samples_<task>_<date>.jsonl      with --log-samples, and always for win-rate tasks
@@ -24,7 +26,6 @@ unit is tried again on the next run.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -34,6 +35,7 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dsteer_eval.hashing import sha256_file
 from dsteer_eval.output_folder import atomic_write_text, staged_folder
 from dsteer_eval.redaction import redact
 from dsteer_eval.sweep import grid
@@ -169,7 +171,7 @@ def plan_sweep(config: SweepConfig) -> Plan:
         raise FileNotFoundError(f"--probe-data {config.probe_data}: no such file")
     settings = {
         "model_args": base_args,
-        "vector_sha256": hashlib.sha256(Path(vector).read_bytes()).hexdigest(),
+        "vector_sha256": sha256_file(vector),
         "limit": config.limit,
         "num_fewshot": config.num_fewshot,
         "gen_kwargs": config.gen_kwargs,
@@ -298,13 +300,56 @@ def unit_folder(out: Path, point, task: str) -> Path:
     return out / "points" / point.name / grid.safe_name(task)
 
 
-def _write_record(plan: Plan) -> None:
+def run_provenance(plan: Plan) -> dict:
+    """How this run of the sweep was made (dsteer_eval.provenance): the vector and probe data, the model
+    files, lm-eval's seeds (its defaults: the sweep passes none) and the random controls' seed."""
+    import inspect
+
+    import lm_eval
+
+    from dsteer_eval import provenance
+    from dsteer_eval.controls import DEFAULT_SEED
+
+    data = [provenance.data_entry(plan.vector, "vector")]
+    if plan.config.probes:
+        from dsteer_eval.lm_eval_plugin import tasks_dir
+
+        data.append(provenance.data_entry(plan.config.probe_data or f"{tasks_dir()}/hh/hh_mini.jsonl", "probe_data"))
+    models = [provenance.model_entry("base", plan.model_kwargs.get("pretrained") or "smollm2")]
+    adapter = _field(plan.settings.get("contents", {}).get("peft="), "path")  # peft=, or the shipped adapter
+    if adapter:
+        models.append(provenance.model_entry("adapter", adapter))
+    seeds = {f"lm_eval_{name}": p.default for name, p in inspect.signature(lm_eval.simple_evaluate).parameters.items()
+             if name.endswith("seed")}
+    if any(p.control is not None for p in plan.points):
+        seeds["controls"] = DEFAULT_SEED
+    return provenance.collect(data=data, models=models, seeds=seeds)
+
+
+def _earlier_provenance(record: Path) -> list:
+    """The provenance of the runs that wrote ``record`` before (a resumed sweep), oldest first."""
+    try:
+        previous = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(previous, dict):
+        return []
+    earlier = previous.get("earlier_provenance")
+    earlier = list(earlier) if isinstance(earlier, list) else []
+    return earlier + ([previous["provenance"]] if isinstance(previous.get("provenance"), dict) else [])
+
+
+def _write_record(plan: Plan, provenance: dict | None = None) -> None:
+    """``sweep.json``: the settings a resume must match, the grid, and the provenance of this run (and of
+    the runs it resumes), which a resume does not compare (its command and time differ by nature)."""
     import lm_eval
 
     from dsteer_eval import __version__
 
     plan.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(plan.out / "sweep.json", json.dumps({
+    record = plan.out / "sweep.json"
+    earlier = _earlier_provenance(record)
+    atomic_write_text(record, json.dumps({
         "format": FORMAT, "format_version": "1", "package_version": __version__,
         "lm_eval_version": getattr(lm_eval, "__version__", "?"),
         "settings": plan.settings, "vector": plan.vector,
@@ -312,6 +357,8 @@ def _write_record(plan: Plan) -> None:
         "points": [{"name": p.name, "side": p.side, "layer": None if p.layer is None else str(p.layer),
                     "alpha": p.alpha, "control": p.control} for p in plan.points],
         "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "provenance": provenance if provenance is not None else run_provenance(plan),
+        **({"earlier_provenance": earlier} if earlier else {}),
     }, indent=1) + "\n")
 
 
@@ -395,7 +442,8 @@ def run_sweep(config: SweepConfig, *, print_fn=print) -> int:
     plan = plan_sweep(config)  # every check happens before the model loads
     if config.overwrite and plan.out.exists():
         shutil.rmtree(plan.out)
-    _write_record(plan)
+    provenance = run_provenance(plan)
+    _write_record(plan, provenance)
     # staging (.*.tmp*) and replaced units set aside (.*.old*) left by a killed run: a unit is
     # only ever replaced when it is redone, so neither holds anything the re-run still needs
     for pattern in ("points/**/.*.tmp*", "points/**/.*.old*"):
@@ -449,7 +497,7 @@ def run_sweep(config: SweepConfig, *, print_fn=print) -> int:
 
     sweep_winrates(plan, print_fn=print_fn)
     if report_missing:
-        _probe_report(lm, plan, print_fn)
+        _probe_report(lm, plan, print_fn, provenance)
     return failures
 
 
@@ -507,7 +555,7 @@ def _point_probes(lm, plan: Plan):
                        fallback_site=fallback, batch_size=8)
 
 
-def _probe_report(lm, plan: Plan, print_fn) -> None:
+def _probe_report(lm, plan: Plan, print_fn, provenance: dict | None = None) -> None:
     """The full probe report of the base/DPO pair (the loaded model with its adapter on and off)."""
     out = plan.out / "probe_report"
     if (out / "probe_report.json").is_file():
@@ -531,5 +579,5 @@ def _probe_report(lm, plan: Plan, print_fn) -> None:
                         vector_info={"source": str(vf.path), "method": vf.metadata.get("method", "")},
                         alphas=sorted({abs(a) for a in plan.alphas}), beta=beta, grad_pairs=16,
                         data_info={"source": pairs.source, "skipped": dict(pairs.skipped)})
-    write_report(report, out, overwrite=True)
+    write_report(report, out, overwrite=True, provenance=provenance)
     print_fn(f"sweep: wrote {out}/probe_report.json")

@@ -6,7 +6,8 @@ Layout of a file written by :func:`save_vectors`::
               (site n is the post-norm state; see dsteer_eval.model_parts)
     metadata  format="dsteer-eval/vectors", format_version="1",
               model_id, model_type, hidden_size, num_layers, vocab_size,
-              method, n_examples, package_version, created, plus free-form extras
+              method, n_examples, package_version, created, provenance (a JSON record,
+              dsteer_eval.provenance), plus free-form extras
 
 Files without our metadata (e.g. ``save_file({"20": v}, path)``) are accepted:
 keys may be ``layer.<i>`` or ``<i>``; only the hidden size is checked then.
@@ -27,6 +28,7 @@ from pathlib import Path
 import torch
 
 from dsteer_eval.steering import NonFiniteError, check_finite
+from dsteer_eval.vectors.layer_conventions import BLOCK_OUTPUT
 
 FORMAT = "dsteer-eval/vectors"
 FORMAT_VERSION = "1"
@@ -57,6 +59,7 @@ class VectorFile:
     path: Path
     vectors: dict[int, torch.Tensor]
     metadata: dict[str, str] = field(default_factory=dict)
+    format: str = "safetensors"  # the file's format (see dsteer_eval.vectors.formats)
 
     @property
     def hidden_size(self) -> int:
@@ -79,9 +82,10 @@ _MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
 def _pickle_message(path: Path, argument: str) -> str:
     return (
         f"{argument}={path} is a pickle / torch.save file, not safetensors. dsteer-eval does not "
-        f"unpickle vector files (unpickling can run arbitrary code). Convert it once, in a "
-        f"Python session you trust: `safetensors.torch.save_file({{'layer.20': v.float()}}, "
-        f"'v.safetensors')`; a file in lm-eval's built-in steering format goes to steer_path= instead"
+        f"unpickle vector files here (unpickling can run arbitrary code). Convert it once: "
+        f"`dsteer-eval convert {path} v.safetensors` reads lm-eval's built-in steer_path dicts and the "
+        f"D-STEER authors' {{layer: tensor}} files with torch.load(weights_only=True); an lm-eval file "
+        f"can also go to steer_path= as it is"
     )
 
 
@@ -191,7 +195,8 @@ def _site_of(key: str, num_layers: int | None) -> int:
 
 
 def load_vectors(path: str | os.PathLike, *, argument: str = "vector") -> VectorFile:
-    """Read and check a vector file; every failure names ``argument`` and the fix."""
+    """Read and check a vector file (ours, or a llama.cpp control-vector GGUF); every failure names
+    ``argument`` and the fix. Pickled ``.pt`` files are refused: convert them with ``dsteer-eval convert``."""
     from safetensors import safe_open
 
     path = Path(path).expanduser()
@@ -200,6 +205,10 @@ def load_vectors(path: str | os.PathLike, *, argument: str = "vector") -> Vector
             f"{argument}={path}: no such file. Create one with `dsteer-eval extract` or pass "
             f"the path of an existing .safetensors vector file"
         )
+    from dsteer_eval.vectors.gguf_control import is_gguf, read_gguf
+
+    if is_gguf(path):
+        return read_gguf(path, argument=argument)
     _sniff(path, argument)
     try:
         with safe_open(str(path), framework="pt") as fh:
@@ -252,6 +261,14 @@ def check_compatible(vf: VectorFile, model, *, argument: str = "vector") -> None
         )
     recorded = {k: vf.metadata[k] for k in _FINGERPRINT_KEYS if k in vf.metadata}
     mismatched = {k: (v, fp[k]) for k, v in recorded.items() if v != fp[k]}
+    n = int(fp["num_layers"])
+    if vf.metadata.get("source_layers") == BLOCK_OUTPUT and n in vf.vectors:
+        raise VectorFileError(
+            f"{argument}={vf.path} numbers layers by block output (llama.cpp / repeng / D-STEER .pt): its "
+            f"layer {n - 1} is the raw output of the last decoder block, before the final norm, which this "
+            f"model's site {n} (post-norm) is not. Drop that layer (`dsteer-eval convert --layers`) or "
+            f"extract a vector at site {n}"
+        )
     if mismatched:
         detail = "; ".join(f"{k}: file {a} vs model {b}" for k, (a, b) in mismatched.items())
         raise VectorFileError(
@@ -270,11 +287,16 @@ def save_vectors(
     method: str = "",
     n_examples: int | None = None,
     extra: Mapping[str, object] | None = None,
+    provenance: Mapping[str, object] | None = None,
 ) -> Path:
-    """Write ``vectors`` (site -> (d,) tensor) atomically, with metadata."""
+    """Write ``vectors`` (site -> (d,) tensor) atomically, with metadata.
+
+    ``provenance``: the record of how the vectors were made (:func:`dsteer_eval.provenance.collect`
+    with the data, models and seeds); without one, a minimal record (version, git, command, time)."""
     from safetensors.torch import save_file
 
     from dsteer_eval import __version__
+    from dsteer_eval import provenance as prov
 
     if not vectors:
         raise VectorFileError("no vectors to save")
@@ -298,6 +320,7 @@ def save_vectors(
     }
     if n_examples is not None:
         meta["n_examples"] = str(int(n_examples))
+    meta[prov.KEY] = prov.dumps(provenance if provenance is not None else prov.collect())
     if model is not None:
         meta.update(model_fingerprint(model))
     else:

@@ -1,0 +1,76 @@
+"""``dsteer-eval convert IN OUT``: a vector file from one format to another, layers renumbered.
+
+The layer numbering of every format is mapped through our hidden-state sites
+(:mod:`.layer_conventions`), the vectors are copied bit for bit (float32), and metadata goes where
+the target has room for it (safetensors metadata; ``dsteer.*`` GGUF keys; lm-eval entries). A
+``conversion`` record (source path, format and sha256, the command) is added.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from dsteer_eval.hashing import sha256_file
+from dsteer_eval.vectors import formats
+from dsteer_eval.vectors.layer_conventions import hookpoint_names
+from dsteer_eval.vectors.safetensors_file import VectorFile, VectorFileError, check_compatible
+
+
+@dataclass
+class Converted:
+    source: Path
+    source_format: str
+    out: Path
+    out_format: str
+    sites: list[int]
+
+
+def _select(vf: VectorFile, layers: list[int] | None) -> VectorFile:
+    if layers is None:
+        return vf
+    missing = [s for s in layers if s not in vf.vectors]
+    if missing:
+        have = ", ".join(map(str, vf.vectors))
+        raise VectorFileError(f"--layers {','.join(map(str, layers))}: {vf.path} has no site(s) "
+                              f"{missing} (it has: {have}; sites are ours: block k is site k+1)")
+    return VectorFile(vf.path, {s: vf.vectors[s] for s in layers}, dict(vf.metadata), vf.format)
+
+
+def convert(source, out, *, to: str | None = None, model=None, num_layers: int | None = None,
+            alpha: float = 1.0, layers: list[int] | None = None, force: bool = False,
+            command: str | None = None) -> Converted:
+    """Convert ``source`` to ``out``; ``model`` (loaded) checks the fit and names lm-eval hookpoints."""
+    source, out = Path(source).expanduser(), Path(out).expanduser()
+    if out.exists() and not force:
+        raise VectorFileError(f"OUT={out} exists; pass --force to replace it")
+    if out.resolve() == source.resolve():
+        raise VectorFileError(f"OUT={out} is the input file; write the conversion elsewhere")
+    fmt = formats.format_for(out, to)
+    names = None
+    if model is not None:
+        from dsteer_eval.vectors.safetensors_file import model_fingerprint
+
+        fingerprint = model_fingerprint(model)
+        num_layers = int(fingerprint["num_layers"]) if num_layers is None else num_layers
+        names = hookpoint_names(model)
+    vf = formats.read_any(source, argument="IN", num_layers=num_layers, names=names)
+    vf = _select(vf, layers)
+    if model is not None:
+        check_compatible(vf, model, argument="IN")
+        for key, value in model_fingerprint(model).items():
+            vf.metadata.setdefault(key, value)
+    if num_layers is not None:
+        vf.metadata.setdefault("num_layers", str(num_layers))
+    vf.metadata["conversion"] = json.dumps({
+        "from": str(source), "from_format": vf.format, "from_sha256": sha256_file(source), "to_format": fmt,
+        "steering_coefficient": alpha, "command": command or shlex.join(["dsteer-eval", *sys.argv[1:]]),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }, sort_keys=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    formats.write_any(vf, out, fmt, num_layers=num_layers, names=names, alpha=alpha)
+    return Converted(source, vf.format, out, fmt, sorted(vf.vectors))

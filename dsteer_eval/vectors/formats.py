@@ -1,0 +1,113 @@
+"""Detect a vector file's format, read any of them, write any of them (``dsteer-eval convert``).
+
+Formats, by name:
+
+* ``safetensors``        ours (:mod:`.safetensors_file`)
+* ``gguf``               llama.cpp / repeng / dialz control vectors (:mod:`.gguf_control`)
+* ``lm-eval-pt``         lm-eval's built-in ``steer_path`` dict (:mod:`.torch_dicts`)
+* ``dsteer-authors-pt``  the D-STEER authors' ``{layer: tensor}`` ``vectors.pt`` (:mod:`.torch_dicts`)
+
+Detection reads the file's first bytes (GGUF magic, zip/pickle signatures, a safetensors header),
+not its name; a ``.pt`` is then told apart by its structure. In-memory ``steering_vectors.SteeringVector``
+objects come in through :func:`from_steering_vectors`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from dsteer_eval.vectors import gguf_control, torch_dicts
+from dsteer_eval.vectors.layer_conventions import BLOCK_OUTPUT, site_of_block
+from dsteer_eval.vectors.safetensors_file import (
+    VectorFile,
+    VectorFileError,
+    _looks_pickled,
+    load_vectors,
+    save_vectors,
+)
+
+FORMATS = ("safetensors", "gguf", torch_dicts.LM_EVAL_FORMAT, torch_dicts.DSTEER_AUTHORS_FORMAT)
+_BY_SUFFIX = {".safetensors": "safetensors", ".gguf": "gguf", ".pt": torch_dicts.LM_EVAL_FORMAT,
+              ".pth": torch_dicts.LM_EVAL_FORMAT}
+
+
+def detect(path: str | os.PathLike, *, argument: str = "vector") -> str:
+    """The format of an existing file, from its content."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise VectorFileError(f"{argument}={path}: no such file")
+    if gguf_control.is_gguf(path):
+        return "gguf"
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+    if _looks_pickled(head):
+        blob = torch_dicts.load_torch_dict(path, argument)
+        if torch_dicts.is_lm_eval_dict(blob):
+            return torch_dicts.LM_EVAL_FORMAT
+        if torch_dicts.is_dsteer_authors_dict(blob):
+            return torch_dicts.DSTEER_AUTHORS_FORMAT
+        raise VectorFileError(
+            f"{argument}={path} is a torch.save file but neither lm-eval's steering dict "
+            f"({{hookpoint: {{'steering_vector': ...}}}}) nor the D-STEER authors' {{layer: tensor}}"
+        )
+    return "safetensors"  # load_vectors checks the header and says what else it might be
+
+
+def read_any(path: str | os.PathLike, *, argument: str = "vector", num_layers: int | None = None,
+             names: dict[int, str] | None = None) -> VectorFile:
+    """Read a vector file of any known format; ``num_layers``/``names`` resolve lm-eval hookpoints."""
+    fmt = detect(path, argument=argument)
+    if fmt == torch_dicts.LM_EVAL_FORMAT:
+        return torch_dicts.read_lm_eval_pt(path, argument=argument, num_layers=num_layers, names=names)
+    if fmt == torch_dicts.DSTEER_AUTHORS_FORMAT:
+        return torch_dicts.read_dsteer_authors_pt(path, argument=argument)
+    return load_vectors(path, argument=argument)
+
+
+def format_for(path: str | os.PathLike, to: str | None) -> str:
+    """The format to write: ``to`` if given, else from the suffix of ``path``."""
+    if to is not None:
+        if to not in FORMATS:
+            raise VectorFileError(f"--to {to}: unknown format; use one of {', '.join(FORMATS)}")
+        return to
+    suffix = Path(path).suffix.lower()
+    if suffix not in _BY_SUFFIX:
+        raise VectorFileError(f"OUT={path}: cannot tell the format from the suffix {suffix!r}; name it "
+                              f".safetensors, .gguf or .pt, or pass --to ({', '.join(FORMATS)})")
+    return _BY_SUFFIX[suffix]
+
+
+def write_any(vf: VectorFile, path: str | os.PathLike, fmt: str, *, num_layers: int | None = None,
+              names: dict[int, str] | None = None, alpha: float = 1.0) -> Path:
+    """Write ``vf`` in format ``fmt``; ``alpha`` is the lm-eval ``steering_coefficient``."""
+    if fmt == "safetensors":  # every metadata key is kept as it was (save_vectors' extras win)
+        return save_vectors(path, vf.vectors, extra=dict(vf.metadata))
+    if alpha != 1.0 and fmt != torch_dicts.LM_EVAL_FORMAT:
+        raise VectorFileError(f"--alpha applies to lm-eval .pt files only (their steering_coefficient); "
+                              f"{fmt} stores the vector itself")
+    if fmt == "gguf":
+        return gguf_control.write_gguf(vf, path, num_layers=num_layers)
+    if fmt == torch_dicts.LM_EVAL_FORMAT:
+        return torch_dicts.write_lm_eval_pt(vf, path, alpha=alpha, num_layers=num_layers, names=names)
+    if fmt == torch_dicts.DSTEER_AUTHORS_FORMAT:
+        return torch_dicts.write_dsteer_authors_pt(vf, path, num_layers=num_layers)
+    raise VectorFileError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+
+
+def from_steering_vectors(obj, *, path: str = "<steering_vectors.SteeringVector>") -> VectorFile:
+    """A ``steering_vectors.SteeringVector`` (``layer_activations`` {block: tensor}, ``layer_type``)."""
+    layer_type = getattr(obj, "layer_type", None)
+    activations = getattr(obj, "layer_activations", None)
+    if layer_type != "decoder_block" or not isinstance(activations, dict) or not activations:
+        raise VectorFileError(
+            f"{path}: expected a SteeringVector with layer_type='decoder_block' and layer_activations "
+            f"{{layer: tensor}}, got layer_type={layer_type!r}; other layer types are not residual-stream sites"
+        )
+    vectors = {site_of_block(int(k)): torch_dicts._one_vector(f"{path} layer {k}", v)
+               for k, v in activations.items()}
+    metadata = {"source_format": "steering-vectors", "source_layers": BLOCK_OUTPUT,
+                "hidden_size": str(next(iter(vectors.values())).shape[0])}
+    return VectorFile(Path(path), dict(sorted(vectors.items())), metadata, format="steering-vectors")
