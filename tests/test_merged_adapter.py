@@ -73,6 +73,12 @@ def test_merging_is_skipped_where_it_does_not_apply(tiny_dir, tiny_adapter_dir, 
     from dsteer_eval.sweep.sweep_lm import SweepLM
 
     assert SweepLM(pretrained=tiny_dir, vector=vector, layer=2, alpha=0.0, batch_size=2)._merged is None  # no adapter
+    off = SweepLM(pretrained=tiny_dir, peft=tiny_adapter_dir, vector=vector, layer=2, alpha=0.0, batch_size=2,
+                  merge_adapter="false")  # as --model-args merge_adapter=false passes it
+    assert off._merged is None
+    with pytest.raises(ValueError, match="merge_adapter='maybe': expected true or false"):
+        SweepLM(pretrained=tiny_dir, peft=tiny_adapter_dir, vector=vector, layer=2, alpha=0.0, batch_size=2,
+                merge_adapter="maybe")
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_dir), tiny_adapter_dir)
     assert merged_adapter.MergedSides.build(model) is not None
     monkeypatch.setattr(merged_adapter, "MAX_EXTRA_BYTES", 1024)  # the merged copies would not fit

@@ -11,7 +11,7 @@ import torch
 from lm_eval.models.huggingface import HFLM
 
 from dsteer_eval.adapters.steered import SteeredLM
-from dsteer_eval.steer_args import Layer, resolve_site
+from dsteer_eval.steer_args import Layer, parse_bool, resolve_site
 from dsteer_eval.sweep.alpha_batch import (
     GenerationStore,
     GroupPoint,
@@ -44,7 +44,7 @@ class SweepLM(SteeredLM):
         if kwargs.get("steer_path") is not None:
             raise ValueError("dsteer-eval sweep steers with vector= files; steer_path= is not supported here")
         super().__init__(*args, **kwargs)
-        self._merged = MergedSides.build(self.model) if merge_adapter else None
+        self._merged = MergedSides.build(self.model) if parse_bool(merge_adapter, "merge_adapter") else None
         self._side = "dpo"
         self.shared = SharedPrefix(self._parts) if shared_prefix else None
         self.generations = GenerationStore()
