@@ -18,4 +18,5 @@ assert not bad, f"floor versions not installed: {bad}"
 print("floors installed:", ", ".join(f"{k} {v}" for k, v in got.items()), "| torch", md.version("torch"))
 PY
 "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/test_adapter.py tests/test_continuation_head.py \
-    tests/test_sweep.py tests/test_dpo_training.py tests/test_dpo_gate.py tests/test_alpha_batch.py -k "not embedded"
+    tests/test_sweep.py tests/test_dpo_training.py tests/test_dpo_gate.py tests/test_alpha_batch.py \
+    tests/test_vector_formats.py tests/test_merged_adapter.py tests/test_provenance.py -k "not embedded"

@@ -14,6 +14,9 @@ if [ ! -f build/refusal_dpo_seed1/dpo_card.json ]; then
       --seed 1 --out build/refusal_dpo_seed1 --resume
 fi
 "$BIN/dsteer-eval" dpo-gate "$ART/adapter" --data "$PAIRS" --part eval --write-card
+"$BIN/dsteer-eval" dpo-gate build/refusal_dpo_seed1 --data "$PAIRS" --part eval --write-card
 mkdir -p results/smollm2_refusal_seed1 && cp build/refusal_dpo_seed1/dpo_card.json results/smollm2_refusal_seed1/
 "$BIN/dsteer-eval" extract --method dpo-diff --peft build/refusal_dpo_seed1 --data "$PAIRS" --part vector \
     --default-layer 20 --out results/smollm2_refusal_seed1/vector.safetensors
+"$BIN/python" scripts/compare_seeds.py --card-b results/smollm2_refusal_seed1/dpo_card.json \
+    --vector-b results/smollm2_refusal_seed1/vector.safetensors --out results/smollm2_refusal_seed1

@@ -76,6 +76,15 @@ def _hparam_sweep() -> list[str]:
     return ["## `dpo_hparam_sweep/`: β × learning rate, selected on the vector part", "", *text[2:], ""]
 
 
+def _seeds() -> list[str]:
+    md = RESULTS / "smollm2_refusal_seed1" / "seed_comparison.md"
+    if not md.is_file():
+        return []
+    text = md.read_text().strip().splitlines()
+    return ["## `smollm2_refusal_seed1/`: the same recipe, training seed 1 (`scripts/refusal_seeds.sh`)", "",
+            *text[2:], ""]
+
+
 def build() -> str:
     sweep = json.loads((DEMO / "sweep.json").read_text())
     parts = [
@@ -94,6 +103,7 @@ def build() -> str:
         _card(),
         "",
         *_hparam_sweep(),
+        *_seeds(),
         "## `demo_smollm2/`: README command (1) — the thesis on real eval-part rows",
         "",
         f"Tasks {', '.join(sweep['tasks'])}; layer {', '.join(sweep['layers'])}; α grid {sweep['alphas']} on the DPO "
