@@ -421,8 +421,10 @@ def _cmd_train_dpo(args: argparse.Namespace) -> int:
     m = card["metrics"]
     line = ", ".join(
         f"{name} reward accuracy {v['reward_accuracy']:.3f} margin {v['reward_margin_mean']:+.4f}"
-        for name, v in m.items()
+        for name, v in m.items() if "reward_accuracy" in v  # eval_by_kind holds one such entry per kind
     )
+    line += "".join(f"; eval {kind}: reward accuracy {v['reward_accuracy']:.3f} margin {v['reward_margin_mean']:+.4f}"
+                    for kind, v in m.get("eval_by_kind", {}).items())
     d = card["data"]
     print(f"wrote {args.out} ({card['kind']}, {card['steps_done']} steps, {card['seconds_per_step']} s/step; "
           f"part {d['part']}: {d['pairs_train']} train / {d['pairs_eval']} eval pairs, "

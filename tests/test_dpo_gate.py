@@ -104,3 +104,15 @@ def test_full_fine_tuning_rewards_use_the_frozen_reference(tiny_dir, short_pairs
                      batch_size=2, max_length=64, max_prompt_length=40, eval_size=0, logging_steps=1),
                      pretrained=tiny_dir, save_steps=0)
     assert abs(card["metrics"]["train"]["chosen_reward_mean"]) > 1e-6
+
+
+def test_cli_train_dpo_prints_rewards_by_kind(tiny_dir, refusal_file, tmp_path, capsys):
+    """The summary line reads the card's eval_by_kind (it used to raise KeyError after training finished)."""
+    from dsteer_eval.cli import main
+
+    out = tmp_path / "pair"
+    assert main(["train-dpo", "--data", refusal_file, "--pretrained", tiny_dir, "--steps", "1", "--batch-size", "4",
+                 "--max-length", "64", "--max-prompt-length", "40", "--eval-size", "1000", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "eval reward accuracy" in printed and "; eval answer: reward accuracy" in printed
+    assert "; eval refuse: reward accuracy" in printed
