@@ -227,8 +227,13 @@ def test_sweep_record_has_provenance_that_a_resume_does_not_compare(tiny_dir, ve
     first = json.loads(record_path.read_text())
     record = first["provenance"]
     assert record["command"] == "dsteer-eval sweep --first" and "earlier_provenance" not in first
+    from dsteer_eval.lm_eval_plugin import tasks_dir
+
+    hh_mini = Path(tasks_dir()) / "hh" / "hh_mini.jsonl"  # the rows the task reads, from its YAML
     assert record["data"] == [{"path": str(Path(vec).resolve()), "sha256": sha256(vec),
-                               "bytes": Path(vec).stat().st_size, "role": "vector"}]
+                               "bytes": Path(vec).stat().st_size, "role": "vector"},
+                              {"path": str(hh_mini.resolve()), "sha256": sha256(hh_mini),
+                               "bytes": hh_mini.stat().st_size, "role": "task:dsteer_hh_mini"}]
     assert record["models"] == [{"role": "base", "path_or_id": tiny_dir,
                                  "fingerprint": {"content_digest": path_digest(tiny_dir)}}]
     assert record["seeds"] == {"lm_eval_random_seed": 0, "lm_eval_numpy_random_seed": 1234,
@@ -292,3 +297,16 @@ def test_info_reports_an_unreadable_provenance_instead_of_failing(tmp_path, caps
     path = save_vectors(tmp_path / "v.safetensors", {0: torch.ones(2)}, extra={"provenance": "{cut off"})
     assert main(["info", str(path)]) == 0
     assert "provenance: unreadable (the provenance record is not valid JSON" in capsys.readouterr().out
+
+
+def test_task_data_files_resolve_tasks_and_groups():
+    from dsteer_eval.lm_eval_plugin import tasks_dir
+    from dsteer_eval.task_data import task_data_files
+
+    tasks = Path(tasks_dir())
+    assert task_data_files(["dsteer_refusal_ll"]) == {"dsteer_refusal_ll": tasks / "refusal" / "refusal_eval.jsonl"}
+    offline = task_data_files(["dsteer_offline"])  # a group: its members' files
+    assert offline["dsteer_hh_offline"] == tasks / "hh" / "hh_eval.jsonl"
+    assert offline["truthfulqa_mc1_offline"] == tasks / "truthfulqa" / "truthfulqa_eval.jsonl"
+    assert len(offline) == 6
+    assert task_data_files(["hellaswag"]) == {}  # not ours: nothing shipped to hash

@@ -301,16 +301,18 @@ def unit_folder(out: Path, point, task: str) -> Path:
 
 
 def run_provenance(plan: Plan) -> dict:
-    """How this run of the sweep was made (dsteer_eval.provenance): the vector and probe data, the model
-    files, lm-eval's seeds (its defaults: the sweep passes none) and the random controls' seed."""
+    """How this run of the sweep was made (dsteer_eval.provenance): the vector, each task's shipped data
+    file and the probe data, the model files, lm-eval's seeds (its defaults: the sweep passes none) and the random controls' seed."""
     import inspect
 
     import lm_eval
 
     from dsteer_eval import provenance
     from dsteer_eval.controls import DEFAULT_SEED
+    from dsteer_eval.task_data import task_data_files
 
     data = [provenance.data_entry(plan.vector, "vector")]
+    data += [provenance.data_entry(path, f"task:{task}") for task, path in task_data_files(plan.tasks).items()]
     if plan.config.probes:
         from dsteer_eval.lm_eval_plugin import tasks_dir
 
