@@ -20,3 +20,4 @@ mkdir -p results/smollm2_refusal_seed1 && cp build/refusal_dpo_seed1/dpo_card.js
     --default-layer 20 --out results/smollm2_refusal_seed1/vector.safetensors
 "$BIN/python" scripts/compare_seeds.py --card-b results/smollm2_refusal_seed1/dpo_card.json \
     --vector-b results/smollm2_refusal_seed1/vector.safetensors --out results/smollm2_refusal_seed1
+"$BIN/python" scripts/seed_noise.py --adapter-b build/refusal_dpo_seed1 --out results/smollm2_refusal_seed1

@@ -81,8 +81,11 @@ def _seeds() -> list[str]:
     if not md.is_file():
         return []
     text = md.read_text().strip().splitlines()
+    noise = RESULTS / "smollm2_refusal_seed1" / "seed_noise.md"
+    extra = ["### The seed effect against the sampling noise of v̄ (`scripts/seed_noise.py`)", "",
+             *noise.read_text().strip().splitlines()[2:], ""] if noise.is_file() else []
     return ["## `smollm2_refusal_seed1/`: the same recipe, training seed 1 (`scripts/refusal_seeds.sh`)", "",
-            *text[2:], ""]
+            *text[2:], "", *extra]
 
 
 def build() -> str:

@@ -6,6 +6,7 @@ import importlib.util
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,3 +48,25 @@ def test_verdicts_follow_the_rule():
     failing = cs.compare(_card(0), _card(1, answer_passed=False), _vf({2: v}), _vf({2: near}))
     assert failing["verdict"] == "not replicated: a seed fails the held-out gate for some kind"
     assert "| second seed (seed 1) | 140 |" in cs.markdown(failing, ("shipped", "second seed"))
+
+
+def _seed_noise():
+    spec = importlib.util.spec_from_file_location("seed_noise", ROOT / "scripts" / "seed_noise.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_seed_noise_tells_a_seed_effect_from_sampling_noise():
+    sn = _seed_noise()
+    g = torch.Generator().manual_seed(1)
+    v, w = torch.randn(64, generator=g), torch.randn(64, generator=g)
+    noise = lambda: 3.0 * torch.randn(80, 64, generator=g, dtype=torch.float64)  # noqa: E731
+    same = sn.split_cosines(v.double() + noise(), v.double() + noise(), splits=50)
+    assert same["verdict"] == "seed effect within sampling noise" and same["prompts"] == 80
+    assert same["within"]["n"] == 100 and same["within"]["q025"] <= same["within"]["mean"] <= same["within"]["q975"]
+    apart = sn.split_cosines(v.double() + noise(), (0.5 * v + w).double() + noise(), splits=50)
+    assert apart["verdict"] == "seeds differ beyond sampling noise"
+    assert apart["across_other"]["mean"] < apart["within"]["q025"]
+    with pytest.raises(ValueError, match="same >= 4 prompts"):
+        sn.split_cosines(torch.zeros(3, 4), torch.zeros(3, 4))
