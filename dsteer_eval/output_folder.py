@@ -117,21 +117,28 @@ def _swap_in(tmp: Path, real: Path, given: Path) -> None:
             log.warning("could not delete the replaced output %s; delete it by hand", aside)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary sibling and ``os.replace``: whole or not at all.
+@contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary sibling of ``path`` to write; renamed onto ``path`` with ``os.replace`` when the block
+    ends without an error, removed otherwise: the file is whole or not there at all.
 
     A ``path`` that is a symbolic link is followed: the file it points to is replaced, the link stays."""
-    path = Path(path)
-    real = resolve_target(path)
+    real = resolve_target(Path(path))
     real.parent.mkdir(parents=True, exist_ok=True)
     tmp = real.with_name(f".{real.name}.tmp{os.getpid()}")
     try:
-        tmp.write_bytes(data)
+        yield tmp
         os.replace(tmp, real)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return path
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through :func:`atomic_file`."""
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

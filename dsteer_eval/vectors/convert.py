@@ -9,16 +9,15 @@ the target has room for it (safetensors metadata; ``dsteer.*`` GGUF keys; lm-eva
 from __future__ import annotations
 
 import json
-import shlex
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from dsteer_eval.hashing import sha256_file
+from dsteer_eval.provenance import command_line
 from dsteer_eval.vectors import formats
 from dsteer_eval.vectors.layer_conventions import hookpoint_names
-from dsteer_eval.vectors.safetensors_file import VectorFile, VectorFileError, check_compatible
+from dsteer_eval.vectors.safetensors_file import VectorFile, VectorFileError, check_compatible, model_fingerprint
 
 
 @dataclass
@@ -51,10 +50,8 @@ def convert(source, out, *, to: str | None = None, model=None, num_layers: int |
     if out.resolve() == source.resolve():
         raise VectorFileError(f"OUT={out} is the input file; write the conversion elsewhere")
     fmt = formats.format_for(out, to)
-    names = None
+    names, fingerprint = None, {}
     if model is not None:
-        from dsteer_eval.vectors.safetensors_file import model_fingerprint
-
         fingerprint = model_fingerprint(model)
         num_layers = int(fingerprint["num_layers"]) if num_layers is None else num_layers
         names = hookpoint_names(model)
@@ -62,13 +59,13 @@ def convert(source, out, *, to: str | None = None, model=None, num_layers: int |
     vf = _select(vf, layers)
     if model is not None:
         check_compatible(vf, model, argument="IN")
-        for key, value in model_fingerprint(model).items():
-            vf.metadata.setdefault(key, value)
+    for key, value in fingerprint.items():
+        vf.metadata.setdefault(key, value)
     if num_layers is not None:
         vf.metadata.setdefault("num_layers", str(num_layers))
     vf.metadata["conversion"] = json.dumps({
         "from": str(source), "from_format": vf.format, "from_sha256": sha256_file(source), "to_format": fmt,
-        "steering_coefficient": alpha, "command": command or shlex.join(["dsteer-eval", *sys.argv[1:]]),
+        "steering_coefficient": alpha, "command": command or command_line(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }, sort_keys=True)
     out.parent.mkdir(parents=True, exist_ok=True)

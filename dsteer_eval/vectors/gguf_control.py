@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dsteer_eval.output_folder import atomic_file
 from dsteer_eval.steering import NonFiniteError, check_finite
 from dsteer_eval.vectors.layer_conventions import BLOCK_OUTPUT, block_of_site, site_of_block
 from dsteer_eval.vectors.safetensors_file import FORMAT, VectorFile, VectorFileError
@@ -115,8 +116,7 @@ def write_gguf(vf: VectorFile, path: str | os.PathLike, *, num_layers: int | Non
             )
         directions[k] = vector.detach().to("cpu", torch.float32).contiguous().numpy()
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+    with atomic_file(path) as tmp:
         writer = GGUFWriter(str(tmp), ARCH)
         writer.add_string(f"{ARCH}.model_hint", vf.metadata.get("model_type") or "unknown")
         writer.add_uint32(f"{ARCH}.layer_count", len(directions))
@@ -128,10 +128,6 @@ def write_gguf(vf: VectorFile, path: str | os.PathLike, *, num_layers: int | Non
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -327,14 +327,9 @@ def save_vectors(
         meta["hidden_size"] = str(next(iter(tensors.values())).shape[0])
     for key, value in (extra or {}).items():
         meta[str(key)] = value if isinstance(value, str) else json.dumps(value)
+    from dsteer_eval.output_folder import atomic_file
+
     path = Path(path)
-    real = Path(os.path.realpath(path.expanduser()))  # a symlink is followed; the link stays
-    real.parent.mkdir(parents=True, exist_ok=True)
-    tmp = real.with_name(f".{real.name}.tmp{os.getpid()}")
-    try:
+    with atomic_file(path) as tmp:  # a symlink is followed; the link stays
         save_file(tensors, str(tmp), metadata=meta)
-        os.replace(tmp, real)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path

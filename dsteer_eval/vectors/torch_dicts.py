@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from dsteer_eval.output_folder import atomic_file
 from dsteer_eval.steering import NonFiniteError, check_finite
 from dsteer_eval.vectors.layer_conventions import (
     BLOCK_OUTPUT,
@@ -214,11 +215,6 @@ def _int(value) -> int | None:
 
 
 def _atomic_save(obj, path: Path) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+    with atomic_file(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
