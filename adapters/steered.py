@@ -45,7 +45,7 @@ from dsteer_eval.embedded import (
 )
 from dsteer_eval.metrics.reference_models import register_active
 from dsteer_eval.model_parts import resolve_parts
-from dsteer_eval.steer_args import SteerArgs, resolve_sites
+from dsteer_eval.steer_args import SteerArgs, parse_bool, resolve_sites
 from dsteer_eval.steering import Intervention, NonFiniteError, check_finite, check_fits_dtype, steer
 from dsteer_eval.vectors import VectorFile, check_compatible, load_vectors
 from dsteer_eval.vectors.torch_dicts import check_builtin_entry, load_builtin_pt
@@ -94,6 +94,7 @@ class SteeredLM(HFLM):
         steer_path: str | None = None,
         device: str | None = None,
         head_positions: str = "continuation",
+        pack_contexts=True,
         **kwargs,
     ) -> None:
         # Everything that can be checked without the model is checked first.
@@ -105,6 +106,7 @@ class SteeredLM(HFLM):
         if head_positions not in ("continuation", "all"):
             raise ValueError(f"head_positions={head_positions!r}: use continuation (the LM head only where "
                              f"log-likelihoods are read; the default) or all (lm-eval's own loop)")
+        pack_contexts = parse_bool(pack_contexts, "pack_contexts")
         builtin = None
         vector_file: VectorFile | None = None
         if steer_path is not None:
@@ -161,6 +163,10 @@ class SteeredLM(HFLM):
         if head_positions == "continuation" and not self._continuation_head:
             log.warning("steered: this model takes no logits_to_keep (or is seq2seq); log-likelihoods use "
                         "lm-eval's full-head loop")
+        # each context once for all its continuations (adapters/packed_contexts.py); the first packed batch is
+        # checked against unpacked rows and turns packing off if they differ
+        self._pack_contexts = pack_contexts and self._continuation_head
+        self._pack_check: dict = {}
         self._pending_rows: deque | None = None
         self._sizing_batch = False
         peft_label = f"+peft:{kwargs['peft']}" if kwargs.get("peft") else ""
@@ -401,10 +407,27 @@ class SteeredLM(HFLM):
             lengths.append(prompt_len)
         return torch.tensor(lengths, dtype=torch.long)
 
+    def packs_contexts(self, override_bs=None) -> bool:
+        """Whether log-likelihood requests run packed, a context once for all its continuations
+        (:mod:`dsteer_eval.adapters.packed_contexts`; the cases that do not are listed there)."""
+        from dsteer_eval.adapters.packed_contexts import PACKABLE_ATTENTION
+
+        return (self._pack_contexts and self._position == "all" and override_bs is None
+                and isinstance(self.batch_size, int) and self.batch_size >= 1
+                and getattr(self.model.config, "_attn_implementation", None) in PACKABLE_ATTENTION
+                and self._pack_check.get("ok", True))
+
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs=None):
         if self._continuation_head:
             from dsteer_eval.adapters.continuation_loglik import loglikelihood_tokens
 
+            if self.packs_contexts(override_bs):
+                from dsteer_eval.adapters.packed_contexts import packed_loglikelihood_tokens
+
+                answers = packed_loglikelihood_tokens(self, requests, disable_tqdm, call=self._kept_call,
+                                                      checked=self._pack_check)
+                if answers is not None:
+                    return answers
             return loglikelihood_tokens(self, requests, disable_tqdm, override_bs, call=self._kept_call)
         if self._position == "all":
             return super()._loglikelihood_tokens(requests, disable_tqdm, override_bs)
@@ -424,15 +447,16 @@ class SteeredLM(HFLM):
         finally:
             self._pending_rows = None
 
-    def _kept_call(self, inps, keep, prompt_lengths):
-        """Steered logits at positions ``keep`` only (``logits_to_keep``)."""
+    def _kept_call(self, inps, keep, prompt_lengths, model_kwargs=None):
+        """Steered logits at positions ``keep`` only (``logits_to_keep``); ``model_kwargs``: a packed batch's
+        attention mask and positions."""
         with self.steering(prompt_lengths if self._position != "all" else None):
-            return self._forward_kept(inps, keep)
+            return self._forward_kept(inps, keep, **(model_kwargs or {}))
 
-    def _forward_kept(self, inps, keep):
+    def _forward_kept(self, inps, keep, **model_kwargs):
         with torch.no_grad(), torch.autocast(device_type=self.device.type, dtype=self.mixed_precision_dtype,
                                              enabled=self.mixed_precision_dtype is not None):
-            return self.model(inps, logits_to_keep=keep).logits
+            return self.model(inps, logits_to_keep=keep, **model_kwargs).logits
 
     def _detect_batch_size(self, requests=None, pos: int = 0):
         self._sizing_batch = True

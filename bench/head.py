@@ -1,15 +1,18 @@
 """One steered run vs plain `--model hf` on the same log-likelihood task (the continuation-only head).
 
-Three `lm_eval` processes on the HH preference task of bench/sweep.py (200 real HH pairs, 400
-log-likelihood requests), embedded SmolLM2 base (peft=none):
+Four `lm_eval` processes on the HH preference task of bench/sweep.py (200 real HH pairs, 400
+log-likelihood requests, two continuations per context), embedded SmolLM2 base (peft=none):
 
 * `--model hf`                                  lm-eval's plain model: head + log-softmax at every position;
-* `--model steered ... alpha=1`                 this project's adapter, shipped v̄ at layer 20, with the LM head
-                                                and log-softmax only on the continuation span (the default);
-* `--model steered ... alpha=1,head_positions=all`  the same steering through lm-eval's full-head loop.
+* `--model steered ... alpha=1`                 this project's adapter with its defaults, shipped v̄ at layer 20:
+                                                each context once for both continuations (packed contexts),
+                                                the LM head and log-softmax only on the continuation span;
+* `... alpha=1,pack_contexts=false`             the same, one row per request (the continuation head alone);
+* `... alpha=1,pack_contexts=false,head_positions=all`  the same steering through lm-eval's full-head loop.
 
-Reports wall and evaluation times, the ratios steered/hf (goal <= 0.9) and continuation/all-positions,
-and max |Δ loglik| between the two steered runs (same numbers expected, <= 1e-5).
+Reports wall and evaluation times, the ratios steered/hf (goal <= 0.9), packed/unpacked and
+continuation/all-positions, and max |Δ loglik| between the steered runs (the continuation head alone:
+<= 1e-5; packed: <= 1e-4).
 
     python bench/head.py [--docs 200] [--batch-size 8]
 """
@@ -42,7 +45,8 @@ def main() -> None:
     docs, source = hh_docs(args.docs)
     steer = f"pretrained={model_dir},peft=none,vector={vector},layer={args.layer},alpha=1"
     runs = {"hf": ("hf", f"pretrained={model_dir}"), "steered": ("steered", steer),
-            "steered_all_positions": ("steered", steer + ",head_positions=all")}
+            "steered_unpacked": ("steered", steer + ",pack_contexts=false"),
+            "steered_all_positions": ("steered", steer + ",pack_contexts=false,head_positions=all")}
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -55,8 +59,12 @@ def main() -> None:
             lls, eval_s = loglikelihoods(folder)
             out[name] = {"wall_s": round(wall, 2), "eval_s": round(eval_s, 2), "lls": lls}
             print(f"{name}: wall {wall:.1f} s, evaluation {eval_s:.1f} s", flush=True)
-    a, b = out["steered"]["lls"], out["steered_all_positions"]["lls"]
-    diff = max(abs(x - y) for d in a for x, y in zip(a[d], b[d]))
+    def max_diff(a, b):
+        a, b = out[a]["lls"], out[b]["lls"]
+        return max(abs(x - y) for d in a for x, y in zip(a[d], b[d]))
+
+    diff = max_diff("steered_unpacked", "steered_all_positions")
+    packed_diff = max_diff("steered", "steered_unpacked")
     result = {
         "task": {"docs": len(docs), "requests": 2 * len(docs), "data": source, "batch_size": args.batch_size,
                  "model": "smollm2 base (peft=none); steered: shipped v-bar at layer 20, alpha=1",
@@ -64,14 +72,20 @@ def main() -> None:
         "runs": {k: {kk: vv for kk, vv in v.items() if kk != "lls"} for k, v in out.items()},
         "steered_over_hf_eval": round(out["steered"]["eval_s"] / out["hf"]["eval_s"], 3),
         "steered_over_hf_wall": round(out["steered"]["wall_s"] / out["hf"]["wall_s"], 3),
-        "continuation_over_all_positions_eval": round(out["steered"]["eval_s"] / out["steered_all_positions"]["eval_s"], 3),
+        "unpacked_steered_over_hf_eval": round(out["steered_unpacked"]["eval_s"] / out["hf"]["eval_s"], 3),
+        "packed_over_unpacked_eval": round(out["steered"]["eval_s"] / out["steered_unpacked"]["eval_s"], 3),
+        "continuation_over_all_positions_eval": round(out["steered_unpacked"]["eval_s"]
+                                                      / out["steered_all_positions"]["eval_s"], 3),
         "max_abs_loglik_diff_continuation_vs_all": diff,
+        "max_abs_loglik_diff_packed_vs_unpacked": packed_diff,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result, indent=1))
     if diff > 1e-5:
         sys.exit(f"continuation-only head differs from the full-head loop by {diff:.3g} (> 1e-5)")
+    if packed_diff > 1e-4:
+        sys.exit(f"packed contexts differ from one row per request by {packed_diff:.3g} (> 1e-4)")
 
 
 if __name__ == "__main__":

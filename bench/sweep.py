@@ -145,7 +145,9 @@ def main() -> None:
     result = {
         "grid": {"alphas": alphas, "layer": args.layer, "docs": len(docs), "requests_per_point": 2 * len(docs),
                  "data": source, "batch_size": args.batch_size, "model": "smollm2 (base, peft=none)",
-                 "torch_threads": torch.get_num_threads()},
+                 "torch_threads": torch.get_num_threads(),
+                 # the sweep's defaults: each context once for both continuations, LM head on their span only
+                 "sweep_pack_contexts": True, "sweep_head_positions": "continuation"},
         "separate_total_s": round(total_separate, 2),
         "sweep_total_s": round(sweep_wall, 2),
         "speedup": round(total_separate / sweep_wall, 2),

@@ -130,9 +130,11 @@ class DPOSettings:
 # Documented recipes (README, "Splits, the refusal pair and real-row tasks").  A preset fills
 # the settings and the data part; flags given on the command line override it.
 PRESETS = {
-    # the refusal pair: build-refusal's refusal_pairs.jsonl.gz, ~1 epoch over the train part
+    # the refusal pair: build-refusal's refusal_pairs.jsonl.gz, ~1 epoch over the train part;
+    # beta 0.3 / lr 5e-4 is the point scripts/dpo_hparam_sweep.py chose on the vector part
+    # (results/dpo_hparam_sweep/sweep.md)
     "refusal": {"part": "train", "settings": dict(
-        beta=0.1, learning_rate=5e-4, epochs=1.0, batch_size=4, warmup_steps=6, lora_r=16, lora_alpha=32,
+        beta=0.3, learning_rate=5e-4, epochs=1.0, batch_size=4, warmup_steps=6, lora_r=16, lora_alpha=32,
         lora_targets="all-linear")},
     # the HH pair: the shipped adapter's hyper-parameters (dsteer_eval/artifacts/smollm2/dpo_adapter)
     "hh": {"part": "train", "settings": dict(

@@ -36,9 +36,9 @@ def _spy(monkeypatch):
     seen = []
     original = get_model("steered")._forward_kept
 
-    def spy(self, inps, keep):
+    def spy(self, inps, keep, **model_kwargs):
         seen.append((inps.shape[1], len(keep)))
-        out = original(self, inps, keep)
+        out = original(self, inps, keep, **model_kwargs)
         assert out.shape[:2] == (inps.shape[0], len(keep))
         return out
 
@@ -100,8 +100,9 @@ def test_model_without_logits_to_keep_falls_back(tiny_dir, monkeypatch, caplog):
     assert "full-head loop" in caplog.text
 
 
-def test_real_rows_on_the_embedded_model(embedded_dir):
-    """Real HH pairs (../shared/data) on SmolLM2: |Δ loglik| <= 1e-5 against --model hf, same greedy flags."""
+def real_hh_pairs(n: int = 12) -> list[tuple[str, str]]:
+    """(context, continuation) of the first short HH harmless pairs in ../shared/data: chosen and rejected
+    after the same context."""
     data = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh_harmless_dev.jsonl.gz"
     if not data.is_file():
         pytest.skip(f"{data} not found (the real data sits beside the checkout)")
@@ -112,10 +113,17 @@ def test_real_rows_on_the_embedded_model(embedded_dir):
             cut = row["chosen"].rfind("\n\nAssistant:") + len("\n\nAssistant:")
             if len(row["chosen"]) < 700 and len(row["rejected"]) < 700:
                 pairs += [(row["chosen"][:cut], row["chosen"][cut:]), (row["chosen"][:cut], row["rejected"][cut:])]
-            if len(pairs) >= 12:
+            if len(pairs) >= n:
                 break
+    return pairs
+
+
+def test_real_rows_on_the_embedded_model(embedded_dir):
+    """Real HH pairs (../shared/data) on SmolLM2: |Δ loglik| <= 1e-5 against --model hf, same greedy flags
+    (the continuation head alone, one row per request; packed contexts: tests/test_packed_contexts.py)."""
+    pairs = real_hh_pairs()
     hf = HFLM(pretrained=embedded_dir, batch_size=4, device="cpu").loglikelihood(reqs(pairs))
-    lm = get_model("steered")(pretrained="smollm2", peft="none", alpha=0.0, batch_size=4)
+    lm = get_model("steered")(pretrained="smollm2", peft="none", alpha=0.0, batch_size=4, pack_contexts=False)
     assert lm._continuation_head
     ours = lm.loglikelihood(reqs(pairs))
     assert max(abs(a[0] - b[0]) for a, b in zip(ours, hf)) <= 1e-5

@@ -132,7 +132,10 @@ def test_shared_lower_layers_equal_separate_runs(tiny_dir, vec, tiny_adapter_dir
     assert worst <= 1e-4
     stats = lm.shared.stats
     assert stats["replayed"] == 3 * 3 * 3  # per layer: 3 batches recorded at alpha=0, replayed for 3 alphas
-    assert stats["full"] == 3 * 3 and stats["verified_max_abs_diff"] <= 1e-4
+    # + the packed-context check: the run's first batch once more as plain rows (position=all only)
+    checked = 1 if extra != "position=prompt" else 0
+    assert lm._pack_check.get("done", False) == bool(checked)
+    assert stats["full"] == 3 * 3 + checked and stats["verified_max_abs_diff"] <= 1e-4
 
 
 def test_replay_check_turns_the_cache_off_when_it_would_be_wrong(tiny_dir, vec, caplog):

@@ -23,7 +23,7 @@ from dsteer_eval.sweep.alpha_batch import (
     shift_dim,
 )
 from dsteer_eval.sweep.merged_adapter import MergedSides
-from dsteer_eval.sweep.shared_prefix import SharedPrefix
+from dsteer_eval.sweep.shared_prefix import SharedPrefix, repeat_layer_inputs
 
 
 log = logging.getLogger(__name__)
@@ -172,11 +172,21 @@ class SweepLM(SteeredLM):
                 and isinstance(self.batch_size, int) and self.batch_size >= 1):
             return super()._loglikelihood_tokens(requests, disable_tqdm, override_bs)
         from dsteer_eval.adapters.continuation_loglik import loglikelihood_tokens
+        from dsteer_eval.adapters.packed_contexts import packed_loglikelihood_tokens
 
         group = self._group
+
+        def call(inps, keep, _lengths, model_kwargs=None):
+            return self._group_call(inps, keep, group, model_kwargs or {})
+
         try:
-            answers = loglikelihood_tokens(self, requests, disable_tqdm, override_bs, variants=len(group),
-                                           call=lambda inps, keep, _lengths: self._group_call(inps, keep, group))
+            answers = None
+            if self.packs_contexts(override_bs):
+                answers = packed_loglikelihood_tokens(self, requests, disable_tqdm, call=call, variants=len(group),
+                                                      checked=self._pack_check)
+            if answers is None:
+                answers = loglikelihood_tokens(self, requests, disable_tqdm, override_bs, variants=len(group),
+                                               call=call)
         except _GroupPassDiffers:  # the check failed on the first batch: computed again point by point
             return super()._loglikelihood_tokens(requests, disable_tqdm, override_bs)
         mine = None
@@ -188,8 +198,9 @@ class SweepLM(SteeredLM):
         self.logliks.stats["batched_calls"] += 1
         return mine
 
-    def _group_call(self, inps, keep, group):
-        """Logits at ``keep`` for every point of ``group`` (rows variant-major); the lower layers run once."""
+    def _group_call(self, inps, keep, group, model_kwargs):
+        """Logits at ``keep`` for every point of ``group`` (rows variant-major); the lower layers run once.
+        ``model_kwargs``: a packed batch's mask and positions, repeated per point for the layers above the site."""
         shifts = group_shifts(group, inps.shape[0], shift_dim(group))
         module = self._parts.site_module(self._group_site)
 
@@ -201,16 +212,19 @@ class SweepLM(SteeredLM):
 
         saved = self._interventions
         self._interventions = []
-        handle = module.register_forward_hook(expand)
+        handles = [module.register_forward_hook(expand)]
+        if model_kwargs:
+            handles += repeat_layer_inputs(self._parts, self._group_site, inps.shape[0], len(group))
         try:
             with self.steering(None):
-                logits = self._forward_kept(inps, keep)
+                logits = self._forward_kept(inps, keep, **model_kwargs)
         finally:
-            handle.remove()
+            for handle in handles:
+                handle.remove()
             self._interventions = saved
         if not self.logliks.stats.get("verified"):
             self.logliks.stats["verified"] = True
-            diff = self._check_group_pass(inps, keep, group, logits)
+            diff = self._check_group_pass(inps, keep, group, logits, model_kwargs)
             self.logliks.stats["verified_max_abs_diff"] = diff
             tolerance = 1e-4 if logits.dtype in (torch.float32, torch.float64) else 2e-2
             if not diff <= tolerance:
@@ -220,7 +234,7 @@ class SweepLM(SteeredLM):
                 raise _GroupPassDiffers
         return logits
 
-    def _check_group_pass(self, inps, keep, group, logits) -> float:
+    def _check_group_pass(self, inps, keep, group, logits, model_kwargs) -> float:
         worst = 0.0
         for i, point in enumerate(group):
             saved = self._interventions, self._module_edits
@@ -229,20 +243,22 @@ class SweepLM(SteeredLM):
                                    row_shift_edit(group_shifts([point], inps.shape[0], shift_dim(group))))]
             try:
                 with self.steering(None):
-                    single = self._forward_kept(inps, keep)
+                    single = self._forward_kept(inps, keep, **model_kwargs)
             finally:
                 self._interventions, self._module_edits = saved
             rows = logits[i * inps.shape[0]:(i + 1) * inps.shape[0]]
             worst = max(worst, float((rows.float() - single.float()).abs().max()))
         return worst
 
-    def _kept_call(self, inps, keep, prompt_lengths):
+    def _kept_call(self, inps, keep, prompt_lengths, model_kwargs=None):
+        model_kwargs = model_kwargs or {}
         if self.shared is None:
-            return super()._kept_call(inps, keep, prompt_lengths)
+            return super()._kept_call(inps, keep, prompt_lengths, model_kwargs)
         lengths = prompt_lengths if self._position != "all" else None
 
         def run(parts):
             with self.steering(lengths, parts):
-                return self._forward_kept(inps, keep)
+                return self._forward_kept(inps, keep, **model_kwargs)
 
-        return self.shared.call(inps, run)
+        # a packed row's positions fix its mask: both key the stored states
+        return self.shared.call(inps, run, positions=model_kwargs.get("position_ids"))
