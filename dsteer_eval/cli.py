@@ -414,10 +414,18 @@ def _cmd_train_dpo(args: argparse.Namespace) -> int:
     else:
         settings = DPOSettings(**{f.name: getattr(args, f.name) for f in fields(DPOSettings)})
         part = args.part
+    if args.hparam_sweep:  # checked before any training: a run off the sweep's choice is refused
+        from dsteer_eval.hparam_choice import check
+
+        check(settings.beta, settings.learning_rate, args.hparam_sweep)
     card = train_dpo(args.data, args.out, settings, pretrained=args.pretrained, data_dir=args.data_dir,
                      split=args.split, limit=args.limit, part=None if part == "all" else part, preset=args.preset,
                      overwrite=args.overwrite, checkpoint_dir=args.checkpoint_dir, save_steps=args.save_steps,
                      resume=args.resume, eval_part=args.eval_part, command=_provenance_command(args))
+    if args.hparam_sweep:
+        from dsteer_eval.hparam_choice import record
+
+        card = record(args.out, args.hparam_sweep)
     m = card["metrics"]
     line = ", ".join(
         f"{name} reward accuracy {v['reward_accuracy']:.3f} margin {v['reward_margin_mean']:+.4f}"
@@ -591,6 +599,9 @@ def _add_train_dpo(verbs) -> None:
                    "training finishes)")
     p.add_argument("--save-steps", type=int, default=DEFAULT_SAVE_STEPS,
                    help=f"save a checkpoint every this many steps (default {DEFAULT_SAVE_STEPS}; 0: none)")
+    p.add_argument("--hparam-sweep", default=None, metavar="SWEEP_JSON",
+                   help="the scripts/dpo_hparam_sweep.py report that chose beta and the learning rate: checked "
+                        "before training (a run with other values is refused) and recorded in the card")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run from its newest checkpoint (same command plus --resume)")
     p.add_argument("--beta", type=float, default=d.beta, action=_Given, help=f"DPO beta (default {d.beta})")

@@ -19,4 +19,5 @@ print("floors installed:", ", ".join(f"{k} {v}" for k, v in got.items()), "| tor
 PY
 "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/test_adapter.py tests/test_continuation_head.py \
     tests/test_sweep.py tests/test_dpo_training.py tests/test_dpo_gate.py tests/test_alpha_batch.py \
-    tests/test_vector_formats.py tests/test_merged_adapter.py tests/test_provenance.py -k "not embedded"
+    tests/test_vector_formats.py tests/test_merged_adapter.py tests/test_provenance.py tests/test_packed_contexts.py \
+    -k "not embedded"

@@ -16,7 +16,7 @@ PAIRS=build/refusal/refusal_pairs.jsonl.gz
 "$BIN/dsteer-eval" build-refusal --hh "$SHARED/hh_harmless_dev.jsonl.gz" --truthfulqa "$SHARED/truthfulqa_dev.csv" \
     --out build/refusal
 "$BIN/dsteer-eval" train-dpo --preset refusal --data "$PAIRS" --steps 140 --save-steps 20 --eval-size 128 \
-    --out build/refusal_dpo ${RESUME:+--resume}
+    --hparam-sweep results/dpo_hparam_sweep/sweep.json --out build/refusal_dpo ${RESUME:+--resume}
 rm -rf "$ART/adapter" && mkdir -p "$ART" && cp -r build/refusal_dpo "$ART/adapter"
 "$BIN/dsteer-eval" extract --method dpo-diff --peft "$ART/adapter" --data "$PAIRS" --part vector \
     --default-layer 20 --out "$ART/vector.safetensors"

@@ -40,6 +40,7 @@ def _card() -> str:
         f"* data: part `{d.get('part')}`, {d.get('pairs_train')} train pairs, {d.get('pairs_eval')} held-out "
         f"(eval part) pairs; prompts truncated: {d.get('prompts_truncated')}",
         f"* {card['steps_done']} steps, {card['seconds_per_step']} s/step on this machine's CPU",
+        _hparams(card),
         f"* train pairs: {fmt(tr)}",
         f"* **held-out (eval part, never trained on): {fmt(ev)}**",
         *_heldout(card),
@@ -53,6 +54,16 @@ def _card() -> str:
         *([f"* gate at training time ({card['gate_at_training'].get('pairs')} pairs): "
            f"{'passed' if card['gate_at_training'].get('passed') else 'failed'}"] if card.get("gate_at_training") else []),
     ])
+
+
+def _hparams(card: dict) -> str:
+    hp, choice = card["hyperparameters"], card.get("hparam_choice")
+    line = f"* β {hp['beta']:g}, learning rate {hp['learning_rate']:g}"
+    if not choice:
+        return line + ": not tied to a hyper-parameter sweep in the card"
+    return (line + f": the point chosen by `{choice['sweep']}` ({choice['rule']}; measured on the "
+            f"{choice['measured_on']}), checked and recorded in the card (`hparam_choice`, sweep sha256 "
+            f"{choice['sha256'][:12]}…)")
 
 
 def _heldout(card: dict) -> list[str]:

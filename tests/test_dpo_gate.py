@@ -116,3 +116,44 @@ def test_cli_train_dpo_prints_rewards_by_kind(tiny_dir, refusal_file, tmp_path, 
     printed = capsys.readouterr().out
     assert "eval reward accuracy" in printed and "; eval answer: reward accuracy" in printed
     assert "; eval refuse: reward accuracy" in printed
+
+
+def _sweep_report(tmp_path, beta=0.3, lr=5e-4):
+    report = {"format": "dsteer-eval/dpo-hparam-sweep", "steps": 30, "rule": "max of min z",
+              "points": [{"beta": 0.1, "learning_rate": 5e-4, "worst_kind_z": -4.0, "pairs_eval": 174},
+                         {"beta": beta, "learning_rate": lr, "worst_kind_z": 0.8, "pairs_eval": 174}],
+              "chosen_index": 1, "chosen": {"beta": beta, "learning_rate": lr}, "command": "python x"}
+    path = tmp_path / "sweep.json"
+    path.write_text(json.dumps(report))
+    return path
+
+
+def test_train_dpo_hparam_sweep_refuses_other_values_before_training(tiny_dir, refusal_file, tmp_path, capsys):
+    from dsteer_eval.cli import main
+
+    sweep = _sweep_report(tmp_path)
+    out = tmp_path / "pair"
+    common = ["train-dpo", "--data", refusal_file, "--pretrained", tiny_dir, "--steps", "1", "--batch-size", "4",
+              "--max-length", "64", "--max-prompt-length", "40", "--out", str(out), "--hparam-sweep", str(sweep)]
+    assert main([*common, "--beta", "0.1", "--learning-rate", "5e-4"]) == 2
+    err = capsys.readouterr().err
+    assert "chose beta 0.3" in err and "--beta 0.3 --learning-rate 0.0005" in err and not out.exists()
+    assert main([*common, "--beta", "0.3", "--learning-rate", "5e-4"]) == 0
+    card = json.loads((out / "dpo_card.json").read_text())
+    choice = card["hparam_choice"]
+    assert choice["chosen"] == {"beta": 0.3, "learning_rate": 5e-4}
+    assert choice["sha256"] == hashlib.sha256(sweep.read_bytes()).hexdigest()
+    assert [p["worst_kind_z"] for p in choice["points"]] == [-4.0, 0.8] and "vector part" in choice["measured_on"]
+
+
+def test_hparam_sweep_file_errors_are_named(tmp_path):
+    from dsteer_eval.hparam_choice import check
+
+    with pytest.raises(ValueError, match="no such file"):
+        check(0.3, 5e-4, tmp_path / "missing.json")
+    (tmp_path / "other.json").write_text(json.dumps({"format": "something else"}))
+    with pytest.raises(ValueError, match="not a dsteer-eval/dpo-hparam-sweep report"):
+        check(0.3, 5e-4, tmp_path / "other.json")
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(ValueError, match="not JSON"):
+        check(0.3, 5e-4, tmp_path / "bad.json")
