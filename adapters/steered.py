@@ -94,7 +94,7 @@ class SteeredLM(HFLM):
         steer_path: str | None = None,
         device: str | None = None,
         head_positions: str = "continuation",
-        pack_contexts=True,
+        pack_contexts=False,
         **kwargs,
     ) -> None:
         # Everything that can be checked without the model is checked first.

@@ -4,10 +4,12 @@ Four `lm_eval` processes on the HH preference task of bench/sweep.py (200 real H
 log-likelihood requests, two continuations per context), embedded SmolLM2 base (peft=none):
 
 * `--model hf`                                  lm-eval's plain model: head + log-softmax at every position;
-* `--model steered ... alpha=1`                 this project's adapter with its defaults, shipped v̄ at layer 20:
-                                                each context once for both continuations (packed contexts),
-                                                the LM head and log-softmax only on the continuation span;
-* `... alpha=1,pack_contexts=false`             the same, one row per request (the continuation head alone);
+* `--model steered ... alpha=1,pack_contexts=true`  this project's adapter, shipped v̄ at layer 20: each
+                                                context once for both continuations (packed contexts; the
+                                                sweep's default), the LM head and log-softmax only on the
+                                                continuation span;
+* `... alpha=1` (pack_contexts=false, the default of a single steered run): one row per request, the
+                                                continuation head alone;
 * `... alpha=1,pack_contexts=false,head_positions=all`  the same steering through lm-eval's full-head loop.
 
 Reports wall and evaluation times, the ratios steered/hf (goal <= 0.9), packed/unpacked and
@@ -44,7 +46,7 @@ def main() -> None:
     model_dir, vector = str(ensure_embedded("smollm2")), default_vector("smollm2")
     docs, source = hh_docs(args.docs)
     steer = f"pretrained={model_dir},peft=none,vector={vector},layer={args.layer},alpha=1"
-    runs = {"hf": ("hf", f"pretrained={model_dir}"), "steered": ("steered", steer),
+    runs = {"hf": ("hf", f"pretrained={model_dir}"), "steered": ("steered", steer + ",pack_contexts=true"),
             "steered_unpacked": ("steered", steer + ",pack_contexts=false"),
             "steered_all_positions": ("steered", steer + ",pack_contexts=false,head_positions=all")}
     out = {}

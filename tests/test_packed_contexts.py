@@ -87,7 +87,7 @@ def test_packed_equals_hf_and_computes_fewer_tokens(tiny_dir, vector, monkeypatc
     hf = HFLM(pretrained=tiny_dir, batch_size=batch_size, device="cpu", attn_implementation=attn).loglikelihood(reqs())
     seen = _spy_kwargs(monkeypatch)
     lm = get_model("steered")(pretrained=tiny_dir, vector=vector, layer=2, alpha=0.0, batch_size=batch_size,
-                              attn_implementation=attn)
+                              attn_implementation=attn, pack_contexts=True)
     assert lm.packs_contexts()
     ours = lm.loglikelihood(reqs())
     assert max(abs(a[0] - b[0]) for a, b in zip(ours, hf)) <= 1e-5
@@ -105,7 +105,7 @@ def test_packed_equals_hf_and_computes_fewer_tokens(tiny_dir, vector, monkeypatc
 def test_steered_packed_equals_unpacked(tiny_dir, vector, monkeypatch, position):
     kw = dict(pretrained=tiny_dir, vector=vector, layer=2, alpha=4.0, position=position, batch_size=2)
     seen = _spy_kwargs(monkeypatch)
-    packed = get_model("steered")(**kw).loglikelihood(reqs())
+    packed = get_model("steered")(pack_contexts=True, **kw).loglikelihood(reqs())
     assert bool(any(k for _, k in seen)) == (position == "all")  # position=completion is never packed
     plain = get_model("steered")(pack_contexts=False, **kw).loglikelihood(reqs())
     assert max(abs(a[0] - b[0]) for a, b in zip(packed, plain)) <= 1e-5
@@ -115,7 +115,9 @@ def test_steered_packed_equals_unpacked(tiny_dir, vector, monkeypatch, position)
 def test_truncated_requests_equal_hf(tiny_dir, vector):
     pairs = [(" ".join(["word"] * 30), " one two three"), (" ".join(["word"] * 30), " four five")] + PAIRS[:6]
     hf = HFLM(pretrained=tiny_dir, batch_size=2, device="cpu", max_length=30).loglikelihood(reqs(pairs))
-    lm = get_model("steered")(pretrained=tiny_dir, vector=vector, layer=2, alpha=0.0, batch_size=2, max_length=30)
+    lm = get_model("steered")(pretrained=tiny_dir, vector=vector, layer=2, alpha=0.0, batch_size=2, max_length=30,
+                              pack_contexts=True)
+    assert lm.packs_contexts()
     assert len(lm.tok_encode(pairs[0][0])) > 30  # the first two are truncated
     ours = lm.loglikelihood(reqs(pairs))
     assert max(abs(a[0] - b[0]) for a, b in zip(ours, hf)) <= 1e-5
@@ -132,7 +134,7 @@ def test_a_mask_the_model_ignores_turns_packing_off(tiny_dir, vector, monkeypatc
         return ids, positions, torch.ones_like(mask).tril()
 
     monkeypatch.setattr(packed_contexts, "batch_inputs", causal_only)
-    lm = get_model("steered")(pretrained=tiny_dir, vector=vector, layer=2, alpha=0.0, batch_size=3)
+    lm = get_model("steered")(pretrained=tiny_dir, vector=vector, layer=2, alpha=0.0, batch_size=3, pack_contexts=True)
     ours = lm.loglikelihood(reqs())
     hf = HFLM(pretrained=tiny_dir, batch_size=3, device="cpu").loglikelihood(reqs())
     assert max(abs(a[0] - b[0]) for a, b in zip(ours, hf)) <= 1e-5
@@ -142,11 +144,17 @@ def test_a_mask_the_model_ignores_turns_packing_off(tiny_dir, vector, monkeypatc
 
 def test_fallbacks_are_explicit(tiny_dir, vector):
     kw = dict(pretrained=tiny_dir, vector=vector, layer=2, alpha=1.0)
-    assert not get_model("steered")(pack_contexts="false", batch_size=2, **kw).packs_contexts()
+    assert not get_model("steered")(batch_size=2, **kw).packs_contexts()  # `steered`: off unless asked for
+    assert get_model("steered")(pack_contexts="true", batch_size=2, **kw).packs_contexts()
+    from dsteer_eval.sweep.sweep_lm import SweepLM
+
+    assert SweepLM(batch_size=2, **kw).packs_contexts()  # a sweep: on unless told not to
+    assert not SweepLM(pack_contexts="false", batch_size=2, **kw).packs_contexts()
+    kw["pack_contexts"] = True
     assert not get_model("steered")(batch_size="auto", **kw).packs_contexts()
     assert not get_model("steered")(head_positions="all", batch_size=2, **kw).packs_contexts()
     with pytest.raises(ValueError, match="pack_contexts"):
-        get_model("steered")(pack_contexts="maybe", batch_size=2, **kw)
+        get_model("steered")(batch_size=2, **{**kw, "pack_contexts": "maybe"})
 
 
 def test_sweep_group_pass_packed_equals_separate_unpacked_points(tiny_dir, vector):
@@ -179,7 +187,7 @@ def test_real_rows_on_the_embedded_model_packed(embedded_dir):
     the same model's own batch sizes 1 and 4 differ by a like amount), same greedy flags."""
     pairs = real_hh_pairs()
     hf4 = HFLM(pretrained=embedded_dir, batch_size=4, device="cpu").loglikelihood(reqs(pairs))
-    lm = get_model("steered")(pretrained="smollm2", peft="none", alpha=0.0, batch_size=4)
+    lm = get_model("steered")(pretrained="smollm2", peft="none", alpha=0.0, batch_size=4, pack_contexts=True)
     assert lm.packs_contexts()
     ours = lm.loglikelihood(reqs(pairs))
     assert lm._pack_check["ok"]

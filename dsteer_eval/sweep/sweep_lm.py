@@ -43,6 +43,9 @@ class SweepLM(SteeredLM):
     def __init__(self, *args, shared_prefix: bool = True, merge_adapter: bool = True, **kwargs) -> None:
         if kwargs.get("steer_path") is not None:
             raise ValueError("dsteer-eval sweep steers with vector= files; steer_path= is not supported here")
+        # a sweep packs each context once for all its continuations unless told not to (`steered` alone keeps
+        # lm-eval's rows by default, so its alpha=0 stays bit-identical to --model hf)
+        kwargs.setdefault("pack_contexts", True)
         super().__init__(*args, **kwargs)
         self._merged = MergedSides.build(self.model) if parse_bool(merge_adapter, "merge_adapter") else None
         self._side = "dpo"
