@@ -136,9 +136,10 @@ PRESETS = {
     "refusal": {"part": "train", "settings": dict(
         beta=0.3, learning_rate=5e-4, epochs=1.0, batch_size=4, warmup_steps=6, lora_r=16, lora_alpha=32,
         lora_targets="all-linear")},
-    # the HH pair: the shipped adapter's hyper-parameters (dsteer_eval/artifacts/smollm2/dpo_adapter)
+    # the HH harmless pair: LoRA r 16 on every linear layer, 1 epoch over the train part; beta / lr
+    # from scripts/dpo_hparam_sweep.py --preset hh (results/dpo_hparam_sweep_hh/sweep.md)
     "hh": {"part": "train", "settings": dict(
-        beta=0.1, learning_rate=3e-4, steps=150, batch_size=4, warmup_steps=10, lora_r=4, lora_alpha=8,
+        beta=0.1, learning_rate=5e-4, epochs=1.0, batch_size=4, warmup_steps=10, lora_r=16, lora_alpha=32,
         lora_targets="all-linear")},
 }
 

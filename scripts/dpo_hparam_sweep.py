@@ -1,10 +1,10 @@
-"""A small beta x learning-rate sweep for the refusal pair, selected on the *vector* part.
+"""A small beta x learning-rate sweep for a DPO preset (refusal or hh), selected on the *vector* part.
 
-Each grid point trains the refusal preset for ``--steps`` steps on the train part and measures
+Each grid point trains the preset (``--preset``, default refusal) for ``--steps`` steps on the train part and measures
 held-out implicit rewards on every pair of the vector part (never trained on, and not the eval
 part: the eval part's numbers stay untouched by the choice).  The choice is computed here:
 the point with the largest worst-kind margin in standard errors (min over refuse/answer of
-mean/stderr), ties broken by pooled reward accuracy.  Implicit rewards scale with beta, so
+mean/stderr; the HH pairs have one kind, so their pooled mean/stderr), ties broken by pooled reward accuracy.  Implicit rewards scale with beta, so
 margins are compared in standard errors, not raw.
 
 Writes OUT/sweep.json and OUT/sweep.md; finished points (a card in their folder) are reused,
@@ -12,6 +12,9 @@ so an interrupted sweep is resumed by running the same command again.
 
     python scripts/dpo_hparam_sweep.py --data build/refusal/refusal_pairs.jsonl.gz \
         --work build/dpo_hparam_sweep --out results/dpo_hparam_sweep
+    python scripts/dpo_hparam_sweep.py --preset hh --data ../shared/data/hh_harmless_dev.jsonl.gz \
+        --steps 40 --grid 0.1:5e-4,0.1:2e-4,0.3:5e-4,0.05:5e-4 \
+        --work build/dpo_hparam_sweep_hh --out results/dpo_hparam_sweep_hh
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ def choose(points: list[dict]) -> dict:
 
 def markdown(report: dict) -> str:
     lines = [
-        "# beta x learning-rate sweep (refusal pair, SmolLM2-135M-Instruct)",
+        f"# beta x learning-rate sweep ({report.get('preset', 'refusal')} pair, SmolLM2-135M-Instruct)",
         "",
         f"Each point: `{report['base_command']}` plus its beta and lr; {report['steps']} steps on the train part; "
         f"held-out rewards on every pair of the **vector** part (the eval part is not looked at). "
@@ -78,6 +81,8 @@ def main(argv=None) -> int:
     parser.add_argument("--work", required=True, help="folder for the grid points' adapters (not committed)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--preset", choices=("refusal", "hh"), default="refusal",
+                        help="the train-dpo preset each point starts from (its beta and lr are replaced)")
     parser.add_argument("--grid", default=None,
                         help="beta:lr,beta:lr,... (default: " + ",".join(f"{b:g}:{lr:g}" for b, lr in GRID) + ")")
     args = parser.parse_args(argv)
@@ -90,10 +95,10 @@ def main(argv=None) -> int:
         folder = Path(args.work) / f"beta{beta:g}_lr{lr:g}"
         card = read_card(folder)
         if card is None:
-            settings = preset_settings("refusal")
+            settings = preset_settings(args.preset)
             settings.beta, settings.learning_rate, settings.epochs, settings.steps = beta, lr, 0.0, args.steps
             settings.eval_size = 10_000
-            card = train_dpo(args.data, folder, settings, part="train", eval_part="vector", preset="refusal",
+            card = train_dpo(args.data, folder, settings, part="train", eval_part="vector", preset=args.preset,
                              save_steps=10, resume=True)
         m = card["metrics"]
         points.append({"beta": beta, "learning_rate": lr, "eval": m["eval"], "eval_by_kind": m.get("eval_by_kind", {}),
@@ -101,10 +106,10 @@ def main(argv=None) -> int:
                        "seconds_per_step": card["seconds_per_step"], "card_command": card["command"]})
     best = choose(points)
     report = {
-        "format": "dsteer-eval/dpo-hparam-sweep", "steps": args.steps,
-        "rule": "max over points of min over kinds (refuse, answer) of margin/stderr on the vector part; "
-                "ties: pooled reward accuracy",
-        "base_command": "dsteer-eval train-dpo --preset refusal --eval-part vector --eval-size 10000",
+        "format": "dsteer-eval/dpo-hparam-sweep", "steps": args.steps, "preset": args.preset,
+        "rule": "max over points of min over kinds (refuse, answer; one kind for hh) of margin/stderr on the "
+                "vector part; ties: pooled reward accuracy",
+        "base_command": f"dsteer-eval train-dpo --preset {args.preset} --eval-part vector --eval-size 10000",
         "points": points, "chosen_index": points.index(best),
         "chosen": {"beta": best["beta"], "learning_rate": best["learning_rate"]},
         "command": shlex.join(["python", "scripts/dpo_hparam_sweep.py", *(argv if argv is not None else sys.argv[1:])]),
