@@ -440,6 +440,15 @@ def _cmd_train_dpo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _describe_preset(spec: dict) -> str:
+    """A preset's recipe in words, from PRESETS (so the help cannot go stale)."""
+    st = spec["settings"]
+    length = f"{st['epochs']:g} epoch" if st.get("epochs") else f"{st.get('steps')} steps"
+    return (f"LoRA r{st['lora_r']}/a{st['lora_alpha']} {st['lora_targets']}, beta {st['beta']:g}, "
+            f"lr {st['learning_rate']:g}, {length}, warmup {st['warmup_steps']}, batch {st['batch_size']}, "
+            f"--part {spec['part']}")
+
+
 class _Given(argparse.Action):
     """Stores like ``store`` and records that the flag was given (so it can override a preset)."""
 
@@ -588,8 +597,8 @@ def _add_train_dpo(verbs) -> None:
                    help="with --part train: the part held-out rewards come from (default eval; vector for "
                    "hyper-parameter selection that must not look at the eval part)")
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                   help="documented recipe: refusal (LoRA r16/a32 all-linear, beta 0.1, lr 5e-4, 1 epoch, warmup 6, "
-                   "batch 4, --part train) or hh (the shipped adapter's settings, --part train); flags override it")
+                   help="documented recipe (flags given override it): " + "; ".join(
+                       f"{name} ({_describe_preset(spec)})" for name, spec in sorted(PRESETS.items())))
     p.add_argument("--pretrained", default=None, help="hub id, local path or 'smollm2' (default: embedded)")
     p.add_argument("--out", required=True, help="output folder (created when training finishes)")
     p.add_argument("--overwrite", action="store_true",

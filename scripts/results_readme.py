@@ -15,8 +15,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results"
-CARD = ROOT / "dsteer_eval" / "artifacts" / "smollm2" / "refusal" / "adapter" / "dpo_card.json"
+ARTIFACTS = ROOT / "dsteer_eval" / "artifacts" / "smollm2"
+CARD = ARTIFACTS / "refusal" / "adapter" / "dpo_card.json"
+HH_CARD = ARTIFACTS / "hh" / "adapter" / "dpo_card.json"
 DEMO = RESULTS / "demo_smollm2"
+HH_DEMO = RESULTS / "demo_smollm2_hh"
 PROBE = RESULTS / "smollm2_refusal"
 PIPELINE = ROOT / "scripts" / "refusal_pipeline.sh"
 
@@ -29,8 +32,8 @@ def _commands() -> str:
     return "\n".join("    " + line for line in lines)
 
 
-def _card() -> str:
-    card = json.loads(CARD.read_text())
+def _card(path: Path = CARD) -> str:
+    card = json.loads(path.read_text())
     ev, tr, gate = card["metrics"].get("eval", {}), card["metrics"].get("train", {}), card.get("gate", {})
     d = card["data"]
     fmt = lambda m: (f"reward accuracy {m['reward_accuracy']:.3f}, margin {m['reward_margin_mean']:+.3f} ± "  # noqa: E731
@@ -79,24 +82,59 @@ def _heldout(card: dict) -> list[str]:
     return out
 
 
-def _hparam_sweep() -> list[str]:
-    md = RESULTS / "dpo_hparam_sweep" / "sweep.md"
+def _hparam_sweep(folder: str = "dpo_hparam_sweep") -> list[str]:
+    md = RESULTS / folder / "sweep.md"
     if not md.is_file():
         return []
     text = md.read_text().strip().splitlines()
-    return ["## `dpo_hparam_sweep/`: β × learning rate, selected on the vector part", "", *text[2:], ""]
+    return [f"## `{folder}/`: β × learning rate, selected on the vector part", "", *text[2:], ""]
 
 
-def _seeds() -> list[str]:
-    md = RESULTS / "smollm2_refusal_seed1" / "seed_comparison.md"
+def _seeds(folder: str = "smollm2_refusal_seed1", script: str = "scripts/refusal_seeds.sh") -> list[str]:
+    md = RESULTS / folder / "seed_comparison.md"
     if not md.is_file():
         return []
     text = md.read_text().strip().splitlines()
-    noise = RESULTS / "smollm2_refusal_seed1" / "seed_noise.md"
+    noise = RESULTS / folder / "seed_noise.md"
     extra = ["### The seed effect against the sampling noise of v̄ (`scripts/seed_noise.py`)", "",
              *noise.read_text().strip().splitlines()[2:], ""] if noise.is_file() else []
-    return ["## `smollm2_refusal_seed1/`: the same recipe, training seed 1 (`scripts/refusal_seeds.sh`)", "",
-            *text[2:], "", *extra]
+    return [f"## `{folder}/`: the same recipe, training seed 1 (`{script}`)", "", *text[2:], "", *extra]
+
+
+def _demo(folder: Path, title: str) -> list[str]:
+    sweep = json.loads((folder / "sweep.json").read_text())
+    return [
+        f"## `{folder.name}/`: {title}",
+        "",
+        f"Command: `{sweep.get('command') or 'see sweep.json'}`",
+        "",
+        f"Tasks {', '.join(sweep['tasks'])}; layer {', '.join(sweep['layers'])}; α grid {sweep['alphas']} on the DPO "
+        f"side; points: {', '.join(p['name'] for p in sweep['points'])}. The leaderboard, its paired tables "
+        "and the claims as the command printed them:",
+        "",
+        (folder / "leaderboard.md").read_text().strip(),
+        "",
+    ]
+
+
+def _hh() -> list[str]:
+    """The HH harmless pair (pair=hh), when scripts/hh_pipeline.sh has produced it."""
+    if not HH_CARD.is_file():
+        return []
+    return [
+        "## The HH harmless pair (`pair=hh`, `scripts/hh_pipeline.sh`)",
+        "",
+        "SmolLM2-135M-Instruct + a LoRA adapter trained with DPO on the train part of the HH harmless-base "
+        "dev pairs (`dsteer_eval/artifacts/smollm2/hh/adapter/dpo_card.json`); its gate is measured on every "
+        "eval-part pair:",
+        "",
+        _card(HH_CARD),
+        "",
+        *_hparam_sweep("dpo_hparam_sweep_hh"),
+        *_seeds("smollm2_hh_seed1", "scripts/hh_pipeline.sh"),
+        *(_demo(HH_DEMO, "the main job on the HH pair and the eval-part HH rows (`dsteer_hh_offline`)")
+          if (HH_DEMO / "leaderboard.md").is_file() else []),
+    ]
 
 
 def build() -> str:
@@ -130,12 +168,14 @@ def build() -> str:
         "",
         (PROBE / "verdicts.md").read_text().strip(),
         "",
+        *_hh(),
         "## Earlier results",
         "",
-        "The HH harmless pair (`pair=hh`, `dsteer_eval/artifacts/smollm2/dpo_adapter`) was trained before the",
-        "file-level split existed, on a random shuffle of all pairs: its probe and evaluation rows overlap its",
-        "training rows, and its held-out reward accuracy was 0.59 (margin +0.02 ± 0.05: no measurable effect).",
-        "Its old probe report and hand-written verdicts were removed; they are in the git history.",
+        "The first HH harmless pair (`dsteer_eval/artifacts/smollm2/dpo_adapter`, LoRA r 4, 150 steps) was trained",
+        "before the file-level split existed, on a random shuffle of all pairs: its probe and evaluation rows overlap",
+        "its training rows, and its held-out reward accuracy was 0.59 (margin +0.02 ± 0.05: no measurable effect).",
+        "It, its vector and its old probe report were removed (they are in the git history); `pair=hh` is now the",
+        "split-trained pair above when it is shipped.",
         "",
     ]
     return "\n".join(parts)

@@ -157,3 +157,41 @@ def test_hparam_sweep_file_errors_are_named(tmp_path):
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(ValueError, match="not JSON"):
         check(0.3, 5e-4, tmp_path / "bad.json")
+
+
+def _summary(acc, mean, se, n=150):
+    return {"pairs": n, "reward_accuracy": acc, "reward_margin_mean": mean, "reward_margin_stderr": se}
+
+
+def test_hparam_sweep_script_chooses_by_worst_kind_z_and_reuses_finished_points(tmp_path, monkeypatch):
+    """scripts/dpo_hparam_sweep.py on finished points (cards in --work): no training, the choice by its rule."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("dpo_hparam_sweep", Path(__file__).parents[1] / "scripts" /
+                                                  "dpo_hparam_sweep.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    import dsteer_eval.dpo_training as training
+
+    monkeypatch.setattr(training, "train_dpo", lambda *a, **k: pytest.fail("a finished point was retrained"))
+    work, out = tmp_path / "work", tmp_path / "out"
+    hh = {"0.1:0.0005": _summary(0.60, 0.125, 0.0625), "0.3:0.0005": _summary(0.66, 0.5, 0.125),  # z 2, 4 (exact)
+          "0.05:0.0005": _summary(0.70, 0.25, 0.0625)}  # z 4 too, higher accuracy: wins the tie
+    for key, summary in hh.items():
+        beta, lr = key.split(":")
+        folder = work / f"beta{float(beta):g}_lr{float(lr):g}"
+        folder.mkdir(parents=True)
+        (folder / "dpo_card.json").write_text(json.dumps({"metrics": {"eval": summary}, "data": {"pairs_eval": 150},
+                                                          "seconds_per_step": 15.0, "command": "c"}))
+    assert script.main(["--preset", "hh", "--data", "d", "--work", str(work), "--out", str(out),
+                        "--grid", ",".join(hh)]) == 0
+    report = json.loads((out / "sweep.json").read_text())
+    assert report["preset"] == "hh" and report["chosen"] == {"beta": 0.05, "learning_rate": 5e-4}
+    assert [p["worst_kind_z"] for p in report["points"]] == [2.0, 4.0, 4.0]
+    assert report["base_command"].startswith("dsteer-eval train-dpo --preset hh ")
+    md = (out / "sweep.md").read_text()
+    assert md.startswith("# beta x learning-rate sweep (hh pair,") and "| 0.05 | 0.0005 |" in md
+    # a refusal-style card with kinds: the worst kind decides, not the pooled margin
+    by_kind = {"eval": _summary(0.9, 5.0, 0.3), "eval_by_kind": {"refuse": _summary(1.0, 6.0, 0.3),
+                                                                 "answer": _summary(0.2, -0.8, 0.2)}}
+    assert script.worst_kind_z(by_kind) == pytest.approx(-4.0)
