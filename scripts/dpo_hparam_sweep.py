@@ -52,24 +52,17 @@ def markdown(report: dict) -> str:
         f"held-out rewards on every pair of the **vector** part (the eval part is not looked at). "
         f"Chosen by code: {report['rule']}.",
         "",
-        "| beta | lr | pooled acc | pooled margin (z) | refuse acc | refuse z | answer acc | answer z | worst z | |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
+    kinds = list(dict.fromkeys(k for p in report["points"] for k in p.get("eval_by_kind", {})))
+    head = "| beta | lr | pooled acc | pooled margin (z) | " + "".join(f"{k} acc | {k} z | " for k in kinds) + "worst z | |"
+    lines += [head, "|" + " --- |" * (head.count("|") - 1)]
     for p in report["points"]:
-        e, k = p["eval"], p.get("eval_by_kind", {})
-
-        def cell(kind):
-            s = k.get(kind)
-            if not s:
-                return "–", "–"
-            return f"{s['reward_accuracy']:.3f}", f"{z(s):.1f}"
-
-        ra, rz = cell("refuse")
-        aa, az = cell("answer")
+        e, by_kind = p["eval"], p.get("eval_by_kind", {})
+        cells = "".join(f"{by_kind[k]['reward_accuracy']:.3f} | {z(by_kind[k]):.2f} | " if k in by_kind else "– | – | "
+                        for k in kinds)
         mark = "**chosen**" if p is report["points"][report["chosen_index"]] else ""
         lines.append(f"| {p['beta']:g} | {p['learning_rate']:g} | {e['reward_accuracy']:.3f} | "
-                     f"{e['reward_margin_mean']:+.2f} ({z(e):.1f}) | "
-                     f"{ra} | {rz} | {aa} | {az} | {p['worst_kind_z']:.1f} | {mark} |")
+                     f"{e['reward_margin_mean']:+.2f} ({z(e):.2f}) | {cells}{p['worst_kind_z']:.2f} | {mark} |")
     lines += ["", f"Pairs: {report['points'][0]['pairs_eval']} vector-part pairs per point. Command: "
               f"`{report['command']}`", ""]
     return "\n".join(lines)
