@@ -12,7 +12,7 @@ from safetensors import safe_open
 
 from dsteer_eval import embedded
 from dsteer_eval.hashing import sha256_file
-from dsteer_eval.preference_data import load_pairs
+from dsteer_eval.preference_data import load_pairs, load_prompts
 
 HH = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh_harmless_dev.jsonl.gz"
 needs_shared = pytest.mark.skipif(not HH.is_file(), reason="../shared/data/hh_harmless_dev.jsonl.gz is not present")
@@ -48,7 +48,8 @@ def test_hh_pair_saw_exactly_the_train_part_and_is_gated_on_every_eval_pair():
     data = card["data"]
     assert data["sha256"] == sha256_file(HH)  # trained on this very file
     train, vector, evaluation = (load_pairs(HH, part=p) for p in ("train", "vector", "eval"))
+    assert not {q.prompt for q in train} & {q.prompt for q in vector + evaluation}
     assert data["pairs_train"] == len(train) == 923
     assert card["gate"]["pairs"] == data["pairs_eval"] == len(evaluation) == 285
-    assert int(meta["n_examples"]) == len(vector) == 157
+    assert len(vector) == 157 and int(meta["n_examples"]) == len(load_prompts(HH, part="vector")[0]) == 156  # unique
     assert card["hyperparameters"]["epochs"] == 1.0 and card["steps_done"] == 231  # ceil(923 / 4): one epoch
