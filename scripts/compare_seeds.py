@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Does the refusal pair replicate across training seeds? Two DPO cards and two dpo-diff vectors.
+"""Does a shipped DPO pair (refusal by default, or hh) replicate across training seeds? Two DPO cards and two dpo-diff vectors.
 
 Reads the shipped pair (seed 0) and a second seed's card and vector, and writes
 OUT/seed_comparison.json and OUT/seed_comparison.md with, computed here:
@@ -74,7 +74,7 @@ def compare(card_a: dict, card_b: dict, va, vb) -> dict:
             "per_site": per_site, "verdict": verdict}
 
 
-def markdown(result: dict, names: tuple[str, str]) -> str:
+def markdown(result: dict, names: tuple[str, str], pair: str = "refusal") -> str:
     rows = ["| seed | steps | gate (eval part) | by kind |", "| --- | --- | --- | --- |"]
     for key, name in zip(("a", "b"), names):
         g = result["gates"][key]
@@ -85,7 +85,7 @@ def markdown(result: dict, names: tuple[str, str]) -> str:
     sites = result["per_site"]
     cos_line = ", ".join(f"{s}: {v['cos']:.3f}" for s, v in sites.items())
     return "\n".join([
-        "# Seed replication of the refusal pair", "",
+        f"# Seed replication of the {pair} pair", "",
         *rows, "",
         f"At layer {result['layer']}: cos(v̄_seed0, v̄_seed1) = **{result['cos_at_layer']:.3f}**, "
         f"‖v̄_seed1‖/‖v̄_seed0‖ = {result['norm_ratio_at_layer']:.3f}; random-direction null: |cos| 99.9th percentile "
@@ -104,6 +104,7 @@ def main() -> int:
     ap.add_argument("--card-b", required=True)
     ap.add_argument("--vector-b", required=True)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--pair", default="refusal", help="the pair's name in the report's title")
     args = ap.parse_args()
     result = compare(json.loads(Path(args.card_a).read_text()), json.loads(Path(args.card_b).read_text()),
                      load_vectors(args.vector_a), load_vectors(args.vector_b))
@@ -111,8 +112,8 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "seed_comparison.json").write_text(json.dumps(result, indent=1) + "\n")
-    (out / "seed_comparison.md").write_text(markdown(result, ("shipped", "second seed")))
-    print(markdown(result, ("shipped", "second seed")))
+    (out / "seed_comparison.md").write_text(markdown(result, ("shipped", "second seed"), args.pair))
+    print(markdown(result, ("shipped", "second seed"), args.pair))
     return 0
 
 

@@ -38,7 +38,7 @@ if [[ $STEP == all || $STEP == seed1 ]]; then
       --default-layer 20 --out results/smollm2_hh_seed1/vector.safetensors
   "$BIN/python" scripts/compare_seeds.py --card-a "$ART/adapter/dpo_card.json" --vector-a "$ART/vector.safetensors" \
       --card-b results/smollm2_hh_seed1/dpo_card.json --vector-b results/smollm2_hh_seed1/vector.safetensors \
-      --out results/smollm2_hh_seed1
+      --pair hh --out results/smollm2_hh_seed1
 fi
 if [[ $STEP == all || $STEP == probe ]]; then
   "$BIN/dsteer-eval" probe --peft "$ART/adapter" --vector "$ART/vector.safetensors" --data "$DATA" \
