@@ -21,6 +21,7 @@ HH_CARD = ARTIFACTS / "hh" / "adapter" / "dpo_card.json"
 DEMO = RESULTS / "demo_smollm2"
 HH_DEMO = RESULTS / "demo_smollm2_hh"
 PROBE = RESULTS / "smollm2_refusal"
+HH_PROBE = RESULTS / "smollm2_hh"
 PIPELINE = ROOT / "scripts" / "refusal_pipeline.sh"
 
 
@@ -134,6 +135,8 @@ def _hh() -> list[str]:
         *_seeds("smollm2_hh_seed1", "scripts/hh_pipeline.sh"),
         *(_demo(HH_DEMO, "the main job on the HH pair and the eval-part HH rows (`dsteer_hh_offline`)")
           if (HH_DEMO / "leaderboard.md").is_file() else []),
+        *(["## `smollm2_hh/`: the HH pair's probes with their nulls (probe part, never trained on)", "",
+           (HH_PROBE / "verdicts.md").read_text().strip(), ""] if (HH_PROBE / "verdicts.md").is_file() else []),
     ]
 
 
