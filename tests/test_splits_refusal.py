@@ -205,7 +205,9 @@ def test_presets_fill_settings_and_flags_override(tmp_path, monkeypatch):
     assert cli.main(shlex.split(cmd)[1:]) == 0 and seen["settings"] == want
     assert cli.main(["train-dpo", "--data", "d", "--out", str(tmp_path / "o"), "--preset", "hh", "--part", "all"]) == 0
     assert seen["part"] is None and seen["settings"] == preset_settings("hh") and PRESETS["hh"]["part"] == "train"
-    assert (seen["settings"].learning_rate, seen["settings"].steps, seen["settings"].lora_r) == (3e-4, 150, 4)
+    hh = seen["settings"]
+    assert (hh.beta, hh.learning_rate, hh.epochs, hh.lora_r, hh.lora_alpha, hh.warmup_steps) == (0.1, 5e-4, 1.0, 16, 32, 10)
+    assert hh.steps_for(923) == 231  # one epoch over the HH train part at batch 4 (the shipped pair's steps)
     assert preset_settings("refusal").steps_for(922) == 231  # ~1 epoch at batch 4
     # --steps replaces the refusal preset's epoch count (it was silently ignored before)
     assert cli.main(["train-dpo", "--data", "d", "--out", str(tmp_path / "o"), "--preset", "refusal",
