@@ -107,8 +107,6 @@ def _demo(folder: Path, title: str) -> list[str]:
     return [
         f"## `{folder.name}/`: {title}",
         "",
-        f"Command: `{sweep.get('command') or 'see sweep.json'}`",
-        "",
         f"Tasks {', '.join(sweep['tasks'])}; layer {', '.join(sweep['layers'])}; α grid {sweep['alphas']} on the DPO "
         f"side; points: {', '.join(p['name'] for p in sweep['points'])}. The leaderboard, its paired tables "
         "and the claims as the command printed them:",
@@ -116,6 +114,10 @@ def _demo(folder: Path, title: str) -> list[str]:
         (folder / "leaderboard.md").read_text().strip(),
         "",
     ]
+
+
+def _probe(folder: Path, title: str) -> list[str]:
+    return [f"## `{folder.name}/`: {title}", "", (folder / "verdicts.md").read_text().strip(), ""]
 
 
 def _hh() -> list[str]:
@@ -135,13 +137,12 @@ def _hh() -> list[str]:
         *_seeds("smollm2_hh_seed1", "scripts/hh_pipeline.sh"),
         *(_demo(HH_DEMO, "the main job on the HH pair and the eval-part HH rows (`dsteer_hh_offline`)")
           if (HH_DEMO / "leaderboard.md").is_file() else []),
-        *(["## `smollm2_hh/`: the HH pair's probes with their nulls (probe part, never trained on)", "",
-           (HH_PROBE / "verdicts.md").read_text().strip(), ""] if (HH_PROBE / "verdicts.md").is_file() else []),
+        *(_probe(HH_PROBE, "the HH pair's probes with their nulls (probe part, never trained on)")
+          if (HH_PROBE / "verdicts.md").is_file() else []),
     ]
 
 
 def build() -> str:
-    sweep = json.loads((DEMO / "sweep.json").read_text())
     parts = [
         "# results/",
         "",
@@ -159,18 +160,8 @@ def build() -> str:
         "",
         *_hparam_sweep(),
         *_seeds(),
-        "## `demo_smollm2/`: README command (1) — the thesis on real eval-part rows",
-        "",
-        f"Tasks {', '.join(sweep['tasks'])}; layer {', '.join(sweep['layers'])}; α grid {sweep['alphas']} on the DPO "
-        f"side; points: {', '.join(p['name'] for p in sweep['points'])}. The leaderboard, its paired tables "
-        "and the claims as the command printed them:",
-        "",
-        (DEMO / "leaderboard.md").read_text().strip(),
-        "",
-        "## `smollm2_refusal/`: the probes with their nulls (probe part, never trained on)",
-        "",
-        (PROBE / "verdicts.md").read_text().strip(),
-        "",
+        *_demo(DEMO, "README command (1) — the thesis on real eval-part rows"),
+        *_probe(PROBE, "the probes with their nulls (probe part, never trained on)"),
         *_hh(),
         "## Earlier results",
         "",
