@@ -66,7 +66,7 @@ def main() -> None:
 
     adapter = default_adapter()
     if adapter is None:
-        sys.exit("no shipped DPO adapter: run `dsteer-eval train-dpo` first (see README)")
+        sys.exit("no shipped DPO adapter: run `dsteer-eval train-dpo` first (see docs/pipeline.md)")
     work = Path(tempfile.mkdtemp())
     merged = work / "merged"
     base = ensure_embedded()

@@ -735,7 +735,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grad-pairs", type=int, default=64, help="pairs used for gradient coherence")
     p.add_argument("--max-length", type=int, default=256, help="token cap of prompt+reply for gradients")
     p.add_argument("--part", choices=["train", "vector", "probe", "eval", "all"], default="all",
-                   help="probe on this part of the file-level split only (README: Splits); the pipeline uses probe")
+                   help="probe on this part of the file-level split only (docs/data-and-splits.md); the pipeline uses probe")
     p.add_argument("--no-nulls", action="store_true",
                    help="skip the null adapter (the DPO update's rows permuted, rescaled to DPO's mean |delta| at "
                    "--layer) and the verdicts against it")

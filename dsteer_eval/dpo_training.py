@@ -127,7 +127,7 @@ class DPOSettings:
         return self.steps
 
 
-# Documented recipes (README, "Splits, the refusal pair and real-row tasks").  A preset fills
+# Documented recipes (docs/data-and-splits.md).  A preset fills
 # the settings and the data part; flags given on the command line override it.
 PRESETS = {
     # the refusal pair: build-refusal's refusal_pairs.jsonl.gz, ~1 epoch over the train part;
@@ -607,7 +607,7 @@ GATE = {"min_margin_in_stderrs": 3.0, "min_reward_accuracy": 0.62}
 
 def gate(held_out: dict | None, by_kind: dict | None = None) -> dict:
     """Whether the held-out implicit-reward margin is > 0 by at least 3 standard errors and the reward
-    accuracy is at least 0.62 (README: the refusal pair); computed from the card's own numbers.
+    accuracy is at least 0.62 (docs/data-and-splits.md); computed from the card's own numbers.
     ``by_kind`` (``{kind: summary}``): the same rule per kind, and ``passed_every_kind``."""
     rule = (f"held-out reward margin > 0 by >= {GATE['min_margin_in_stderrs']:g} stderr and reward accuracy "
             f">= {GATE['min_reward_accuracy']:g}")

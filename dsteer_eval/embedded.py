@@ -164,7 +164,7 @@ def ensure_embedded(name: str = DEFAULT_MODEL) -> Path:
 
 # The base/DPO pairs shipped for the embedded model: pair name -> (adapter folder, vector file) under
 # dsteer_eval/artifacts/<model>/. "refusal" (the default) is the pair whose DPO effect passes its gate
-# (README: Splits, the refusal pair and real-row tasks); "hh" is the HH harmless pair, trained on the
+# (docs/data-and-splits.md); "hh" is the HH harmless pair, trained on the
 # train part of the same file-level split (scripts/hh_pipeline.sh).
 PAIRS = {"refusal": ("refusal/adapter", "refusal/vector.safetensors"), "hh": ("hh/adapter", "hh/vector.safetensors")}
 DEFAULT_PAIR = "refusal"

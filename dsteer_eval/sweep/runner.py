@@ -139,7 +139,7 @@ def plan_sweep(config: SweepConfig) -> Plan:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ValueError("dsteer-eval sweep runs in one process; for data parallel run `accelerate launch -m lm_eval "
                          "--model steered ...` once per alpha and combine the folders with `dsteer-eval leaderboard` "
-                         "(README: Scale past one machine)")
+                         "(docs/scaling.md)")
     from dsteer_eval.ceiling import parse_relative
 
     relative = parse_relative(config.alphas)  # rel:... or auto: multiples of the vector's strength ceiling
