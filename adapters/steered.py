@@ -25,6 +25,7 @@ the same name once dsteer-eval is installed (see ``dsteer_eval.lm_eval_plugin``)
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import deque
 from contextlib import contextmanager
@@ -52,6 +53,9 @@ from dsteer_eval.vectors.torch_dicts import check_builtin_entry, load_builtin_pt
 
 log = logging.getLogger(__name__)
 lm_eval_plugin.register()  # no-op when the .pth hook already ran
+
+
+_CACHE_NEUTRAL = ("batch_size", "max_batch_size")  # model_args that never change a number
 
 
 class NoDefaultVectorError(ValueError):
@@ -128,9 +132,16 @@ class SteeredLM(HFLM):
         self._args_label = ", ".join(  # named by NonFiniteStateError; defaults (shipped vector, adapter) filled in
             f"{k}={v}" for k, v in (("pretrained", pretrained), ("peft", kwargs.get("peft")), ("vector", vector),
                                     ("steer_path", steer_path), ("layer", layer), ("alpha", alpha),
-                                    ("position", position), ("dtype", kwargs.get("dtype")))
+                                    ("mode", args.mode), ("position", args.position), ("unit", args.unit or None),
+                                    ("norm_preserve", args.norm_preserve or None),
+                                    ("control", None if args.control is None else f"random:{args.control}"),
+                                    ("control_seed", args.control_seed if args.control is not None else None),
+                                    ("dtype", kwargs.get("dtype")))
             if v is not None
         )
+        # what, besides the steering itself, changes this model's numbers: keys its --use_cache entries
+        self._cache_identity = {"pretrained": pretrained, "peft": kwargs.get("peft"), "steer_path": steer_path,
+                                "model_args": {k: repr(v) for k, v in kwargs.items() if k not in _CACHE_NEUTRAL}}
         if str(kwargs.get("peft", "")).strip().lower() == "none":
             kwargs.pop("peft")  # peft=none: the base model itself
 
@@ -323,6 +334,60 @@ class SteeredLM(HFLM):
                 raise ValueError(f"steer_path hookpoint {hookpoint!r}: unknown action {action!r}")
             edits.append((modules[hookpoint], fn))
         return edits
+
+    # ------------------------------------------------------- lm-eval's --use_cache
+    def cache_key(self) -> str:
+        """A digest of everything that changes this model's numbers: the model and adapter files (cheap
+        content hashes), the loaded dtype, the other model_args, a ``steer_path`` file's content, and the
+        steering as it stands now (each intervention's site, mode, alpha and vector bytes, which cover
+        ``vector=``, ``layer=``, ``alpha=``, ``mode=``, ``unit=``, ``control=``), ``position=``,
+        ``norm_preserve=`` and, in a sweep, the side of the pair."""
+        identity = self.__dict__.get("_cache_files")
+        if identity is None:  # hashed once, when a cache first asks
+            from dsteer_eval.hashing import sha256_file
+            from dsteer_eval.sweep.fingerprint import content
+
+            ident = self._cache_identity
+            files = {"pretrained": content(ident["pretrained"] or "smollm2")["sha256"]}
+            if ident["peft"] is not None:
+                files["peft"] = content(ident["peft"])["sha256"]
+            if ident["steer_path"] is not None:
+                files["steer_path"] = sha256_file(Path(str(ident["steer_path"])).expanduser())
+            identity = self._cache_files = repr(sorted({**ident, "files": files}.items()))
+        digest = hashlib.sha256(identity.encode())
+        digest.update(repr((str(self.model.dtype), self._position, self._steer_args.norm_preserve,
+                            self._steer_args.alphas if self._module_edits else None,
+                            getattr(self, "_side", None))).encode())
+        for item in self._interventions:
+            digest.update(repr((item.site, item.mode, float(item.alpha), tuple(item.vector.shape))).encode())
+            digest.update(item.vector.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+        return digest.hexdigest()[:32]
+
+    def set_cache_hook(self, cache_hook) -> None:
+        """lm-eval's ``CachingLM`` (``--use_cache``) keys an entry by the request alone, so a steered run
+        would be served another alpha's answers from the same cache file.  Its database is re-pointed here
+        at a table of its own, named by :meth:`cache_key` (a sweep re-points it at every point)."""
+        super().set_cache_hook(cache_hook)
+        self._key_cache()
+
+    def _key_cache(self) -> None:
+        db = getattr(self.cache_hook, "dbdict", None)
+        if db is None:
+            return  # no cache
+        table = f"steered_{self.cache_key()}"
+        if getattr(db, "tablename", None) == table:
+            return
+        from sqlitedict import SqliteDict
+
+        if not isinstance(db, SqliteDict):
+            raise ValueError(f"--use_cache: this lm-eval's cache ({type(db).__name__}) cannot be keyed by the "
+                             f"steering settings, so it would return other settings' answers; drop --use_cache")
+        db.commit()
+        db.conn.execute(f'CREATE TABLE IF NOT EXISTS "{table}" (key TEXT PRIMARY KEY, value BLOB)')
+        db.conn.commit()
+        db.tablename = table
+        log.info("steered: --use_cache entries keyed by the steering settings (table %s of %s)", table,
+                 db.filename)
 
     # -------------------------------------------------------------- steering
     @property

@@ -109,6 +109,7 @@ class SweepLM(SteeredLM):
             self._interventions = self._build_interventions(self._vector_file, args)
         if self.shared is not None:
             self.shared.set_site(resolve_site(layer, self._parts.num_layers), scope=side)
+        self._key_cache()  # a cache in use (--use_cache) keys this point's answers apart from the others'
 
     def _sides(self):
         """The DPO side's merged LoRA weights for one call (:mod:`.merged_adapter`), or nothing to do."""

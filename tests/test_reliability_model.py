@@ -1,0 +1,133 @@
+"""Model reliability (issue 23, round 2): --use_cache keyed by the steering, collapsed forward passes,
+ALiBi architectures, the non-finite-state message."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from lm_eval.api.instance import Instance
+from lm_eval.api.registry import get_model
+
+from dsteer_eval.vectors import save_vectors
+
+
+@pytest.fixture(scope="module")
+def vec(tiny, tmp_path_factory):
+    g = torch.Generator().manual_seed(5)
+    path = tmp_path_factory.mktemp("relmodel") / "v.safetensors"
+    save_vectors(path, {s: torch.randn(32, generator=g) for s in range(5)}, model=tiny[0], model_id="tiny")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def task_manager():
+    from lm_eval.tasks import TaskManager
+
+    from dsteer_eval.lm_eval_plugin import tasks_dir
+
+    return TaskManager(include_path=[tasks_dir()], include_defaults=False)
+
+
+def make(tiny_dir, **kw):
+    kw.setdefault("batch_size", 2)
+    kw.setdefault("device", "cpu")
+    return get_model("steered")(pretrained=tiny_dir, **kw)
+
+
+REQS = [Instance("loglikelihood", {}, ("Human: hi Assistant:", " Hello"), 0),
+        Instance("loglikelihood", {}, ("Human: hi Assistant:", " Go away"), 1)]
+
+
+# ------------------------------------------------------------------ 1: --use_cache keyed by the steering
+def _per_doc(tiny_dir, vec, task_manager, alpha, cache=None, **extra):
+    import lm_eval
+
+    args = f"pretrained={tiny_dir},vector={vec},layer=2,alpha={alpha},device=cpu" + \
+        "".join(f",{k}={v}" for k, v in extra.items())
+    out = lm_eval.simple_evaluate(model="steered", model_args=args, tasks=["dsteer_hh_mini"], limit=3,
+                                  batch_size=2, log_samples=True, use_cache=cache, task_manager=task_manager)
+    return [float(r[0][0]) for row in out["samples"]["dsteer_hh_mini"] for r in row["resps"]]
+
+
+@pytest.fixture
+def model_calls(monkeypatch):
+    """How many times a steered model computed log-likelihoods (a cache hit computes none)."""
+    from dsteer_eval.adapters.steered import SteeredLM
+
+    calls = []
+    real = SteeredLM._loglikelihood_tokens
+
+    def counted(self, requests, *args, **kwargs):
+        calls.append(len(requests))
+        return real(self, requests, *args, **kwargs)
+
+    monkeypatch.setattr(SteeredLM, "_loglikelihood_tokens", counted)
+    return calls
+
+
+def test_use_cache_keys_entries_by_the_steering_and_still_hits(tiny_dir, vec, task_manager, tmp_path, model_calls):
+    cache = str(tmp_path / "cache")
+    plain0 = _per_doc(tiny_dir, vec, task_manager, 0.0)
+    plain4 = _per_doc(tiny_dir, vec, task_manager, -4.0)
+    assert len(plain0) == 6 and all(abs(a - b) > 1e-3 for a, b in zip(plain0, plain4))
+    model_calls.clear()
+    assert _per_doc(tiny_dir, vec, task_manager, 0.0, cache) == plain0
+    assert model_calls == [6]
+    assert _per_doc(tiny_dir, vec, task_manager, -4.0, cache) == plain4  # not alpha=0's answers
+    assert model_calls == [6, 6]
+    # the same setting again: every answer from the cache, the model never runs
+    assert _per_doc(tiny_dir, vec, task_manager, -4.0, cache) == plain4
+    assert _per_doc(tiny_dir, vec, task_manager, 0.0, cache) == plain0
+    assert model_calls == [6, 6]
+    # anything else that changes the numbers keys its own entries too
+    ablated = _per_doc(tiny_dir, vec, task_manager, 4.0, cache, mode="ablate")
+    assert model_calls == [6, 6, 6]
+    assert ablated == _per_doc(tiny_dir, vec, task_manager, 4.0, None, mode="ablate")
+    _per_doc(tiny_dir, vec, task_manager, -4.0, cache, unit="true")
+    _per_doc(tiny_dir, vec, task_manager, -4.0, cache, control="random:0")
+    assert model_calls == [6, 6, 6, 6, 6, 6]
+
+
+def test_cache_key_covers_every_setting_that_changes_the_numbers(tiny_dir, vec, tiny, tmp_path):
+    other = tmp_path / "w.safetensors"
+    g = torch.Generator().manual_seed(9)
+    save_vectors(other, {2: torch.randn(32, generator=g)}, model=tiny[0], model_id="tiny")
+    base = dict(vector=vec, layer=2, alpha=-1.0)
+    variants = [dict(), dict(alpha=-1.5), dict(layer=3), dict(mode="ablate", alpha=1.0), dict(unit="true"),
+                dict(position="completion"), dict(norm_preserve="true"), dict(control="random:0"),
+                dict(control="random:0", control_seed=1), dict(vector=str(other)), dict(dtype="bfloat16")]
+    keys = [make(tiny_dir, **(base | v)).cache_key() for v in variants]
+    assert len(set(keys)) == len(keys)
+    assert make(tiny_dir, **base, batch_size=4).cache_key() == keys[0]  # the batch size changes nothing
+
+
+def test_sweep_points_key_the_cache_separately(tiny_dir, vec):
+    from dsteer_eval.sweep.sweep_lm import SweepLM
+
+    lm = SweepLM(pretrained=tiny_dir, vector=vec, layer=2, alpha=0.0, batch_size=2, device="cpu")
+    seen = {}
+    for alpha in (0.0, -1.0, 2.0):
+        lm.set_point(2, alpha)
+        seen[alpha] = lm.cache_key()
+    lm.set_point(2, -1.0, control=0)
+    seen["control"] = lm.cache_key()
+    assert len(set(seen.values())) == 4
+    lm.set_point(2, -1.0)
+    assert lm.cache_key() == seen[-1.0]
+
+
+# ------------------------------------------------------------------ 4: the message names mode=
+def test_non_finite_state_message_names_mode_unit_control_norm_preserve(tiny_dir, tiny, vec, tmp_path):
+    from dsteer_eval.adapters.steered import NonFiniteStateError
+
+    huge = tmp_path / "huge.safetensors"
+    save_vectors(huge, {1: torch.full((32,), 3e38), 2: torch.full((32,), 3e38)}, model=tiny[0])
+    lm = make(tiny_dir, vector=str(huge), layer="1;2", alpha=1.0)
+    with pytest.raises(NonFiniteStateError, match=r"alpha=1\.0, mode=add, position=all\)"):
+        lm.loglikelihood(REQS)
+    lm = make(tiny_dir, vector=vec, layer="1;2", alpha=1.0, norm_preserve="true", control="random:1",
+              control_seed=3)
+    assert "alpha=1.0, mode=add, position=all, norm_preserve=True, control=random:1, control_seed=3" \
+        in lm._args_label
+    lm = make(tiny_dir, vector=vec, layer=1, alpha=0.5, unit="true", mode="ablate")
+    assert "alpha=0.5, mode=ablate, position=all, unit=True" in lm._args_label
