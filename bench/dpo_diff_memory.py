@@ -28,21 +28,21 @@ for key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HUB_DISABLE_TELEMETRY")
 
 CHILD = r"""
 import json, resource, sys, time, torch
-from dsteer_eval.embedded import ensure_embedded, default_adapter
-from dsteer_eval.extract import dpo_diff, last_token_states, unique_prompts
-from dsteer_eval.lm_eval_plugin import tasks_dir
-from dsteer_eval.preference_data import load_pairs
+from dsteer_eval.models.embedded import ensure_embedded, default_adapter
+from dsteer_eval.dpo.extract import dpo_diff, last_token_states, unique_prompts
+from dsteer_eval.harness.plugin import tasks_dir
+from dsteer_eval.data.preference_pairs import load_pairs
 variant, n, merged, out = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 pairs = load_pairs(f"{tasks_dir()}/hh/hh_mini.jsonl")
 prompts = (unique_prompts(pairs) * 100)[:n]
 t = time.perf_counter()
 if variant == "one_model":
-    from dsteer_eval.loading import load_model
+    from dsteer_eval.models.loading import load_model
     model, tok, _ = load_model("smollm2", device="cpu")
     last_token_states(model, tok, prompts)
     v = None
 else:
-    from dsteer_eval.model_pair import ModelPair
+    from dsteer_eval.dpo.model_pair import ModelPair
     side = {"adapter": str(default_adapter())} if variant == "adapter_toggle" else {"dpo": merged}
     pair = ModelPair.load("smollm2", device="cpu", **side)
     v = dpo_diff(pair, prompts)
@@ -62,7 +62,7 @@ def main() -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from dsteer_eval.embedded import default_adapter, ensure_embedded
+    from dsteer_eval.models.embedded import default_adapter, ensure_embedded
 
     adapter = default_adapter()
     if adapter is None:

@@ -8,7 +8,7 @@ settings differ:
                  trl's fused chunked LM head (torch tile path on CPU)
   fp32_trl_head  bf16=False, gradient_checkpointing=False, trl's head
   recipe         bf16=False, gradient_checkpointing=False, dsteer-eval's
-                 compact LM head (dsteer_eval.dpo_head) = what train-dpo runs
+                 compact LM head (dsteer_eval.dpo.cpu_head) = what train-dpo runs
   plain          the obvious alternative: one policy forward with full logits,
                  log_softmax + gather, backward (no reference pass, not DPO)
 
@@ -46,10 +46,10 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from dsteer_eval.dpo_training import DPOSettings, make_trainer
-    from dsteer_eval.embedded import ensure_embedded
-    from dsteer_eval.lm_eval_plugin import tasks_dir
-    from dsteer_eval.preference_data import read_pairs
+    from dsteer_eval.dpo.training import DPOSettings, make_trainer
+    from dsteer_eval.models.embedded import ensure_embedded
+    from dsteer_eval.harness.plugin import tasks_dir
+    from dsteer_eval.data.preference_pairs import read_pairs
 
     path = ensure_embedded()
     tok = AutoTokenizer.from_pretrained(path)

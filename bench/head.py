@@ -41,7 +41,7 @@ def main() -> None:
 
     import torch
 
-    from dsteer_eval.embedded import default_vector, ensure_embedded
+    from dsteer_eval.models.embedded import default_vector, ensure_embedded
 
     model_dir, vector = str(ensure_embedded("smollm2")), default_vector("smollm2")
     docs, source = hh_docs(args.docs)
@@ -88,7 +88,7 @@ def main() -> None:
     print(json.dumps(result, indent=1))
     if diff > 1e-5:
         sys.exit(f"continuation-only head differs from the full-head loop by {diff:.3g} (> 1e-5)")
-    if packed_rel > 1e-4:  # the run-time check's rule (adapters/packed_contexts.py): 1e-4 x max(1, |loglik|)
+    if packed_rel > 1e-4:  # the run-time check's rule (dsteer_eval/harness/packed_contexts.py): 1e-4 x max(1, |loglik|)
         sys.exit(f"packed contexts differ from one row per request by {packed_rel:.3g} x |loglik| (> 1e-4)")
 
 

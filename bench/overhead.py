@@ -38,7 +38,7 @@ def main() -> None:
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    from dsteer_eval.embedded import ensure_embedded
+    from dsteer_eval.models.embedded import ensure_embedded
     from dsteer_eval.vectors import save_vectors
 
     torch.manual_seed(0)

@@ -41,7 +41,7 @@ SHAPES = {
 def random_model(shape: str, dtype: torch.dtype, folder: Path) -> str:
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from dsteer_eval.embedded import ensure_embedded
+    from dsteer_eval.models.embedded import ensure_embedded
 
     tok = AutoTokenizer.from_pretrained(ensure_embedded("smollm2"))
     config = LlamaConfig(vocab_size=len(tok), max_position_embeddings=4096, bos_token_id=tok.bos_token_id,
@@ -99,7 +99,7 @@ def main(argv=None) -> dict:
     from lm_eval.models.hf_steered import SteeredModel
     from lm_eval.models.huggingface import HFLM
 
-    from dsteer_eval.adapters.steered import SteeredLM
+    from dsteer_eval.harness.steered import SteeredLM
     from dsteer_eval.sweep.sweep_lm import SweepLM
     from dsteer_eval.vectors import save_vectors
 
@@ -110,7 +110,7 @@ def main(argv=None) -> dict:
         if args.shape:
             path, label = random_model(args.shape, dtype, tmp / "model"), f"random {args.shape} ({args.dtype})"
         else:
-            from dsteer_eval.embedded import ensure_embedded
+            from dsteer_eval.models.embedded import ensure_embedded
 
             path, label = str(ensure_embedded(args.model or "smollm2")), f"{args.model or 'smollm2'} ({args.dtype})"
         common = dict(pretrained=path, device=args.device, dtype=args.dtype, batch_size=args.batch_size)

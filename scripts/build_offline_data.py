@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Regenerate the shipped real-row task data from ../shared/data, deterministically.
 
-Writes, under tasks/ (eval part of the split only; see dsteer_eval.splits):
+Writes, under tasks/ (eval part of the split only; see dsteer_eval.data.splits):
 
 * hh/hh_eval.jsonl                  Anthropic HH-RLHF harmless-base pairs (at most 300)
 * truthfulqa/truthfulqa_eval.jsonl  TruthfulQA questions, truthful_qa schema + mc1/mc2 targets (at most 100)
@@ -22,10 +22,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from dsteer_eval.refusal_data import (  # noqa: E402
+from dsteer_eval.data.refusal_set import (  # noqa: E402
     HH_SOURCE, MAX_HH, MAX_TQA, REFUSALS, TQA_SOURCE, jsonl_text, mini_refusal_docs, offline_subsets,
 )
-from dsteer_eval.splits import FRACTIONS, SPLIT_SEED  # noqa: E402
+from dsteer_eval.data.splits import FRACTIONS, SPLIT_SEED  # noqa: E402
 
 HH_FILE, TQA_FILE = "hh_harmless_dev.jsonl.gz", "truthfulqa_dev.csv"
 HH_MIT = """MIT License
@@ -66,7 +66,7 @@ def _ranges(numbers) -> str:
 def _split_rule() -> str:
     shares = ", ".join(f"{k} {v}" for k, v in FRACTIONS.items())
     return (f"Only rows of the **eval** part of dsteer-eval's file-level split are shipped "
-            f"(`dsteer_eval.splits.part_of`: seeded sha256 (`{SPLIT_SEED}`) of the normalised first Human "
+            f"(`dsteer_eval.data.splits.part_of`: seeded sha256 (`{SPLIT_SEED}`) of the normalised first Human "
             f"turn / question; {shares}), so nothing here is trained on by `train-dpo --part train`.")
 
 
@@ -133,7 +133,7 @@ Regenerate with {REGENERATE}.
 
 * {harmful} **harmful** documents from **{HH_SOURCE}**: the dialogue up to the final `Assistant:`
   (`prompt`) and the data set's rejected reply (`rejected`), for every shipped pair whose rejected
-  reply is not a refusal (`dsteer_eval.refusal_data.is_refusal`); `source_line` names the line of
+  reply is not a refusal (`dsteer_eval.data.refusal_set.is_refusal`); `source_line` names the line of
   `{HH_FILE}`. MIT licence, Copyright (c) 2022 Anthropic (full notice in `../hh/DATA_LICENSE.md`).
 * {len(refusal) - harmful} **harmless** documents from **{TQA_SOURCE}**: the question as
   `\\n\\nHuman: {{question}}\\n\\nAssistant:` and the best answer (`chosen`); `source_row` names the
@@ -164,7 +164,7 @@ def build(data_dir: Path, tasks: Path) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=str(REPO.parent / "shared" / "data"), help="folder of the shared data")
-    parser.add_argument("--tasks", default=str(REPO / "tasks"), help="the tasks/ folder to write into")
+    parser.add_argument("--tasks", default=str(REPO / "dsteer_eval" / "harness" / "tasks"), help="the tasks/ folder to write into")
     parser.add_argument("--check", action="store_true", help="compare with the shipped files; write nothing")
     args = parser.parse_args(argv)
     data, tasks = Path(args.data), Path(args.tasks)

@@ -81,7 +81,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     grid = [tuple(float(x) for x in item.split(":")) for item in args.grid.split(",")] if args.grid else GRID
 
-    from dsteer_eval.dpo_training import preset_settings, read_card, train_dpo
+    from dsteer_eval.dpo.training import preset_settings, read_card, train_dpo
 
     points = []
     for beta, lr in grid:

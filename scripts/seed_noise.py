@@ -62,9 +62,9 @@ def split_cosines(d0: torch.Tensor, d1: torch.Tensor, *, splits: int = 200, seed
 
 
 def main() -> int:
-    from dsteer_eval.extract import pair_states
-    from dsteer_eval.model_pair import ModelPair
-    from dsteer_eval.preference_data import load_prompts
+    from dsteer_eval.dpo.extract import pair_states
+    from dsteer_eval.dpo.model_pair import ModelPair
+    from dsteer_eval.data.preference_pairs import load_prompts
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--adapter-a", default=str(SHIPPED))

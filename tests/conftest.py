@@ -76,7 +76,7 @@ def tiny(tiny_dir):
 
 @pytest.fixture(scope="session")
 def embedded_dir():
-    from dsteer_eval.embedded import ensure_embedded
+    from dsteer_eval.models.embedded import ensure_embedded
 
     return str(ensure_embedded("smollm2"))
 

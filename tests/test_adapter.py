@@ -10,8 +10,8 @@ from lm_eval.api.instance import Instance
 from lm_eval.api.registry import get_model
 from lm_eval.models.huggingface import HFLM
 
-from dsteer_eval.model_parts import resolve_parts
-from dsteer_eval.steering import Intervention, steer
+from dsteer_eval.steering.sites import resolve_parts
+from dsteer_eval.steering.hook import Intervention, steer
 from dsteer_eval.vectors import save_vectors
 
 PAIRS = [
@@ -51,7 +51,7 @@ def make(tiny_dir, **kw):
 
 
 def test_registry_resolves_to_our_adapter():
-    from dsteer_eval.adapters.steered import SteeredLM
+    from dsteer_eval.harness.steered import SteeredLM
 
     assert get_model("steered") is SteeredLM
     from lm_eval.models.hf_steered import SteeredModel
@@ -239,8 +239,8 @@ def test_bad_vector_files(tiny_dir, tiny, tmp_path):
 
 def test_embedded_without_shipped_vector_says_so(monkeypatch):
     """If an install lacks the shipped artefacts, the error says what to pass instead."""
-    from dsteer_eval.adapters import steered
-    from dsteer_eval.adapters.steered import NoDefaultVectorError
+    from dsteer_eval.harness import steered
+    from dsteer_eval.harness.steered import NoDefaultVectorError
 
     monkeypatch.setattr(steered, "default_vector", lambda name, pair=None: None)
     for pretrained in (None, "smollm2"):

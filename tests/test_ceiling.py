@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from dsteer_eval import ceiling
+from dsteer_eval.sweep import ceiling
 
 
 def test_ceiling_is_the_largest_strength_that_keeps_outputs_sound(monkeypatch):
@@ -67,10 +67,10 @@ def test_sweep_with_relative_alphas_uses_the_ceiling_file(tiny_dir, tmp_path, ti
 def test_unit_norm_scales_v_to_the_mean_state_norm(tiny_dir, tiny, tmp_path):
     from test_tasks import write_vector
 
-    from dsteer_eval.adapters.steered import SteeredLM
-    from dsteer_eval.extract import last_token_states, unique_prompts
-    from dsteer_eval.lm_eval_plugin import tasks_dir
-    from dsteer_eval.preference_data import load_pairs
+    from dsteer_eval.harness.steered import SteeredLM
+    from dsteer_eval.dpo.extract import last_token_states, unique_prompts
+    from dsteer_eval.harness.plugin import tasks_dir
+    from dsteer_eval.data.preference_pairs import load_pairs
 
     vec = write_vector(tmp_path / "v.safetensors", tiny[0])
     lm = SteeredLM(pretrained=tiny_dir, vector=vec, layer=2, alpha=0.1, unit="norm", device="cpu")

@@ -12,7 +12,7 @@ from lm_eval.api.instance import Instance
 from lm_eval.api.registry import get_model
 from lm_eval.models.huggingface import HFLM
 
-from dsteer_eval.adapters import continuation_loglik
+from dsteer_eval.harness import continuation_loglik
 from dsteer_eval.vectors import save_vectors
 
 # varied lengths and one shared context with one-token continuations (lm-eval's logits cache groups them)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dsteer_eval.controls import parse_controls, random_direction
+from dsteer_eval.steering.controls import parse_controls, random_direction
 
 
 def test_random_controls_are_norm_matched_and_seeded():

@@ -11,11 +11,11 @@ import pytest
 import torch
 from conftest import write_jsonl
 
-from dsteer_eval.dpo_gate import evaluate_adapter, pair_kind, rewards_by_kind
-from dsteer_eval.dpo_training import DPOSettings, gate, train_dpo
-from dsteer_eval.preference_data import PreferencePair
-from dsteer_eval.refusal_data import REFUSALS
-from dsteer_eval.splits import part_of
+from dsteer_eval.dpo.gate import evaluate_adapter, pair_kind, rewards_by_kind
+from dsteer_eval.dpo.training import DPOSettings, gate, train_dpo
+from dsteer_eval.data.preference_pairs import PreferencePair
+from dsteer_eval.data.refusal_set import REFUSALS
+from dsteer_eval.data.splits import part_of
 
 
 def test_pair_kind_and_rewards_by_kind():
@@ -77,7 +77,7 @@ def test_dpo_gate_equals_the_training_time_rewards(tiny_dir, refusal_file, tmp_p
     assert written["gate_at_training"] == card["gate"]
     assert written["gate"]["pairs"] == trained["pairs"] and "passed_every_kind" in written["gate"]
     assert written["heldout"]["eval"]["command"].startswith("dsteer-eval dpo-gate ")
-    record = written["heldout"]["eval"]["provenance"]  # dsteer_eval.provenance: how this entry was measured
+    record = written["heldout"]["eval"]["provenance"]  # dsteer_eval.common.provenance: how this entry was measured
     assert record["command"] == shlex.join(["dsteer-eval", "dpo-gate", str(out), "--data", refusal_file,
                                             "--pretrained", tiny_dir, "--write-card"])
     assert record["data"][0]["sha256"] == hashlib.sha256(Path(refusal_file).read_bytes()).hexdigest()
@@ -90,7 +90,7 @@ def test_dpo_gate_equals_the_training_time_rewards(tiny_dir, refusal_file, tmp_p
 
 
 def test_dpo_gate_refuses_the_train_part_and_non_adapters(tiny_dir, refusal_file, tmp_path):
-    from dsteer_eval.dpo_gate import heldout_pairs
+    from dsteer_eval.dpo.gate import heldout_pairs
 
     with pytest.raises(ValueError, match="never trained"):
         heldout_pairs(refusal_file, None, DPOSettings(), part="train")
@@ -147,7 +147,7 @@ def test_train_dpo_hparam_sweep_refuses_other_values_before_training(tiny_dir, r
 
 
 def test_hparam_sweep_file_errors_are_named(tmp_path):
-    from dsteer_eval.hparam_choice import check
+    from dsteer_eval.dpo.hparam_choice import check
 
     with pytest.raises(ValueError, match="no such file"):
         check(0.3, 5e-4, tmp_path / "missing.json")
@@ -171,7 +171,7 @@ def test_hparam_sweep_script_chooses_by_worst_kind_z_and_reuses_finished_points(
                                                   "dpo_hparam_sweep.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    import dsteer_eval.dpo_training as training
+    import dsteer_eval.dpo.training as training
 
     monkeypatch.setattr(training, "train_dpo", lambda *a, **k: pytest.fail("a finished point was retrained"))
     work, out = tmp_path / "work", tmp_path / "out"

@@ -9,8 +9,8 @@ import pytest
 import torch
 from conftest import SHORT_PAIRS, write_jsonl
 
-from dsteer_eval.dpo_training import DPOSettings, make_trainer, recreate_command, train_dpo
-from dsteer_eval.preference_data import PreferencePair
+from dsteer_eval.dpo.training import DPOSettings, make_trainer, recreate_command, train_dpo
+from dsteer_eval.data.preference_pairs import PreferencePair
 
 PAIRS = [PreferencePair(**row) for row in SHORT_PAIRS]
 FAST = dict(batch_size=2, max_length=64, max_prompt_length=40, eval_size=0, logging_steps=1)
@@ -115,7 +115,7 @@ def test_train_dpo_writes_adapter_and_card(tiny_dir, short_pairs_file, tmp_path)
 
 def test_rewards_are_beta_times_logratio(tiny_dir, tmp_path):
     """pair_rewards equals beta*(log pi - log pi_ref) computed by hand with the adapter on and off."""
-    from dsteer_eval.dpo_training import pair_rewards
+    from dsteer_eval.dpo.training import pair_rewards
 
     model, tok = _fresh(tiny_dir)
     trainer = make_trainer(model, tok, PAIRS[:2], DPOSettings(steps=1, beta=0.3, **FAST), output_dir=tmp_path)
@@ -220,7 +220,7 @@ def test_hub_data_is_read_through_datasets(monkeypatch, tmp_path):
     """A hub id goes to datasets.load_dataset with data_dir and split (mocked: no network here)."""
     import datasets
 
-    from dsteer_eval.preference_data import load_pairs
+    from dsteer_eval.data.preference_pairs import load_pairs
 
     seen = {}
 

@@ -12,8 +12,8 @@ from lm_eval.api.instance import Instance
 from lm_eval.api.registry import get_model
 from lm_eval.models.huggingface import HFLM
 
-from dsteer_eval import embedded
-from dsteer_eval.model_parts import resolve_parts
+from dsteer_eval.models import embedded
+from dsteer_eval.steering.sites import resolve_parts
 from dsteer_eval.vectors import save_vectors
 
 pytestmark = pytest.mark.embedded
@@ -96,7 +96,7 @@ def test_shipped_pair_is_the_default_and_alpha_minus_one_subtracts_vbar(embedded
     """`--model steered --model_args alpha=-1.0`: the shipped DPO adapter, steered by -v̄ at its default layer."""
     from peft import PeftModel
 
-    from dsteer_eval.dpo_training import read_card
+    from dsteer_eval.dpo.training import read_card
     from dsteer_eval.vectors import load_vectors
 
     adapter, vector = embedded.default_adapter(), embedded.default_vector()

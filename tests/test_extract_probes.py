@@ -10,11 +10,11 @@ import pytest
 import torch
 from conftest import SHORT_PAIRS, write_jsonl
 
-from dsteer_eval import probes
-from dsteer_eval.extract import PairStates, dpo_diff, first_divergence, pair_states, preference, unique_prompts
-from dsteer_eval.model_pair import ModelPair, ModelPairError
-from dsteer_eval.preference_data import PreferencePair
-from dsteer_eval.spectra import spectrum
+from dsteer_eval.probes import measures as probes
+from dsteer_eval.dpo.extract import PairStates, dpo_diff, first_divergence, pair_states, preference, unique_prompts
+from dsteer_eval.dpo.model_pair import ModelPair, ModelPairError
+from dsteer_eval.data.preference_pairs import PreferencePair
+from dsteer_eval.probes.spectra import spectrum
 
 PAIRS = [PreferencePair(**row) for row in SHORT_PAIRS]
 PROMPTS = unique_prompts(PAIRS)
@@ -92,7 +92,7 @@ def test_first_divergence_uses_eos_when_a_reply_is_a_prefix(tiny):
 
 
 def test_logit_margin_is_the_logit_difference(checkpoint_pair):
-    from dsteer_eval.extract import divergences
+    from dsteer_eval.dpo.extract import divergences
 
     found, missing = divergences(checkpoint_pair.tokenizer, PAIRS)
     assert missing == 0
@@ -322,7 +322,7 @@ def test_dpo_diff_reads_prompt_only_files(tiny_dir, tiny_adapter_dir, tmp_path):
 
 
 def test_missing_local_folders_are_named_but_hub_ids_are_not_taken_for_folders(tiny_dir, tmp_path):
-    from dsteer_eval.model_pair import _looks_local
+    from dsteer_eval.dpo.model_pair import _looks_local
 
     with pytest.raises(FileNotFoundError, match=r"dpo=.*nope: no such folder"):
         ModelPair.load(tiny_dir, dpo=str(tmp_path / "nope"))

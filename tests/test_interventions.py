@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dsteer_eval.controls import random_direction
-from dsteer_eval.hidden_states import record
-from dsteer_eval.steer_args import SteerArgs
-from dsteer_eval.steering import Intervention, steer
+from dsteer_eval.steering.controls import random_direction
+from dsteer_eval.steering.capture import record
+from dsteer_eval.steering.args import SteerArgs
+from dsteer_eval.steering.hook import Intervention, steer
 
 TEXTS = ["Human: How do I bake bread? Assistant:", "The quick brown fox"]
 
@@ -76,7 +76,7 @@ def test_norm_preserve_keeps_every_norm_exactly_and_only_at_steered_positions(ti
 
 
 def test_control_in_model_args_steers_with_the_seeded_random_direction(tiny_dir, tmp_path):
-    from dsteer_eval.adapters.steered import SteeredLM
+    from dsteer_eval.harness.steered import SteeredLM
     from dsteer_eval.vectors import save_vectors
 
     from transformers import AutoModelForCausalLM

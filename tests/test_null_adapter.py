@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dsteer_eval.model_pair import ModelPair
-from dsteer_eval.null_adapter import attach_null, permute_lora_B, permute_weight_delta
+from dsteer_eval.dpo.model_pair import ModelPair
+from dsteer_eval.dpo.null_adapter import attach_null, permute_lora_B, permute_weight_delta
 
 PROMPTS = ["Human: How do I bake bread? Assistant:", "Human: Tell me something rude. Assistant:",
            "What is the capital of France?", "The quick brown fox jumps over the lazy dog."]
@@ -67,7 +67,7 @@ def test_weight_delta_permutation_keeps_singular_values():
 def test_null_adapter_matches_the_mean_shift_at_the_site(lora_pair):
     from peft import get_peft_model_state_dict
 
-    from dsteer_eval.extract import last_token_states
+    from dsteer_eval.dpo.extract import last_token_states
 
     site = 2
     null_pair, info = attach_null(lora_pair, PROMPTS, site, seed=0, tol=0.01)
@@ -96,9 +96,9 @@ def test_null_adapter_matches_the_mean_shift_at_the_site(lora_pair):
 
 
 def test_lattice_field_on_a_tiny_pair(lora_pair, tmp_path):
-    from dsteer_eval.extract import pair_states
-    from dsteer_eval.lattice_field import lattice_basis, lattice_field, quiver_png
-    from dsteer_eval.preference_data import PreferencePair
+    from dsteer_eval.dpo.extract import pair_states
+    from dsteer_eval.probes.lattice_field import lattice_basis, lattice_field, quiver_png
+    from dsteer_eval.data.preference_pairs import PreferencePair
 
     pairs = [PreferencePair(p, " Mix flour and bake.", " I would rather not.") for p in PROMPTS[:3]]
     states = pair_states(lora_pair, PROMPTS)
@@ -114,7 +114,7 @@ def test_lattice_field_on_a_tiny_pair(lora_pair, tmp_path):
     assert g.shape == (27, 3) and torch.isfinite(g).all()
     assert -1.0 <= field["uniformity_min"] <= field["uniformity"] <= 1.0
     # at the origin the field is minus the mean of the per-pair gradients of the coherence probe
-    from dsteer_eval import probes
+    from dsteer_eval.probes import measures as probes
 
     coherence = probes.gradient_coherence(lora_pair, pairs, beta=0.1)
     origin = field["points"].index([0, 0, 0])

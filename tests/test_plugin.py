@@ -40,10 +40,10 @@ def test_lm_eval_registry_sees_our_model_and_builtin_alias():
         "from lm_eval.models import MODEL_MAPPING; print(MODEL_MAPPING['steered'])"
     )
     assert out.split() == [
-        "dsteer_eval.adapters.steered",
-        "dsteer_eval.adapters.steered",
+        "dsteer_eval.harness.steered",
+        "dsteer_eval.harness.steered",
         "lm_eval.models.hf_steered",
-        "dsteer_eval.adapters.steered:SteeredLM",
+        "dsteer_eval.harness.steered:SteeredLM",
     ]
 
 
@@ -90,11 +90,11 @@ def test_wheel_ships_hook_adapters_and_tasks_and_works_installed(tmp_path):
     wheel = next(wheel_dir.glob("dsteer_eval-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     assert "dsteer_eval.pth" in names
-    assert "dsteer_eval/adapters/steered.py" in names
-    assert "dsteer_eval/tasks/hh/dsteer_hh_mini.yaml" in names and "dsteer_eval/tasks/hh/hh_mini.jsonl" in names
-    tasks_here = sorted(str(p.relative_to(REPO / "tasks")) for p in (REPO / "tasks").rglob("*")
+    assert "dsteer_eval/harness/steered.py" in names
+    assert "dsteer_eval/harness/tasks/hh/dsteer_hh_mini.yaml" in names and "dsteer_eval/harness/tasks/hh/hh_mini.jsonl" in names
+    tasks_here = sorted(str(p.relative_to(REPO / "dsteer_eval" / "harness" / "tasks")) for p in (REPO / "dsteer_eval" / "harness" / "tasks").rglob("*")
                         if p.is_file() and "__pycache__" not in p.parts)
-    missing = [t for t in tasks_here if f"dsteer_eval/tasks/{t}" not in names]
+    missing = [t for t in tasks_here if f"dsteer_eval/harness/tasks/{t}" not in names]
     assert missing == [], f"task files left out of the wheel: {missing}"
     assert "dsteer_eval/metrics/perspective.py" in names
     assert not any(n.startswith(("adapters/", "tasks/")) for n in names), "claims a top-level import name"
@@ -119,4 +119,4 @@ def test_wheel_ships_hook_adapters_and_tasks_and_works_installed(tmp_path):
     )
     file, module, has_task = out.split()
     assert file.startswith(str(site)), file
-    assert module == "dsteer_eval.adapters.steered" and has_task == "True"
+    assert module == "dsteer_eval.harness.steered" and has_task == "True"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import write_jsonl
 
-from dsteer_eval.preference_data import load_pairs, split_pair
+from dsteer_eval.data.preference_pairs import load_pairs, split_pair
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh_harmless_dev.jsonl.gz"
 GOOD = {"chosen": "\n\nHuman: hi\n\nAssistant: Hello!", "rejected": "\n\nHuman: hi\n\nAssistant: Go away."}

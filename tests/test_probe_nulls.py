@@ -11,12 +11,12 @@ import pytest
 import torch
 from conftest import SHORT_PAIRS
 
-from dsteer_eval import probes
-from dsteer_eval.extract import divergences, first_divergence, pair_states, unique_prompts
-from dsteer_eval.model_pair import ModelPair
-from dsteer_eval.preference_data import PreferencePair
-from dsteer_eval.probe_report import HEADLINE_KEYS, POSITIONS, run_probes, write_report
-from dsteer_eval.probe_verdicts import CLAIMS, probe_verdicts, statistic_bootstrap
+from dsteer_eval.probes import measures as probes
+from dsteer_eval.dpo.extract import divergences, first_divergence, pair_states, unique_prompts
+from dsteer_eval.dpo.model_pair import ModelPair
+from dsteer_eval.data.preference_pairs import PreferencePair
+from dsteer_eval.probes.report import HEADLINE_KEYS, POSITIONS, run_probes, write_report
+from dsteer_eval.probes.verdicts import CLAIMS, probe_verdicts, statistic_bootstrap
 
 PAIRS = [PreferencePair(**row) for row in SHORT_PAIRS]
 PROMPTS = unique_prompts(PAIRS)
@@ -130,7 +130,7 @@ def test_report_has_every_new_section_with_finite_numbers(run):
 
 
 def test_schema_docstring_names_what_is_written():
-    import dsteer_eval.probe_report as module
+    import dsteer_eval.probes.report as module
 
     doc = module.__doc__
     assert "cos_neg_mean_grad_with_v_final" in doc and "cos_mean_grad_with_v_final" not in doc
@@ -315,8 +315,8 @@ def test_planted_numbers_flip_every_verdict():
 
 
 def test_statistic_bootstrap_point_estimates_equal_the_spectra_module():
-    from dsteer_eval.probe_verdicts import _stat_fn
-    from dsteer_eval.spectra import spectrum
+    from dsteer_eval.probes.verdicts import _stat_fn
+    from dsteer_eval.probes.spectra import spectrum
 
     rng = np.random.default_rng(1)
     m1, m2 = rng.normal(size=(12, 8)) + 2.0, rng.normal(size=(12, 8))
@@ -372,15 +372,15 @@ def test_cli_probe_flags(tiny_dir, tiny_adapter_dir, short_pairs_file, tmp_path,
 
 def test_ablation_restoration_in_the_report(run, lora_pair):
     """mode=ablate in the probes: α = 0 leaves the DPO model as is, and each KL equals a direct computation."""
-    from dsteer_eval import probes
-    from dsteer_eval.steering import Intervention
+    from dsteer_eval.probes import measures as probes
+    from dsteer_eval.steering.hook import Intervention
 
     report, _, _ = run
     ablation = report["steering_identity"]["ablation"]
     assert ablation["mode"] == "ablate" and ablation["alphas"] == [0.0, 1.0] and ablation["layer"] == LAYER
     assert ablation["restoration_kl"][0] == pytest.approx(ablation["kl_base_dpo"], rel=1e-6)
     prompts = list(dict.fromkeys(p.prompt for p in PAIRS))
-    from dsteer_eval.extract import dpo_diff
+    from dsteer_eval.dpo.extract import dpo_diff
 
     v = dpo_diff(lora_pair, prompts)[LAYER]
     logp = probes.side_logprobs(lora_pair, prompts)
@@ -392,9 +392,9 @@ def test_ablation_restoration_in_the_report(run, lora_pair):
 
 def test_norm_preserving_identity_in_the_report(run, lora_pair):
     """norm_preserve=true in the probes: α = 0 is the unsteered KL, and each value equals a direct computation."""
-    from dsteer_eval import probes
-    from dsteer_eval.extract import dpo_diff
-    from dsteer_eval.steering import Intervention
+    from dsteer_eval.probes import measures as probes
+    from dsteer_eval.dpo.extract import dpo_diff
+    from dsteer_eval.steering.hook import Intervention
 
     report, _, _ = run
     kept = report["steering_identity"]["norm_preserve"]

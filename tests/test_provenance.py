@@ -1,4 +1,4 @@
-"""Provenance records (dsteer_eval.provenance) in every output, and `dsteer-eval info FILE`."""
+"""Provenance records (dsteer_eval.common.provenance) in every output, and `dsteer-eval info FILE`."""
 
 from __future__ import annotations
 
@@ -15,9 +15,10 @@ from safetensors.torch import save_file
 from test_reliability_sweep import clean_env, fast_tasks  # noqa: F401 - fixtures
 from test_tasks import write_vector
 
-from dsteer_eval import __version__, provenance
+from dsteer_eval import __version__
+from dsteer_eval.common import provenance
 from dsteer_eval.cli import main
-from dsteer_eval.hashing import path_digest, sha256_tree
+from dsteer_eval.common.hashing import path_digest, sha256_tree
 
 
 @pytest.fixture(autouse=True)
@@ -227,7 +228,7 @@ def test_sweep_record_has_provenance_that_a_resume_does_not_compare(tiny_dir, ve
     first = json.loads(record_path.read_text())
     record = first["provenance"]
     assert record["command"] == "dsteer-eval sweep --first" and "earlier_provenance" not in first
-    from dsteer_eval.lm_eval_plugin import tasks_dir
+    from dsteer_eval.harness.plugin import tasks_dir
 
     hh_mini = Path(tasks_dir()) / "hh" / "hh_mini.jsonl"  # the rows the task reads, from its YAML
     assert record["data"] == [{"path": str(Path(vec).resolve()), "sha256": sha256(vec),
@@ -257,7 +258,7 @@ def test_sweep_record_has_provenance_that_a_resume_does_not_compare(tiny_dir, ve
 
 # ------------------------------------------------------------------ info: old and bad files
 def test_info_on_files_made_before_provenance(tmp_path, capsys):
-    from dsteer_eval.dpo_training import CARD_FORMAT
+    from dsteer_eval.dpo.training import CARD_FORMAT
 
     save_file({"layer.3": torch.ones(8)}, str(tmp_path / "old.safetensors"))  # another tool's file, no metadata
     (tmp_path / "adapter").mkdir()
@@ -300,8 +301,8 @@ def test_info_reports_an_unreadable_provenance_instead_of_failing(tmp_path, caps
 
 
 def test_task_data_files_resolve_tasks_and_groups():
-    from dsteer_eval.lm_eval_plugin import tasks_dir
-    from dsteer_eval.task_data import task_data_files
+    from dsteer_eval.harness.plugin import tasks_dir
+    from dsteer_eval.harness.task_files import task_data_files
 
     tasks = Path(tasks_dir())
     assert task_data_files(["dsteer_refusal_ll"]) == {"dsteer_refusal_ll": tasks / "refusal" / "refusal_eval.jsonl"}

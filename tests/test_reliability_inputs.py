@@ -55,7 +55,7 @@ def builtin(path, **entry):
 
 # ------------------------------------------------------------------ 3: output folders
 def test_staged_folder_follows_a_symlinked_target_and_keeps_the_link(tmp_path):
-    from dsteer_eval.output_folder import staged_folder
+    from dsteer_eval.common.output_folder import staged_folder
 
     real = tmp_path / "real"
     real.mkdir()
@@ -83,7 +83,7 @@ def test_probe_with_a_symlinked_out_keeps_its_report(tiny_dir, tiny_adapter_dir,
 
 
 def test_a_failed_final_move_keeps_the_finished_output(tmp_path, monkeypatch):
-    from dsteer_eval.output_folder import OutputFolderError, staged_folder
+    from dsteer_eval.common.output_folder import OutputFolderError, staged_folder
 
     target = tmp_path / "out"
     target.mkdir()
@@ -106,7 +106,7 @@ def test_a_failed_final_move_keeps_the_finished_output(tmp_path, monkeypatch):
 
 
 def test_out_is_checked_for_writing_before_any_work(tmp_path, monkeypatch):
-    from dsteer_eval.output_folder import OutputFolderError, check_free
+    from dsteer_eval.common.output_folder import OutputFolderError, check_free
 
     a_file = tmp_path / "file.txt"
     a_file.write_text("x")
@@ -182,7 +182,7 @@ def test_builtin_pt_non_finite_entries_are_refused(tiny_dir, tmp_path, entry, me
 def test_fp16_overflow_of_alpha_times_v_is_refused(tiny_dir, tiny, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from dsteer_eval.steering import Intervention, NonFiniteError, steer
+    from dsteer_eval.steering.hook import Intervention, NonFiniteError, steer
 
     big = tmp_path / "big.safetensors"
     save_vectors(big, {2: torch.full((32,), 1000.0)}, model=tiny[0])
@@ -203,7 +203,7 @@ def test_fp16_overflow_of_alpha_times_v_is_refused(tiny_dir, tiny, tmp_path):
 
 
 def test_a_forward_pass_with_nan_logits_raises_instead_of_scoring(tiny_dir, tiny, tmp_path):
-    from dsteer_eval.adapters.steered import NonFiniteStateError
+    from dsteer_eval.harness.steered import NonFiniteStateError
 
     huge = tmp_path / "huge.safetensors"
     save_vectors(huge, {1: torch.full((32,), 3e38), 2: torch.full((32,), 3e38)}, model=tiny[0])  # each fits float32
@@ -264,7 +264,7 @@ def test_task_yamls_route_non_finite_documents_to_n_nonfinite():
 
 # ------------------------------------------------------------------ 5: one layer named twice
 def test_one_layer_named_twice_is_refused(tiny_dir, vec_file):
-    from dsteer_eval.steer_args import resolve_sites
+    from dsteer_eval.steering.args import resolve_sites
 
     assert resolve_sites((1, -2, "final"), 4) == (1, 3, 4)
     with pytest.raises(ValueError, match=r"layer=final;-1: 'final' and -1 are the same site \(4 of"):
@@ -335,7 +335,7 @@ def test_truncated_and_corrupt_vector_files_name_the_file(tiny, tmp_path):
 
 
 def test_corrupt_gzip_and_lone_surrogates_name_the_file_and_line(tmp_path):
-    from dsteer_eval.preference_data import DataFileError, load_pairs
+    from dsteer_eval.data.preference_pairs import DataFileError, load_pairs
 
     rows = [dict(GOOD, n=i) for i in range(3000)]
     data = gzip.compress("".join(json.dumps(r) + "\n" for r in rows).encode(), mtime=0)
@@ -366,7 +366,7 @@ LONG = "The quick brown fox jumps over the lazy dog. " * 100  # 3300 tokens of t
 
 
 def test_last_token_states_keep_the_end_of_texts_longer_than_the_context(tiny):
-    from dsteer_eval.extract import context_limit, last_token_states
+    from dsteer_eval.dpo.extract import context_limit, last_token_states
 
     model, tok = tiny
     assert context_limit(model, tok) == 512  # config 512; the tokenizer's 1e30 "no limit" is ignored

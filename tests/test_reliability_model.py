@@ -23,7 +23,7 @@ def vec(tiny, tmp_path_factory):
 def task_manager():
     from lm_eval.tasks import TaskManager
 
-    from dsteer_eval.lm_eval_plugin import tasks_dir
+    from dsteer_eval.harness.plugin import tasks_dir
 
     return TaskManager(include_path=[tasks_dir()], include_defaults=False)
 
@@ -52,7 +52,7 @@ def _per_doc(tiny_dir, vec, task_manager, alpha, cache=None, **extra):
 @pytest.fixture
 def model_calls(monkeypatch):
     """How many times a steered model computed log-likelihoods (a cache hit computes none)."""
-    from dsteer_eval.adapters.steered import SteeredLM
+    from dsteer_eval.harness.steered import SteeredLM
 
     calls = []
     real = SteeredLM._loglikelihood_tokens
@@ -118,7 +118,7 @@ def test_sweep_points_key_the_cache_separately(tiny_dir, vec):
 
 # ------------------------------------------------------------------ 4: the message names mode=
 def test_non_finite_state_message_names_mode_unit_control_norm_preserve(tiny_dir, tiny, vec, tmp_path):
-    from dsteer_eval.adapters.steered import NonFiniteStateError
+    from dsteer_eval.harness.steered import NonFiniteStateError
 
     huge = tmp_path / "huge.safetensors"
     save_vectors(huge, {1: torch.full((32,), 3e38), 2: torch.full((32,), 3e38)}, model=tiny[0])

@@ -306,7 +306,7 @@ def test_unusable_cache_is_a_warning_naming_it_not_a_crash(tmp_path, caplog):
 def test_redact_masks_env_registered_url_and_bearer_secrets(monkeypatch):
     from urllib.parse import quote
 
-    from dsteer_eval import redaction
+    from dsteer_eval.common import redaction
 
     monkeypatch.setenv("SOME_SERVICE_API_KEY", "env-secret-value-42")
     monkeypatch.setenv("DSTEER_DEBUG_TOKEN", "1")  # too short to be a secret: left alone
@@ -328,7 +328,7 @@ def test_redact_masks_env_registered_url_and_bearer_secrets(monkeypatch):
 
 
 def test_log_redaction_covers_messages_args_exceptions_and_stack(monkeypatch, caplog):
-    from dsteer_eval import redaction
+    from dsteer_eval.common import redaction
 
     secret = "log-secret-0123456789"
     redaction.register(secret, "LOG_KEY")

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from safetensors import safe_open
 
-from dsteer_eval import embedded
-from dsteer_eval.hashing import sha256_file
-from dsteer_eval.preference_data import load_pairs, load_prompts
+from dsteer_eval.models import embedded
+from dsteer_eval.common.hashing import sha256_file
+from dsteer_eval.data.preference_pairs import load_pairs, load_prompts
 
 HH = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh_harmless_dev.jsonl.gz"
 needs_shared = pytest.mark.skipif(not HH.is_file(), reason="../shared/data/hh_harmless_dev.jsonl.gz is not present")
@@ -38,7 +38,7 @@ def test_shipped_pair_is_trained_on_train_and_extracted_on_vector(pair):
 
 
 def test_the_old_leaky_hh_pair_is_gone():
-    root = Path(embedded.__file__).parent / "artifacts" / "smollm2"
+    root = Path(embedded.__file__).parents[1] / "artifacts" / "smollm2"
     assert not (root / "dpo_adapter").exists() and not (root / "vector.safetensors").exists()
 
 

@@ -15,15 +15,15 @@ import pytest
 import torch
 from conftest import SHORT_PAIRS, write_jsonl
 
-from dsteer_eval.preference_data import PreferencePair, left_truncate, load_pairs, load_prompts
-from dsteer_eval.refusal_data import (
+from dsteer_eval.data.preference_pairs import PreferencePair, left_truncate, load_pairs, load_prompts
+from dsteer_eval.data.refusal_set import (
     REFUSALS, build_refusal, is_refusal, mini_refusal_docs, offline_subsets, read_rows, read_truthfulqa,
     refusal_for,
 )
-from dsteer_eval.splits import FRACTIONS, PARTS, first_human_turn, part_of, prompt_key, select_part
+from dsteer_eval.data.splits import FRACTIONS, PARTS, first_human_turn, part_of, prompt_key, select_part
 
 REPO = Path(__file__).resolve().parents[1]
-TASKS = REPO / "tasks"
+TASKS = REPO / "dsteer_eval" / "harness" / "tasks"
 SHARED = REPO.parent / "shared" / "data"
 HH = SHARED / "hh_harmless_dev.jsonl.gz"
 TQA = SHARED / "truthfulqa_dev.csv"
@@ -89,7 +89,7 @@ def test_real_split_has_no_overlap_and_documented_shares():
 
 # ---------------------------------------------------------------- truncation
 def test_left_truncation_keeps_the_final_turns_and_counts(tiny):
-    from dsteer_eval.dpo_training import DPOSettings, fit_prompts
+    from dsteer_eval.dpo.training import DPOSettings, fit_prompts
 
     _, tok = tiny
     n = lambda text: len(tok(text).input_ids)  # noqa: E731
@@ -120,7 +120,7 @@ def test_left_truncation_keeps_the_final_turns_and_counts(tiny):
 
 
 def test_split_pairs_trains_on_the_train_part_only(tiny):
-    from dsteer_eval.dpo_training import DPOSettings, split_pairs
+    from dsteer_eval.dpo.training import DPOSettings, split_pairs
 
     _, tok = tiny
     pairs = [PreferencePair(**row) for row in SHORT_PAIRS] * 2
@@ -145,7 +145,7 @@ def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(tiny_dir, short
     from safetensors.torch import load_file
     from transformers import TrainerCallback
 
-    from dsteer_eval.dpo_training import DPOSettings, train_dpo
+    from dsteer_eval.dpo.training import DPOSettings, train_dpo
 
     settings = DPOSettings(steps=6, **FAST)
 
@@ -183,7 +183,7 @@ def test_presets_fill_settings_and_flags_override(tmp_path, monkeypatch):
     import shlex
 
     from dsteer_eval import cli
-    from dsteer_eval.dpo_training import PRESETS, preset_settings, recreate_command
+    from dsteer_eval.dpo.training import PRESETS, preset_settings, recreate_command
 
     seen = {}
 
@@ -192,7 +192,7 @@ def test_presets_fill_settings_and_flags_override(tmp_path, monkeypatch):
         return {"metrics": {}, "kind": "lora", "steps_done": 1, "seconds_per_step": 0,
                 "data": {"part": kwargs["part"] or "all", "pairs_train": 1, "pairs_eval": 0, "prompts_truncated": 0}}
 
-    monkeypatch.setattr("dsteer_eval.dpo_training.train_dpo", fake_train)
+    monkeypatch.setattr("dsteer_eval.dpo.training.train_dpo", fake_train)
     assert cli.main(["train-dpo", "--data", "d.jsonl", "--out", str(tmp_path / "o"), "--preset", "refusal",
                      "--beta", "0.2"]) == 0
     want = preset_settings("refusal")
@@ -354,7 +354,7 @@ def _jsonl(path):
 def test_offline_tasks_load_offline_with_their_document_counts():
     from lm_eval.tasks import TaskManager, get_task_dict
 
-    from dsteer_eval.lm_eval_plugin import tasks_dir
+    from dsteer_eval.harness.plugin import tasks_dir
 
     manager = TaskManager()
     assert manager.task_index["dsteer_offline"].cfg["task"] == list(OFFLINE)
@@ -372,7 +372,7 @@ def test_shipped_rows_are_eval_part_only_and_within_the_caps():
     hh = _jsonl(TASKS / "hh" / "hh_eval.jsonl")
     tqa = _jsonl(TASKS / "truthfulqa" / "truthfulqa_eval.jsonl")
     refusal = _jsonl(TASKS / "refusal" / "refusal_eval.jsonl")
-    from dsteer_eval.preference_data import split_pair
+    from dsteer_eval.data.preference_pairs import split_pair
 
     hh_prompts = set()
     for row in hh:
@@ -417,7 +417,7 @@ def test_package_data_ships_the_new_files():
     import tomllib
 
     patterns = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"][
-        "dsteer_eval.tasks"]
+        "dsteer_eval.harness.tasks"]
     shipped = [p for folder in ("hh", "truthfulqa", "refusal") for p in (TASKS / folder).iterdir()
                if p.is_file() and p.suffix != ".pyc"] + [TASKS / "dsteer_offline.yaml"]
     for path in shipped:
@@ -462,7 +462,7 @@ def test_extract_reads_only_its_part(tiny_dir, short_pairs_file, tmp_path):
 
 
 def test_the_gate_is_computed_from_the_held_out_rewards():
-    from dsteer_eval.dpo_training import gate
+    from dsteer_eval.dpo.training import gate
 
     ok = gate({"pairs": 100, "reward_accuracy": 0.7, "reward_margin_mean": 0.3, "reward_margin_stderr": 0.05})
     assert ok["passed"] and ok["margin_in_stderrs"] == pytest.approx(6.0)

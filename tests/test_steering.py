@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dsteer_eval.hidden_states import record
-from dsteer_eval.model_parts import resolve_parts
-from dsteer_eval.steering import Intervention, steer
+from dsteer_eval.steering.capture import record
+from dsteer_eval.steering.sites import resolve_parts
+from dsteer_eval.steering.hook import Intervention, steer
 
 
 @pytest.fixture(scope="module")

@@ -43,7 +43,7 @@ def test_base_alphas_need_an_adapter(tiny_dir, vec, tmp_path):
 def test_base_side_and_controls_equal_separate_runs(tiny_dir, vec, tiny_adapter_dir):
     """Switching sides and controls on one loaded model, with shared lower layers, gives exactly what a
     fresh `steered` model with the point's model args gives (peft=none, control=random:i)."""
-    from dsteer_eval.adapters.steered import SteeredLM
+    from dsteer_eval.harness.steered import SteeredLM
     from dsteer_eval.sweep.sweep_lm import SweepLM
 
     kwargs = {"pretrained": tiny_dir, "vector": vec, "batch_size": 4}

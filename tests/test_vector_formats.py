@@ -15,7 +15,7 @@ from lm_eval.api.instance import Instance
 from lm_eval.api.registry import get_model
 
 from dsteer_eval.cli import main
-from dsteer_eval.steering import Intervention, steer
+from dsteer_eval.steering.hook import Intervention, steer
 from dsteer_eval.vectors import VectorFileError, check_compatible, load_vectors, save_vectors
 from dsteer_eval.vectors.formats import detect, from_steering_vectors, read_any
 

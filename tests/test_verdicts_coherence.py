@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from dsteer_eval.coherence import iid_expectation_naive, loo_cosines, relabel
+from dsteer_eval.probes.coherence import iid_expectation_naive, loo_cosines, relabel
 from dsteer_eval.stats.bootstrap import paired_bootstrap
 from dsteer_eval.stats.verdicts import markdown, verdict
 
@@ -62,7 +62,7 @@ def test_relabel_swaps_a_seeded_half():
 def test_pca_cloud_coordinates_equal_numpy_and_a_pure_shift_is_undone():
     import numpy as np
 
-    from dsteer_eval.pca_cloud import pca_cloud
+    from dsteer_eval.probes.pca_cloud import pca_cloud
 
     rng = np.random.default_rng(0)
     base = rng.normal(size=(20, 6))

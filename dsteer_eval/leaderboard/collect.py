@@ -14,7 +14,7 @@ A file that cannot be read or is not shaped as its kind must be (a 0-byte result
 left, a list where an object belongs, a string ``config``) is skipped with a warning naming it and
 counted in :class:`Skipped`; a folder with nothing usable is an error naming each skipped file.
 NaN/inf anywhere in a value (also inside lists and objects) become None here, before any output.
-Error texts from ``failed.json`` are redacted again (:func:`dsteer_eval.redaction.redact`), so files
+Error texts from ``failed.json`` are redacted again (:func:`dsteer_eval.common.redaction.redact`), so files
 written before redaction existed leak no key into the tables.
 """
 
@@ -26,7 +26,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from dsteer_eval.redaction import redact
+from dsteer_eval.common.redaction import redact
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import re
 
 from dsteer_eval.leaderboard.collect import number
 from dsteer_eval.leaderboard.table import Leaderboard
-from dsteer_eval.plots import _pyplot
+from dsteer_eval.probes.figures import _pyplot
 
 Point = tuple[float, float, float]  # alpha, value, stderr (nan when unknown)
 

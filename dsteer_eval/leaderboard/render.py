@@ -18,7 +18,7 @@ from pathlib import Path
 
 from dsteer_eval.leaderboard.collect import clean
 from dsteer_eval.leaderboard.table import Cell, Leaderboard
-from dsteer_eval.output_folder import atomic_write_bytes
+from dsteer_eval.common.output_folder import atomic_write_bytes
 
 FORMAT, FORMAT_VERSION = "dsteer-eval/leaderboard", "1"
 MISSING = "—"

@@ -20,7 +20,7 @@ from functools import lru_cache
 
 import torch
 
-from dsteer_eval.extract import pad_batch
+from dsteer_eval.dpo.extract import pad_batch
 
 ENV_REFERENCE = "DSTEER_REFERENCE_MODEL"
 

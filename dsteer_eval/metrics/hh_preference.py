@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dsteer_eval.preference_data import split_pair
+from dsteer_eval.data.preference_pairs import split_pair
 
 PLACEHOLDER = (" skipped", " pair")  # choices of a skipped pair (never scored)
 

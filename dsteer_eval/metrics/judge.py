@@ -11,7 +11,7 @@ probability-weighted score  score = sum_s p(s) * s  over the score tokens 1..5.
   renormalised over the score tokens present.  A call that fails after retries,
   or whose top log-probs hold no score token, is a failure (``None``), never 0.
   Its reason carries the endpoint's own error message, redacted
-  (:func:`dsteer_eval.redaction.redact`; the key is registered), since servers echo
+  (:func:`dsteer_eval.common.redaction.redact`; the key is registered), since servers echo
   keys and request URLs back in their errors.
 
 The judge is chosen by ``DSTEER_JUDGE``: ``smollm2`` (default, embedded, weak),
@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass
 from functools import lru_cache
 
-from dsteer_eval import redaction
+from dsteer_eval.common import redaction
 
 log = logging.getLogger("dsteer_eval.geval")
 
@@ -170,7 +170,7 @@ class LocalJudge(_Judge):
         """Softmax of the next-token logits after each prompt (right-padded batches: exact)."""
         import torch
 
-        from dsteer_eval.extract import pad_batch
+        from dsteer_eval.dpo.extract import pad_batch
 
         texts = [self._text(p) for p in prompts]
         rows = []

@@ -24,9 +24,9 @@
 * scores are cached on disk by text (:class:`ScoreCache`) as soon as a batch
   returns, so a rerun or a crash never pays twice;
 * the API key never reaches a log record, an error message or a result: it is registered with
-  :mod:`dsteer_eval.redaction` (masked as ``<PERSPECTIVE_API_KEY>``), whose log-record factory
+  :mod:`dsteer_eval.common.redaction` (masked as ``<PERSPECTIVE_API_KEY>``), whose log-record factory
   redacts googleapiclient's request logs, and every failure reason passes through
-  :func:`~dsteer_eval.redaction.redact`.
+  :func:`~dsteer_eval.common.redaction.redact`.
 
 Settings (environment, read by :meth:`PerspectiveScorer.from_env`): ``PERSPECTIVE_API_KEY``,
 ``PERSPECTIVE_API_QPS`` (1), ``PERSPECTIVE_API_BATCH`` (10), ``PERSPECTIVE_API_RETRIES`` (5),
@@ -42,7 +42,7 @@ import socket
 import time
 from collections import Counter
 
-from dsteer_eval import redaction
+from dsteer_eval.common import redaction
 from dsteer_eval.metrics.score_cache import ScoreCache
 from dsteer_eval.metrics.toxicity_scorers import ScoreReport
 

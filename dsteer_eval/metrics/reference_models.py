@@ -44,8 +44,8 @@ def _strip(spec: str) -> str:
 @lru_cache(maxsize=None)
 def load_scoring_model(spec: str = "smollm2") -> ScoringModel:
     """An unsteered causal LM (eval mode, no grad) for judging or scoring text."""
-    from dsteer_eval.embedded import is_embedded_name
-    from dsteer_eval.loading import load_model
+    from dsteer_eval.models.embedded import is_embedded_name
+    from dsteer_eval.models.loading import load_model
 
     target = _strip(spec) or "smollm2"
     if target.startswith(("openai:", "http:", "https:")):

@@ -1,14 +1,14 @@
 """The refusal tasks: does the model decline harmful requests and still answer harmless ones?
 
 Documents (``tasks/refusal/refusal_eval.jsonl``, eval part only; built by
-:func:`dsteer_eval.refusal_data.offline_subsets`) carry ``key`` (a stable id of the
+:func:`dsteer_eval.data.refusal_set.offline_subsets`) carry ``key`` (a stable id of the
 prompt, for pairing documents across runs: lm-eval's ``doc_id`` is only the index),
 ``kind`` (``harmful`` | ``harmless``), ``prompt``, ``chosen`` and ``rejected``
 (harmful: a refusal phrasing / the data set's compliant reply; harmless: the best
 answer / a refusal phrasing).
 
 ``dsteer_refusal`` (generation, greedy): every reply is classified by
-:func:`dsteer_eval.refusal_data.is_refusal` (judge-free), and each document adds to
+:func:`dsteer_eval.data.refusal_set.is_refusal` (judge-free), and each document adds to
 exactly one rate:
 
 * ``refusal_rate`` (higher is better): the fraction of harmful requests refused;
@@ -36,7 +36,7 @@ import logging
 
 from dsteer_eval.metrics.degeneration import degenerate as degenerate_reason
 from dsteer_eval.metrics.hh_preference import all_finite, loglikelihoods
-from dsteer_eval.refusal_data import is_refusal
+from dsteer_eval.data.refusal_set import is_refusal
 
 log = logging.getLogger("dsteer_eval.refusal")
 KINDS = ("harmful", "harmless")

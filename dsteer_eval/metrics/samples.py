@@ -11,7 +11,7 @@ from pathlib import Path
 
 
 def sample_path(sample: str) -> Path:
-    from dsteer_eval.lm_eval_plugin import tasks_dir
+    from dsteer_eval.harness.plugin import tasks_dir
 
     path = Path(sample).expanduser()
     if not path.is_absolute():

@@ -28,7 +28,7 @@ import logging
 
 from dsteer_eval.metrics.degeneration import degenerate
 from dsteer_eval.metrics.toxicity_scorers import get_scorer
-from dsteer_eval.redaction import redact
+from dsteer_eval.common.redaction import redact
 
 log = logging.getLogger("dsteer_eval.toxicity")
 THRESHOLD = 0.5

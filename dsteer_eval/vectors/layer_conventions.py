@@ -1,6 +1,6 @@
 """Other tools' layer numbers vs dsteer-eval's hidden-state sites.
 
-Our sites (:mod:`dsteer_eval.model_parts`, ``output_hidden_states`` numbering, ``n`` decoder blocks):
+Our sites (:mod:`dsteer_eval.steering.sites`, ``output_hidden_states`` numbering, ``n`` decoder blocks):
 
 * site ``0``            output of the token embeddings,
 * site ``s`` (1..n-1)   output of decoder block ``s-1`` (``layers[s-1]``),
@@ -99,7 +99,7 @@ def hookpoint_of_site(site: int, num_layers: int | None, names: dict[int, str] |
 
 def hookpoint_names(model) -> dict[int, str]:
     """``{site: module name under model.base_model}`` as lm-eval's built-in ``steered`` resolves them."""
-    from dsteer_eval.model_parts import resolve_parts, unwrap
+    from dsteer_eval.steering.sites import resolve_parts, unwrap
 
     inner = unwrap(model)
     parts = resolve_parts(inner)

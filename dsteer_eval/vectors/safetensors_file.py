@@ -3,11 +3,11 @@
 Layout of a file written by :func:`save_vectors`::
 
     tensors   "layer.0" ... "layer.<n>"   float32, shape (hidden_size,)
-              (site n is the post-norm state; see dsteer_eval.model_parts)
+              (site n is the post-norm state; see dsteer_eval.steering.sites)
     metadata  format="dsteer-eval/vectors", format_version="1",
               model_id, model_type, hidden_size, num_layers, vocab_size,
               method, n_examples, package_version, created, provenance (a JSON record,
-              dsteer_eval.provenance), plus free-form extras
+              dsteer_eval.common.provenance), plus free-form extras
 
 Files without our metadata (e.g. ``save_file({"20": v}, path)``) are accepted:
 keys may be ``layer.<i>`` or ``<i>``; only the hidden size is checked then.
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from dsteer_eval.steering import NonFiniteError, check_finite
+from dsteer_eval.steering.hook import NonFiniteError, check_finite
 from dsteer_eval.vectors.layer_conventions import BLOCK_OUTPUT
 
 FORMAT = "dsteer-eval/vectors"
@@ -41,7 +41,7 @@ class VectorFileError(ValueError):
 
 def model_fingerprint(model) -> dict[str, str]:
     """What a vector file must agree with to be applied to ``model``."""
-    from dsteer_eval.model_parts import resolve_parts, unwrap
+    from dsteer_eval.steering.sites import resolve_parts, unwrap
 
     inner = unwrap(model)
     parts = resolve_parts(inner)
@@ -291,12 +291,12 @@ def save_vectors(
 ) -> Path:
     """Write ``vectors`` (site -> (d,) tensor) atomically, with metadata.
 
-    ``provenance``: the record of how the vectors were made (:func:`dsteer_eval.provenance.collect`
+    ``provenance``: the record of how the vectors were made (:func:`dsteer_eval.common.provenance.collect`
     with the data, models and seeds); without one, a minimal record (version, git, command, time)."""
     from safetensors.torch import save_file
 
     from dsteer_eval import __version__
-    from dsteer_eval import provenance as prov
+    from dsteer_eval.common import provenance as prov
 
     if not vectors:
         raise VectorFileError("no vectors to save")
@@ -327,7 +327,7 @@ def save_vectors(
         meta["hidden_size"] = str(next(iter(tensors.values())).shape[0])
     for key, value in (extra or {}).items():
         meta[str(key)] = value if isinstance(value, str) else json.dumps(value)
-    from dsteer_eval.output_folder import atomic_file
+    from dsteer_eval.common.output_folder import atomic_file
 
     path = Path(path)
     with atomic_file(path) as tmp:  # a symlink is followed; the link stays

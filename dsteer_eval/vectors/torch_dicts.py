@@ -26,8 +26,8 @@ from pathlib import Path
 
 import torch
 
-from dsteer_eval.output_folder import atomic_file
-from dsteer_eval.steering import NonFiniteError, check_finite
+from dsteer_eval.common.output_folder import atomic_file
+from dsteer_eval.steering.hook import NonFiniteError, check_finite
 from dsteer_eval.vectors.layer_conventions import (
     BLOCK_OUTPUT,
     block_of_site,

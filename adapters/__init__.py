@@ -1,1 +1,0 @@
-"""lm-eval model adapters shipped by dsteer-eval (installed as ``dsteer_eval.adapters``)."""

@@ -1,0 +1,1 @@
+"""L2: preference pairs, the one file-level split, the refusal set."""

@@ -1,0 +1,547 @@
+"""``lm_eval --model steered``: lm-eval's HFLM with the D-STEER steering hook.
+
+A strict superset of lm-eval's built-in ``steered`` model
+(``lm_eval.models.hf_steered.SteeredModel``), which this class replaces under
+the same name once dsteer-eval is installed (see ``dsteer_eval.harness.plugin``):
+
+* ``steer_path=x.pt|x.pth``  the built-in dict format, same numbers, but read
+  with ``torch.load(weights_only=True)``; ``steer_path=x.csv`` (SAE features)
+  is delegated to the built-in loader.
+* ``vector=v.safetensors``   dsteer-eval vector files (one vector per layer).
+* ``layer=``  int, negative from the end, or ``final``; several as ``10;20``.
+* ``alpha=``  float (negative subtracts); one, or one per layer as ``-1;0.5``.
+* ``position=all|prompt|completion|last``; ``unit=true`` normalises v first.
+* ``pretrained=`` omitted or ``smollm2``: the embedded SmolLM2-135M-Instruct;
+  with no ``vector=`` either, the shipped D-STEER pair: the project's DPO
+  LoRA adapter (``peft=``) and its dpo-diff vector v̄ at its default layer, so
+  ``alpha=-1`` runs the DPO model with v̄ subtracted.  ``peft=none`` steers
+  the base model with the shipped v̄ instead (``alpha=1``: base + v̄).
+* ``head_positions=continuation|all``: log-likelihood requests run the LM head and
+  the log-softmax only on the positions lm-eval reads (default ``continuation``;
+  :mod:`dsteer_eval.harness.continuation_loglik`, same numbers); ``all`` is
+  lm-eval's own loop.
+* everything HFLM takes (``peft=``, ``dtype=``, ``batch_size=`` ...).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import deque
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from lm_eval.api.registry import register_model
+from lm_eval.models.huggingface import HFLM
+
+from dsteer_eval.harness import plugin as lm_eval_plugin
+from dsteer_eval.models.embedded import (
+    DEFAULT_MODEL,
+    check_pair,
+    default_adapter,
+    default_vector,
+    is_embedded_name,
+    resolve_pretrained,
+)
+from dsteer_eval.metrics.reference_models import register_active
+from dsteer_eval.steering.sites import resolve_parts
+from dsteer_eval.steering.args import SteerArgs, parse_bool, resolve_sites
+from dsteer_eval.steering.hook import Intervention, NonFiniteError, check_finite, check_fits_dtype, steer
+from dsteer_eval.vectors import VectorFile, check_compatible, load_vectors
+from dsteer_eval.vectors.torch_dicts import check_builtin_entry, load_builtin_pt
+
+log = logging.getLogger(__name__)
+lm_eval_plugin.register()  # no-op when the .pth hook already ran
+
+
+_CACHE_NEUTRAL = ("batch_size", "max_batch_size")  # model_args that never change a number
+
+
+class NoDefaultVectorError(ValueError):
+    pass
+
+
+class NonFiniteStateError(NonFiniteError):
+    """A steered forward pass produced NaN/inf: the run stops instead of scoring meaningless numbers."""
+
+
+def _check_steer_path(steer_path) -> Path:
+    path = Path(str(steer_path)).expanduser()
+    if path.suffix not in (".pt", ".pth", ".csv"):
+        raise ValueError(
+            f"steer_path={steer_path}: expected lm-eval's built-in .pt/.pth dict or .csv SAE table; "
+            f"for a dsteer-eval .safetensors vector file use vector= instead"
+        )
+    if not path.is_file():
+        raise FileNotFoundError(f"steer_path={steer_path}: no such file")
+    return path
+
+
+@register_model("steered")
+class SteeredLM(HFLM):
+    """HFLM whose forward passes are steered by :func:`dsteer_eval.steering.hook.steer`."""
+
+    def __init__(
+        self,
+        pretrained=None,
+        vector: str | None = None,
+        layer=None,
+        alpha=1.0,
+        position: str = "all",
+        unit=False,
+        mode: str = "add",
+        norm_preserve=False,
+        control=None,
+        control_seed=0,
+        pair: str | None = None,
+        steer_path: str | None = None,
+        device: str | None = None,
+        head_positions: str = "continuation",
+        pack_contexts=False,
+        **kwargs,
+    ) -> None:
+        # Everything that can be checked without the model is checked first.
+        args = SteerArgs.parse(layer=layer, alpha=alpha, position=position, unit=unit, mode=mode,
+                               norm_preserve=norm_preserve, control=control, control_seed=control_seed)
+        if vector is not None and steer_path is not None:
+            raise ValueError("give either vector= (safetensors) or steer_path= (built-in format), not both")
+        head_positions = str(head_positions).strip().lower()
+        if head_positions not in ("continuation", "all"):
+            raise ValueError(f"head_positions={head_positions!r}: use continuation (the LM head only where "
+                             f"log-likelihoods are read; the default) or all (lm-eval's own loop)")
+        pack_contexts = parse_bool(pack_contexts, "pack_contexts")
+        builtin = None
+        vector_file: VectorFile | None = None
+        if steer_path is not None:
+            if layer is not None or args.unit or args.mode != "add" or args.control is not None:
+                raise ValueError(
+                    "layer=/unit=/mode=/control= apply to vector=; a steer_path file names its own hookpoints "
+                    "and actions"
+                )
+            builtin_path = _check_steer_path(steer_path)
+            builtin = self._read_builtin(builtin_path)
+        else:
+            if vector is None:
+                vector = self._default_vector_for(pretrained, pair)
+                if "peft" not in kwargs:  # the shipped vector belongs to the shipped DPO model
+                    kwargs["peft"] = self._default_adapter_for(pretrained, pair)
+            elif pair is not None:
+                raise ValueError("pair= picks a shipped base/DPO pair; with vector= give peft= yourself")
+            vector_file = load_vectors(vector, argument="vector")
+        self._args_label = ", ".join(  # named by NonFiniteStateError; defaults (shipped vector, adapter) filled in
+            f"{k}={v}" for k, v in (("pretrained", pretrained), ("peft", kwargs.get("peft")), ("vector", vector),
+                                    ("steer_path", steer_path), ("layer", layer), ("alpha", alpha),
+                                    ("mode", args.mode), ("position", args.position), ("unit", args.unit or None),
+                                    ("norm_preserve", args.norm_preserve or None),
+                                    ("control", None if args.control is None else f"random:{args.control}"),
+                                    ("control_seed", args.control_seed if args.control is not None else None),
+                                    ("dtype", kwargs.get("dtype")))
+            if v is not None
+        )
+        # what, besides the steering itself, changes this model's numbers: keys its --use_cache entries
+        self._cache_identity = {"pretrained": pretrained, "peft": kwargs.get("peft"), "steer_path": steer_path,
+                                "model_args": {k: repr(v) for k, v in kwargs.items() if k not in _CACHE_NEUTRAL}}
+        if str(kwargs.get("peft", "")).strip().lower() == "none":
+            kwargs.pop("peft")  # peft=none: the base model itself
+
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        super().__init__(pretrained=resolve_pretrained(pretrained), device=device, **kwargs)
+        accelerator = getattr(self, "accelerator", None)
+        if accelerator is not None and accelerator.device.type == "cpu" and self.world_size == 1:
+            # `ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N`: HFLM takes its
+            # data-parallel rank from the Accelerator only when it counts more than one GPU, so on
+            # CPU every process would stay rank 0 of 1 and evaluate every document.
+            self._rank, self._world_size = accelerator.process_index, accelerator.num_processes
+        self._parts = resolve_parts(self.model)
+        self._position = args.position
+        self._interventions: list[Intervention] = []
+        self._module_edits: list = []
+        if builtin is not None:
+            self._module_edits = self._builtin_edits(builtin, args.alphas, where=f"steer_path={builtin_path}")
+        else:
+            self._interventions = self._build_interventions(vector_file, args)
+        if self._position != "all":
+            # lm-eval's one-token logits cache shares one forward pass between requests
+            # whose prompt/continuation split differs; position masks depend on the split.
+            self.logits_cache = False
+        self._vector_file, self._steer_args = vector_file, args  # a sweep re-points them
+        from dsteer_eval.harness.continuation_loglik import takes_logits_to_keep
+
+        self._continuation_head = head_positions == "continuation" and self.backend == "causal" \
+            and takes_logits_to_keep(self.model)
+        if head_positions == "continuation" and not self._continuation_head:
+            log.warning("steered: this model takes no logits_to_keep (or is seq2seq); log-likelihoods use "
+                        "lm-eval's full-head loop")
+        # each context once for all its continuations (dsteer_eval/harness/packed_contexts.py); the first packed batch is
+        # checked against unpacked rows and turns packing off if they differ
+        self._pack_contexts = pack_contexts and self._continuation_head
+        self._pack_check: dict = {}
+        self._pending_rows: deque | None = None
+        self._sizing_batch = False
+        peft_label = f"+peft:{kwargs['peft']}" if kwargs.get("peft") else ""
+        self.pretrained_label = f"{pretrained or 'smollm2'}{peft_label}"
+        register_active(self)  # the fidelity task scores perplexity under this model, unsteered
+        log.info(
+            "steered: %s",
+            ", ".join(f"layer {i.site} alpha {i.alpha:g}" for i in self._interventions)
+            or f"{len(self._module_edits)} built-in hookpoint(s)",
+        )
+
+    # ------------------------------------------------------------------ setup
+    @staticmethod
+    def _shipped(pretrained, find, missing: str, pair=None) -> str:
+        """The artefact ``find(name, pair)`` ships for an embedded model, or NoDefaultVectorError(missing)."""
+        name = DEFAULT_MODEL if pretrained is None else str(pretrained).strip().lower()
+        shipped = find(name, pair)
+        if shipped is None:
+            raise NoDefaultVectorError(missing.format(name=name))
+        return str(shipped)
+
+    @classmethod
+    def _default_adapter_for(cls, pretrained, pair=None) -> str:
+        return cls._shipped(
+            pretrained, default_adapter,
+            "dsteer-eval ships a vector but no DPO adapter for '{name}' (a broken install?); "
+            "reinstall dsteer-eval, or pass peft=none to steer the base model", pair,
+        )
+
+    @classmethod
+    def _default_vector_for(cls, pretrained, pair=None) -> str:
+        if pretrained is None or is_embedded_name(pretrained):
+            return cls._shipped(
+                pretrained, default_vector,
+                "no vector= given, and this install does not ship the steering vector of pair "
+                f"{check_pair(pair)!r} for the embedded model '{{name}}' (dsteer_eval/artifacts/{{name}}/; "
+                "scripts/refusal_pipeline.sh and scripts/dsteer_pipeline.sh re-create them). "
+                "Pass vector=PATH.safetensors and layer=L", pair,
+            )
+        raise ValueError(
+            f"vector= is required for pretrained={pretrained}: pass a .safetensors file from "
+            f"`dsteer-eval extract` (or steer_path= for lm-eval's built-in .pt format)"
+        )
+
+    def _build_interventions(self, vf: VectorFile, args: SteerArgs) -> list[Intervention]:
+        check_compatible(vf, self.model, argument="vector")
+        layers = args.layers
+        if layers is None:
+            if "default_layer" in vf.metadata:
+                try:
+                    layers = (int(vf.metadata["default_layer"]),)
+                except ValueError:
+                    raise ValueError(
+                        f"vector={vf.path}: bad metadata: default_layer={vf.metadata['default_layer']!r} "
+                        f"is not an integer; pass layer="
+                    ) from None
+            elif len(vf.vectors) == 1:
+                layers = (next(iter(vf.vectors)),)
+            else:
+                raise ValueError(
+                    f"layer= is required: {vf.path} holds vectors for layers "
+                    f"{', '.join(map(str, vf.vectors))} and names no default"
+                )
+        sites = resolve_sites(layers, self._parts.num_layers)  # refuses one site named twice (20;-11)
+        out = []
+        for site, (layer, alpha) in zip(sites, args.pairs(layers)):
+            v = vf.vector(site, argument="vector")
+            if args.control is not None:  # a seeded random direction with exactly v's norm
+                from dsteer_eval.steering.controls import random_direction
+
+                v = random_direction(v, site=site, index=args.control, seed=args.control_seed)
+            if args.unit:
+                norm = float(v.norm())
+                if norm == 0.0:
+                    raise ValueError(f"unit={args.unit}: the vector for layer {site} is zero and has no direction")
+                v = v / norm
+                if args.unit == "norm":  # alpha is a fraction of the typical state norm at this site
+                    v = v * self.mean_state_norm(site)
+            param = next(self._parts.site_module(site).parameters(), None)  # the dtype the shift is added in
+            dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+            if args.mode == "add":  # an ablation scales an existing component: nothing is added
+                check_fits_dtype(float(alpha) * v.float(), dtype,
+                                 f"alpha={alpha:g} times vector={vf.path} (layer {layer}) in the model's dtype")
+            out.append(Intervention(site=site, vector=v, alpha=alpha, mode=args.mode))
+        return out
+
+    def mean_state_norm(self, site: int) -> float:
+        """Mean ‖h‖ at ``site`` over the shipped hh_mini prompts at their last token, unsteered (cached):
+        the scale of ``unit=norm``, so alpha=0.1 pushes by a tenth of a typical state's norm."""
+        cache = self.__dict__.setdefault("_state_norms", {})
+        if site not in cache:
+            from dsteer_eval.dpo.extract import last_token_states, unique_prompts
+            from dsteer_eval.harness.plugin import tasks_dir
+            from dsteer_eval.data.preference_pairs import load_pairs
+
+            prompts = unique_prompts(load_pairs(f"{tasks_dir()}/hh/hh_mini.jsonl"))
+            states = last_token_states(self.model, self.tokenizer, prompts, desc="unit=norm")
+            cache[site] = float(states[:, site].norm(dim=-1).mean())
+        return cache[site]
+
+    @staticmethod
+    def _read_builtin(path: Path) -> dict:
+        if path.suffix == ".csv":
+            from lm_eval.models.hf_steered import SteeredModel
+
+            return SteeredModel.derive_steer_config(str(path))
+        return load_builtin_pt(path)
+
+    def _builtin_edits(self, config: dict, alphas: tuple[float, ...], where: str = "steer_path") -> list:
+        """Hooks for lm-eval's built-in format, using its own add/clamp functions."""
+        from functools import partial
+
+        from lm_eval.models.hf_steered import SteeredModel
+
+        if len(alphas) != 1:
+            raise ValueError("steer_path= takes a single alpha")
+        alpha = alphas[0]
+        modules = dict(self.model.base_model.named_modules())
+        edits = []
+        for hookpoint, info in config.items():
+            if hookpoint not in modules:
+                raise ValueError(f"steer_path hookpoint {hookpoint!r} is not a module of this model")
+            entry = f"{where} hookpoint {hookpoint!r}"
+            check_builtin_entry(entry, info)  # also for configs derived from a .csv
+            vec = info["steering_vector"].to(self.device).to(self.model.dtype)
+            check_finite(vec, f"{entry} steering_vector in {self.model.dtype}")
+            coef = float(info.get("steering_coefficient", 1.0))
+            bias = info.get("bias")
+            if bias is not None:
+                bias = check_finite(bias.to(self.device).to(self.model.dtype), f"{entry} bias in {self.model.dtype}")
+            action = info.get("action", "add")
+            if action == "add":
+                if bias is not None:
+                    raise ValueError(f"steer_path hookpoint {hookpoint!r}: bias is not supported with 'add'")
+                scaled = vec * coef if alpha == 1.0 else vec * coef * alpha
+                check_fits_dtype(info["steering_vector"].double() * coef * alpha, self.model.dtype,
+                                 f"{entry}: alpha={alpha:g} times steering_coefficient={coef:g} times steering_vector")
+                check_finite(scaled, f"{entry}: alpha={alpha:g} times steering_coefficient={coef:g} "
+                                     f"times steering_vector in {self.model.dtype}")
+                fn = partial(SteeredModel.add, vector=scaled, head_index=info.get("head_index"))
+            elif action == "clamp":
+                if alpha != 1.0:
+                    raise ValueError("alpha= does not apply to 'clamp' hookpoints; set steering_coefficient")
+                direction = check_finite(vec / torch.norm(vec), f"{entry}: the clamp direction (steering_vector "
+                                                                  f"/ its norm) in {self.model.dtype}")
+                fn = partial(
+                    SteeredModel.clamp,
+                    direction=direction,
+                    value=coef,
+                    bias=bias,
+                    head_index=info.get("head_index"),
+                )
+            else:
+                raise ValueError(f"steer_path hookpoint {hookpoint!r}: unknown action {action!r}")
+            edits.append((modules[hookpoint], fn))
+        return edits
+
+    # ------------------------------------------------------- lm-eval's --use_cache
+    def cache_key(self) -> str:
+        """A digest of everything that changes this model's numbers: the model and adapter files (cheap
+        content hashes), the loaded dtype, the other model_args, a ``steer_path`` file's content, and the
+        steering as it stands now (each intervention's site, mode, alpha and vector bytes, which cover
+        ``vector=``, ``layer=``, ``alpha=``, ``mode=``, ``unit=``, ``control=``), ``position=``,
+        ``norm_preserve=`` and, in a sweep, the side of the pair."""
+        identity = self.__dict__.get("_cache_files")
+        if identity is None:  # hashed once, when a cache first asks
+            from dsteer_eval.common.hashing import sha256_file
+            from dsteer_eval.sweep.fingerprint import content
+
+            ident = self._cache_identity
+            files = {"pretrained": content(ident["pretrained"] or "smollm2")["sha256"]}
+            if ident["peft"] is not None:
+                files["peft"] = content(ident["peft"])["sha256"]
+            if ident["steer_path"] is not None:
+                files["steer_path"] = sha256_file(Path(str(ident["steer_path"])).expanduser())
+            identity = self._cache_files = repr(sorted({**ident, "files": files}.items()))
+        digest = hashlib.sha256(identity.encode())
+        digest.update(repr((str(self.model.dtype), self._position, self._steer_args.norm_preserve,
+                            self._steer_args.alphas if self._module_edits else None,
+                            getattr(self, "_side", None))).encode())
+        for item in self._interventions:
+            digest.update(repr((item.site, item.mode, float(item.alpha), tuple(item.vector.shape))).encode())
+            digest.update(item.vector.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+        return digest.hexdigest()[:32]
+
+    def set_cache_hook(self, cache_hook) -> None:
+        """lm-eval's ``CachingLM`` (``--use_cache``) keys an entry by the request alone, so a steered run
+        would be served another alpha's answers from the same cache file.  Its database is re-pointed here
+        at a table of its own, named by :meth:`cache_key` (a sweep re-points it at every point)."""
+        super().set_cache_hook(cache_hook)
+        self._key_cache()
+
+    def _key_cache(self) -> None:
+        db = getattr(self.cache_hook, "dbdict", None)
+        if db is None:
+            return  # no cache
+        table = f"steered_{self.cache_key()}"
+        if getattr(db, "tablename", None) == table:
+            return
+        from sqlitedict import SqliteDict
+
+        if not isinstance(db, SqliteDict):
+            raise ValueError(f"--use_cache: this lm-eval's cache ({type(db).__name__}) cannot be keyed by the "
+                             f"steering settings, so it would return other settings' answers; drop --use_cache")
+        db.commit()
+        db.conn.execute(f'CREATE TABLE IF NOT EXISTS "{table}" (key TEXT PRIMARY KEY, value BLOB)')
+        db.conn.commit()
+        db.tablename = table
+        log.info("steered: --use_cache entries keyed by the steering settings (table %s of %s)", table,
+                 db.filename)
+
+    # -------------------------------------------------------------- steering
+    @property
+    def interventions(self) -> list[Intervention]:
+        return list(self._interventions)
+
+    @contextmanager
+    def steering(self, prompt_lengths=None, parts=None):
+        """The steering context for one forward pass (or one ``generate``); ``parts``: other modules to hook.
+
+        Every forward pass inside it has its logits checked: NaN/inf raises
+        :class:`NonFiniteStateError` instead of being scored (argmax over NaN picks choice 0)."""
+        parts = parts or self._parts
+        with steer(
+            self.model,
+            self._interventions,
+            position=self._position,
+            prompt_lengths=prompt_lengths,
+            module_edits=self._module_edits,
+            parts=parts,
+            norm_preserve=self._steer_args.norm_preserve,
+        ) as state, self._finite_guard(parts):
+            yield state
+
+    @contextmanager
+    def _finite_guard(self, parts):
+        """Hooks that check the logits (real tokens only, by the attention mask) of every forward pass."""
+        seen = {"mask": None}
+
+        def pre_hook(module, args, kwargs):
+            mask = kwargs.get("attention_mask")
+            seen["mask"] = mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
+
+        def hook(module, args, output):
+            logits = output[0] if isinstance(output, tuple) else output
+            if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
+                return
+            if bool(torch.isfinite(logits.sum(dtype=torch.float32))):
+                return  # one reduction, no copy of the logits: the usual case
+            finite = torch.isfinite(logits)
+            if bool(finite.all()):
+                return
+            mask = seen["mask"]
+            if mask is not None and logits.dim() == 3 and mask.shape[0] == logits.shape[0] \
+                    and mask.shape[1] >= logits.shape[1]:
+                real = mask[:, -logits.shape[1]:].to(device=logits.device, dtype=torch.bool)
+                if bool(finite[real].all()):
+                    return  # NaN only where padding is (never read)
+                finite = finite | ~real[..., None]
+            n_bad = int((~finite).sum())
+            raise NonFiniteStateError(
+                f"steered model ({self._args_label}): a forward pass gave NaN/inf logits ({n_bad} values); "
+                f"log-likelihoods and generations from it would be meaningless, so the run stops instead "
+                f"of scoring them. Use a smaller alpha, dtype=float32 (float16 overflows above 65504), or "
+                f"check the vector"
+            )
+
+        handles = [parts.decoder.register_forward_pre_hook(pre_hook, with_kwargs=True),
+                   parts.lm_head.register_forward_hook(hook)]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def _row_prompt_lengths(self, inps: torch.Tensor) -> torch.Tensor | None:
+        if self._position == "all":
+            return None
+        full = torch.full((inps.shape[0],), inps.shape[1], dtype=torch.long)
+        if self._sizing_batch or self._pending_rows is None:
+            return full  # batch-size probing, or a direct call: the whole input is prompt
+        lengths = []
+        for row in inps:
+            if not self._pending_rows:
+                raise RuntimeError("steered: more rows than log-likelihood requests (internal error)")
+            tokens, prompt_len = self._pending_rows.popleft()
+            if row[: len(tokens)].tolist() != list(tokens):
+                raise RuntimeError(
+                    "steered: lm-eval batched requests in an unexpected order, so the prompt/"
+                    "continuation split of a row is unknown; use position=all (internal error)"
+                )
+            lengths.append(prompt_len)
+        return torch.tensor(lengths, dtype=torch.long)
+
+    def packs_contexts(self, override_bs=None) -> bool:
+        """Whether log-likelihood requests run packed, a context once for all its continuations
+        (:mod:`dsteer_eval.harness.packed_contexts`; the cases that do not are listed there)."""
+        from dsteer_eval.harness.packed_contexts import PACKABLE_ATTENTION
+
+        return (self._pack_contexts and self._position == "all" and override_bs is None
+                and isinstance(self.batch_size, int) and self.batch_size >= 1
+                and getattr(self.model.config, "_attn_implementation", None) in PACKABLE_ATTENTION
+                and self._pack_check.get("ok", True))
+
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs=None):
+        if self._continuation_head:
+            from dsteer_eval.harness.continuation_loglik import loglikelihood_tokens
+
+            if self.packs_contexts(override_bs):
+                from dsteer_eval.harness.packed_contexts import packed_loglikelihood_tokens
+
+                answers = packed_loglikelihood_tokens(self, requests, disable_tqdm, call=self._kept_call,
+                                                      checked=self._pack_check)
+                if answers is not None:
+                    return answers
+            return loglikelihood_tokens(self, requests, disable_tqdm, override_bs, call=self._kept_call)
+        if self._position == "all":
+            return super()._loglikelihood_tokens(requests, disable_tqdm, override_bs)
+        # HFLM processes requests sorted by this key (a stable sort) when the
+        # logits cache is off; mirror it to know each row's prompt length.
+        def key(req):
+            toks = req[1] + req[2]
+            return -len(toks), tuple(toks)
+
+        rows = deque()
+        for _, context, continuation in sorted(requests, key=key):
+            inp = (context + continuation)[-(self.max_length + 1):][:-1]
+            rows.append((tuple(inp), len(inp) - (len(continuation) - 1)))
+        self._pending_rows = rows
+        try:
+            return super()._loglikelihood_tokens(requests, disable_tqdm, override_bs)
+        finally:
+            self._pending_rows = None
+
+    def _kept_call(self, inps, keep, prompt_lengths, model_kwargs=None):
+        """Steered logits at positions ``keep`` only (``logits_to_keep``); ``model_kwargs``: a packed batch's
+        attention mask and positions."""
+        with self.steering(prompt_lengths if self._position != "all" else None):
+            return self._forward_kept(inps, keep, **(model_kwargs or {}))
+
+    def _forward_kept(self, inps, keep, **model_kwargs):
+        with torch.no_grad(), torch.autocast(device_type=self.device.type, dtype=self.mixed_precision_dtype,
+                                             enabled=self.mixed_precision_dtype is not None):
+            return self.model(inps, logits_to_keep=keep, **model_kwargs).logits
+
+    def _detect_batch_size(self, requests=None, pos: int = 0):
+        self._sizing_batch = True
+        try:
+            return super()._detect_batch_size(requests, pos)
+        finally:
+            self._sizing_batch = False
+
+    def _model_call(self, inps, attn_mask=None, labels=None):
+        with self.steering(self._row_prompt_lengths(inps)):
+            return super()._model_call(inps, attn_mask=attn_mask, labels=labels)
+
+    def _model_generate(self, context, max_length, stop, **generation_kwargs):
+        prompt_lengths = torch.full((context.shape[0],), context.shape[1], dtype=torch.long)
+        with self.steering(prompt_lengths):
+            return super()._model_generate(context, max_length, stop, **generation_kwargs)
+
+    def forward(self, *args, **kwargs):
+        """A steered forward of the wrapped model (the whole input counts as prompt)."""
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        lengths = self._row_prompt_lengths(input_ids) if input_ids is not None else None
+        with torch.no_grad(), self.steering(lengths):
+            return self.model.forward(*args, **kwargs)

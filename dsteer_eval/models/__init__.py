@@ -1,0 +1,1 @@
+"""L1: the embedded SmolLM2 model and model loading."""
