@@ -9,6 +9,15 @@ for _key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HUB_DISABLE_TELEMETRY"
     os.environ.setdefault(_key, "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# The tests mirror the packages (tests/steering/, tests/sweep/, ...) and share helpers by plain import
+# (`from test_tasks import write_vector`): every folder of tests/ is on sys.path, as tests/ itself is.
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+for _folder in sorted(Path(__file__).resolve().parent.iterdir()):
+    if _folder.is_dir() and not _folder.name.startswith(("_", ".")) and str(_folder) not in sys.path:
+        sys.path.insert(0, str(_folder))
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
@@ -144,7 +153,7 @@ def tiny_adapter_dir(tiny_dir, tmp_path_factory):
 def degeneration_screening_off():
     """The tiny random Llamas write byte garble, which the degeneration rule rightly screens out of
     every score. Tests that check the scoring arithmetic itself (toxicity, G-Eval, win-rates) on those
-    outputs turn the rule off with this; the rule has its own tests (tests/test_degeneration.py)."""
+    outputs turn the rule off with this; the rule has its own tests (tests/metrics/test_degeneration.py)."""
     from dsteer_eval.metrics import degeneration, geval, toxicity
 
     with pytest.MonkeyPatch.context() as mp:

@@ -12,7 +12,7 @@ same rows, and it is paid for prompt tokens whose results are thrown away.
 :func:`use_compact_head` re-patches the model so that ``fused_lm_head=True``
 projects only the positions with a label (the completion tokens) through the
 LM head and takes one ``log_softmax`` there.  It returns the same fields with
-the same meaning (see ``tests/test_dpo_training.py``, which checks them against
+the same meaning (see ``tests/dpo/test_dpo_training.py``, which checks them against
 trl's kernel), so DPOTrainer's loss, rewards and logged metrics are unchanged.
 Models that scale or soft-cap their logits keep trl's head.
 """

@@ -167,7 +167,7 @@ def test_hparam_sweep_script_chooses_by_worst_kind_z_and_reuses_finished_points(
     """scripts/dpo_hparam_sweep.py on finished points (cards in --work): no training, the choice by its rule."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("dpo_hparam_sweep", Path(__file__).parents[1] / "scripts" /
+    spec = importlib.util.spec_from_file_location("dpo_hparam_sweep", Path(__file__).parents[2] / "scripts" /
                                                   "dpo_hparam_sweep.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)

@@ -22,7 +22,7 @@ from dsteer_eval.data.refusal_set import (
 )
 from dsteer_eval.data.splits import FRACTIONS, PARTS, first_human_turn, part_of, prompt_key, select_part
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TASKS = REPO / "dsteer_eval" / "harness" / "tasks"
 SHARED = REPO.parent / "shared" / "data"
 HH = SHARED / "hh_harmless_dev.jsonl.gz"

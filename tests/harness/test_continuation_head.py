@@ -103,7 +103,7 @@ def test_model_without_logits_to_keep_falls_back(tiny_dir, monkeypatch, caplog):
 def real_hh_pairs(n: int = 12) -> list[tuple[str, str]]:
     """(context, continuation) of the first short HH harmless pairs in ../shared/data: chosen and rejected
     after the same context."""
-    data = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh_harmless_dev.jsonl.gz"
+    data = Path(__file__).resolve().parents[3] / "shared" / "data" / "hh_harmless_dev.jsonl.gz"
     if not data.is_file():
         pytest.skip(f"{data} not found (the real data sits beside the checkout)")
     pairs = []
@@ -120,7 +120,7 @@ def real_hh_pairs(n: int = 12) -> list[tuple[str, str]]:
 
 def test_real_rows_on_the_embedded_model(embedded_dir):
     """Real HH pairs (../shared/data) on SmolLM2: |Δ loglik| <= 1e-5 against --model hf, same greedy flags
-    (the continuation head alone, one row per request; packed contexts: tests/test_packed_contexts.py)."""
+    (the continuation head alone, one row per request; packed contexts: tests/harness/test_packed_contexts.py)."""
     pairs = real_hh_pairs()
     hf = HFLM(pretrained=embedded_dir, batch_size=4, device="cpu").loglikelihood(reqs(pairs))
     lm = get_model("steered")(pretrained="smollm2", peft="none", alpha=0.0, batch_size=4, pack_contexts=False)

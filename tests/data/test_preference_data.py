@@ -11,7 +11,7 @@ from conftest import write_jsonl
 
 from dsteer_eval.data.preference_pairs import load_pairs, split_pair
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh_harmless_dev.jsonl.gz"
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "hh_harmless_dev.jsonl.gz"
 GOOD = {"chosen": "\n\nHuman: hi\n\nAssistant: Hello!", "rejected": "\n\nHuman: hi\n\nAssistant: Go away."}
 
 

@@ -14,7 +14,7 @@ from dsteer_eval.models import embedded
 from dsteer_eval.common.hashing import sha256_file
 from dsteer_eval.data.preference_pairs import load_pairs, load_prompts
 
-HH = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh_harmless_dev.jsonl.gz"
+HH = Path(__file__).resolve().parents[3] / "shared" / "data" / "hh_harmless_dev.jsonl.gz"
 needs_shared = pytest.mark.skipif(not HH.is_file(), reason="../shared/data/hh_harmless_dev.jsonl.gz is not present")
 
 
