@@ -1,0 +1,147 @@
+"""The package's layers stay true: no upward import, no import cycle, no private name imported across
+modules (docs/architecture.md lists the floors). Read from the source with ``ast``; nothing is imported."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[2] / "dsteer_eval"
+
+# A package imports only from its own floor or below (docs/architecture.md).
+FLOORS = {
+    "common": 0, "stats": 0,
+    "steering": 1, "vectors": 1, "models": 1,
+    "data": 2,
+    "dpo": 3,
+    "probes": 4, "metrics": 4,
+    "harness": 5,
+    "sweep": 6, "leaderboard": 6, "report": 6, "describe": 6,
+    "cli": 7,
+}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def modules() -> dict[str, Path]:
+    return {module_name(p): p for p in PACKAGE.rglob("*.py") if "tasks" not in p.relative_to(PACKAGE).parts}
+
+
+def imports(name: str, path: Path, known: set[str]) -> list[tuple[str, list[str], int]]:
+    """(imported module, names taken from it, line) for every import of one of ``known``, at any depth."""
+    out = []
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            out += [(a.name, [], node.lineno) for a in node.names if a.name.split(".")[0] == "dsteer_eval"]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([node.module] if node.module else []))
+            if base.split(".")[0] != "dsteer_eval":
+                continue
+            for alias in node.names:  # `from pkg import module` imports the module
+                sub = f"{base}.{alias.name}"
+                if sub in known:
+                    out.append((sub, [], node.lineno))
+                else:
+                    out.append((base, [alias.name], node.lineno))
+    return [(m, names, line) for m, names, line in out if m in known or m == "dsteer_eval"]
+
+
+def floor(name: str) -> int:
+    parts = name.split(".")
+    if len(parts) == 1:
+        return 0  # dsteer_eval/__init__.py: the version only
+    if parts[1] not in FLOORS:
+        raise AssertionError(f"{name}: its package {parts[1]!r} has no floor; add it to FLOORS and docs/architecture.md")
+    return FLOORS[parts[1]]
+
+
+def graph() -> tuple[dict[str, set[str]], list[str], list[str]]:
+    mods = modules()
+    edges: dict[str, set[str]] = {m: set() for m in mods}
+    upward, private = [], []
+    for name, path in mods.items():
+        for target, names, line in imports(name, path, set(mods)):
+            if target == name:
+                continue
+            edges[name].add(target)
+            if floor(target) > floor(name):
+                upward.append(f"{name}:{line} imports {target} (floor {floor(name)} -> {floor(target)})")
+            hidden = [n for n in names if n.startswith("_") and not n.startswith("__")]
+            if hidden:
+                private.append(f"{name}:{line} imports private {', '.join(hidden)} from {target}")
+    return edges, upward, private
+
+
+def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index, low, stack, on, found, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in sorted(edges.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1 or v in edges.get(v, ()):
+                found.append(sorted(comp))
+
+    for v in sorted(edges):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_every_package_has_a_floor():
+    for name in modules():
+        floor(name)
+
+
+def test_no_upward_import():
+    _, upward, _ = graph()
+    assert not upward, "upward imports:\n" + "\n".join(upward)
+
+
+def test_no_import_cycle():
+    found = cycles(graph()[0])
+    assert not found, "import cycles:\n" + "\n".join(" <-> ".join(c) for c in found)
+
+
+def test_no_private_name_imported_across_modules():
+    _, _, private = graph()
+    assert not private, "private names imported across modules:\n" + "\n".join(private)
+
+
+def test_the_checker_sees_a_planted_cycle_and_an_upward_import(tmp_path, monkeypatch):
+    """The checks can fail: a fake package with a cycle and an upward import is caught."""
+    pkg = tmp_path / "dsteer_eval"
+    for sub in ("common", "sweep"):
+        (pkg / sub).mkdir(parents=True)
+        (pkg / sub / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text("")
+    (pkg / "common" / "a.py").write_text("from dsteer_eval.sweep.b import run\n")
+    (pkg / "sweep" / "b.py").write_text("def run():\n    from dsteer_eval.common import a\n    from dsteer_eval.common.a import _x\n")
+    monkeypatch.setattr(__import__(__name__), "PACKAGE", pkg)
+    edges, upward, private = graph()
+    assert cycles(edges) == [["dsteer_eval.common.a", "dsteer_eval.sweep.b"]]
+    assert upward == ["dsteer_eval.common.a:1 imports dsteer_eval.sweep.b (floor 0 -> 6)"]
+    assert private == ["dsteer_eval.sweep.b:3 imports private _x from dsteer_eval.common.a"]
