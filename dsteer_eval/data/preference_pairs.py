@@ -48,6 +48,13 @@ class PairSet(list):
         self.part = None  # the split part kept (None: every row)
         self.other_parts = 0  # usable pairs left out because they belong to another part
 
+    def restricted(self, pairs, *, part: str, other_parts: int) -> "PairSet":
+        """The pairs of one split part, with this set's source and skip counts
+        (:func:`dsteer_eval.data.splits.select_part`)."""
+        out = PairSet(pairs, source=self.source, skipped=self.skipped)
+        out.part, out.other_parts = part, other_parts
+        return out
+
     def describe(self) -> dict:
         out = {"source": self.source, "pairs": len(self), "skipped": dict(self.skipped)}
         if self.part is not None:
@@ -68,7 +75,7 @@ def split_pair(chosen: str, rejected: str) -> tuple[str, str, str] | None:
     return prompt, chosen[cut_c + len(SEPARATOR):], rejected[cut_r + len(SEPARATOR):]
 
 
-class _Unusable(Exception):
+class UnusableRow(Exception):
     """A well-formed row that cannot be a pair (kind in ``args[0]``)."""
 
 
@@ -82,16 +89,16 @@ def pair_from_row(row) -> PreferencePair:
     if "prompt" in row:
         pair = PreferencePair(row["prompt"], row["chosen"], row["rejected"])
         if not pair.prompt.strip():
-            raise _Unusable("empty prompt")
+            raise UnusableRow("empty prompt")
     else:
         split = split_pair(row["chosen"], row["rejected"])
         if split is None:
-            raise _Unusable("different prompts")
+            raise UnusableRow("different prompts")
         pair = PreferencePair(*split)
     if not pair.chosen.strip() or not pair.rejected.strip():
-        raise _Unusable("empty reply")
+        raise UnusableRow("empty reply")
     if pair.chosen == pair.rejected:
-        raise _Unusable("identical replies")
+        raise UnusableRow("identical replies")
     return pair
 
 
@@ -122,7 +129,7 @@ def _lone_surrogate(value, field: str = ""):
     return None
 
 
-def _jsonl_rows(path: Path):
+def jsonl_rows(path: Path):
     """``(where, row)`` of every non-blank line; every failure names the file and the line."""
     opener = gzip.open if path.suffix == ".gz" else open
     last_good = 0
@@ -183,7 +190,7 @@ def load_pairs(source: str | Path, *, data_dir: str | None = None, split: str = 
     if path.suffix in (".jsonl", ".gz", ".json") or path.exists():
         if not path.is_file():
             raise FileNotFoundError(f"preference data {path}: no such file")
-        rows, label = _jsonl_rows(path), str(path)
+        rows, label = jsonl_rows(path), str(path)
     elif "/" in str(source) and not str(source).startswith((".", "/")):
         rows = _hub_rows(str(source), data_dir, split)
         label = f"hub:{source}" + (f"/{data_dir}" if data_dir else "") + f"[{split}]"
@@ -206,7 +213,7 @@ def load_pairs(source: str | Path, *, data_dir: str | None = None, split: str = 
             usable += 1
             if usable > offset:
                 pairs.append(pair)
-        except _Unusable as why:
+        except UnusableRow as why:
             if strict:
                 raise ValueError(f"{where}: unusable pair ({why.args[0]}); drop it or run without strict") from None
             pairs.skipped[why.args[0]] += 1
@@ -238,10 +245,10 @@ def load_prompts(source: str | Path, *, data_dir: str | None = None, split: str 
     part = check_part(part)
     path = Path(source)
     if path.is_file():
-        first = next((row for _, row in _jsonl_rows(path)), None)
+        first = next((row for _, row in jsonl_rows(path)), None)
         if isinstance(first, dict) and "prompt" in first and "chosen" not in first:
             prompts = []
-            for where, row in _jsonl_rows(path):
+            for where, row in jsonl_rows(path):
                 text = row.get("prompt") if isinstance(row, dict) else None
                 if not isinstance(text, str) or not text.strip():
                     raise ValueError(f"{where}: a prompt-only row needs a non-empty string field 'prompt'")

@@ -130,9 +130,9 @@ def read_truthfulqa(path) -> list[dict]:
                 raise ValueError(f"{path}:{i}: a TruthfulQA row needs a question, a best answer and incorrect answers")
             out.append(doc)
         return out
-    from dsteer_eval.data.preference_pairs import _jsonl_rows
+    from dsteer_eval.data.preference_pairs import jsonl_rows
 
-    return [row for _, row in _jsonl_rows(path)]
+    return [row for _, row in jsonl_rows(path)]
 
 
 def mc_targets(doc: dict) -> dict:
@@ -264,12 +264,12 @@ TQA_SOURCE = "TruthfulQA (https://github.com/sylinrl/TruthfulQA), Apache-2.0 lic
 
 def hh_rows_with_lines(path):
     """``(line, row, pair)`` of every usable HH pair in a JSONL(.gz) file, in file order."""
-    from dsteer_eval.data.preference_pairs import _jsonl_rows, _Unusable, pair_from_row
+    from dsteer_eval.data.preference_pairs import jsonl_rows, UnusableRow, pair_from_row
 
-    for where, row in _jsonl_rows(Path(path)):
+    for where, row in jsonl_rows(Path(path)):
         try:
             pair = pair_from_row(row)
-        except _Unusable:
+        except UnusableRow:
             continue
         yield int(where.rsplit(":", 1)[1]), row, pair
 

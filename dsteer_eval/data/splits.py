@@ -102,12 +102,8 @@ def select_part(pairs, part: str | None):
             keep.append(pair)
         else:
             other += 1
-    from dsteer_eval.data.preference_pairs import PairSet
-
-    if isinstance(pairs, PairSet):
-        out = PairSet(keep, source=pairs.source, skipped=pairs.skipped)
-        out.part, out.other_parts = part, other
-        return out
+    if hasattr(pairs, "restricted"):  # a PairSet keeps its source and skip counts
+        return pairs.restricted(keep, part=part, other_parts=other)
     return keep
 
 

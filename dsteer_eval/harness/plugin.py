@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import sys
 
+from dsteer_eval.common.package_files import tasks_dir  # noqa: F401  (re-exported; the start-up hook needs it)
+
 OUR_TARGET = "dsteer_eval.harness.steered:SteeredLM"
 BUILTIN_TARGET = "lm_eval.models.hf_steered:SteeredModel"
 BUILTIN_ALIAS = "steered-builtin"
@@ -44,14 +46,6 @@ def _point_registry_at_us() -> None:
     if isinstance(mapping, dict):
         mapping["steered"] = OUR_TARGET
         mapping[BUILTIN_ALIAS] = BUILTIN_TARGET
-
-
-def tasks_dir() -> str:
-    """Folder of the YAML tasks shipped in the package (``dsteer_eval.harness.tasks``)."""
-    from importlib.util import find_spec
-
-    spec = find_spec("dsteer_eval.harness.tasks")
-    return list(spec.submodule_search_locations)[0]
 
 
 def _add_our_tasks_to_task_manager() -> None:

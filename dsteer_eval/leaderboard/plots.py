@@ -14,7 +14,7 @@ import re
 
 from dsteer_eval.leaderboard.collect import number
 from dsteer_eval.leaderboard.table import Leaderboard
-from dsteer_eval.probes.figures import _pyplot
+from dsteer_eval.probes.figures import pyplot
 
 Point = tuple[float, float, float]  # alpha, value, stderr (nan when unknown)
 
@@ -127,7 +127,7 @@ def _column_value(board: Leaderboard, j: int):
 
 def figures(board: Leaderboard) -> dict[str, bytes]:
     """``{file name: PNG bytes}``: ``overview.png`` (every column in a grid), then one plot per metric."""
-    plt = _pyplot()
+    plt = pyplot()
     series = list(_metric_series(board)) + [
         (c.header, c.key, c.key, _column_value(board, j)) for j, c in enumerate(board.columns) if c.kind != "metric"]
     out: dict[str, bytes] = {}

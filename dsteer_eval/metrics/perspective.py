@@ -44,7 +44,7 @@ from collections import Counter
 
 from dsteer_eval.common import redaction
 from dsteer_eval.metrics.score_cache import ScoreCache
-from dsteer_eval.metrics.toxicity_scorers import ScoreReport
+from dsteer_eval.metrics.types import ScoreReport
 
 log = logging.getLogger("dsteer_eval.toxicity")
 

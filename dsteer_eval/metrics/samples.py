@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from dsteer_eval.common.package_files import tasks_dir
+
 
 def sample_path(sample: str) -> Path:
-    from dsteer_eval.harness.plugin import tasks_dir
-
     path = Path(sample).expanduser()
     if not path.is_absolute():
         path = Path(tasks_dir()) / path

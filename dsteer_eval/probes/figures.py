@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -16,7 +16,7 @@ def _pyplot():
 
 def probe_figures(report: dict, folder: Path) -> list[str]:
     """Write the report's figures into ``folder``; returns their file names."""
-    plt = _pyplot()
+    plt = pyplot()
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     written = []

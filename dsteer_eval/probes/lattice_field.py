@@ -49,7 +49,7 @@ def lattice_basis(v: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
 
 
 def _loss_grad(pair, ids, attn, target, ref, beta: float, offset: torch.Tensor) -> torch.Tensor:
-    from dsteer_eval.probes.measures import _sequence_logps
+    from dsteer_eval.probes.measures import sequence_logps
 
     with pair.side("dpo") as model:
         parts = resolve_parts(model)
@@ -64,7 +64,7 @@ def _loss_grad(pair, ids, attn, target, ref, beta: float, offset: torch.Tensor) 
         handle = parts.final_norm.register_forward_hook(add_shift)
         try:
             with torch.enable_grad():
-                pol = _sequence_logps(model(input_ids=ids, attention_mask=attn).logits, ids, target)
+                pol = sequence_logps(model(input_ids=ids, attention_mask=attn).logits, ids, target)
                 ratio = (pol - ref).view(-1, 2)
                 loss = -torch.nn.functional.logsigmoid(beta * (ratio[:, 0] - ratio[:, 1])).mean()
                 loss.backward()
@@ -78,15 +78,15 @@ def _loss_grad(pair, ids, attn, target, ref, beta: float, offset: torch.Tensor) 
 def lattice_field(pair, pairs: Sequence, v_final: torch.Tensor, delta_final: torch.Tensor, *,
                   beta: float = 0.1, max_length: int = 256) -> dict:
     """The field on the 27-point lattice (see the module docstring); ``pairs`` should be a handful."""
-    from dsteer_eval.probes.measures import _reply_batch, _sequence_logps
+    from dsteer_eval.probes.measures import reply_batch, sequence_logps
 
     basis = lattice_basis(v_final, delta_final)
     radius = float(delta_final.double().norm(dim=-1).mean())
     with pair.side("base") as model:
         device = next(model.parameters()).device
-        ids, attn, target = _reply_batch(pair.tokenizer, list(pairs), max_length, device)
+        ids, attn, target = reply_batch(pair.tokenizer, list(pairs), max_length, device)
         with torch.no_grad():
-            ref = _sequence_logps(model(input_ids=ids, attention_mask=attn).logits, ids, target)
+            ref = sequence_logps(model(input_ids=ids, attention_mask=attn).logits, ids, target)
     points, fields = [], []
     for c in itertools.product((-1, 0, 1), repeat=3):
         offset = radius * (torch.tensor(c, dtype=torch.float64) @ basis)

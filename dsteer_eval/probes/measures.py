@@ -156,7 +156,7 @@ def directional_consistency(delta: torch.Tensor, v: torch.Tensor, *, bins: int =
 
 
 # -------------------------------------------------------------- gradients
-def _reply_batch(tokenizer, pairs: Sequence[PreferencePair], max_length: int, device):
+def reply_batch(tokenizer, pairs: Sequence[PreferencePair], max_length: int, device):
     """Rows chosen_0, rejected_0, chosen_1, ...; completion mask marks reply tokens (to predict)."""
     seqs, starts = [], []
     for p in pairs:
@@ -180,7 +180,7 @@ def _reply_batch(tokenizer, pairs: Sequence[PreferencePair], max_length: int, de
     return ids, attn, target_mask
 
 
-def _sequence_logps(logits: torch.Tensor, ids: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
+def sequence_logps(logits: torch.Tensor, ids: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
     logp = logits[:, :-1].float().log_softmax(-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
     return (logp * target_mask[:, 1:]).sum(-1)
 
@@ -250,9 +250,9 @@ def shift_gradients(pair, pairs: Sequence[PreferencePair], *, beta: float = 0.1,
         chunk = list(pairs[start : start + batch_size])
         with pair.side("base") as model:
             device = next(model.parameters()).device
-            ids, attn, target = _reply_batch(pair.tokenizer, chunk, max_length, device)
+            ids, attn, target = reply_batch(pair.tokenizer, chunk, max_length, device)
             with torch.no_grad():
-                ref = _sequence_logps(model(input_ids=ids, attention_mask=attn).logits, ids, target)
+                ref = sequence_logps(model(input_ids=ids, attention_mask=attn).logits, ids, target)
         pos, ok = _divergent_positions(ids.cpu(), attn.cpu())
         row_pair = torch.arange(len(chunk), device=device).repeat_interleave(2)
         at_div = torch.zeros(ids.shape, device=device)
@@ -280,7 +280,7 @@ def shift_gradients(pair, pairs: Sequence[PreferencePair], *, beta: float = 0.1,
             try:
                 with torch.enable_grad():
                     logits = model(input_ids=ids, attention_mask=attn).logits
-                    pol = _sequence_logps(logits, ids, target)
+                    pol = sequence_logps(logits, ids, target)
                     ratio = (pol - ref).view(-1, 2)
                     loss = -torch.nn.functional.logsigmoid(beta * (ratio[:, 0] - ratio[:, 1]))
                     loss.sum().backward()

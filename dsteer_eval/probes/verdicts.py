@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dsteer_eval.stats.bootstrap import CONFIDENCE, N_RESAMPLES, SEED, PairedDelta, _CHUNK, paired_bootstrap
+from dsteer_eval.stats.bootstrap import CONFIDENCE, N_RESAMPLES, SEED, PairedDelta, CHUNK, paired_bootstrap
 from dsteer_eval.stats.verdicts import markdown, verdict
 
 
@@ -160,8 +160,8 @@ def statistic_bootstrap(fx: Callable[[np.ndarray], np.ndarray], fy: Callable[[np
     x_all, y_all = float(fx(everything)[0]), float(fy(everything)[0])
     rng = np.random.default_rng(seed)
     diffs = []
-    for start in range(0, n_resamples, _CHUNK):
-        k = min(_CHUNK, n_resamples - start)
+    for start in range(0, n_resamples, CHUNK):
+        k = min(CHUNK, n_resamples - start)
         idx = rng.integers(0, n, size=(k, n))
         diffs.append(fx(idx) - fy(idx))
     d = np.concatenate(diffs)

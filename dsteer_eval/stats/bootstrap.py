@@ -21,7 +21,7 @@ import numpy as np
 N_RESAMPLES = 2000
 CONFIDENCE = 0.95
 SEED = 0
-_CHUNK = 256  # resamples drawn at a time: bounded memory for large n
+CHUNK = 256  # resamples drawn at a time: bounded memory for large n
 
 
 @dataclass(frozen=True)
@@ -51,8 +51,8 @@ def bootstrap_means(d: np.ndarray, n_resamples: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     n = len(d)
     out = np.empty(n_resamples)
-    for start in range(0, n_resamples, _CHUNK):
-        k = min(_CHUNK, n_resamples - start)
+    for start in range(0, n_resamples, CHUNK):
+        k = min(CHUNK, n_resamples - start)
         idx = rng.integers(0, n, size=(k, n))  # row r = resample start + r, drawn in order
         out[start:start + k] = d[idx].mean(axis=1)
     return out

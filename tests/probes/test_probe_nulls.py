@@ -237,9 +237,9 @@ def test_first_divergence_gradient_is_minus_beta_sigma_delta_e_and_matches_finit
     p0, d0 = PAIRS[0], first_divergence(lora_pair.tokenizer, PAIRS[0])
     pos = len(d0.prefix) - 1
     direction = (g[0] / g[0].norm()).float()
-    ids, attn, target = probes._reply_batch(lora_pair.tokenizer, [p0], MAX_LENGTH, "cpu")
+    ids, attn, target = probes.reply_batch(lora_pair.tokenizer, [p0], MAX_LENGTH, "cpu")
     with lora_pair.side("base") as model, torch.no_grad():
-        ref = probes._sequence_logps(model(input_ids=ids, attention_mask=attn).logits, ids, target)
+        ref = probes.sequence_logps(model(input_ids=ids, attention_mask=attn).logits, ids, target)
 
     def loss_at(eps):
         def hook(module, args, output):
@@ -250,7 +250,7 @@ def test_first_divergence_gradient_is_minus_beta_sigma_delta_e_and_matches_finit
         with lora_pair.side("dpo") as model, torch.no_grad():
             handle = probes.resolve_parts(model).final_norm.register_forward_hook(hook)
             try:
-                pol = probes._sequence_logps(model(input_ids=ids, attention_mask=attn).logits, ids, target)
+                pol = probes.sequence_logps(model(input_ids=ids, attention_mask=attn).logits, ids, target)
             finally:
                 handle.remove()
         ratio = (pol - ref).view(-1, 2)
