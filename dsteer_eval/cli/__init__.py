@@ -81,7 +81,7 @@ def _provenance(args: argparse.Namespace, *, data=(), models=(), seeds=None) -> 
 
 def _pair_models(pair) -> list[dict]:
     """Provenance entries of a base/DPO pair: the base (loaded) and the adapter or DPO checkpoint."""
-    from dsteer_eval.common.provenance import model_entry
+    from dsteer_eval.models.identity import model_entry
 
     base = model_entry("base", pair.base_id, model=pair.base)
     if pair.uses_adapter:
@@ -117,7 +117,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         extra.update({"dpo": pair.dpo_id, "dpo_is_adapter": pair.uses_adapter, "prompts": n})
     else:
         from dsteer_eval.models.loading import load_model
-        from dsteer_eval.common.provenance import model_entry
+        from dsteer_eval.models.identity import model_entry
 
         pairs = _load_pairs(args)  # fail on bad data before loading the model
         extra = {"data": pairs.source, "skipped": dict(pairs.skipped)}
@@ -252,10 +252,11 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 def _write_leaderboard(paths, out, *, plots: bool = True) -> None:
     from dsteer_eval.leaderboard import build_leaderboard, write_leaderboard
+    from dsteer_eval.leaderboard.render import markdown
 
     board = build_leaderboard(paths)
     written = write_leaderboard(board, out, plots=plots)
-    print(board.markdown())
+    print(markdown(board))
     print(f"wrote {', '.join(str(p) for p in written.values())}")
 
 

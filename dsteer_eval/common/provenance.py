@@ -122,49 +122,13 @@ def data_entry(source, role: str | None = None) -> dict:
     return entry if role is None else {**entry, "role": role}
 
 
-def _loaded_fingerprint(model) -> dict:
-    from dsteer_eval.steering.sites import unwrap
-    from dsteer_eval.vectors import model_fingerprint
-
-    try:
-        found = dict(model_fingerprint(model))
-    except Exception as exc:  # noqa: BLE001 - an unusual architecture must not fail the run that records it
-        found = {"error": f"{type(exc).__name__}: {exc}"}
-    found["name_or_path"] = str(getattr(getattr(unwrap(model), "config", None), "_name_or_path", "") or "")
-    return found
-
-
-def _files_fingerprint(path_or_id: str) -> dict:
-    from dsteer_eval.common.hashing import sha256_file, sha256_tree
-    from dsteer_eval.sweep.fingerprint import content
-
-    path = Path(path_or_id).expanduser()
-    if path.is_dir() and (path / "adapter_config.json").is_file():
-        weights = path / "adapter_model.safetensors"
-        return {"adapter_sha256": sha256_file(weights) if weights.is_file() else sha256_tree(path)}
-    return {"content_digest": content(path_or_id)["sha256"]}
-
-
-def model_entry(role: str, path_or_id=None, *, model=None) -> dict:
-    """``{"role", "path_or_id", "fingerprint"}`` of a model: its shape when ``model`` (loaded) is given,
-    and the hash of its files when ``path_or_id`` names them (see the module docstring)."""
-    fingerprint = _loaded_fingerprint(model) if model is not None else {}
-    name = str(path_or_id) if path_or_id is not None else fingerprint.get("name_or_path") or None
-    if name:
-        try:
-            fingerprint.update(_files_fingerprint(name))
-        except OSError as exc:
-            fingerprint["error"] = f"cannot hash {name}: {exc.strerror or exc}"
-    return {"role": role, "path_or_id": name, "fingerprint": fingerprint}
-
-
 # ------------------------------------------------------------------ records
 def collect(*, data: Iterable = (), models: Iterable[Mapping] = (), seeds: Mapping | None = None,
             command: str | None = None) -> dict:
     """A provenance record (schema in the module docstring).
 
     ``data``: input paths or hub ids (or entries made by :func:`data_entry`); ``models``: entries made by
-    :func:`model_entry`; ``seeds``: ``{name: seed}``; ``command``: default :func:`command_line` ``()``."""
+    :func:`dsteer_eval.models.identity.model_entry`; ``seeds``: ``{name: seed}``; ``command``: default :func:`command_line` ``()``."""
     from dsteer_eval import __version__
 
     return {

@@ -24,35 +24,9 @@ from pathlib import Path
 
 import torch
 
+from dsteer_eval.dpo.rewards import pair_kind, reward_summary, rewards_by_kind  # noqa: F401  (re-exported)
+
 log = logging.getLogger(__name__)
-
-
-def pair_kind(pair) -> str | None:
-    """``"refuse"``, ``"answer"`` or ``None`` (not a refusal-set pair)."""
-    from dsteer_eval.data.refusal_set import REFUSALS
-
-    if pair.chosen in REFUSALS:
-        return "refuse"
-    if pair.rejected in REFUSALS:
-        return "answer"
-    return None
-
-
-def rewards_by_kind(chosen: torch.Tensor, rejected: torch.Tensor, pairs) -> dict:
-    """``{kind: reward_summary}`` for every kind present; ``{}`` when fewer than two kinds are known."""
-    from dsteer_eval.dpo.training import reward_summary
-
-    if len(pairs) != len(chosen):
-        raise ValueError(f"{len(pairs)} pairs but {len(chosen)} rewards")
-    kinds = [pair_kind(p) for p in pairs]
-    present = sorted({k for k in kinds if k is not None})
-    if len(present) < 2:
-        return {}
-    out = {}
-    for kind in present:
-        idx = torch.tensor([i for i, k in enumerate(kinds) if k == kind])
-        out[kind] = reward_summary(chosen[idx], rejected[idx])
-    return out
 
 
 def heldout_pairs(data, tokenizer, settings, *, part: str = "eval", eval_size: int | None = None,
@@ -85,7 +59,8 @@ def evaluate_adapter(adapter, data, *, part: str = "eval", eval_size: int | None
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from dsteer_eval.common import provenance
-    from dsteer_eval.dpo.training import DPOSettings, make_trainer, pair_rewards, read_card, reward_summary
+    from dsteer_eval.models.identity import model_entry
+    from dsteer_eval.dpo.training import DPOSettings, make_trainer, pair_rewards, read_card
     from dsteer_eval.models.embedded import resolve_pretrained
 
     adapter = Path(adapter)
@@ -111,8 +86,8 @@ def evaluate_adapter(adapter, data, *, part: str = "eval", eval_size: int | None
     summary = reward_summary(chosen, rejected)
     record = provenance.collect(
         data=[data], seeds={"seed": settings.seed}, command=command,
-        models=[provenance.model_entry("base", pretrained or "smollm2", model=base),
-                provenance.model_entry("adapter", adapter)])
+        models=[model_entry("base", pretrained or "smollm2", model=base),
+                model_entry("adapter", adapter)])
     return {"part": part, "pairs": len(pairs), **info, "summary": summary,
             "by_kind": rewards_by_kind(chosen, rejected, pairs),
             "seconds": round(time.perf_counter() - started, 1), "provenance": record}

@@ -55,6 +55,8 @@ from pathlib import Path
 
 import torch
 
+from dsteer_eval.dpo.rewards import reward_summary, rewards_by_kind  # noqa: F401  (reward_summary re-exported)
+
 CARD_NAME = "dpo_card.json"
 CARD_FORMAT = "dsteer-eval/dpo-card"
 RUN_NAME = "dsteer_run.json"
@@ -335,21 +337,6 @@ def pair_rewards(trainer, pairs) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat(chosen), torch.cat(rejected)
 
 
-def reward_summary(chosen: torch.Tensor, rejected: torch.Tensor) -> dict:
-    margins = chosen - rejected
-    n = len(margins)
-    stderr = float(margins.std(unbiased=True) / math.sqrt(n)) if n > 1 else None
-    return {
-        "pairs": n,
-        "reward_accuracy": float((margins > 0).float().mean()),
-        "reward_margin_mean": float(margins.mean()),
-        "reward_margin_stderr": stderr,
-        "reward_margin_median": float(margins.median()),
-        "chosen_reward_mean": float(chosen.mean()),
-        "rejected_reward_mean": float(rejected.mean()),
-    }
-
-
 # ------------------------------------------------------------------ the job
 def recreate_command(pretrained, data, settings: DPOSettings, *, out, data_dir=None, split="train", limit=None,
                      part=None, preset=None, eval_part="eval") -> str:
@@ -480,6 +467,7 @@ def train_dpo(
     """
     from dsteer_eval.common import provenance
     from dsteer_eval.models.embedded import resolve_pretrained
+    from dsteer_eval.models.identity import model_entry
     from dsteer_eval.steering.sites import unwrap
     from dsteer_eval.common.output_folder import check_free, check_writable, staged_folder
     from dsteer_eval.data.preference_pairs import load_pairs
@@ -511,7 +499,7 @@ def train_dpo(
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device)
-    base_entry = provenance.model_entry("base", pretrained or "smollm2", model=model)  # before LoRA wraps it
+    base_entry = model_entry("base", pretrained or "smollm2", model=model)  # before LoRA wraps it
     data_entry = provenance.data_entry(data)
     train_pairs, eval_pairs, split_info = split_pairs(pairs, tokenizer, settings, part=part,
                                                       limit=limit if part else None, eval_part=eval_part)
@@ -538,7 +526,6 @@ def train_dpo(
         resumed_step = int(resume_from.name.split("-")[-1]) if resume_from is not None else 0
         measured = {"train": reward_summary(*pair_rewards(trainer, train_pairs[: min(max(settings.eval_size, 64), 128)]))}
         if eval_pairs:
-            from dsteer_eval.dpo.gate import rewards_by_kind
 
             rewards = pair_rewards(trainer, eval_pairs)
             measured["eval"] = reward_summary(*rewards)

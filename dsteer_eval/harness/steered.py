@@ -345,7 +345,7 @@ class SteeredLM(HFLM):
         identity = self.__dict__.get("_cache_files")
         if identity is None:  # hashed once, when a cache first asks
             from dsteer_eval.common.hashing import sha256_file
-            from dsteer_eval.sweep.fingerprint import content
+            from dsteer_eval.models.identity import content
 
             ident = self._cache_identity
             files = {"pretrained": content(ident["pretrained"] or "smollm2")["sha256"]}

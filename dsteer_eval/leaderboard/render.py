@@ -243,7 +243,7 @@ def write_leaderboard(board: Leaderboard, out_dir, *, plots: bool = True) -> dic
 
         figures = make_figures(board)
     texts = {  # all of them first: an error here writes nothing
-        "markdown": ("leaderboard.md", board.markdown() + "\n"),
+        "markdown": ("leaderboard.md", markdown(board) + "\n"),
         "csv": ("leaderboard.csv", csv_text(board)),
         "json": ("leaderboard.json",
                  json.dumps(json_data(board), indent=1, ensure_ascii=False, allow_nan=False) + "\n"),

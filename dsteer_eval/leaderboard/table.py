@@ -61,11 +61,6 @@ class Leaderboard:
     claims: list = field(default_factory=list)  # [Verdict]: the D-STEER claims, computed from the paired CIs
     skipped: list[Skipped] = field(default_factory=list)  # unreadable or mis-shaped files, with the reason
 
-    def markdown(self) -> str:
-        from dsteer_eval.leaderboard.render import markdown
-
-        return markdown(self)
-
 
 def _slot(row: RowKey, kind: str, task: str | None) -> tuple:
     """What one entry fills: a task's results or failure compete for the same slot; columns name theirs by kind."""

@@ -23,45 +23,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-# the cheap content hashes live in dsteer_eval.common.hashing; these names stay importable from here
+# the cheap content hashes live in dsteer_eval.common.hashing, a model's identity in dsteer_eval.models.identity;
+# these names stay importable from here
 from dsteer_eval.common.hashing import MIB, file_digest, path_digest  # noqa: F401
+from dsteer_eval.models.identity import content  # noqa: F401
 
 MODEL_KEYS = ("pretrained", "peft", "tokenizer", "delta")  # read as model folders/files; vector= has its own hash
 NOT_PATHS = ("vector", "layer", "alpha", "position", "unit", "batch_size", "device", "dtype")
-
-
-def _hub_snapshot(name: str, revision: str | None) -> Path | None:
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(name, revision=revision, local_files_only=True))
-    except Exception:  # noqa: BLE001 - not a cached hub repo (or not a repo id at all)
-        return None
-
-
-def content(value, revision: str | None = None) -> dict:
-    """``{"sha256", "path"}`` identifying the model (or file) ``value`` names; only ``sha256`` is compared.
-
-    ``sha256`` is None when the files cannot be found here yet (a hub model not downloaded before the
-    first run, the embedded model's wheel missing): the name in the settings still pins the model, and
-    the next run, which finds the files, records their hash for the runs after it.
-    """
-    from dsteer_eval.models.embedded import EMBEDDED, is_embedded_name
-
-    text = str(value).strip()
-    if is_embedded_name(text):
-        try:
-            gguf = EMBEDDED[text.lower()].locate_gguf()
-        except FileNotFoundError:
-            return {"sha256": None, "path": text}
-        return {"sha256": file_digest(gguf), "path": str(gguf)}
-    local = Path(text).expanduser()
-    if local.exists():
-        return {"sha256": path_digest(local), "path": str(local.resolve())}
-    snapshot = _hub_snapshot(text, revision)
-    if snapshot is not None:
-        return {"sha256": path_digest(snapshot), "path": str(snapshot)}
-    return {"sha256": None, "path": text}
 
 
 def model_contents(kwargs: dict, *, default_adapter=None) -> dict[str, dict]:

@@ -24,6 +24,8 @@ import json
 from collections import Counter
 from pathlib import Path
 
+from dsteer_eval.sweep.grid import safe_name
+
 RESULTS_PREFIX, SAMPLES_PREFIX = "results_", "samples_"
 
 
@@ -138,3 +140,8 @@ def check_unit(folder, *, samples_for=(), shown=None) -> None:
         raise IncompleteUnitError(
             f"{problem}; lm-eval logs and swallows its write errors: is the disk full? Free space and "
             f"re-run the same command to retry this unit")
+
+
+def unit_folder(out: Path, point, task: str) -> Path:
+    """Where one (point, task) unit of a sweep lives: ``OUT/points/<point>/<task>/``."""
+    return out / "points" / point.name / safe_name(task)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from dsteer_eval.common.output_folder import atomic_write_text
 from dsteer_eval.common.redaction import redact
-from dsteer_eval.sweep.units import unit_done
+from dsteer_eval.sweep.units import unit_done, unit_folder
 
 
 def _samples(folder: Path, task: str) -> Path | None:
@@ -35,7 +35,6 @@ def _criteria(folder: Path) -> dict[str, str]:
 
 def sweep_winrates(plan, *, print_fn=print) -> int:
     """Judge every missing (point, task) win-rate; returns how many were written."""
-    from dsteer_eval.sweep.runner import unit_folder
 
     baseline = next((p for p in plan.points if p.alpha == 0), None)
     jobs = []

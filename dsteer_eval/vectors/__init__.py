@@ -13,10 +13,10 @@ from dsteer_eval.vectors.safetensors_file import (
     VectorFile,
     VectorFileError,
     check_compatible,
-    load_vectors,
     model_fingerprint,
     save_vectors,
 )
+from dsteer_eval.vectors.formats import load_vectors  # the one dispatcher: safetensors or GGUF
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "VectorFile", "VectorFileError", "check_compatible",
            "load_vectors", "model_fingerprint", "save_vectors"]

@@ -24,14 +24,24 @@ from dsteer_eval.vectors.layer_conventions import BLOCK_OUTPUT, site_of_block
 from dsteer_eval.vectors.safetensors_file import (
     VectorFile,
     VectorFileError,
-    _looks_pickled,
-    load_vectors,
+    looks_pickled,
+    read_safetensors,
     save_vectors,
 )
 
 FORMATS = ("safetensors", "gguf", torch_dicts.LM_EVAL_FORMAT, torch_dicts.DSTEER_AUTHORS_FORMAT)
 _BY_SUFFIX = {".safetensors": "safetensors", ".gguf": "gguf", ".pt": torch_dicts.LM_EVAL_FORMAT,
               ".pth": torch_dicts.LM_EVAL_FORMAT}
+
+
+def load_vectors(path: str | os.PathLike, *, argument: str = "vector") -> VectorFile:
+    """Read and check a vector file for steering: ours (safetensors) or a llama.cpp control-vector GGUF
+    (detected by content); every failure names ``argument`` and the fix.  Pickled ``.pt`` files are refused:
+    convert them with ``dsteer-eval convert``."""
+    path = Path(path).expanduser()
+    if path.is_file() and gguf_control.is_gguf(path):
+        return gguf_control.read_gguf(path, argument=argument)
+    return read_safetensors(path, argument=argument)
 
 
 def detect(path: str | os.PathLike, *, argument: str = "vector") -> str:
@@ -43,7 +53,7 @@ def detect(path: str | os.PathLike, *, argument: str = "vector") -> str:
         return "gguf"
     with open(path, "rb") as fh:
         head = fh.read(16)
-    if _looks_pickled(head):
+    if looks_pickled(head):
         blob = torch_dicts.load_torch_dict(path, argument)
         if torch_dicts.is_lm_eval_dict(blob):
             return torch_dicts.LM_EVAL_FORMAT

@@ -89,7 +89,7 @@ def _pickle_message(path: Path, argument: str) -> str:
     )
 
 
-def _looks_pickled(head: bytes) -> bool:
+def looks_pickled(head: bytes) -> bool:
     """A zip archive (torch.save) or a binary pickle: PROTO 2..5, then FRAME (4, 5) or an opcode (2, 3)."""
     if head.startswith(b"PK\x03\x04"):
         return True
@@ -160,7 +160,7 @@ def _sniff(path: Path, argument: str) -> None:
         return
     with open(path, "rb") as fh:
         head = fh.read(16)
-    if _looks_pickled(head):
+    if looks_pickled(head):
         raise VectorFileError(_pickle_message(path, argument))
     raise VectorFileError(
         f"{argument}={path} is not a safetensors file ({why}); write vectors with "
@@ -194,9 +194,10 @@ def _site_of(key: str, num_layers: int | None) -> int:
         ) from None
 
 
-def load_vectors(path: str | os.PathLike, *, argument: str = "vector") -> VectorFile:
-    """Read and check a vector file (ours, or a llama.cpp control-vector GGUF); every failure names
-    ``argument`` and the fix. Pickled ``.pt`` files are refused: convert them with ``dsteer-eval convert``."""
+def read_safetensors(path: str | os.PathLike, *, argument: str = "vector") -> VectorFile:
+    """Read and check one of our safetensors vector files; every failure names ``argument`` and the fix.
+    Pickled ``.pt`` files are refused: convert them with ``dsteer-eval convert``.  Any format:
+    :func:`dsteer_eval.vectors.formats.load_vectors`."""
     from safetensors import safe_open
 
     path = Path(path).expanduser()
@@ -205,10 +206,6 @@ def load_vectors(path: str | os.PathLike, *, argument: str = "vector") -> Vector
             f"{argument}={path}: no such file. Create one with `dsteer-eval extract` or pass "
             f"the path of an existing .safetensors vector file"
         )
-    from dsteer_eval.vectors.gguf_control import is_gguf, read_gguf
-
-    if is_gguf(path):
-        return read_gguf(path, argument=argument)
     _sniff(path, argument)
     try:
         with safe_open(str(path), framework="pt") as fh:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from dsteer_eval.leaderboard import build_leaderboard, write_leaderboard
+from dsteer_eval.leaderboard.render import markdown
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -94,7 +95,7 @@ def test_real_lm_eval_folder_table_files_and_plots(lm_eval_out, tmp_path):
     assert set(written) == {"markdown", "csv", "json", "html", "plots"}
     md = md_cells(written["markdown"].read_text())
     assert md["run"] == ["dsteer_hh_mini/acc ↑", "hh_headline/logprob_margin ↑"]
-    assert md_cells(board.markdown()) == md
+    assert md_cells(markdown(board)) == md
     margins = [res["hh_headline"]["logprob_margin,none"] for res in raw]
     for label, res in zip(["unsteered (α=0)", "layer 2, α=-1"], raw):
         acc, acc_se = res["dsteer_hh_mini"]["acc,none"], res["dsteer_hh_mini"]["acc_stderr,none"]
@@ -207,7 +208,7 @@ def test_failed_cells_show_failed_and_never_a_number(tmp_path):
     board = build_leaderboard([src])
     assert [r.label for r in board.rows] == ["layer 2, α=-1", "layer 2, α=1", "layer 2, α=2"]
     assert [c.key for c in board.columns] == ["t/acc", "u/acc", "v"]
-    md = md_cells(board.markdown())
+    md = md_cells(markdown(board))
     assert md["layer 2, α=-1"] == ["failed", "failed", "—"]
     assert md["layer 2, α=1"] == ["**0.900 ± 0.020 ↑**", "—", "—"]
     assert md["layer 2, α=2"] == ["—", "—", "failed"]
@@ -243,7 +244,7 @@ def test_stderr_na_headline_groups_and_non_numeric_metrics(tmp_path):
     [[t, h]] = board.cells
     assert (t.value, t.stderr, t.best) == (0.5, None, True)
     assert (h.value, h.stderr, h.best) == (1234.5678, 12.0, False)  # filter "none" preferred
-    assert md_cells(board.markdown())["layer final, α=0.5"] == ["**0.500 ↑**", "1234.6 ± 12.0"]
+    assert md_cells(markdown(board))["layer final, α=0.5"] == ["**0.500 ↑**", "1234.6 ± 12.0"]
     [row] = board.rows
     assert set(row.metrics) == {"t", "h"}  # the group entry is skipped
     assert row.metrics["t"]["scorer,scored"] == {"value": "offline:x", "stderr": None}
@@ -276,7 +277,7 @@ def test_winrate_and_probe_columns(tmp_path):
     assert values == [[0.5, None, 0.0, 0.5], [0.4, 0.7, -2.0, 0.01], [0.6, 0.4, 2.0, 1.5]]
     assert [[bool(c and c.best) for c in row] for row in board.cells] == [
         [False, False, False, False], [False, True, False, True], [True, False, True, False]]
-    md = md_cells(board.markdown())
+    md = md_cells(markdown(board))
     assert md["unsteered (α=0)"][1] == "—"
     assert md["layer 2, α=-1"][1:] == ["**0.700 ± 0.050 ↑**", "-2.000 ± 0.100", "**0.0100 ↓**"]
     written = write_leaderboard(board, tmp_path / "out")
@@ -305,7 +306,7 @@ def test_ties_directions_and_sources(tmp_path):
     assert [c.header for c in board.columns] == ["t/acc ↑", "l/loss ↓", "q/x"]
     assert [[bool(c and c.best) for c in row] for row in board.cells] == [
         [False, False, False], [False, True, False], [True, True, False], [True, False, False]]
-    md = md_cells(board.markdown())
+    md = md_cells(markdown(board))
     assert md["runs_a · layer 3, α=1"] == ["**0.700 ± 0.010 ↑**", "**1.000 ↓**", "0.700"]
     assert md["runs_a · pretrained=m"] == ["0.100 ± 0.010", "—", "—"]
 
