@@ -93,8 +93,11 @@ def install_log_redaction() -> None:
 
     A record factory, not a filter: filters attach to one logger or handler and miss records of
     loggers created later (googleapiclient's, httplib2's); the factory sees every record. The
-    message is formatted once here, and an exception's traceback is rendered and redacted into
-    ``exc_text`` so handlers print the redacted text instead of formatting ``exc_info`` again.
+    message is formatted once here: a record whose text holds a secret gets the redacted text as its
+    message and no arguments; any other keeps its message and arguments as given (the factory runs in
+    every process of the venv, pip's included, whose rich handler unpacks ``record.args``). An
+    exception's traceback is rendered and redacted into ``exc_text`` so handlers print the redacted
+    text instead of formatting ``exc_info`` again.
     """
     global _installed
     if _installed:
@@ -111,7 +114,9 @@ def install_log_redaction() -> None:
             if isinstance(record.args, tuple):
                 record.args = tuple(redact(a) if isinstance(a, (str, BaseException)) else a for a in record.args)
         else:
-            record.msg, record.args = redact(message), ()
+            masked = redact(message)
+            if masked != message:  # only a record that held a secret is flattened; the others keep their
+                record.msg, record.args = masked, ()  # args (pip's rich handler unpacks record.args)
         if record.exc_info and record.exc_info[0] is not None:
             record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
             record.exc_info = None

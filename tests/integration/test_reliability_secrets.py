@@ -404,3 +404,35 @@ def test_judge_failure_reason_carries_the_server_message_without_the_key(monkeyp
         assert "HTTP 401" in judgement.error and "Incorrect API key provided" in judgement.error
         assert judge_key not in judgement.error and judge_key[:12] not in judgement.error
     assert judge_key not in caplog.text
+
+
+def test_a_record_without_a_secret_keeps_its_arguments():
+    """The factory runs in every process of the venv: pip's rich handler unpacks ``record.args``, so a
+    record with nothing secret must reach it as given (it crashed pip's error path: not enough values to
+    unpack); a record with a secret is still flattened to redacted text."""
+    from dsteer_eval.common import redaction
+
+    redaction.install_log_redaction()
+    renderable = object()
+    record = logging.getLogRecordFactory()("pip", logging.ERROR, __file__, 1, "%s", (renderable,), None)
+    assert record.args == (renderable,) and record.msg == "%s"
+    secret = "sk-ARGSKEEPTEST0123456789"
+    redaction.register(secret, "ARGS_KEY")
+    flagged = logging.getLogRecordFactory()("x", logging.ERROR, __file__, 1, "token %s", (secret,), None)
+    assert flagged.args == () and secret not in flagged.msg and "token" in flagged.msg
+
+
+def test_pip_errors_in_the_venv_are_printed_not_crashed(tmp_path):
+    """The start-up hook installs the redaction in pip too: pip's diagnostic errors (rich renderables in
+    ``record.args``) are printed, not replaced by a crash of its log handler."""
+    import subprocess
+    import sys
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "pyproject.toml").write_text('[build-system]\nrequires = "not a list"\n')
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", str(broken)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "not enough values to unpack" not in done.stderr
+    assert "It is not a list of strings" in done.stderr
