@@ -143,3 +143,105 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+# ------------------------------------------------------------------ one run per output folder
+LOCK_STALE_UNREADABLE_S = 30.0  # a lock file that never got its holder written (the writer died at once)
+
+
+def lock_path(target: str | os.PathLike) -> Path:
+    """The lock file of an output folder: a hidden sibling of the folder the target resolves to, so that it
+    exists before the folder does and survives ``--overwrite`` emptying it."""
+    real = resolve_target(target)
+    return real.parent / f".{real.name}.lock"
+
+
+def _holder(lock: Path) -> dict | None:
+    import json
+
+    try:
+        found = json.loads(lock.read_text())
+    except (OSError, ValueError):
+        return None
+    return found if isinstance(found, dict) else None
+
+
+def _alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError, TypeError):
+        return True  # someone else's live process, or a pid we cannot judge: never taken over
+    return True
+
+
+def _stale(lock: Path, holder: dict | None) -> str | None:
+    """Why ``lock`` belongs to no live run (its reason), or None when a run may still hold it."""
+    import socket
+    import time
+
+    if holder is None:
+        try:
+            age = time.time() - lock.stat().st_mtime
+        except FileNotFoundError:
+            return "it is gone"
+        return f"it names no holder and is {age:.0f} s old" if age > LOCK_STALE_UNREADABLE_S else None
+    if holder.get("host") == socket.gethostname() and not _alive(holder.get("pid")):
+        return f"its process {holder.get('pid')} on this host has ended"
+    return None
+
+
+@contextmanager
+def folder_lock(target: str | os.PathLike, flag: str = "--output", command: str | None = None) -> Iterator[Path]:
+    """Hold ``target`` for one run: a second run into the same folder is refused with the holder named.
+
+    The lock is created with ``O_CREAT | O_EXCL`` (one winner, also across processes) and records the
+    holder's pid, host, start time and command; a lock whose process has ended on this host (a killed
+    run) is taken over with a warning. It is removed when the block ends."""
+    import json
+    import socket
+    import sys
+    import time
+
+    from dsteer_eval.common.redaction import redact
+
+    lock = lock_path(target)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    me = {"pid": os.getpid(), "host": socket.gethostname(),
+          "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+          "command": redact(command if command is not None else " ".join(sys.argv))}
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = _holder(lock)
+            why = _stale(lock, holder)
+            if why is None:
+                who = (f"pid {holder.get('pid')} on {holder.get('host')}, started {holder.get('started')}: "
+                       f"{holder.get('command')}") if holder else "a run that is still writing its lock"
+                raise OutputFolderError(
+                    f"{flag} {target} is in use by another run ({who}); wait for it to finish or choose another "
+                    f"{flag}. If that run is gone, delete {lock}") from None
+            log.warning("%s %s: taking over the lock %s of a run that is gone (%s)", flag, target, lock, why)
+            lock.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps(me))
+        break
+    else:
+        raise OutputFolderError(f"{flag} {target}: could not take the lock {lock}; delete it if no run holds it")
+    try:
+        yield lock
+    finally:
+        if (_holder(lock) or {}).get("pid") == me["pid"]:
+            lock.unlink(missing_ok=True)
+
+
+def empty_folder(target: str | os.PathLike) -> Path:
+    """Remove everything inside the folder ``target`` points at (a symbolic link is followed and kept)."""
+    real = resolve_target(target)
+    if real.is_dir():
+        for entry in real.iterdir():
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+    return real

@@ -36,10 +36,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dsteer_eval.common.hashing import sha256_file
-from dsteer_eval.common.output_folder import atomic_write_text, staged_folder
+from dsteer_eval.common.output_folder import atomic_write_text, empty_folder, folder_lock, staged_folder
 from dsteer_eval.common.redaction import redact
 from dsteer_eval.sweep import grid
-from dsteer_eval.sweep.units import check_unit, unit_done  # unit_done: the resume rule
+from dsteer_eval.sweep.units import check_unit, unit_done, unit_folder  # unit_done: the resume rule
 
 log = logging.getLogger(__name__)
 
@@ -296,10 +296,6 @@ def _field(entry, key: str):
 
 
 # ----------------------------------------------------------------- running
-def unit_folder(out: Path, point, task: str) -> Path:
-    return out / "points" / point.name / grid.safe_name(task)
-
-
 def run_provenance(plan: Plan) -> dict:
     """How this run of the sweep was made (dsteer_eval.common.provenance): the vector, each task's shipped data
     file and the probe data, the model files, lm-eval's seeds (its defaults: the sweep passes none) and the random controls' seed."""
@@ -308,6 +304,7 @@ def run_provenance(plan: Plan) -> dict:
     import lm_eval
 
     from dsteer_eval.common import provenance
+    from dsteer_eval.models.identity import model_entry
     from dsteer_eval.steering.controls import DEFAULT_SEED
     from dsteer_eval.harness.task_files import task_data_files
 
@@ -317,10 +314,10 @@ def run_provenance(plan: Plan) -> dict:
         from dsteer_eval.harness.plugin import tasks_dir
 
         data.append(provenance.data_entry(plan.config.probe_data or f"{tasks_dir()}/hh/hh_mini.jsonl", "probe_data"))
-    models = [provenance.model_entry("base", plan.model_kwargs.get("pretrained") or "smollm2")]
+    models = [model_entry("base", plan.model_kwargs.get("pretrained") or "smollm2")]
     adapter = _field(plan.settings.get("contents", {}).get("peft="), "path")  # peft=, or the shipped adapter
     if adapter:
-        models.append(provenance.model_entry("adapter", adapter))
+        models.append(model_entry("adapter", adapter))
     seeds = {f"lm_eval_{name}": p.default for name, p in inspect.signature(lm_eval.simple_evaluate).parameters.items()
              if name.endswith("seed")}
     if any(p.control is not None for p in plan.points):
@@ -380,12 +377,15 @@ def _evaluate_unit(lm, plan: Plan, point, task: str, folder: Path) -> dict:
         )
         results["config"]["model"] = "steered"  # as `lm_eval --model steered --model_args ...` records it
         samples = results.pop("samples")
+        # taken before lm-eval saves any samples: saving turns each response into a string in place
+        # (log-likelihood pairs become "(-3.2, False)"), which would change the paired statistics
+        per_doc = per_doc_values(samples)
         keep = [name for name, conf in results["configs"].items()
                 if cfg.log_samples or (conf.get("metadata") or {}).get("winrate_criterion")]
         tracker.save_results_aggregated(results=results, samples=samples if keep else None)
         for name in keep:
             tracker.save_results_samples(task_name=name, samples=samples[name])
-        atomic_write_text(tmp / PER_DOC, json.dumps(per_doc_values(samples)) + "\n")
+        atomic_write_text(tmp / PER_DOC, json.dumps(per_doc) + "\n")
         # lm-eval logs and swallows write errors (a full disk leaves a 0-byte or cut-off file): the
         # unit counts only when the resume rule accepts it; the error names the file as it would be
         check_unit(tmp, samples_for=keep, shown=folder)
@@ -439,11 +439,16 @@ def _record_failure(plan: Plan, point, task: str, folder: Path, exc: BaseExcepti
 
 def run_sweep(config: SweepConfig, *, print_fn=print) -> int:
     """Run (or resume) a sweep; returns the number of failed (point, task) units."""
+    with folder_lock(config.output, "--output"):  # one run per output folder, for the life of the run
+        return _run_locked(config, print_fn)
+
+
+def _run_locked(config: SweepConfig, print_fn) -> int:
     from tqdm.auto import tqdm
 
     plan = plan_sweep(config)  # every check happens before the model loads
     if config.overwrite and plan.out.exists():
-        shutil.rmtree(plan.out)
+        empty_folder(plan.out)  # a symbolic link --output keeps its link
     provenance = run_provenance(plan)
     _write_record(plan, provenance)
     # staging (.*.tmp*) and replaced units set aside (.*.old*) left by a killed run: a unit is

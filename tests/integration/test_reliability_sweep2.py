@@ -1,0 +1,114 @@
+"""Reliability, round 2, for sweeps: per-document values that do not depend on --log-samples."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from test_sweep import config, vec  # noqa: F401  (vec: a fixture)
+
+
+def test_log_samples_leaves_the_per_document_values_unchanged(tiny_dir, tiny_adapter_dir, vec, tmp_path):
+    """lm-eval turns the responses into strings in place when it saves samples; per_doc.json (what the
+    paired statistics and the conditioned subset read) must hold the same numbers either way."""
+    from dsteer_eval.leaderboard import build_leaderboard
+    from dsteer_eval.sweep.runner import run_sweep
+
+    found = {}
+    for log_samples in (False, True):
+        out = tmp_path / f"log_{log_samples}"
+        assert run_sweep(config(tiny_dir, vec, out, alphas="-1,0", log_samples=log_samples,
+                                model_args=f"pretrained={tiny_dir},peft={tiny_adapter_dir},vector={vec}"), print_fn=lambda *_: None) == 0
+        per_doc = {p.relative_to(out).as_posix(): json.loads(p.read_text())
+                   for p in sorted(out.glob("points/*/*/per_doc.json"))}
+        board = build_leaderboard([out])
+        found[log_samples] = per_doc, {k: [r.as_dict() for r in rows] for k, rows in board.paired.items()}
+    plain, logged = found[False], found[True]
+    assert sorted(plain[0]) == sorted(logged[0]) and plain[0]
+    for unit, values in plain[0].items():
+        assert values == logged[0][unit], unit
+        for task in values["tasks"].values():  # log-likelihood responses stay numbers
+            assert all(isinstance(x, float) for row in task["resps"] for x in row)
+    assert plain[1] == logged[1]
+    assert any(r["n_conditioned"] is not None for rows in plain[1].values() for r in rows)  # the subset was computed
+
+
+# ------------------------------------------------------------------ one run per output folder
+def _lock_file(out, pid, command="dsteer-eval sweep --output x"):
+    import socket
+
+    from dsteer_eval.common.output_folder import lock_path
+
+    lock = lock_path(out)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    lock.write_text(json.dumps({"pid": pid, "host": socket.gethostname(), "started": "2026-12-03T00:00:00Z",
+                                "command": command}))
+    return lock
+
+
+def test_a_second_sweep_into_a_held_output_is_refused_naming_the_holder(tiny_dir, vec, tmp_path):
+    import subprocess
+    import sys
+
+    from dsteer_eval.common.output_folder import OutputFolderError
+    from dsteer_eval.sweep.runner import run_sweep
+
+    out = tmp_path / "out"
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock = _lock_file(out, holder.pid, "dsteer-eval sweep --alphas -1,0 --output out")
+        with pytest.raises(OutputFolderError, match=rf"in use by another run \(pid {holder.pid} on .*--alphas -1,0"):
+            run_sweep(config(tiny_dir, vec, out), print_fn=lambda *_: None)
+        assert lock.is_file() and not out.exists()  # refused before anything was written
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_the_cli_refuses_a_second_run_while_the_first_holds_the_folder(tiny_dir, vec, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from dsteer_eval.common.output_folder import folder_lock
+
+    out = tmp_path / "out"
+    cli = Path(sys.executable).with_name("dsteer-eval")
+    with folder_lock(out, command="first run"):
+        done = subprocess.run([str(cli), "sweep", "--model-args", f"pretrained={tiny_dir},vector={vec}",
+                               "--alphas", "-1,0", "--layers", "2", "--tasks", "dsteer_hh_mini", "--limit", "2",
+                               "--output", str(out)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert f"pid {os.getpid()}" in done.stderr and "first run" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_stale_lock_of_a_killed_run_is_taken_over(tiny_dir, vec, tmp_path, caplog):
+    import subprocess
+    import sys
+
+    from dsteer_eval.sweep.runner import run_sweep
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # its pid now names no process
+    out = tmp_path / "out"
+    lock = _lock_file(out, gone.pid)
+    with caplog.at_level("WARNING"):
+        assert run_sweep(config(tiny_dir, vec, out, alphas="-1,0", limit=2), print_fn=lambda *_: None) == 0
+    assert f"its process {gone.pid} on this host has ended" in caplog.text
+    assert not lock.exists() and (out / "sweep.json").is_file()  # released at the end
+
+
+def test_overwrite_through_a_symlinked_output_keeps_the_link(tiny_dir, vec, tmp_path):
+    from dsteer_eval.sweep.runner import run_sweep
+
+    target = tmp_path / "real"
+    target.mkdir()
+    (target / "old_file.txt").write_text("from an earlier run")
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    assert run_sweep(config(tiny_dir, vec, link, alphas="-1,0", limit=2, overwrite=True), print_fn=lambda *_: None) == 0
+    assert link.is_symlink() and link.resolve() == target.resolve()
+    assert not (target / "old_file.txt").exists() and (target / "sweep.json").is_file()
