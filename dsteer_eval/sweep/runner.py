@@ -26,6 +26,7 @@ unit is tried again on the next run.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -179,6 +180,7 @@ def plan_sweep(config: SweepConfig) -> Plan:
         "probe_data": config.probe_data,
     }
     settings.update(_fingerprint(kwargs))
+    settings["contents"].update(_task_contents(tasks, task_manager))
     out = Path(config.output)
     _check_output(out, settings, config.overwrite)
     from dsteer_eval.steering.controls import parse_controls
@@ -258,6 +260,46 @@ def _fingerprint(kwargs: dict) -> dict:
             "contents": {**{f"{k}=": v for k, v in model.items()}, **contents}}
 
 
+def _task_contents(tasks, task_manager) -> dict[str, dict]:
+    """``{"task NAME": {"sha256", "path", "files": {role: {"path", "sha256"}}}}``: the content of every file that
+    defines each task and group member (its YAML, included templates, utils.py, local data), so a resume on
+    edited documents, or on another --include-path folder with the same task names, is refused."""
+    from dsteer_eval.common.hashing import sha256_file
+    from dsteer_eval.harness.task_files import task_definition_files
+
+    out = {}
+    for task, files in task_definition_files(tasks, task_manager).items():
+        hashed = {role: {"path": str(path.resolve()), "sha256": _full_digest(path, sha256_file)}
+                  for role, path in sorted(files.items())}
+        combined = hashlib.sha256(json.dumps({r: f["sha256"] for r, f in hashed.items()}, sort_keys=True).encode())
+        out[f"task {task}"] = {"sha256": combined.hexdigest(), "path": hashed.get("yaml", {}).get("path"),
+                               "files": hashed}
+    return out
+
+
+def _full_digest(path: Path, sha256_file) -> str:
+    """sha256 of a file, or of a folder's files with their relative names (task data is small: read whole)."""
+    if path.is_file():
+        return sha256_file(path)
+    from dsteer_eval.common.hashing import sha256_tree
+
+    return sha256_tree(path)
+
+
+def _changed_task_files(name: str, then: dict, now: dict) -> str:
+    """Which of a task's files changed, by role, naming the path now."""
+    old_files = then.get("files") if isinstance(then.get("files"), dict) else {}
+    new_files = now.get("files") if isinstance(now.get("files"), dict) else {}
+    parts = []
+    for role in sorted(set(old_files) | set(new_files)):
+        old, new = old_files.get(role) or {}, new_files.get(role) or {}
+        if old.get("sha256") != new.get("sha256") or old.get("path") != new.get("path"):
+            where = new.get("path") or old.get("path")
+            what = "added" if not old else "gone" if not new else "changed"
+            parts.append(f"{where} {what}")
+    return f"{name}: {', '.join(parts) or 'its files changed'}"
+
+
 def _check_output(out: Path, settings: dict, overwrite: bool) -> None:
     record = out / "sweep.json"
     if overwrite or not out.exists() or not any(out.iterdir()):
@@ -280,6 +322,9 @@ def _check_output(out: Path, settings: dict, overwrite: bool) -> None:
     for name in ([] if legacy else sorted(set(then) | set(now))):
         old, new = _field(then.get(name), "sha256"), _field(now.get(name), "sha256")
         if old is not None and new is not None and old != new:  # None: files not found (yet), see fingerprint.py
+            if name.startswith("task "):
+                changed.append(_changed_task_files(name, then[name], now[name]))
+                continue
             where = _field(now.get(name), "path") or _field(then.get(name), "path")
             changed.append(f"the contents of {name} ({where}) changed: sha256 {old[:16]} then, {new[:16]} now")
     if legacy:

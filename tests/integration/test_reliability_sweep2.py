@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -112,3 +113,45 @@ def test_overwrite_through_a_symlinked_output_keeps_the_link(tiny_dir, vec, tmp_
     assert run_sweep(config(tiny_dir, vec, link, alphas="-1,0", limit=2, overwrite=True), print_fn=lambda *_: None) == 0
     assert link.is_symlink() and link.resolve() == target.resolve()
     assert not (target / "old_file.txt").exists() and (target / "sweep.json").is_file()
+
+
+# ------------------------------------------------------------------ resume on changed task definitions
+def _user_task(folder, rows):
+    """A copy of dsteer_hh_mini under another name, reading its own rows (absolute sample path)."""
+    from dsteer_eval.common.package_files import tasks_dir
+
+    folder.mkdir(parents=True, exist_ok=True)
+    data = folder / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text = (Path(tasks_dir()) / "hh" / "dsteer_hh_mini.yaml").read_text()
+    text = text.replace("task: dsteer_hh_mini", "task: my_hh").replace("hh/hh_mini.jsonl", str(data))
+    text = text.replace("include: _hh_template_yaml", f"include: {Path(tasks_dir()) / 'hh' / '_hh_template_yaml'}")
+    (folder / "my_hh.yaml").write_text(text)
+    return data
+
+
+def _rows():
+    from dsteer_eval.common.package_files import tasks_dir
+
+    return [json.loads(x) for x in (Path(tasks_dir()) / "hh" / "hh_mini.jsonl").read_text().splitlines()[:3]]
+
+
+def test_resume_on_edited_task_documents_is_refused_naming_the_file(tiny_dir, vec, tmp_path):
+    from dsteer_eval.sweep.runner import run_sweep
+
+    out, tasks = tmp_path / "out", tmp_path / "tasks"
+    data = _user_task(tasks, _rows())
+    quiet = {"print_fn": lambda *_: None}
+    assert run_sweep(config(tiny_dir, vec, out, alphas="-1,0", tasks="my_hh", include_path=str(tasks)), **quiet) == 0
+    # unchanged: one more alpha resumes
+    assert run_sweep(config(tiny_dir, vec, out, alphas="-1,0,2", tasks="my_hh", include_path=str(tasks)), **quiet) == 0
+    rows = _rows()
+    rows[1]["chosen"] = rows[1]["chosen"] + " (edited)"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ValueError, match=rf"task my_hh: {data} changed.*--overwrite"):
+        run_sweep(config(tiny_dir, vec, out, alphas="-1,0,2,3", tasks="my_hh", include_path=str(tasks)), **quiet)
+    # another --include-path folder defining the same task name on other rows
+    other = tmp_path / "other"
+    moved = _user_task(other, _rows()[:2])
+    with pytest.raises(ValueError, match=rf"task my_hh: {moved} added, {tasks / 'pairs.jsonl'} gone, {other / 'my_hh.yaml'} changed"):
+        run_sweep(config(tiny_dir, vec, out, alphas="-1,0,2,3", tasks="my_hh", include_path=str(other)), **quiet)
