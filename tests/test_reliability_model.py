@@ -131,3 +131,79 @@ def test_non_finite_state_message_names_mode_unit_control_norm_preserve(tiny_dir
         in lm._args_label
     lm = make(tiny_dir, vector=vec, layer=1, alpha=0.5, unit="true", mode="ablate")
     assert "alpha=0.5, mode=ablate, position=all, unit=True" in lm._args_label
+
+
+# ------------------------------------------------------------------ 2: a model that has stopped working
+@pytest.mark.parametrize("args, named", [
+    (dict(alpha=1e20), r"alpha=1e\+20, mode=add"),
+    (dict(alpha=1e37, dtype="bfloat16"), r"alpha=1e\+37, mode=add, position=all, dtype=bfloat16"),
+    # the issue's alpha=1e20 on a real model; the tiny model's states are tiny (|h.v_hat| ~ 0.05), so there 1e20
+    # leaves the mean square finite (a broken but not collapsed state) and 1e24 overflows it
+    (dict(alpha=1e24, mode="ablate"), r"alpha=1e\+24, mode=ablate"),
+])
+def test_a_collapsed_forward_pass_raises_naming_the_arguments(tiny_dir, vec, args, named):
+    """alpha*v far beyond the state's scale overflows RMSNorm's mean square: the state feeding the head is 0,
+    every logit equal, and the shortest choice would win."""
+    from dsteer_eval.adapters.steered import NonFiniteStateError
+
+    lm = make(tiny_dir, vector=vec, layer=2, **args)
+    message = r"steered model \(pretrained=.*" + named + r".*\): a forward pass collapsed: the logits of \d+ " \
+              r"token\(s\) are the same for every vocabulary entry .* Use a much smaller alpha"
+    with pytest.raises(NonFiniteStateError, match=message):
+        lm.loglikelihood(REQS)
+    gen = [Instance("generate_until", {}, ("Human: hi", {"until": ["\n\n"], "max_gen_toks": 3}), 0)]
+    with pytest.raises(NonFiniteStateError, match=r"collapsed"):
+        lm.generate_until(gen)
+    packed = make(tiny_dir, vector=vec, layer=2, pack_contexts="true", **args)
+    with pytest.raises(NonFiniteStateError, match=message):
+        packed.loglikelihood(REQS)
+
+
+def test_a_vector_whose_norm_overflows_float32_is_refused_with_unit_or_ablate(tiny_dir, tiny, tmp_path):
+    from dsteer_eval.steering import Intervention, NonFiniteError
+
+    big = tmp_path / "big.safetensors"
+    save_vectors(big, {2: torch.full((32,), 1e38)}, model=tiny[0])  # every entry fits; the norm (5.7e38) does not
+    with pytest.raises(NonFiniteError, match=r"unit=True: the norm of vector=.*big\.safetensors \(layer 2\) "
+                                             r"overflows float32 \(inf\)"):
+        make(tiny_dir, vector=str(big), layer=2, alpha=1.0, unit="true")
+    with pytest.raises(NonFiniteError, match=r"mode=ablate: the norm of the vector for layer 2 overflows float32"):
+        make(tiny_dir, vector=str(big), layer=2, alpha=1.0, mode="ablate")
+    with pytest.raises(NonFiniteError, match=r"mode=ablate: the norm of the vector for layer 2 overflows float32"):
+        Intervention(2, torch.full((32,), 1e38), 1.0, mode="ablate")
+
+
+def test_an_ablation_alpha_beyond_the_dtype_is_refused_at_load(tiny_dir, vec):
+    from dsteer_eval.steering import NonFiniteError
+
+    with pytest.raises(NonFiniteError, match=r"mode=ablate: alpha=1e\+39 times the unit vector.*float32"):
+        make(tiny_dir, vector=vec, layer=2, alpha=1e39, mode="ablate")
+
+
+def test_a_sweep_group_with_a_collapsing_alpha_raises(tiny_dir, vec):
+    from dsteer_eval.adapters.steered import NonFiniteStateError
+    from dsteer_eval.sweep.sweep_lm import SweepLM
+
+    lm = SweepLM(pretrained=tiny_dir, vector=vec, layer=2, alpha=0.0, batch_size=2, device="cpu")
+    lm.set_point(2, 1e20)
+    with pytest.raises(NonFiniteStateError, match=r"alpha=1e\+20, mode=add.*collapsed"):
+        lm.loglikelihood(REQS)
+    lm = SweepLM(pretrained=tiny_dir, vector=vec, layer=2, alpha=0.0, batch_size=2, device="cpu")
+    points = [("L2_a0", 2, 0.0, None), ("L2_a1", 2, 1.0, None), ("L2_a1e20", 2, 1e20, None)]
+    lm.set_point(2, 0.0)
+    lm.set_group(points, "L2_a0")
+    with pytest.raises(NonFiniteStateError, match=r"alpha=0\.0;1\.0;1e\+20 \(one pass for the group\).*collapsed"):
+        lm.loglikelihood(REQS)
+
+
+def test_the_guard_leaves_normal_numbers_bit_identical(tiny_dir, vec, monkeypatch):
+    from contextlib import nullcontext
+
+    from dsteer_eval.adapters.steered import SteeredLM
+
+    for args in (dict(alpha=-1.0), dict(alpha=2.0, mode="ablate"), dict(alpha=-1.0, pack_contexts="true")):
+        guarded = make(tiny_dir, vector=vec, layer=2, **args).loglikelihood(REQS)
+        with monkeypatch.context() as m:
+            m.setattr(SteeredLM, "_finite_guard", lambda self, parts: nullcontext())
+            unguarded = make(tiny_dir, vector=vec, layer=2, **args).loglikelihood(REQS)
+        assert guarded == unguarded

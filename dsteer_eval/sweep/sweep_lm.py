@@ -84,6 +84,7 @@ class SweepLM(SteeredLM):
         if current not in {p.name for p in group}:
             raise ValueError(f"point {current} is not in its group (internal error)")
         self._group, self._group_site = group, sites.pop()
+        self._group_alphas = ";".join(repr(float(alpha)) for _, _, alpha, _ in points)
     def set_point(self, layer: Layer, alpha: float, side: str = "dpo", control: int | None = None) -> None:
         """Steer ``alpha * v`` at ``layer`` from now on; ``alpha == 0`` runs the model unsteered.
 
@@ -102,6 +103,8 @@ class SweepLM(SteeredLM):
         elif adapter is not None:
             self.model.enable_adapter_layers()
         self._side = side
+        self._label.update(layer=layer, alpha=repr(float(alpha)), control=None if control is None else f"random:{control}",
+                           control_seed=self._steer_args.control_seed if control is not None else None)
         if alpha == 0:
             self._interventions = []
         else:
@@ -214,8 +217,9 @@ class SweepLM(SteeredLM):
             grown = grown + shifts.to(device=grown.device, dtype=grown.dtype).unsqueeze(1)
             return (grown, *output[1:]) if isinstance(output, tuple) else grown
 
-        saved = self._interventions
+        saved, label = self._interventions, dict(self._label)
         self._interventions = []
+        self._label["alpha"] = f"{self._group_alphas} (one pass for the group)"  # any of them may have broken it
         handles = [module.register_forward_hook(expand)]
         if model_kwargs:
             handles += repeat_layer_inputs(self._parts, self._group_site, inps.shape[0], len(group))
@@ -225,7 +229,7 @@ class SweepLM(SteeredLM):
         finally:
             for handle in handles:
                 handle.remove()
-            self._interventions = saved
+            self._interventions, self._label = saved, label
         if not self.logliks.stats.get("verified"):
             self.logliks.stats["verified"] = True
             diff = self._check_group_pass(inps, keep, group, logits, model_kwargs)
