@@ -207,3 +207,99 @@ def test_the_guard_leaves_normal_numbers_bit_identical(tiny_dir, vec, monkeypatc
             m.setattr(SteeredLM, "_finite_guard", lambda self, parts: nullcontext())
             unguarded = make(tiny_dir, vector=vec, layer=2, **args).loglikelihood(REQS)
         assert guarded == unguarded
+
+
+# ------------------------------------------------------------------ 3: ALiBi architectures
+def _bloom(tok):
+    from transformers import BloomConfig, BloomForCausalLM
+
+    return BloomForCausalLM(BloomConfig(vocab_size=len(tok), hidden_size=32, n_layer=4, n_head=4,
+                                        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                                        pad_token_id=tok.pad_token_id))
+
+
+def _falcon_alibi(tok):
+    from transformers import FalconConfig, FalconForCausalLM
+
+    return FalconForCausalLM(FalconConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=4,
+                                          num_attention_heads=4, alibi=True, new_decoder_architecture=False,
+                                          multi_query=True, parallel_attn=True, bos_token_id=tok.bos_token_id,
+                                          eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
+
+
+# architectures beyond the tiny Llama that steering, packing and the sweep's group pass must run on
+ARCHITECTURES = {"bloom": _bloom, "falcon_alibi": _falcon_alibi}
+ARCH_REQS = REQS + [Instance("loglikelihood", {}, ("What is the capital", " of France"), 2),
+                    Instance("loglikelihood", {}, ("What is the capital", " Paris"), 3)]
+
+
+@pytest.fixture(scope="module", params=sorted(ARCHITECTURES))
+def arch_dir(request, tmp_path_factory):
+    """A tiny random model of the architecture, with the tiny Llama's tokenizer and a vector file."""
+    from conftest import build_tiny_llama
+
+    folder = tmp_path_factory.mktemp(request.param)
+    _, tok = build_tiny_llama(folder / "tokenizer_source")
+    torch.manual_seed(0)
+    model = ARCHITECTURES[request.param](tok).eval()
+    model.save_pretrained(folder, safe_serialization=True)
+    tok.save_pretrained(folder)
+    g = torch.Generator().manual_seed(5)
+    save_vectors(folder / "v.safetensors", {s: torch.randn(32, generator=g) for s in range(5)}, model=model,
+                 model_id=request.param)
+    return str(folder)
+
+
+def _close(got, want, tol=1e-4):
+    """packed_contexts' tolerance: |d loglik| <= 1e-4 x max(1, |loglik|) in float32, greedy flags equal."""
+    assert len(got) == len(want)
+    for (a, ga), (b, gb) in zip(got, want):
+        assert abs(a - b) <= tol * max(1.0, abs(b)) and ga == gb, (got, want)
+
+
+def test_alibi_models_with_packed_contexts_fall_back_to_rows_and_equal_hf(arch_dir, caplog):
+    hf = get_model("hf")(pretrained=arch_dir, device="cpu", batch_size=2).loglikelihood(ARCH_REQS)
+    lm = make(arch_dir, vector=f"{arch_dir}/v.safetensors", layer=2, alpha=0.0, pack_contexts="true")
+    with caplog.at_level("WARNING"):
+        _close(lm.loglikelihood(ARCH_REQS), hf)
+    assert lm._pack_check["ok"] is False and "first packed batch failed" in caplog.text
+    steered = make(arch_dir, vector=f"{arch_dir}/v.safetensors", layer=2, alpha=-2.0)
+    packed = make(arch_dir, vector=f"{arch_dir}/v.safetensors", layer=2, alpha=-2.0, pack_contexts="true")
+    _close(packed.loglikelihood(ARCH_REQS), steered.loglikelihood(ARCH_REQS))
+
+
+@pytest.mark.parametrize("pack", ["true", "false"])
+def test_alibi_models_in_the_sweeps_group_pass_equal_single_runs(arch_dir, pack):
+    from dsteer_eval.sweep.sweep_lm import SweepLM
+
+    vec_path = f"{arch_dir}/v.safetensors"
+    hf = get_model("hf")(pretrained=arch_dir, device="cpu", batch_size=2).loglikelihood(ARCH_REQS)
+    single = {a: make(arch_dir, vector=vec_path, layer=2, alpha=a).loglikelihood(ARCH_REQS) for a in (1.0, -3.0)}
+    lm = SweepLM(pretrained=arch_dir, vector=vec_path, layer=2, alpha=0.0, batch_size=2, device="cpu",
+                 pack_contexts=pack)
+    points = [("L2_a0", 2, 0.0, None), ("L2_a1", 2, 1.0, None), ("L2_a-3", 2, -3.0, None)]
+    for name, layer, alpha, _ in points:
+        lm.set_point(layer, alpha)
+        lm.set_group(points, name)
+        got = lm.loglikelihood(ARCH_REQS)
+        _close(got, hf if alpha == 0 else single[alpha])
+
+
+def test_a_shared_prefix_replay_that_raises_counts_as_a_failed_check(tiny_dir, vec, monkeypatch, caplog):
+    from dsteer_eval.sweep import shared_prefix
+    from dsteer_eval.sweep.sweep_lm import SweepLM
+
+    want = make(tiny_dir, vector=vec, layer=2, alpha=2.0).loglikelihood(REQS)
+    lm = SweepLM(pretrained=tiny_dir, vector=vec, layer=2, alpha=0.0, batch_size=2, device="cpu",
+                 pack_contexts="false")
+    lm.set_point(2, 1.0)
+    lm.loglikelihood(REQS)  # stores the states below the site
+    lm.set_point(2, 2.0)
+
+    def broken(self, *args, **kwargs):  # stands for an architecture whose layers take what a replay cannot give
+        raise ValueError("too many values to unpack (expected 2)")
+
+    monkeypatch.setattr(shared_prefix._Replay, "forward", broken)
+    with caplog.at_level("WARNING"):
+        _close(lm.loglikelihood(REQS), want)
+    assert lm.shared.enabled is False and "replay failed at site 2" in caplog.text

@@ -10,8 +10,10 @@ import torch
 
 from lm_eval.models.huggingface import HFLM
 
+from dsteer_eval.adapters.packed_contexts import PassAbandoned
 from dsteer_eval.adapters.steered import SteeredLM
 from dsteer_eval.steer_args import Layer, parse_bool, resolve_site
+from dsteer_eval.steering import NonFiniteError
 from dsteer_eval.sweep.alpha_batch import (
     GenerationStore,
     GroupPoint,
@@ -29,8 +31,8 @@ from dsteer_eval.sweep.shared_prefix import SharedPrefix, repeat_layer_inputs
 log = logging.getLogger(__name__)
 
 
-class _GroupPassDiffers(Exception):
-    """The first grouped log-likelihood pass did not match single passes (grouping is then off)."""
+class _GroupPassDiffers(PassAbandoned):
+    """The first grouped log-likelihood pass did not match single passes, or failed (grouping is then off)."""
 
 
 class SweepLM(SteeredLM):
@@ -226,10 +228,22 @@ class SweepLM(SteeredLM):
         try:
             with self.steering(None):
                 logits = self._forward_kept(inps, keep, **model_kwargs)
+        except NonFiniteError:
+            raise
+        except Exception as error:
+            if model_kwargs or self.logliks.stats.get("ran_unpacked"):
+                raise  # a packed batch: packed_contexts' first-batch check decides; a later batch: a real error
+            # the first grouped batch (e.g. ALiBi models: Bloom's alibi tensor has no rows for the repeated batch)
+            log.warning("grouped log-likelihood pass failed for this architecture (%s: %s); evaluating point by "
+                        "point from now on", type(error).__name__, error)
+            self._multi_ok = False
+            raise _GroupPassDiffers from error
         finally:
             for handle in handles:
                 handle.remove()
             self._interventions, self._label = saved, label
+        if not model_kwargs:
+            self.logliks.stats["ran_unpacked"] = True
         if not self.logliks.stats.get("verified"):
             self.logliks.stats["verified"] = True
             diff = self._check_group_pass(inps, keep, group, logits, model_kwargs)
