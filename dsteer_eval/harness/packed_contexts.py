@@ -24,7 +24,8 @@ packed rows.  The LM head runs on the continuation span only (:mod:`.continuatio
 The first packed batch of a run is also computed row by row, unpacked, and compared
 (float32: |Δ| <= 1e-4 x max(1, |loglik|); lower precision 2e-2 x): an architecture whose
 attention does not honour a custom 4-D mask (or whose positions are not ``position_ids``)
-turns packing off for the rest of the run, with a warning, and nothing packed is scored.
+turns packing off for the rest of the run, with a warning, and nothing packed is scored; so does an exception
+in the first packed batch (ALiBi models such as Bloom and Falcon build their own bias, not from the mask).
 
 Not packed (lm-eval's row per request, :mod:`.continuation_loglik`): ``pack_contexts=false``;
 ``position`` other than ``all`` (steering by prompt/completion follows lm-eval's row layout);
@@ -41,9 +42,16 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from dsteer_eval.steering.hook import NonFiniteError
+
 log = logging.getLogger(__name__)
 
 PACKABLE_ATTENTION = ("sdpa", "eager")
+
+
+class PassAbandoned(Exception):
+    """Raised by a ``call`` that gives up a batched pass itself (the sweep's group check): it passes through the
+    first-batch check here instead of counting as a packing failure."""
 
 
 @dataclass
@@ -146,9 +154,18 @@ def packed_loglikelihood_tokens(lm, requests, disable_tqdm: bool = False, *, cal
                 desc="Running loglikelihood requests (packed contexts)")
     for start in range(0, len(rows), per_batch):
         chunk = rows[start:start + per_batch]
-        answers = _run_rows(lm, chunk, call, variants, mask_kind, dtype, packed=True)
         if not checked.get("done"):
             checked["done"] = True
+            try:
+                answers = _run_rows(lm, chunk, call, variants, mask_kind, dtype, packed=True)
+            except (NonFiniteError, PassAbandoned):
+                raise  # a broken steered state, or the caller's own fallback: not about packing
+            except Exception as error:  # noqa: BLE001 - e.g. ALiBi models (Bloom, Falcon) take no packed mask
+                checked["max_abs_diff"], checked["ok"], checked["error"] = None, False, repr(error)
+                log.warning("packed contexts: the first packed batch failed for this architecture (%s: %s); "
+                            "computing one row per request from now on", type(error).__name__, error)
+                pbar.close()
+                return None
             plain_rows = plan_rows([requests[i] for r in chunk for i, _, _ in r.reads], lm.max_length, share=False)
             order = [i for r in chunk for i, _, _ in r.reads]
             plain = _run_rows(lm, plain_rows, call, variants, mask_kind, dtype, packed=False)
@@ -164,6 +181,8 @@ def packed_loglikelihood_tokens(lm, requests, disable_tqdm: bool = False, *, cal
                             "architecture; computing one row per request from now on", worst)
                 pbar.close()
                 return None
+        else:
+            answers = _run_rows(lm, chunk, call, variants, mask_kind, dtype, packed=True)
         for v in range(variants):
             for index, answer in answers[v].items():
                 res[v][index] = answer

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from collections import deque
 from contextlib import contextmanager
 from pathlib import Path
@@ -129,16 +130,15 @@ class SteeredLM(HFLM):
             elif pair is not None:
                 raise ValueError("pair= picks a shipped base/DPO pair; with vector= give peft= yourself")
             vector_file = load_vectors(vector, argument="vector")
-        self._args_label = ", ".join(  # named by NonFiniteStateError; defaults (shipped vector, adapter) filled in
-            f"{k}={v}" for k, v in (("pretrained", pretrained), ("peft", kwargs.get("peft")), ("vector", vector),
-                                    ("steer_path", steer_path), ("layer", layer), ("alpha", alpha),
-                                    ("mode", args.mode), ("position", args.position), ("unit", args.unit or None),
-                                    ("norm_preserve", args.norm_preserve or None),
-                                    ("control", None if args.control is None else f"random:{args.control}"),
-                                    ("control_seed", args.control_seed if args.control is not None else None),
-                                    ("dtype", kwargs.get("dtype")))
-            if v is not None
-        )
+        # named by NonFiniteStateError (see _args_label; a sweep re-points layer/alpha/control); defaults (shipped
+        # vector, adapter) filled in
+        self._label = {"pretrained": pretrained, "peft": kwargs.get("peft"), "vector": vector,
+                       "steer_path": steer_path, "layer": layer, "alpha": alpha, "mode": args.mode,
+                       "position": args.position, "unit": args.unit or None,
+                       "norm_preserve": args.norm_preserve or None,
+                       "control": None if args.control is None else f"random:{args.control}",
+                       "control_seed": args.control_seed if args.control is not None else None,
+                       "dtype": kwargs.get("dtype")}
         # what, besides the steering itself, changes this model's numbers: keys its --use_cache entries
         self._cache_identity = {"pretrained": pretrained, "peft": kwargs.get("peft"), "steer_path": steer_path,
                                 "model_args": {k: repr(v) for k, v in kwargs.items() if k not in _CACHE_NEUTRAL}}
@@ -253,14 +253,22 @@ class SteeredLM(HFLM):
                 norm = float(v.norm())
                 if norm == 0.0:
                     raise ValueError(f"unit={args.unit}: the vector for layer {site} is zero and has no direction")
+                if not math.isfinite(norm):
+                    raise NonFiniteError(
+                        f"unit={args.unit}: the norm of vector={vf.path} (layer {site}) overflows float32 ({norm}), "
+                        f"so v/|v| would be zero and steering would silently do nothing; rescale the vector file")
                 v = v / norm
                 if args.unit == "norm":  # alpha is a fraction of the typical state norm at this site
                     v = v * self.mean_state_norm(site)
             param = next(self._parts.site_module(site).parameters(), None)  # the dtype the shift is added in
             dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
-            if args.mode == "add":  # an ablation scales an existing component: nothing is added
+            if args.mode == "add":
                 check_fits_dtype(float(alpha) * v.float(), dtype,
                                  f"alpha={alpha:g} times vector={vf.path} (layer {layer}) in the model's dtype")
+            else:  # an ablation subtracts alpha*(h.u)u: alpha times the unit vector must fit before any h does
+                check_fits_dtype(float(alpha) * (v.double() / v.double().norm()), dtype,
+                                 f"mode=ablate: alpha={alpha:g} times the unit vector of vector={vf.path} "
+                                 f"(layer {layer}) in the model's dtype")
             out.append(Intervention(site=site, vector=v, alpha=alpha, mode=args.mode))
         return out
 
@@ -391,6 +399,11 @@ class SteeredLM(HFLM):
 
     # -------------------------------------------------------------- steering
     @property
+    def _args_label(self) -> str:
+        """The model_args that matter to an error about the steered state, as ``k=v, ...``."""
+        return ", ".join(f"{k}={v}" for k, v in self._label.items() if v is not None)
+
+    @property
     def interventions(self) -> list[Intervention]:
         return list(self._interventions)
 
@@ -414,7 +427,10 @@ class SteeredLM(HFLM):
 
     @contextmanager
     def _finite_guard(self, parts):
-        """Hooks that check the logits (real tokens only, by the attention mask) of every forward pass."""
+        """Hooks that check the logits (real tokens only, by the attention mask) of every forward pass: NaN/inf,
+        or a collapsed state (a token whose logits are all equal, or whose state feeding the LM head is all
+        zero: alpha*v overflowed a norm's mean square, and the shortest choice would win).  One pass over the
+        logits and one over the head's input in the usual case."""
         seen = {"mask": None}
 
         def pre_hook(module, args, kwargs):
@@ -423,27 +439,38 @@ class SteeredLM(HFLM):
 
         def hook(module, args, output):
             logits = output[0] if isinstance(output, tuple) else output
-            if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
+            if not isinstance(logits, torch.Tensor) or not logits.is_floating_point() or logits.numel() == 0:
                 return
-            if bool(torch.isfinite(logits.sum(dtype=torch.float32))):
-                return  # one reduction, no copy of the logits: the usual case
-            finite = torch.isfinite(logits)
-            if bool(finite.all()):
-                return
+            lo, hi = torch.aminmax(logits.detach(), dim=-1)  # per token; NaN propagates to both
+            nonfinite = ~(torch.isfinite(lo) & torch.isfinite(hi))
+            collapsed = hi == lo
+            hidden = args[0] if args else None
+            if isinstance(hidden, torch.Tensor) and hidden.shape[:-1] == lo.shape:
+                collapsed |= hidden.detach().abs().amax(dim=-1) == 0
+            if not bool((nonfinite | collapsed).any()):
+                return  # the usual case
             mask = seen["mask"]
             if mask is not None and logits.dim() == 3 and mask.shape[0] == logits.shape[0] \
                     and mask.shape[1] >= logits.shape[1]:
                 real = mask[:, -logits.shape[1]:].to(device=logits.device, dtype=torch.bool)
-                if bool(finite[real].all()):
-                    return  # NaN only where padding is (never read)
-                finite = finite | ~real[..., None]
-            n_bad = int((~finite).sum())
-            raise NonFiniteStateError(
-                f"steered model ({self._args_label}): a forward pass gave NaN/inf logits ({n_bad} values); "
-                f"log-likelihoods and generations from it would be meaningless, so the run stops instead "
-                f"of scoring them. Use a smaller alpha, dtype=float32 (float16 overflows above 65504), or "
-                f"check the vector"
-            )
+                nonfinite, collapsed = nonfinite & real, collapsed & real  # padding is never read
+            if bool(nonfinite.any()):
+                n_bad = int((~torch.isfinite(logits[nonfinite])).sum())
+                raise NonFiniteStateError(
+                    f"steered model ({self._args_label}): a forward pass gave NaN/inf logits ({n_bad} values); "
+                    f"log-likelihoods and generations from it would be meaningless, so the run stops instead "
+                    f"of scoring them. Use a smaller alpha, dtype=float32 (float16 overflows above 65504), or "
+                    f"check the vector"
+                )
+            if bool(collapsed.any()):
+                raise NonFiniteStateError(
+                    f"steered model ({self._args_label}): a forward pass collapsed: the logits of "
+                    f"{int(collapsed.sum())} token(s) are the same for every vocabulary entry (or the state "
+                    f"feeding the LM head is all zero), as when alpha*v overflows the model's normalisation; "
+                    f"every choice would score alike and the shortest would win, so the run stops instead of "
+                    f"scoring them. Use a much smaller alpha (|alpha*v| well below the hidden-state norm; "
+                    f"unit=norm makes alpha a fraction of it), or check the vector"
+                )
 
         handles = [parts.decoder.register_forward_pre_hook(pre_hook, with_kwargs=True),
                    parts.lm_head.register_forward_hook(hook)]

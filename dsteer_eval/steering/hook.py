@@ -107,8 +107,14 @@ class Intervention:
         if not math.isfinite(self.alpha):
             raise NonFiniteError(f"alpha must be finite, got {self.alpha}")
         check_finite(self.vector, f"steering vector for layer {self.site}")
-        if self.mode == "ablate" and float(self.vector.detach().float().norm()) == 0.0:
-            raise ValueError(f"mode=ablate: the vector for layer {self.site} is zero and has no direction to ablate")
+        if self.mode == "ablate":
+            norm = float(self.vector.detach().float().norm())  # the float32 norm the ablation divides by
+            if norm == 0.0:
+                raise ValueError(f"mode=ablate: the vector for layer {self.site} is zero and has no direction to ablate")
+            if not math.isfinite(norm):
+                raise NonFiniteError(
+                    f"mode=ablate: the norm of the vector for layer {self.site} overflows float32 ({norm}), so "
+                    f"v/|v| would be zero and nothing ablated; rescale the vector (only its direction counts)")
 
 
 @dataclass

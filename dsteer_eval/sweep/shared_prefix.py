@@ -16,7 +16,7 @@ is the same.  :class:`SharedPrefix` keys it by the batch's token ids:
 Replayed results are the same computation on the same inputs as a full run.
 The first replay at each site is also checked against a full forward: if the
 logits differ by more than ``tolerance`` (an architecture this does not fit)
-the cache switches itself off for the rest of the run and says so.
+(or the replay raises) the cache switches itself off for the rest of the run and says so.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from dsteer_eval.steering.sites import ModelParts
+from dsteer_eval.steering.hook import NonFiniteError
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +110,19 @@ class SharedPrefix:
             self.stats["full"] += 1
             with self._recording(key):
                 return run(self.parts)
-        with self._replaying(state) as parts:
-            out = run(parts)
+        try:
+            with self._replaying(state) as parts:
+                out = run(parts)
+        except NonFiniteError:
+            raise
+        except Exception as error:  # noqa: BLE001 - the first replay failing is a failed check, like a mismatch
+            if self._verified:
+                raise
+            log.warning("shared lower layers: replay failed at site %s for this architecture (%s: %s); computing "
+                        "every layer from now on", self.site, type(error).__name__, error)
+            self._verified, self.enabled = True, False
+            self._store.clear()
+            return run(self.parts)
         self.stats["replayed"] += 1
         if not self._verified:
             self._verified = True

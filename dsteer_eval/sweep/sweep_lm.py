@@ -10,8 +10,10 @@ import torch
 
 from lm_eval.models.huggingface import HFLM
 
+from dsteer_eval.harness.packed_contexts import PassAbandoned
 from dsteer_eval.harness.steered import SteeredLM
 from dsteer_eval.steering.args import Layer, parse_bool, resolve_site
+from dsteer_eval.steering.hook import NonFiniteError
 from dsteer_eval.sweep.alpha_batch import (
     GenerationStore,
     GroupPoint,
@@ -29,8 +31,8 @@ from dsteer_eval.sweep.shared_prefix import SharedPrefix, repeat_layer_inputs
 log = logging.getLogger(__name__)
 
 
-class _GroupPassDiffers(Exception):
-    """The first grouped log-likelihood pass did not match single passes (grouping is then off)."""
+class _GroupPassDiffers(PassAbandoned):
+    """The first grouped log-likelihood pass did not match single passes, or failed (grouping is then off)."""
 
 
 class SweepLM(SteeredLM):
@@ -84,6 +86,7 @@ class SweepLM(SteeredLM):
         if current not in {p.name for p in group}:
             raise ValueError(f"point {current} is not in its group (internal error)")
         self._group, self._group_site = group, sites.pop()
+        self._group_alphas = ";".join(repr(float(alpha)) for _, _, alpha, _ in points)
     def set_point(self, layer: Layer, alpha: float, side: str = "dpo", control: int | None = None) -> None:
         """Steer ``alpha * v`` at ``layer`` from now on; ``alpha == 0`` runs the model unsteered.
 
@@ -102,6 +105,8 @@ class SweepLM(SteeredLM):
         elif adapter is not None:
             self.model.enable_adapter_layers()
         self._side = side
+        self._label.update(layer=layer, alpha=repr(float(alpha)), control=None if control is None else f"random:{control}",
+                           control_seed=self._steer_args.control_seed if control is not None else None)
         if alpha == 0:
             self._interventions = []
         else:
@@ -214,18 +219,31 @@ class SweepLM(SteeredLM):
             grown = grown + shifts.to(device=grown.device, dtype=grown.dtype).unsqueeze(1)
             return (grown, *output[1:]) if isinstance(output, tuple) else grown
 
-        saved = self._interventions
+        saved, label = self._interventions, dict(self._label)
         self._interventions = []
+        self._label["alpha"] = f"{self._group_alphas} (one pass for the group)"  # any of them may have broken it
         handles = [module.register_forward_hook(expand)]
         if model_kwargs:
             handles += repeat_layer_inputs(self._parts, self._group_site, inps.shape[0], len(group))
         try:
             with self.steering(None):
                 logits = self._forward_kept(inps, keep, **model_kwargs)
+        except NonFiniteError:
+            raise
+        except Exception as error:
+            if model_kwargs or self.logliks.stats.get("ran_unpacked"):
+                raise  # a packed batch: packed_contexts' first-batch check decides; a later batch: a real error
+            # the first grouped batch (e.g. ALiBi models: Bloom's alibi tensor has no rows for the repeated batch)
+            log.warning("grouped log-likelihood pass failed for this architecture (%s: %s); evaluating point by "
+                        "point from now on", type(error).__name__, error)
+            self._multi_ok = False
+            raise _GroupPassDiffers from error
         finally:
             for handle in handles:
                 handle.remove()
-            self._interventions = saved
+            self._interventions, self._label = saved, label
+        if not model_kwargs:
+            self.logliks.stats["ran_unpacked"] = True
         if not self.logliks.stats.get("verified"):
             self.logliks.stats["verified"] = True
             diff = self._check_group_pass(inps, keep, group, logits, model_kwargs)
