@@ -10,7 +10,11 @@ What counts as a secret:
   masked as ``<NAME>`` when registered with a name (``register(key, "PERSPECTIVE_API_KEY")``),
   so a reader still sees which secret stood there;
 * whatever stands after ``key=`` / ``api_key=`` / ``api-key=`` / ``access_token=`` / ``token=``
-  in a URL query and after ``Bearer `` in a header, whether or not the value is known.
+  in a URL query and after ``Bearer `` in a header, whether or not the value is known;
+* the value of a secret-looking key inside comma-separated model args (``token=``, ``hf_token=``,
+  ``api_key=``, ``access_token=``, ``password=``, ``secret=`` ...: :func:`is_secret_arg`), e.g. in
+  ``--model-args pretrained=org/m,token=hf_...``; :func:`register_model_args` also registers those
+  values, so they are masked wherever they appear later.
 
 A known secret is also masked in its percent-encoded form (as it appears inside a URL).
 
@@ -31,6 +35,11 @@ _SECRET_ENV = re.compile(r"(_KEY|_TOKEN|_SECRET|PASSWORD)$|^(HF_TOKEN|HUGGING_FA
 _URL_SECRET = re.compile(r"(?P<name>[?&;](?:key|api[_-]?key|access_token|token)=)[^&\s\"'<>]+", re.I)
 _BEARER = re.compile(r"(?P<name>Bearer\s+)[A-Za-z0-9._~+/=-]{8,}")
 _MIN_SECRET_LEN = 6  # shorter values (e.g. "1", "true") are not secrets and would mangle text
+_SPECIAL_TOKENS = r"(?!(?:pad|bos|eos|unk|sep|cls|mask)_token\b)"  # tokenizer settings, not secrets
+_SECRET_ARG_NAME = re.compile(_SPECIAL_TOKENS + r"^[\w.-]*?(token|api[_-]?key|apikey|secret|password|passwd|credentials?)$", re.I)
+_ARG_SECRET = re.compile(
+    r"(?P<name>(?:^|(?<=[,\s\"'(]))" + _SPECIAL_TOKENS + r"[\w.-]*?(?:token|api[_-]?key|apikey|secret|password|passwd|credentials?)\s*=\s*)"
+    r"(?!<)[^,\s\"')&]{%d,}" % _MIN_SECRET_LEN, re.I)
 
 _registered: dict[str, str] = {}  # secret -> its mask
 
@@ -71,7 +80,28 @@ def redact(text) -> str:
         if secret in text:
             text = text.replace(secret, mask)
     text = _URL_SECRET.sub(lambda m: m.group("name") + MASK, text)
+    text = _ARG_SECRET.sub(lambda m: m.group("name") + MASK, text)
     return _BEARER.sub(lambda m: m.group("name") + MASK, text)
+
+
+def is_secret_arg(name: str) -> bool:
+    """Whether a model-args key names a secret (``token``, ``hf_token``, ``api_key``, ``password`` ...;
+    not ``tokenizer`` or ``max_new_tokens``)."""
+    return bool(_SECRET_ARG_NAME.match(str(name).strip()))
+
+
+def register_model_args(kwargs) -> dict[str, str]:
+    """Register the value of every secret-looking key of parsed model args (masked as ``<model_args KEY>``
+    from now on: logs, errors, stored files) and return ``{key: sha256 of the value}``, which lets a
+    resume notice a changed secret without storing it."""
+    import hashlib
+
+    found = {}
+    for key, value in dict(kwargs).items():
+        if is_secret_arg(key) and str(value).strip():
+            register(str(value).strip(), f"model_args {key}")
+            found[str(key)] = hashlib.sha256(str(value).strip().encode()).hexdigest()
+    return found
 
 
 def redact_value(value):

@@ -37,6 +37,7 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
 from dsteer_eval.harness import plugin as lm_eval_plugin
+from dsteer_eval.common.redaction import register_model_args
 from dsteer_eval.models.embedded import (
     DEFAULT_MODEL,
     check_pair,
@@ -102,6 +103,7 @@ class SteeredLM(HFLM):
         pack_contexts=False,
         **kwargs,
     ) -> None:
+        register_model_args(kwargs)  # token=, api_key= ...: masked in every log record and error from now on
         # Everything that can be checked without the model is checked first.
         args = SteerArgs.parse(layer=layer, alpha=alpha, position=position, unit=unit, mode=mode,
                                norm_preserve=norm_preserve, control=control, control_seed=control_seed)

@@ -38,7 +38,7 @@ from pathlib import Path
 
 from dsteer_eval.common.hashing import sha256_file
 from dsteer_eval.common.output_folder import atomic_write_text, empty_folder, folder_lock, staged_folder
-from dsteer_eval.common.redaction import redact
+from dsteer_eval.common.redaction import redact, register_model_args
 from dsteer_eval.sweep import grid
 from dsteer_eval.sweep.units import check_unit, unit_done, unit_folder  # unit_done: the resume rule
 
@@ -49,7 +49,8 @@ FORMAT = "dsteer-eval/sweep"
 FIRST_KEYS = ("model_args", "vector_sha256", "limit", "num_fewshot", "gen_kwargs", "apply_chat_template", "probe_data")
 # ... and since fingerprint_version 2 (dsteer_eval.sweep.fingerprint): scorer, judge and reference model
 FINGERPRINT_VERSION = "2"
-FINGERPRINT_KEYS = (*FIRST_KEYS, "toxicity_scorer", "toxicity_label", "judge", "judge_base_url", "reference_model")
+FINGERPRINT_KEYS = (*FIRST_KEYS, "toxicity_scorer", "toxicity_label", "judge", "judge_base_url", "reference_model",
+                    "model_arg_secrets")
 
 
 @dataclass
@@ -81,7 +82,7 @@ class Plan:
     """A checked sweep: everything the run needs, built without loading a model."""
 
     config: SweepConfig
-    base_args: str
+    base_args: str  # the model args as stored, logged and printed: secret-looking values masked
     model_kwargs: dict
     layers: tuple
     alphas: tuple
@@ -91,6 +92,7 @@ class Plan:
     out: Path
     settings: dict
     task_manager: object = field(repr=False, default=None)
+    load_args: str = field(repr=False, default="")  # the model args the model is built from (secrets in clear)
 
 
 def split_model_args(text: str) -> tuple[str, dict, str | None]:
@@ -147,7 +149,9 @@ def plan_sweep(config: SweepConfig) -> Plan:
     alphas = grid.parse_alpha_grid(config.alphas) if relative is None else None
     if relative is None and config.ceiling:
         raise ValueError("--ceiling goes with --alphas rel:... or --alphas auto")
-    base_args, kwargs, layer_arg = split_model_args(config.model_args)
+    load_args, kwargs, layer_arg = split_model_args(config.model_args)
+    secrets = register_model_args(kwargs)  # token=, api_key= ...: masked in every file, log and message from now on
+    base_args = redact(load_args)
     vector = _vector_for(kwargs)
     vf = load_vectors(vector, argument="vector")
     if config.layers:
@@ -178,6 +182,7 @@ def plan_sweep(config: SweepConfig) -> Plan:
         "gen_kwargs": config.gen_kwargs,
         "apply_chat_template": config.apply_chat_template,
         "probe_data": config.probe_data,
+        "model_arg_secrets": secrets or None,  # sha256 per secret key: a changed token is noticed, never stored
     }
     settings.update(_fingerprint(kwargs))
     settings["contents"].update(_task_contents(tasks, task_manager))
@@ -194,7 +199,8 @@ def plan_sweep(config: SweepConfig) -> Plan:
         alphas = relative_alphas(relative, _ceiling(config, kwargs, layers[0], out))
     base_alphas = _base_alphas(config.base_alphas, alphas, kwargs)
     points = grid.points(layers, alphas, base_alphas=base_alphas, controls=controls)
-    return Plan(config, base_args, kwargs, layers, alphas, tasks, points, str(vector), out, settings, task_manager)
+    return Plan(config, base_args, kwargs, layers, alphas, tasks, points, str(vector), out, settings, task_manager,
+                load_args)
 
 
 def _ceiling(config: SweepConfig, kwargs: dict, layer, out: Path) -> dict:
@@ -572,7 +578,7 @@ def _load(plan: Plan):
     from dsteer_eval.sweep.sweep_lm import SweepLM
 
     cfg = plan.config
-    args = simple_parse_args_string(plan.base_args)  # type-cast as `lm_eval --model_args` does
+    args = simple_parse_args_string(plan.load_args or plan.base_args)  # type-cast as `lm_eval --model_args` does
     extra = {"batch_size": cfg.batch_size, "device": cfg.device, "shared_prefix": cfg.shared_prefix}
     return SweepLM(**(extra | args), layer=plan.layers[0], alpha=0.0)
 

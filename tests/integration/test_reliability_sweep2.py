@@ -155,3 +155,34 @@ def test_resume_on_edited_task_documents_is_refused_naming_the_file(tiny_dir, ve
     moved = _user_task(other, _rows()[:2])
     with pytest.raises(ValueError, match=rf"task my_hh: {moved} added, {tasks / 'pairs.jsonl'} gone, {other / 'my_hh.yaml'} changed"):
         run_sweep(config(tiny_dir, vec, out, alphas="-1,0,2,3", tasks="my_hh", include_path=str(other)), **quiet)
+
+
+# ------------------------------------------------------------------ secrets inside --model-args
+def test_a_token_in_model_args_is_stored_nowhere_and_a_changed_one_is_noticed(tiny_dir, vec, tmp_path, capsys, caplog):
+    import logging
+
+    from dsteer_eval.sweep.runner import run_sweep
+
+    secret, other = "hf_SECRETmodelargs12345", "hf_OTHERmodelargs67890"
+    out = tmp_path / "out"
+    printed = []
+    args = f"pretrained={tiny_dir},vector={vec},token={secret}"
+    with caplog.at_level(logging.DEBUG):
+        logging.getLogger("dsteer_eval").info("model args %s", args)  # anything that logs them later
+        assert run_sweep(config(tiny_dir, vec, out, alphas="-1,0", limit=2, model_args=args), print_fn=printed.append) == 0
+    from dsteer_eval.leaderboard import build_leaderboard, write_leaderboard
+
+    write_leaderboard(build_leaderboard([out]), out)
+    stored = [p for p in out.rglob("*") if p.is_file()]
+    assert any(p.name.startswith("results_") for p in stored) and any(p.name == "leaderboard.csv" for p in stored)
+    for path in stored:
+        assert secret.encode() not in path.read_bytes(), path
+    seen = capsys.readouterr()
+    assert secret not in seen.out + seen.err + caplog.text + "\n".join(map(str, printed))
+    sweep = json.loads((out / "sweep.json").read_text())
+    assert "token=<model_args token>" in sweep["settings"]["model_args"]
+    changed = f"pretrained={tiny_dir},vector={vec},token={other}"
+    with pytest.raises(ValueError, match="model_arg_secrets"):
+        run_sweep(config(tiny_dir, vec, out, alphas="-1,0,2", limit=2, model_args=changed), print_fn=printed.append)
+    # the same token resumes
+    assert run_sweep(config(tiny_dir, vec, out, alphas="-1,0,2", limit=2, model_args=args), print_fn=printed.append) == 0
