@@ -13,7 +13,7 @@ import math
 import re
 
 from dsteer_eval.leaderboard.collect import number
-from dsteer_eval.leaderboard.table import Leaderboard
+from dsteer_eval.leaderboard.table import Leaderboard, model_label
 from dsteer_eval.probes.figures import pyplot
 
 Point = tuple[float, float, float]  # alpha, value, stderr (nan when unknown)
@@ -33,7 +33,7 @@ def _bands(board: Leaderboard, value_of) -> list[tuple[str, list[tuple[float, fl
         got = value_of(i)
         if got is None or got[0] is None:
             continue
-        parent = _CONTROL.sub("", row.group).strip(" ,·") or "DPO (default)"
+        parent = _CONTROL.sub("", row.group).strip(" ,·") or model_label(row.key.identity)
         found.setdefault((parent, row.key.layer), {}).setdefault(row.key.alpha, []).append(got[0])
     out = []
     for (parent, layer), by_alpha in found.items():

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dsteer_eval.leaderboard.collect import Entry, RowKey, Skipped, Source, clean, collect, number
+from dsteer_eval.models.embedded import is_embedded_name
 from dsteer_eval.sweep.grid import alpha_text
 
 PROBE_COLUMNS = (("projection margin", "projection_margin", True), ("restoration KL", "restoration_kl", False))
@@ -90,7 +91,23 @@ def _model_text(k: RowKey, keys: list[RowKey]) -> str:
             parts.append(value)
         else:
             parts.append(f"{name}={Path(value).name if '/' in value else value}")
-    return ", ".join(parts) or "DPO (default)"
+    return ", ".join(parts) or model_label(k.identity)
+
+
+def model_label(identity) -> str:
+    """What a row's model is when no model arg tells it from its neighbours: the shipped DPO pair only when
+    nothing else was named (no ``peft=``, ``vector=``, ``steer_path=`` or other ``pretrained=``); a named
+    adapter is a DPO side; anything else is the model itself, never called DPO."""
+    args = {name: value for name, value in identity if name != "control"}
+    peft, pretrained = args.get("peft"), args.get("pretrained")
+    if peft and peft.lower() != "none":
+        return f"DPO (peft={Path(peft).name or peft})"
+    if peft is None and not args.get("vector") and not args.get("steer_path") \
+            and (pretrained is None or is_embedded_name(pretrained)):
+        return "DPO (default)"  # the shipped pair (pair= picks which)
+    if peft is not None:
+        return "base (peft=none)"
+    return f"model ({Path(pretrained).name or pretrained})" if pretrained else "model"
 
 
 def _labels(keys: list[RowKey], sources: list[Source]) -> dict[RowKey, tuple[str, str]]:

@@ -186,3 +186,26 @@ def test_a_token_in_model_args_is_stored_nowhere_and_a_changed_one_is_noticed(ti
         run_sweep(config(tiny_dir, vec, out, alphas="-1,0,2", limit=2, model_args=changed), print_fn=printed.append)
     # the same token resumes
     assert run_sweep(config(tiny_dir, vec, out, alphas="-1,0,2", limit=2, model_args=args), print_fn=printed.append) == 0
+
+
+# ------------------------------------------------------------------ row labels
+def test_a_model_without_an_adapter_is_never_labelled_dpo(tmp_path):
+    from test_leaderboard import acc, md_cells, write_results
+
+    from dsteer_eval.leaderboard import build_leaderboard
+    from dsteer_eval.leaderboard.render import markdown
+
+    plain = tmp_path / "plain"
+    write_results(plain / "u", "pretrained=/models/llama,vector=v.safetensors,layer=2,alpha=0", {"t": acc(0.5)})
+    write_results(plain / "a", "pretrained=/models/llama,vector=v.safetensors,layer=2,alpha=-1", {"t": acc(0.4)})
+    write_results(plain / "c", "pretrained=/models/llama,vector=v.safetensors,layer=2,alpha=-1,control=random:0",
+                  {"t": acc(0.45)})
+    rows = md_cells(markdown(build_leaderboard([plain])))
+    labels = [r for r in rows if r != "run"]
+    assert labels and not any("DPO" in r for r in labels), labels
+    assert "model (llama) · unsteered (α=0)" in labels and "model (llama) · layer 2, α=-1" in labels
+    shipped = tmp_path / "shipped"  # the shipped pair: nothing named but the steering
+    write_results(shipped / "u", "layer=20,alpha=0", {"t": acc(0.5)})
+    write_results(shipped / "b", "peft=none,layer=20,alpha=0", {"t": acc(0.3)})
+    rows = md_cells(markdown(build_leaderboard([shipped])))
+    assert "DPO (default) · unsteered (α=0)" in rows and "base (peft=none) · unsteered (α=0)" in rows
