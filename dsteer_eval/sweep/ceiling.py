@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from dsteer_eval.metrics.degeneration import degenerate
+from dsteer_eval.steering.args import SteerArgs
 from dsteer_eval.steering.hook import Intervention, steer
 
 FORMAT = "dsteer-eval/ceiling"
@@ -37,9 +38,11 @@ class Side:
     sign: int
     ceiling: float
     grid: list = field(default_factory=list)  # [{alpha, degenerate, perplexity, passed}]
+    skipped: str | None = None  # why this side was not measured
 
 
-def _generate(model, tokenizer, prompts, interventions, max_new_tokens: int, batch_size: int) -> list[str]:
+def _generate(model, tokenizer, prompts, interventions, max_new_tokens: int, batch_size: int, *,
+              position: str = "all", norm_preserve: bool = False) -> list[str]:
     device = next(model.parameters()).device
     old_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
@@ -48,7 +51,9 @@ def _generate(model, tokenizer, prompts, interventions, max_new_tokens: int, bat
         for start in range(0, len(prompts), batch_size):
             chunk = prompts[start:start + batch_size]
             enc = tokenizer(chunk, return_tensors="pt", padding=True).to(device)
-            with torch.no_grad(), steer(model, interventions):
+            lengths = torch.full((enc.input_ids.shape[0],), enc.input_ids.shape[1], dtype=torch.long)  # left-padded
+            with torch.no_grad(), steer(model, interventions, position=position, prompt_lengths=lengths,
+                                        norm_preserve=norm_preserve):
                 ids = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                                      pad_token_id=tokenizer.pad_token_id)
             out += tokenizer.batch_decode(ids[:, enc.input_ids.shape[1]:], skip_special_tokens=True)
@@ -77,21 +82,31 @@ def _perplexity(model, tokenizer, prompts, texts, batch_size: int) -> float | No
 
 def find_ceiling(model, tokenizer, prompts: Sequence[str], vector: torch.Tensor, site: int, *, start: float = 0.25,
                  steps: int = 8, max_new_tokens: int = 32, max_degenerate: float = 0.1,
-                 max_perplexity_ratio: float = 3.0, batch_size: int = 8) -> dict:
+                 max_perplexity_ratio: float = 3.0, batch_size: int = 8, mode: str = "add", position: str = "all",
+                 norm_preserve: bool = False) -> dict:
+    """The ceiling of ``vector`` (already scaled as ``unit=`` asks) at ``site``, steered with ``mode``,
+    ``position`` and ``norm_preserve`` exactly as a run with those settings steers. An ablation has no
+    negative side (``mode=ablate`` refuses α < 0): that side is recorded as skipped, with ceiling 0."""
     if not prompts:
         raise ValueError("ceiling: no prompts")
     if not (start > 0 and steps >= 1 and 0 <= max_degenerate < 1 and max_perplexity_ratio > 1):
         raise ValueError("ceiling: need start > 0, steps >= 1, 0 <= max_degenerate < 1, max_perplexity_ratio > 1")
     prompts = list(prompts)
-    plain = _generate(model, tokenizer, prompts, [], max_new_tokens, batch_size)
+    how = {"position": position, "norm_preserve": norm_preserve}
+    plain = _generate(model, tokenizer, prompts, [], max_new_tokens, batch_size, **how)
     usable = [(p, t) for p, t in zip(prompts, plain) if degenerate(t) is None]
     reference = _perplexity(model, tokenizer, [p for p, _ in usable], [t for _, t in usable], batch_size)
     sides = []
     for sign in (-1, 1):
         side = Side(sign, 0.0)
+        if mode == "ablate" and sign < 0:
+            side.skipped = "mode=ablate has no negative alpha"
+            sides.append(side)
+            continue
         for k in range(steps):
             alpha = sign * start * 2 ** k
-            texts = _generate(model, tokenizer, prompts, [Intervention(site, vector, alpha)], max_new_tokens, batch_size)
+            texts = _generate(model, tokenizer, prompts, [Intervention(site, vector, alpha, mode=mode)], max_new_tokens,
+                              batch_size, **how)
             bad = [degenerate(t) is not None for t in texts]
             frac = sum(bad) / len(bad)
             kept = [(p, t) for p, t, b in zip(prompts, texts, bad) if not b]
@@ -143,38 +158,61 @@ def parse_relative(text: str) -> tuple[float, ...] | None:
     return parse_alpha_grid(value[4:], flag="--alphas rel:")
 
 
+STEERING_KEYS = ("unit", "mode", "position", "norm_preserve", "control", "control_seed", "dtype")
+
+
+def steering_settings(kwargs: dict) -> dict:
+    """What, besides the vector and the layer, decides what one unit of α does: ``unit=``, ``mode=``,
+    ``position=``, ``norm_preserve=``, ``control=``/``control_seed=`` and ``dtype=``, parsed as ``steered``
+    parses them.  Recorded in ``ceiling.json``; a sweep with other settings refuses the ceiling."""
+    args = SteerArgs.parse(alpha=1.0, position=kwargs.get("position", "all"), unit=kwargs.get("unit", False),
+                           mode=kwargs.get("mode", "add"), norm_preserve=kwargs.get("norm_preserve", False),
+                           control=kwargs.get("control"), control_seed=kwargs.get("control_seed", 0))
+    return {"unit": args.unit, "mode": args.mode, "position": args.position, "norm_preserve": args.norm_preserve,
+            "control": args.control, "control_seed": args.control_seed,
+            "dtype": str(kwargs.get("dtype") or "auto").strip().lower()}
+
+
+def check_same_steering(ceiling: dict, kwargs: dict, where: str) -> None:
+    """Refuse a ceiling measured with other steering settings than ``kwargs`` (a relative α would mean
+    another strength), naming each setting that differs."""
+    recorded = ceiling.get("steering")
+    now = steering_settings(kwargs)
+    if not isinstance(recorded, dict):
+        default = steering_settings({})
+        if now != default:
+            raise ValueError(f"{where} records no steering settings (made before they were recorded, i.e. with the "
+                             f"defaults {default}); this sweep steers with {now}: measure the ceiling again with "
+                             f"`dsteer-eval ceiling` and the same --model-args")
+        return
+    differ = [f"{k}={recorded.get(k)!r} there, {now[k]!r} here" for k in STEERING_KEYS if recorded.get(k) != now[k]]
+    if differ:
+        raise ValueError(f"{where} was measured with other steering settings ({'; '.join(differ)}); a relative alpha "
+                         f"would mean another strength. Measure it with the same --model-args")
+
+
 def ceiling_for(kwargs: dict, layer, prompts: Sequence[str], *, device: str | None = None, **rule) -> dict:
-    """Load the model that ``--model_args`` (as a dict, without alpha) names — the embedded default, its
-    shipped adapter and v̄ included — and find the ceiling of its vector at ``layer`` on ``prompts``."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+    """Load the model that ``--model_args`` (as a dict, without alpha) names, exactly as ``steered`` loads it
+    (the embedded default with its shipped adapter and v̄, ``peft=``, ``dtype=``), and find the ceiling of its
+    vector at ``layer`` on ``prompts``, steered as those args say (``unit=``, ``mode=``, ``position=``,
+    ``norm_preserve=``, ``control=``)."""
     from dsteer_eval.harness.steered import SteeredLM
-    from dsteer_eval.models.embedded import resolve_pretrained
-    from dsteer_eval.steering.sites import resolve_parts
-    from dsteer_eval.steering.args import parse_layers, resolve_site
-    from dsteer_eval.vectors import check_compatible, load_vectors
 
-    vector_path = kwargs.get("vector") or SteeredLM._default_vector_for(kwargs.get("pretrained"), kwargs.get("pair"))
-    peft = kwargs.get("peft")
-    if peft is None and not kwargs.get("vector"):
-        peft = SteeredLM._default_adapter_for(kwargs.get("pretrained"), kwargs.get("pair"))
-    path = resolve_pretrained(kwargs.get("pretrained"))
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    settings = steering_settings(kwargs)
+    args = {k: v for k, v in kwargs.items() if k not in ("layer", "alpha")}
+    lm = SteeredLM(**args, layer=None if layer is None else str(layer), alpha=1.0,  # alpha=1: one unit of alpha
+                   **({"device": device} if device else {}))
+    (item,) = lm.interventions
+    tokenizer = lm.tokenizer
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).eval()
-    if peft and str(peft).lower() != "none":
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, str(peft)).eval()
-    vf = load_vectors(vector_path, argument="vector")
-    check_compatible(vf, model, argument="vector")
-    if layer is None:
-        layer = int(vf.metadata["default_layer"]) if "default_layer" in vf.metadata else next(iter(vf.vectors))
-    (layer,) = parse_layers(layer) if isinstance(layer, str) else (layer,)
-    site = resolve_site(layer, resolve_parts(model).num_layers)
-    result = find_ceiling(model, tokenizer, prompts, vf.vector(site, argument="vector"), site, **rule)
-    result.update({"vector": str(vector_path), "peft": None if peft is None else str(peft), "layer": str(layer),
-                   "pretrained": str(kwargs.get("pretrained") or "smollm2")})
+    result = find_ceiling(lm.model, tokenizer, prompts, item.vector, item.site, mode=settings["mode"],
+                          position=settings["position"], norm_preserve=settings["norm_preserve"], **rule)
+    vector = args.get("vector") or SteeredLM._default_vector_for(args.get("pretrained"), args.get("pair"))
+    peft = args.get("peft")
+    if peft is None and not args.get("vector"):
+        peft = SteeredLM._default_adapter_for(args.get("pretrained"), args.get("pair"))
+    result.update({"vector": str(vector), "peft": None if peft is None else str(peft), "layer": str(item.site if layer is None else layer),
+                   "pretrained": str(args.get("pretrained") or "smollm2"), "steering": settings,
+                   "model_dtype": str(lm.model.dtype).removeprefix("torch.")})
     return result

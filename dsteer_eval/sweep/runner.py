@@ -206,7 +206,7 @@ def plan_sweep(config: SweepConfig) -> Plan:
 def _ceiling(config: SweepConfig, kwargs: dict, layer, out: Path) -> dict:
     """The ceiling for relative alphas: --ceiling FILE, else OUT/ceiling.json of an earlier run, else (for
     --alphas auto) measured now on the probe prompts and written to OUT/ceiling.json."""
-    from dsteer_eval.sweep.ceiling import FORMAT, ceiling_for
+    from dsteer_eval.sweep.ceiling import FORMAT, ceiling_for, check_same_steering
 
     path = Path(config.ceiling) if config.ceiling else out / "ceiling.json"
     if path.is_file():
@@ -220,6 +220,7 @@ def _ceiling(config: SweepConfig, kwargs: dict, layer, out: Path) -> dict:
                              f"`dsteer-eval ceiling`") from None
         if str(data.get("layer")) != str(layer):
             raise ValueError(f"--ceiling {path} was measured at layer {data.get('layer')}, the sweep steers layer {layer}")
+        check_same_steering(data, kwargs, f"--ceiling {path}")
         return data
     if config.ceiling:
         raise FileNotFoundError(f"--ceiling {config.ceiling}: no such file")

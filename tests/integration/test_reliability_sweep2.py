@@ -209,3 +209,47 @@ def test_a_model_without_an_adapter_is_never_labelled_dpo(tmp_path):
     write_results(shipped / "b", "peft=none,layer=20,alpha=0", {"t": acc(0.3)})
     rows = md_cells(markdown(build_leaderboard([shipped])))
     assert "DPO (default) · unsteered (α=0)" in rows and "base (peft=none) · unsteered (α=0)" in rows
+
+
+# ------------------------------------------------------------------ the ceiling honours the steering settings
+def test_the_ceiling_steers_as_the_model_args_say_and_records_it(tiny_dir, tiny, tmp_path):
+    from test_tasks import write_vector
+
+    from dsteer_eval.sweep.ceiling import ceiling_for
+
+    vec = write_vector(tmp_path / "v.safetensors", tiny[0])
+    rule = {"start": 0.5, "steps": 2, "max_new_tokens": 4, "batch_size": 2}
+    prompts = ["Human: hi\n\nAssistant:", "Human: bread?\n\nAssistant:"]
+    plain = ceiling_for({"pretrained": tiny_dir, "vector": str(vec)}, 2, prompts, device="cpu", **rule)
+    unit = ceiling_for({"pretrained": tiny_dir, "vector": str(vec), "unit": "true", "dtype": "bfloat16"}, 2, prompts,
+                       device="cpu", **rule)
+    ablate = ceiling_for({"pretrained": tiny_dir, "vector": str(vec), "mode": "ablate"}, 2, prompts, device="cpu", **rule)
+    assert plain["vector_norm"] != pytest.approx(1.0) and unit["vector_norm"] == pytest.approx(1.0, abs=1e-6)
+    assert unit["steering"]["unit"] is True and unit["steering"]["dtype"] == "bfloat16"
+    assert unit["model_dtype"] == "bfloat16" and plain["model_dtype"] == "float32"
+    assert ablate["steering"]["mode"] == "ablate" and ablate["negative"]["grid"] == []
+    assert ablate["negative"]["skipped"] == "mode=ablate has no negative alpha" and ablate["positive"]["grid"]
+    for key in ("unit", "mode", "position", "norm_preserve", "control", "control_seed", "dtype"):
+        assert key in plain["steering"]
+
+
+def test_a_sweep_refuses_a_ceiling_measured_with_other_steering(tiny_dir, tiny, tmp_path):
+    from test_tasks import write_vector
+
+    from dsteer_eval.sweep import ceiling
+    from dsteer_eval.sweep.runner import SweepConfig, plan_sweep
+
+    vec = write_vector(tmp_path / "v.safetensors", tiny[0])
+    file = tmp_path / "ceiling.json"
+    steering = ceiling.steering_settings({"unit": "true"})
+    file.write_text(json.dumps({"format": ceiling.FORMAT, "layer": "2", "negative": {"ceiling": 4.0},
+                                "positive": {"ceiling": 0.5}, "steering": steering}))
+    cfg = dict(layers="2", tasks="dsteer_hh_mini", alphas="rel:-1,0,1", ceiling=str(file))
+    with pytest.raises(ValueError, match=r"other steering settings \(unit=True there, False here\)"):
+        plan_sweep(SweepConfig(model_args=f"pretrained={tiny_dir},vector={vec}", output=str(tmp_path / "a"), **cfg))
+    plan = plan_sweep(SweepConfig(model_args=f"pretrained={tiny_dir},vector={vec},unit=true", output=str(tmp_path / "b"),
+                                  **cfg))
+    assert plan.alphas == (-4.0, 0.0, 0.5)
+    with pytest.raises(ValueError, match=r"mode='add' there, 'ablate' here"):
+        plan_sweep(SweepConfig(model_args=f"pretrained={tiny_dir},vector={vec},unit=true,mode=ablate",
+                               output=str(tmp_path / "c"), **(cfg | {"alphas": "rel:0,1"})))

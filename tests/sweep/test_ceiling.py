@@ -13,7 +13,7 @@ from dsteer_eval.sweep import ceiling
 def test_ceiling_is_the_largest_strength_that_keeps_outputs_sound(monkeypatch):
     """Fake generations: the negative side loops from |α| = 2 on, the positive side's perplexity
     explodes from 1 on; the ceilings are 1 and 0.5, and the grid stops at the first failure."""
-    def generate(model, tok, prompts, interventions, max_new_tokens, batch_size):
+    def generate(model, tok, prompts, interventions, max_new_tokens, batch_size, **how):
         a = interventions[0].alpha if interventions else 0.0
         if a <= -2:
             return ["go go go go go go go go go go go go"] * len(prompts)
