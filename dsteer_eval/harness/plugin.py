@@ -30,6 +30,7 @@ from dsteer_eval.common.package_files import tasks_dir  # noqa: F401  (re-export
 OUR_TARGET = "dsteer_eval.harness.steered:SteeredLM"
 BUILTIN_TARGET = "lm_eval.models.hf_steered:SteeredModel"
 BUILTIN_ALIAS = "steered-builtin"
+OUR_ALIAS = "dsteer"  # the same model under a name lm-eval does not ship (registered by steered.py itself too)
 
 
 def _point_registry_at_us() -> None:
@@ -41,11 +42,13 @@ def _point_registry_at_us() -> None:
     if not where.startswith("dsteer_eval"):
         objs["steered"] = OUR_TARGET
     objs.setdefault(BUILTIN_ALIAS, BUILTIN_TARGET)
+    objs.setdefault(OUR_ALIAS, OUR_TARGET)
     models = sys.modules.get("lm_eval.models")
     mapping = getattr(models, "MODEL_MAPPING", None)
     if isinstance(mapping, dict):
         mapping["steered"] = OUR_TARGET
         mapping[BUILTIN_ALIAS] = BUILTIN_TARGET
+        mapping[OUR_ALIAS] = OUR_TARGET
 
 
 def _add_our_tasks_to_task_manager() -> None:

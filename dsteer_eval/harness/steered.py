@@ -80,7 +80,7 @@ def _check_steer_path(steer_path) -> Path:
     return path
 
 
-@register_model("steered")
+@register_model("steered", "dsteer")  # dsteer: our own name, through lm-eval's ordinary registry
 class SteeredLM(HFLM):
     """HFLM whose forward passes are steered by :func:`dsteer_eval.steering.hook.steer`."""
 

@@ -47,6 +47,24 @@ def test_lm_eval_registry_sees_our_model_and_builtin_alias():
     ]
 
 
+def test_the_dsteer_alias_works_with_the_hook_and_through_the_ordinary_registry_without_it():
+    """`dsteer` is our model under a name lm-eval does not ship: the start-up hook maps it lazily, and
+    without the hook (python -S: no .pth runs) importing the model module registers it the way lm-eval's
+    plugin guide describes (@register_model)."""
+    with_hook = run_py("from lm_eval.api.registry import get_model\n"
+                       "print(get_model('dsteer').__name__, get_model('dsteer') is get_model('steered'))")
+    assert with_hook.split() == ["SteeredLM", "True"]
+    site = next(p for p in sys.path if p.endswith("site-packages") and Path(p, "lm_eval").is_dir())
+    code = (f"import sys; sys.path.append({site!r}); sys.path.insert(0, {str(REPO)!r})\n"  # no .pth file runs
+            "import lm_eval.api.registry as registry\n"
+            "print(any(type(f).__name__ == '_LmEvalFinder' for f in sys.meta_path), 'dsteer' in registry.model_registry)\n"
+            "import dsteer_eval.harness.steered as steered\n"
+            "print(registry.get_model('dsteer') is steered.SteeredLM)")
+    without = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, check=True,
+                             env=ENV).stdout
+    assert without.split() == ["False", "False", "True"]
+
+
 def test_lm_eval_ls_lists_our_tasks_without_include_path():
     out = subprocess.run([str(BIN / "lm_eval"), "ls", "tasks"], capture_output=True, text=True, env=ENV, check=True).stdout
     assert "dsteer_hh_mini" in out
