@@ -108,12 +108,19 @@ def _vector_facts(vf) -> dict:
              "norms": {str(s): round(float(vf.vectors[s].float().norm()), 6) for s in sites}}
     facts.update({k: vf.metadata[k] for k in _VECTOR_KEYS if k in vf.metadata and k != "hidden_size"})
     if "conversion" in vf.metadata:
-        try:
-            record = json.loads(vf.metadata["conversion"])
-            facts["converted_from"] = f"{record.get('from')} ({record.get('from_format')}, sha256 {record.get('from_sha256')})"
-        except (json.JSONDecodeError, AttributeError):
-            facts["converted_from"] = vf.metadata["conversion"]
+        from dsteer_eval.vectors.convert import earlier_conversions
+
+        *earlier, last = earlier_conversions(vf.metadata)
+        facts["converted_from"] = _conversion_text(last)
+        if earlier:
+            facts["earlier_conversions"] = [_conversion_text(record) for record in earlier]
     return facts
+
+
+def _conversion_text(record) -> str:
+    if not isinstance(record, dict):
+        return str(record)
+    return f"{record.get('from')} ({record.get('from_format')}, sha256 {record.get('from_sha256')})"
 
 
 def _get(doc: dict, *keys):

@@ -3,7 +3,9 @@
 The layer numbering of every format is mapped through our hidden-state sites
 (:mod:`.layer_conventions`), the vectors are copied bit for bit (float32), and metadata goes where
 the target has room for it (safetensors metadata; ``dsteer.*`` GGUF keys; lm-eval entries). A
-``conversion`` record (source path, format and sha256, the command) is added.
+``conversion`` record (source path, format and sha256, the command) is added; the records of earlier
+conversions of the same vectors go into its ``previous`` list (oldest first), so a chain keeps them all.
+``--alpha`` (lm-eval's ``steering_coefficient``) is refused for every other target format.
 """
 
 from __future__ import annotations
@@ -40,6 +42,22 @@ def _select(vf: VectorFile, layers: list[int] | None) -> VectorFile:
     return VectorFile(vf.path, {s: vf.vectors[s] for s in layers}, dict(vf.metadata), vf.format)
 
 
+def earlier_conversions(metadata: dict) -> list:
+    """The conversion records already in ``metadata`` (``conversion`` and its ``previous``), oldest first:
+    a conversion of a converted file keeps them (an unreadable one is kept as its text)."""
+    if "conversion" not in metadata:
+        return []
+    try:
+        last = json.loads(metadata["conversion"])
+    except (TypeError, json.JSONDecodeError):
+        return [metadata["conversion"]]
+    if not isinstance(last, dict):
+        return [last]
+    last = dict(last)
+    previous = last.pop("previous", [])
+    return [*(previous if isinstance(previous, list) else [previous]), last]
+
+
 def convert(source, out, *, to: str | None = None, model=None, num_layers: int | None = None,
             alpha: float = 1.0, layers: list[int] | None = None, force: bool = False,
             command: str | None = None) -> Converted:
@@ -50,6 +68,7 @@ def convert(source, out, *, to: str | None = None, model=None, num_layers: int |
     if out.resolve() == source.resolve():
         raise VectorFileError(f"OUT={out} is the input file; write the conversion elsewhere")
     fmt = formats.format_for(out, to)
+    formats.check_alpha(fmt, alpha)  # before anything is read
     names, fingerprint = None, {}
     if model is not None:
         fingerprint = model_fingerprint(model)
@@ -63,11 +82,15 @@ def convert(source, out, *, to: str | None = None, model=None, num_layers: int |
         vf.metadata.setdefault(key, value)
     if num_layers is not None:
         vf.metadata.setdefault("num_layers", str(num_layers))
-    vf.metadata["conversion"] = json.dumps({
+    record = {
         "from": str(source), "from_format": vf.format, "from_sha256": sha256_file(source), "to_format": fmt,
         "steering_coefficient": alpha, "command": command or command_line(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }, sort_keys=True)
+    }
+    previous = earlier_conversions(vf.metadata)
+    if previous:
+        record["previous"] = previous
+    vf.metadata["conversion"] = json.dumps(record, sort_keys=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     formats.write_any(vf, out, fmt, num_layers=num_layers, names=names, alpha=alpha)
     return Converted(source, vf.format, out, fmt, sorted(vf.vectors))

@@ -80,14 +80,21 @@ def format_for(path: str | os.PathLike, to: str | None) -> str:
     return _BY_SUFFIX[suffix]
 
 
+def check_alpha(fmt: str, alpha: float) -> None:
+    """``--alpha`` is lm-eval's ``steering_coefficient``; every other format stores the vector itself,
+    so an alpha there would be ignored (or silently baked in): refused."""
+    if alpha != 1.0 and fmt != torch_dicts.LM_EVAL_FORMAT:
+        raise VectorFileError(f"--alpha applies to lm-eval .pt files only (their steering_coefficient); "
+                              f"{fmt} stores the vector itself: drop --alpha {alpha:g} and give alpha= when "
+                              f"steering, or convert to .pt")
+
+
 def write_any(vf: VectorFile, path: str | os.PathLike, fmt: str, *, num_layers: int | None = None,
               names: dict[int, str] | None = None, alpha: float = 1.0) -> Path:
     """Write ``vf`` in format ``fmt``; ``alpha`` is the lm-eval ``steering_coefficient``."""
+    check_alpha(fmt, alpha)
     if fmt == "safetensors":  # every metadata key is kept as it was (save_vectors' extras win)
         return save_vectors(path, vf.vectors, extra=dict(vf.metadata))
-    if alpha != 1.0 and fmt != torch_dicts.LM_EVAL_FORMAT:
-        raise VectorFileError(f"--alpha applies to lm-eval .pt files only (their steering_coefficient); "
-                              f"{fmt} stores the vector itself")
     if fmt == "gguf":
         return gguf_control.write_gguf(vf, path, num_layers=num_layers)
     if fmt == torch_dicts.LM_EVAL_FORMAT:
