@@ -227,7 +227,9 @@ def _cmd_winrate(args: argparse.Namespace) -> int:
     result = win_rate(build_judge(args.judge or judge_spec()), *answers, args.criterion)
     text = json.dumps(result.to_dict(), indent=2)
     if args.out:
-        Path(args.out).write_text(text + "\n", encoding="utf-8")
+        from dsteer_eval.output_folder import atomic_write_text
+
+        atomic_write_text(args.out, text + "\n")
     shown = "n/a" if result.win_rate is None else f"{result.win_rate:.3f}"
     err = "" if result.stderr is None else f" \u00b1 {result.stderr:.3f}"
     print(f"win-rate of A over B on {args.criterion}: {shown}{err} (n={result.n}, failed={result.n_failed}, "

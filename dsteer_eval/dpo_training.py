@@ -481,7 +481,7 @@ def train_dpo(
     from dsteer_eval import provenance
     from dsteer_eval.embedded import resolve_pretrained
     from dsteer_eval.model_parts import unwrap
-    from dsteer_eval.output_folder import check_free, check_writable, staged_folder
+    from dsteer_eval.output_folder import atomic_write_text, check_free, check_writable, staged_folder
     from dsteer_eval.preference_data import load_pairs
     from dsteer_eval.splits import check_part
 
@@ -524,7 +524,7 @@ def train_dpo(
         resume_from = _check_resumable(ckpt, run, resume, overwrite)
         if save_steps:
             ckpt.mkdir(parents=True, exist_ok=True)
-            (ckpt / RUN_NAME).write_text(json.dumps(run, indent=1) + "\n")
+            atomic_write_text(ckpt / RUN_NAME, json.dumps(run, indent=1) + "\n")
 
     with staged_folder(out) as tmp:
         trainer_dir = ckpt if save_steps else tmp / "trainer"

@@ -74,3 +74,69 @@ def test_a_conversion_chain_keeps_every_conversion_record(tmp_path, capsys):
     facts = json.loads(capsys.readouterr().out)["facts"]
     assert facts["converted_from"].startswith(f"{back} (safetensors, sha256 ")
     assert [c.split(" (")[0] for c in facts["earlier_conversions"]] == [src, str(pt)]
+
+
+# ------------------------------------------------------------------ 2: cards on a full disk
+@pytest.fixture
+def full_disk(monkeypatch):
+    """``fill()``: from then on every file write finds the disk full after open() truncated the file, as a
+    real ENOSPC does; ``monkeypatch.undo()`` frees it again."""
+    real_open = pathlib.Path.open
+
+    def no_space(self, data, *args, **kwargs):
+        with real_open(self, "wb"):
+            pass
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
+
+    def fill():
+        monkeypatch.setattr(pathlib.Path, "write_text", no_space)
+        monkeypatch.setattr(pathlib.Path, "write_bytes", no_space)
+
+    monkeypatch.fill = fill
+    return monkeypatch
+
+
+def _card(folder: Path) -> dict:
+    from dsteer_eval.dpo_training import CARD_FORMAT, CARD_NAME, DPOSettings
+    from dataclasses import asdict
+
+    folder.mkdir()
+    summary = {"pairs": 20, "reward_accuracy": 0.8, "reward_margin_mean": 1.0, "reward_margin_stderr": 0.1}
+    card = {"format": CARD_FORMAT, "kind": "lora", "hyperparameters": asdict(DPOSettings(beta=0.3)),
+            "metrics": {"eval": summary}, "gate": {"passed": True}, "steps_done": 7}
+    (folder / CARD_NAME).write_text(json.dumps(card, indent=1) + "\n")
+    return card
+
+
+def test_dpo_gate_write_card_on_a_full_disk_keeps_the_old_card(tmp_path, full_disk):
+    from dsteer_eval.dpo_gate import write_heldout
+
+    folder = tmp_path / "pair"
+    before = _card(folder)
+    measured = {"part": "eval", "pairs": 20, "summary": before["metrics"]["eval"], "by_kind": {}}
+    full_disk.fill()
+    with pytest.raises(OSError) as err:
+        write_heldout(folder, measured, "dsteer-eval dpo-gate pair --write-card")
+    assert err.value.errno == errno.ENOSPC
+    full_disk.undo()
+    assert json.loads((folder / "dpo_card.json").read_text()) == before  # parses, training record intact
+    assert sorted(p.name for p in folder.iterdir()) == ["dpo_card.json"]  # no temporary file left
+    written = write_heldout(folder, measured, "dsteer-eval dpo-gate pair --write-card")
+    assert json.loads((folder / "dpo_card.json").read_text()) == written and written["steps_done"] == 7
+
+
+def test_hparam_choice_record_on_a_full_disk_keeps_the_old_card(tmp_path, full_disk):
+    from dsteer_eval.hparam_choice import record
+
+    folder = tmp_path / "pair"
+    before = _card(folder)
+    sweep = tmp_path / "sweep.json"
+    sweep.write_text(json.dumps({"format": "dsteer-eval/dpo-hparam-sweep", "chosen": {
+        "beta": 0.3, "learning_rate": before["hyperparameters"]["learning_rate"]}, "points": []}))
+    full_disk.fill()
+    with pytest.raises(OSError, match="No space left on device"):
+        record(folder, sweep)
+    full_disk.undo()
+    assert json.loads((folder / "dpo_card.json").read_text()) == before
+    assert sorted(p.name for p in folder.iterdir()) == ["dpo_card.json"]
+    assert record(folder, sweep)["hparam_choice"]["chosen"]["beta"] == 0.3
