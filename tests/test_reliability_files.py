@@ -140,3 +140,48 @@ def test_hparam_choice_record_on_a_full_disk_keeps_the_old_card(tmp_path, full_d
     assert json.loads((folder / "dpo_card.json").read_text()) == before
     assert sorted(p.name for p in folder.iterdir()) == ["dpo_card.json"]
     assert record(folder, sweep)["hparam_choice"]["chosen"]["beta"] == 0.3
+
+
+# ------------------------------------------------------------------ 3: convert to GGUF by default
+def test_convert_the_shipped_vector_to_gguf_by_default(tmp_path, capsys):
+    out = tmp_path / "refusal.gguf"
+    assert main(["convert", str(SHIPPED), str(out)]) == 0
+    assert _gguf_tensors(out) == [f"direction.{k}" for k in range(1, 29)]  # sites 2..29
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == (f"{SHIPPED} (safetensors) -> {out} (gguf): sites "
+                          + ", ".join(map(str, range(2, 30))))
+    assert printed[1:] == [
+        "left out 3 site(s) that gguf cannot hold:",
+        "  site 0: site 0 (the embeddings) has no block-output number in a llama.cpp control vector",
+        "  site 1: site 1 (the output of decoder block 0) would be direction.0, which llama.cpp refuses (its "
+        "control vectors start at block 1); extract the vector at a later site",
+        "  site 30: site 30 is the final post-norm state; a llama.cpp control vector numbers block outputs, and "
+        "its last one (direction.29) is the raw output before the final norm, a different state. Extract the "
+        "vector at a site below 30 to export it",
+    ]
+    again = tmp_path / "range.gguf"
+    assert main(["convert", str(SHIPPED), str(again), "--layers", "2-29"]) == 0
+    assert "left out" not in capsys.readouterr().out
+    assert again.read_bytes().count(b"direction.") == out.read_bytes().count(b"direction.")
+    assert all(torch.equal(load_vectors(again).vectors[s], load_vectors(out).vectors[s]) for s in range(2, 30))
+
+
+def test_convert_layers_takes_ranges_and_names_every_site_it_cannot_hold(tmp_path, capsys):
+    src = _vectors(tmp_path / "v.safetensors")
+    assert main(["convert", src, str(tmp_path / "d.gguf")]) == 0
+    assert _gguf_tensors(tmp_path / "d.gguf") == ["direction.1", "direction.2"]
+    assert "left out 3 site(s) that gguf cannot hold:" in capsys.readouterr().out
+    mixed = tmp_path / "mixed.safetensors"
+    assert main(["convert", src, str(mixed), "--layers", "1-2;4;-2"]) == 0  # -2: site 3 of 0..4
+    assert sorted(load_vectors(mixed).vectors) == [1, 2, 3, 4]
+    assert main(["convert", src, str(tmp_path / "all.gguf"), "--layers", "0-4"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dsteer-eval convert: error: --layers 0-4: gguf cannot hold site(s) 0, 1, 4 (site 0: ")
+    assert err.endswith("; leave them out of --layers (without --layers every site it can hold is converted)\n")
+    for bad, why in (("3-1", "3-1 is an empty range"), ("2-", "'2-' is not a site"), ("2;2-3", "site 2 twice"),
+                     ("7", "has no site(s) [7]")):
+        assert main(["convert", src, str(tmp_path / "x.safetensors"), "--layers", bad]) == 2
+        assert why in capsys.readouterr().err, bad
+    only_final = _vectors(tmp_path / "final.safetensors", sites=(0, N_LAYERS))
+    assert main(["convert", only_final, str(tmp_path / "f.gguf")]) == 2
+    assert "gguf cannot hold any site of" in capsys.readouterr().err
