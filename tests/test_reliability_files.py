@@ -185,3 +185,17 @@ def test_convert_layers_takes_ranges_and_names_every_site_it_cannot_hold(tmp_pat
     only_final = _vectors(tmp_path / "final.safetensors", sites=(0, N_LAYERS))
     assert main(["convert", only_final, str(tmp_path / "f.gguf")]) == 2
     assert "gguf cannot hold any site of" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ 4a: float8
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
+def test_float8_vectors_are_checked_in_float32(tmp_path, dtype):
+    path = tmp_path / "f8.safetensors"
+    values = torch.tensor([0.5, -1.0, 2.0, 0.25])
+    save_file({"layer.2": values.to(dtype)}, str(path))
+    vf = load_vectors(path)
+    assert vf.vectors[2].dtype == torch.float32 and torch.equal(vf.vectors[2], values)
+    save_file({"layer.2": torch.tensor([1.0, float("nan"), 0.0, 0.0]).to(dtype)}, str(path))
+    with pytest.raises(VectorFileError, match=r"vector=.*f8.safetensors: vector for layer 2 contains NaN or inf "
+                                              r"\(1 NaN, 0 inf of 4 values\)"):
+        load_vectors(path)
