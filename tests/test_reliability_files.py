@@ -199,3 +199,38 @@ def test_float8_vectors_are_checked_in_float32(tmp_path, dtype):
     with pytest.raises(VectorFileError, match=r"vector=.*f8.safetensors: vector for layer 2 contains NaN or inf "
                                               r"\(1 NaN, 0 inf of 4 values\)"):
         load_vectors(path)
+
+
+# ------------------------------------------------------------------ 4b: malformed provenance
+@pytest.mark.parametrize("provenance, why", [
+    (["a", "list"], "the provenance record is not a dsteer-eval/provenance record"),
+    ("just a string", "the provenance record is not valid JSON"),
+    ({"git": "abc"}, "the provenance record's 'git' is a string, not an object or null"),
+    ({"git": {"commit": 5, "dirty": False}}, "the provenance record's 'git.commit' is a number, not a string"),
+    ({"data": "x.jsonl"}, "the provenance record's 'data' is a string, not a list of objects"),
+    ({"models": [1]}, "the provenance record's 'models' is a list holding a number, not a list of objects"),
+    ({"versions": ["torch"]}, "the provenance record's 'versions' is a list, not an object"),
+    ({"seeds": 3}, "the provenance record's 'seeds' is a number, not an object"),
+])
+def test_info_names_malformed_provenance_instead_of_crashing(tmp_path, capsys, provenance, why):
+    from dsteer_eval.provenance import SCHEMA
+
+    if isinstance(provenance, dict):
+        provenance = {"schema": SCHEMA, "schema_version": "1", "command": "x", **provenance}
+    path = tmp_path / "dpo_card.json"
+    path.write_text(json.dumps({"format": "dsteer-eval/dpo-card", "provenance": provenance}))
+    assert main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"provenance: unreadable ({why}" in out
+
+
+def test_info_reads_cards_and_sweeps_with_fields_of_the_wrong_type(tmp_path, capsys):
+    card = tmp_path / "dpo_card.json"
+    card.write_text(json.dumps({"format": "dsteer-eval/dpo-card", "heldout": ["not", "an", "object"],
+                                "data": "x", "hyperparameters": [1]}))
+    assert main(["info", str(card)]) == 0
+    assert "DPO card" in capsys.readouterr().out
+    sweep = tmp_path / "sweep.json"
+    sweep.write_text(json.dumps({"format": "dsteer-eval/sweep", "points": 3, "earlier_provenance": 1}))
+    assert main(["info", str(sweep)]) == 0
+    assert "sweep record" in capsys.readouterr().out
