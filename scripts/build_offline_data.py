@@ -22,6 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from dsteer_eval.common.output_folder import atomic_write_text  # noqa: E402
 from dsteer_eval.data.refusal_set import (  # noqa: E402
     HH_SOURCE, MAX_HH, MAX_TQA, REFUSALS, TQA_SOURCE, jsonl_text, mini_refusal_docs, offline_subsets,
 )
@@ -181,7 +182,7 @@ def main(argv=None) -> int:
                 differ.append(name)
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text, encoding="utf-8")
+            atomic_write_text(path, text)
             print(f"wrote {path} ({text.count(chr(10))} lines)")
     if differ:
         print("differs from a fresh build: " + ", ".join(differ), file=sys.stderr)

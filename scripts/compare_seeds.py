@@ -111,8 +111,10 @@ def main() -> int:
     result["inputs"] = {k: getattr(args, k) for k in ("card_a", "vector_a", "card_b", "vector_b")}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "seed_comparison.json").write_text(json.dumps(result, indent=1) + "\n")
-    (out / "seed_comparison.md").write_text(markdown(result, ("shipped", "second seed"), args.pair))
+    from dsteer_eval.common.output_folder import atomic_write_text
+
+    atomic_write_text(out / "seed_comparison.json", json.dumps(result, indent=1) + "\n")
+    atomic_write_text(out / "seed_comparison.md", markdown(result, ("shipped", "second seed"), args.pair))
     print(markdown(result, ("shipped", "second seed"), args.pair))
     return 0
 

@@ -109,8 +109,10 @@ def main(argv=None) -> int:
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "sweep.json").write_text(json.dumps(report, indent=1) + "\n")
-    (out / "sweep.md").write_text(markdown(report))
+    from dsteer_eval.common.output_folder import atomic_write_text
+
+    atomic_write_text(out / "sweep.json", json.dumps(report, indent=1) + "\n")
+    atomic_write_text(out / "sweep.md", markdown(report))
     print(markdown(report))
     return 0
 

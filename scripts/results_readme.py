@@ -186,7 +186,9 @@ def main() -> int:
             print(f"{target} is out of date: run python scripts/results_readme.py", file=sys.stderr)
             return 1
         return 0
-    target.write_text(text)
+    from dsteer_eval.common.output_folder import atomic_write_text
+
+    atomic_write_text(target, text)
     print(f"wrote {target}")
     return 0
 

@@ -85,7 +85,9 @@ def main() -> int:
                    "part": "vector", "position": "last prompt token"})
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "seed_noise.json").write_text(json.dumps(result, indent=1) + "\n")
+    from dsteer_eval.common.output_folder import atomic_write_text
+
+    atomic_write_text(out / "seed_noise.json", json.dumps(result, indent=1) + "\n")
     fmt = lambda s: f"{s['mean']:.3f} [{s['q025']:.3f}, {s['q975']:.3f}]"  # noqa: E731
     md = "\n".join([
         "# Seed effect vs sampling noise of v̄", "",
@@ -96,7 +98,7 @@ def main() -> int:
         f"| across seeds, other prompts (noise + seed) | {fmt(result['across_other'])} |",
         f"| across seeds, same prompts (seed) | {fmt(result['across_same'])} |", "",
         f"Full-sample cos(v̄₀, v̄₁) = {result['full_sample_cos']:.3f}. Verdict: **{result['verdict']}**", ""])
-    (out / "seed_noise.md").write_text(md)
+    atomic_write_text(out / "seed_noise.md", md)
     print(md)
     return 0
 

@@ -227,7 +227,9 @@ def _cmd_winrate(args: argparse.Namespace) -> int:
     result = win_rate(build_judge(args.judge or judge_spec()), *answers, args.criterion)
     text = json.dumps(result.to_dict(), indent=2)
     if args.out:
-        Path(args.out).write_text(text + "\n", encoding="utf-8")
+        from dsteer_eval.common.output_folder import atomic_write_text
+
+        atomic_write_text(args.out, text + "\n")
     shown = "n/a" if result.win_rate is None else f"{result.win_rate:.3f}"
     err = "" if result.stderr is None else f" \u00b1 {result.stderr:.3f}"
     print(f"win-rate of A over B on {args.criterion}: {shown}{err} (n={result.n}, failed={result.n_failed}, "
@@ -281,18 +283,16 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     from dsteer_eval.common.provenance import command_line
     from dsteer_eval.vectors.convert import convert
 
-    layers = None
-    if args.layers:
-        try:
-            layers = [int(x) for x in args.layers.replace(",", ";").split(";") if x.strip()]
-        except ValueError:
-            raise ValueError(f"--layers {args.layers}: expected site numbers such as 20 or 10;20") from None
     model = _model_skeleton(args.model) if args.model else None
     done = convert(args.input, args.output, to=args.to, model=model, num_layers=args.num_layers,
-                   alpha=args.alpha, layers=layers, force=args.force,
+                   alpha=args.alpha, layers=args.layers or None, force=args.force,
                    command=command_line(args._argv))
     print(f"{done.source} ({done.source_format}) -> {done.out} ({done.out_format}): sites "
           f"{', '.join(map(str, done.sites))}")
+    if done.left_out:
+        print(f"left out {len(done.left_out)} site(s) that {done.out_format} cannot hold:")
+        for site, why in sorted(done.left_out.items()):
+            print(f"  site {site}: {why}")
     return 0
 
 
@@ -707,7 +707,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the model's decoder-layer count, when neither the file nor --model gives it")
     p.add_argument("--alpha", type=float, default=1.0,
                    help="lm-eval .pt only: the steering_coefficient written (default 1)")
-    p.add_argument("--layers", default=None, help="convert only these sites (ours), e.g. 20 or 10;20")
+    p.add_argument("--layers", default=None,
+                   help="convert only these sites (ours): 20, 10;20, ranges 2-29, negative from the end, mixed "
+                   "2-5;10;-1 (default: every site the target can hold; the others are listed with the reason)")
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
     p.set_defaults(func=_cmd_convert)
     _add_train_dpo(verbs)

@@ -164,4 +164,45 @@ def read(value) -> dict | None:
             raise ValueError(f"the provenance record is not valid JSON ({exc})") from None
     if not isinstance(value, Mapping) or value.get("schema") != SCHEMA:
         raise ValueError(f"the provenance record is not a {SCHEMA} record")
+    wrong = _wrong_shape(value)
+    if wrong:
+        raise ValueError(f"the provenance record's {wrong}; it is not as dsteer-eval wrote it (edited, or made "
+                         f"by another tool): re-make the file to record its provenance again")
     return dict(value)
+
+
+def _kind(value) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true/false"
+    return {str: "a string", int: "a number", float: "a number", list: "a list", dict: "an object"}.get(
+        type(value), f"a {type(value).__name__}")
+
+
+def _wrong_shape(record: Mapping) -> str | None:
+    """What in ``record`` has the wrong type for the schema (module docstring), or None; absent fields are fine."""
+    def wrong(name, value, want):
+        return f"{name!r} is {_kind(value)}, not {want}"
+
+    for key in ("schema_version", "package_version", "python", "command", "created"):
+        if record.get(key) is not None and not isinstance(record[key], str):
+            return wrong(key, record[key], "a string")
+    git = record.get("git")
+    if git is not None and not isinstance(git, Mapping):
+        return wrong("git", git, "an object or null")
+    if git and git.get("commit") is not None and not isinstance(git["commit"], str):
+        return wrong("git.commit", git["commit"], "a string")
+    if git and git.get("dirty") is not None and not isinstance(git["dirty"], bool):
+        return wrong("git.dirty", git["dirty"], "true/false or null")
+    for key in ("versions", "seeds"):
+        if key in record and not isinstance(record[key], Mapping):
+            return wrong(key, record[key], "an object")
+    for key in ("data", "models"):
+        items = record.get(key, [])
+        if not isinstance(items, list):
+            return wrong(key, items, "a list of objects")
+        for item in items:
+            if not isinstance(item, Mapping):
+                return f"{key!r} is a list holding {_kind(item)}, not a list of objects"
+    return None

@@ -35,6 +35,7 @@ from collections import Counter
 from pathlib import Path
 
 from dsteer_eval.common.hashing import sha256_file
+from dsteer_eval.common.output_folder import atomic_write_bytes, atomic_write_text
 from dsteer_eval.data.splits import PARTS, SPLIT_SEED, normalise, part_of
 
 FORMAT = "dsteer-eval/refusal-pairs"
@@ -215,7 +216,7 @@ def write_jsonl_gz(path: Path, rows) -> None:
     with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as fh:
         for row in rows:
             fh.write((json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n").encode("utf-8"))
-    Path(path).write_bytes(raw.getvalue())
+    atomic_write_bytes(path, raw.getvalue())
 
 
 def build_refusal(hh, truthfulqa, out) -> dict:
@@ -245,7 +246,7 @@ def build_refusal(hh, truthfulqa, out) -> dict:
         "rules": rules(),
         "pairs_sha256": sha256_file(out / PAIRS_NAME),
     }
-    (out / CARD_NAME).write_text(json.dumps(card, indent=1) + "\n")
+    atomic_write_text(out / CARD_NAME, json.dumps(card, indent=1) + "\n")
     return card
 
 

@@ -108,18 +108,34 @@ def _vector_facts(vf) -> dict:
              "norms": {str(s): round(float(vf.vectors[s].float().norm()), 6) for s in sites}}
     facts.update({k: vf.metadata[k] for k in _VECTOR_KEYS if k in vf.metadata and k != "hidden_size"})
     if "conversion" in vf.metadata:
-        try:
-            record = json.loads(vf.metadata["conversion"])
-            facts["converted_from"] = f"{record.get('from')} ({record.get('from_format')}, sha256 {record.get('from_sha256')})"
-        except (json.JSONDecodeError, AttributeError):
-            facts["converted_from"] = vf.metadata["conversion"]
+        from dsteer_eval.vectors.convert import earlier_conversions
+
+        *earlier, last = earlier_conversions(vf.metadata)
+        facts["converted_from"] = _conversion_text(last)
+        if earlier:
+            facts["earlier_conversions"] = [_conversion_text(record) for record in earlier]
     return facts
+
+
+def _conversion_text(record) -> str:
+    if not isinstance(record, dict):
+        return str(record)
+    return f"{record.get('from')} ({record.get('from_format')}, sha256 {record.get('from_sha256')})"
 
 
 def _get(doc: dict, *keys):
     for key in keys:
         doc = doc.get(key) if isinstance(doc, dict) else None
     return doc
+
+
+def _object(value) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def _count(value) -> int | None:
+    """How many entries a list field holds (None: the field is not a list)."""
+    return len(value) if isinstance(value, list) else (0 if value is None else None)
 
 
 def _card_facts(card: dict) -> dict:
@@ -137,7 +153,7 @@ def _card_facts(card: dict) -> dict:
         "eval_reward_accuracy": _get(card, "metrics", "eval", "reward_accuracy"),
         "gate_passed": _get(card, "gate", "passed"),
         "heldout": {part: _get(entry, "provenance", "command") or _get(entry, "command")
-                    for part, entry in sorted((card.get("heldout") or {}).items())},
+                    for part, entry in sorted(_object(card.get("heldout")).items())},
         "created": card.get("created"),
         "recreate_command": card.get("command"),
     }
@@ -167,9 +183,9 @@ def _sweep_facts(sweep: dict) -> dict:
         "layers": sweep.get("layers"),
         "alphas": sweep.get("alphas"),
         "tasks": sweep.get("tasks"),
-        "points": len(sweep.get("points") or []),
+        "points": _count(sweep.get("points")),
         "limit": _get(sweep, "settings", "limit"),
-        "runs_resumed": len(sweep.get("earlier_provenance") or []),
+        "runs_resumed": _count(sweep.get("earlier_provenance")),
         "package_version": sweep.get("package_version"),
         "updated": sweep.get("updated"),
     }
@@ -214,9 +230,9 @@ def render_provenance(record: dict | None, error: str | None = None) -> list[str
     pairs = [("dsteer-eval", f"{record.get('package_version')}, {where}"), ("command", record.get("command")),
              ("created", record.get("created")), ("python", record.get("python")),
              ("libraries", {k: v for k, v in (record.get("versions") or {}).items() if v})]
-    pairs += [(f"data {d['role']}" if d.get("role") else "data", _data_text(d)) for d in record.get("data", [])]
+    pairs += [(f"data {d['role']}" if d.get("role") else "data", _data_text(d)) for d in record.get("data") or []]
     pairs += [(f"model {m.get('role')}", f"{m.get('path_or_id')}: {_text(m.get('fingerprint') or {})}")
-              for m in record.get("models", [])]
+              for m in record.get("models") or []]
     pairs.append(("seeds", record.get("seeds")))
     return ["provenance", *_lines(pairs)]
 

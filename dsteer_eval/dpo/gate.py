@@ -105,7 +105,9 @@ def write_heldout(adapter, measured: dict, command: str) -> dict:
         card.setdefault("gate_at_training", card.get("gate"))
         card["gate"] = {**gate(measured["summary"], measured["by_kind"]),
                         "measured_on": f"eval part, {measured['pairs']} pairs (dsteer-eval dpo-gate)"}
-    (Path(adapter) / CARD_NAME).write_text(json.dumps(card, indent=1) + "\n")
+    from dsteer_eval.common.output_folder import atomic_write_text
+
+    atomic_write_text(Path(adapter) / CARD_NAME, json.dumps(card, indent=1) + "\n")  # whole or not at all
     return card
 
 

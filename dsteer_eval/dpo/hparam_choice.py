@@ -66,5 +66,7 @@ def record(adapter, path, *, recorded_by: str | None = None) -> dict:
     if recorded_by:
         entry["recorded_by"] = recorded_by
     card["hparam_choice"] = entry
-    (Path(adapter) / CARD_NAME).write_text(json.dumps(card, indent=1) + "\n")
+    from dsteer_eval.common.output_folder import atomic_write_text
+
+    atomic_write_text(Path(adapter) / CARD_NAME, json.dumps(card, indent=1) + "\n")  # whole or not at all
     return card

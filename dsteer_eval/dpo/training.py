@@ -469,7 +469,7 @@ def train_dpo(
     from dsteer_eval.models.embedded import resolve_pretrained
     from dsteer_eval.models.identity import model_entry
     from dsteer_eval.steering.sites import unwrap
-    from dsteer_eval.common.output_folder import check_free, check_writable, staged_folder
+    from dsteer_eval.common.output_folder import atomic_write_text, check_free, check_writable, staged_folder
     from dsteer_eval.data.preference_pairs import load_pairs
     from dsteer_eval.data.splits import check_part
 
@@ -512,7 +512,7 @@ def train_dpo(
         resume_from = _check_resumable(ckpt, run, resume, overwrite)
         if save_steps:
             ckpt.mkdir(parents=True, exist_ok=True)
-            (ckpt / RUN_NAME).write_text(json.dumps(run, indent=1) + "\n")
+            atomic_write_text(ckpt / RUN_NAME, json.dumps(run, indent=1) + "\n")
 
     with staged_folder(out) as tmp:
         trainer_dir = ckpt if save_steps else tmp / "trainer"

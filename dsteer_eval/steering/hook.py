@@ -61,9 +61,11 @@ def check_finite(tensor: torch.Tensor, what: str) -> torch.Tensor:
     if not isinstance(tensor, torch.Tensor):
         raise NonFiniteError(f"{what} must be a tensor, got {type(tensor).__name__}")
     if tensor.is_floating_point() or tensor.is_complex():
-        bad = ~torch.isfinite(tensor)
+        # float8 (e4m3fn, e5m2, ...) has no isfinite/isnan kernels: checked in float32, which holds every value
+        values = tensor.float() if tensor.is_floating_point() and tensor.element_size() == 1 else tensor
+        bad = ~torch.isfinite(values)
         if bool(bad.any()):
-            n_nan = int(torch.isnan(tensor).sum())
+            n_nan = int(torch.isnan(values).sum())
             raise NonFiniteError(
                 f"{what} contains NaN or inf ({n_nan} NaN, {int(bad.sum()) - n_nan} inf of "
                 f"{tensor.numel()} values); it would make every log-likelihood meaningless"

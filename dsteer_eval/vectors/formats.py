@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from dsteer_eval.vectors import gguf_control, torch_dicts
-from dsteer_eval.vectors.layer_conventions import BLOCK_OUTPUT, site_of_block
+from dsteer_eval.vectors.layer_conventions import BLOCK_OUTPUT, block_of_site, site_of_block
 from dsteer_eval.vectors.safetensors_file import (
     VectorFile,
     VectorFileError,
@@ -90,14 +90,21 @@ def format_for(path: str | os.PathLike, to: str | None) -> str:
     return _BY_SUFFIX[suffix]
 
 
+def check_alpha(fmt: str, alpha: float) -> None:
+    """``--alpha`` is lm-eval's ``steering_coefficient``; every other format stores the vector itself,
+    so an alpha there would be ignored (or silently baked in): refused."""
+    if alpha != 1.0 and fmt != torch_dicts.LM_EVAL_FORMAT:
+        raise VectorFileError(f"--alpha applies to lm-eval .pt files only (their steering_coefficient); "
+                              f"{fmt} stores the vector itself: drop --alpha {alpha:g} and give alpha= when "
+                              f"steering, or convert to .pt")
+
+
 def write_any(vf: VectorFile, path: str | os.PathLike, fmt: str, *, num_layers: int | None = None,
               names: dict[int, str] | None = None, alpha: float = 1.0) -> Path:
     """Write ``vf`` in format ``fmt``; ``alpha`` is the lm-eval ``steering_coefficient``."""
+    check_alpha(fmt, alpha)
     if fmt == "safetensors":  # every metadata key is kept as it was (save_vectors' extras win)
         return save_vectors(path, vf.vectors, extra=dict(vf.metadata))
-    if alpha != 1.0 and fmt != torch_dicts.LM_EVAL_FORMAT:
-        raise VectorFileError(f"--alpha applies to lm-eval .pt files only (their steering_coefficient); "
-                              f"{fmt} stores the vector itself")
     if fmt == "gguf":
         return gguf_control.write_gguf(vf, path, num_layers=num_layers)
     if fmt == torch_dicts.LM_EVAL_FORMAT:
@@ -105,6 +112,26 @@ def write_any(vf: VectorFile, path: str | os.PathLike, fmt: str, *, num_layers: 
     if fmt == torch_dicts.DSTEER_AUTHORS_FORMAT:
         return torch_dicts.write_dsteer_authors_pt(vf, path, num_layers=num_layers)
     raise VectorFileError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+
+
+def sites_left_out(vf: VectorFile, fmt: str, num_layers: int | None = None) -> dict[int, str]:
+    """``{site: why}`` for every site of ``vf`` that ``fmt`` cannot hold: a block-numbered target (GGUF,
+    the D-STEER authors' .pt) has no slot for the embeddings or the final post-norm state, and llama.cpp
+    none for block 0. Empty for the other formats, and while the layer count is unknown (the writer
+    then asks for it)."""
+    n = num_layers if num_layers is not None else torch_dicts._int(vf.metadata.get("num_layers"))
+    if n is None or fmt not in ("gguf", torch_dicts.DSTEER_AUTHORS_FORMAT):
+        return {}
+    out = {}
+    for site in vf.vectors:
+        try:
+            if fmt == "gguf":
+                gguf_control.direction_of_site(site, n)
+            else:
+                block_of_site(site, n, target="the D-STEER authors' vectors.pt")
+        except ValueError as exc:
+            out[site] = str(exc)
+    return out
 
 
 def from_steering_vectors(obj, *, path: str = "<steering_vectors.SteeringVector>") -> VectorFile:

@@ -98,6 +98,16 @@ def read_gguf(path: str | os.PathLike, *, argument: str = "vector") -> VectorFil
     return VectorFile(path, dict(sorted(vectors.items())), metadata, format=FORMAT_NAME)
 
 
+def direction_of_site(site: int, num_layers: int | None) -> int:
+    """The ``direction.<k>`` of our ``site``, or a ValueError saying why a control vector cannot hold it
+    (the embeddings, block 0's output, the final post-norm state)."""
+    k = block_of_site(site, num_layers, target="a llama.cpp control vector")
+    if k == 0:
+        raise ValueError(f"site 1 (the output of decoder block 0) would be direction.0, which llama.cpp refuses "
+                         f"(its control vectors start at block 1); extract the vector at a later site")
+    return k
+
+
 def write_gguf(vf: VectorFile, path: str | os.PathLike, *, num_layers: int | None = None) -> Path:
     """Write ``vf`` as a llama.cpp control vector (atomically); sites it cannot hold are refused."""
     from gguf import GGUFWriter
@@ -106,14 +116,9 @@ def write_gguf(vf: VectorFile, path: str | os.PathLike, *, num_layers: int | Non
     directions = {}
     for site, vector in vf.vectors.items():
         try:
-            k = block_of_site(site, num_layers, target="a llama.cpp control vector")
+            k = direction_of_site(site, num_layers)
         except ValueError as exc:
             raise VectorFileError(f"{vf.path}: {exc}") from None
-        if k == 0:
-            raise VectorFileError(
-                f"{vf.path}: site 1 (the output of decoder block 0) would be direction.0, which llama.cpp "
-                f"refuses (its control vectors start at block 1); extract the vector at a later site"
-            )
         directions[k] = vector.detach().to("cpu", torch.float32).contiguous().numpy()
     path = Path(path)
     with atomic_file(path) as tmp:
