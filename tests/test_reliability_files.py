@@ -234,3 +234,39 @@ def test_info_reads_cards_and_sweeps_with_fields_of_the_wrong_type(tmp_path, cap
     sweep.write_text(json.dumps({"format": "dsteer-eval/sweep", "points": 3, "earlier_provenance": 1}))
     assert main(["info", str(sweep)]) == 0
     assert "sweep record" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ 4c: a GGUF that claims to be ours
+def _hostile_gguf(path, *, num_layers=None):
+    """direction.3 (the last block's raw output of a 4-layer model) with dsteer.* keys copied from one of ours."""
+    writer = gguf.GGUFWriter(str(path), "controlvector")
+    writer.add_string("controlvector.model_hint", "llama")
+    writer.add_uint32("controlvector.layer_count", 1)
+    writer.add_string("dsteer.format", "dsteer-eval/vectors")
+    if num_layers is not None:
+        writer.add_string("dsteer.num_layers", str(num_layers))
+    writer.add_tensor(f"direction.{N_LAYERS - 1}", np.ones(D, np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return str(path)
+
+
+def test_a_gguf_claiming_to_be_ours_gets_the_last_block_refusal(tiny, tmp_path, capsys):
+    model, _ = tiny
+    recorded = _hostile_gguf(tmp_path / "recorded.gguf", num_layers=N_LAYERS)
+    with pytest.raises(VectorFileError) as err:
+        load_vectors(recorded)
+    assert str(err.value) == (
+        f"vector={recorded}: direction.3 is the raw output of the last decoder block of a 4-layer model, before "
+        f"the final norm, which no dsteer-eval site is (dsteer-eval never writes it); drop it from the file")
+    unrecorded = _hostile_gguf(tmp_path / "unrecorded.gguf")
+    with pytest.raises(VectorFileError, match=r"unrecorded.gguf numbers layers by block output"):
+        check_compatible(load_vectors(unrecorded), model)
+    laundered = tmp_path / "laundered.safetensors"  # a conversion must not wash the numbering away
+    assert main(["convert", unrecorded, str(laundered), "--num-layers", str(N_LAYERS)]) == 2
+    assert "unrecorded.gguf numbers layers by block output" in capsys.readouterr().err
+    assert main(["convert", unrecorded, str(laundered)]) == 0
+    with pytest.raises(VectorFileError, match=r"laundered.safetensors numbers layers by block output"):
+        check_compatible(load_vectors(laundered), model)

@@ -261,20 +261,25 @@ def check_compatible(vf: VectorFile, model, *, argument: str = "vector") -> None
         )
     recorded = {k: vf.metadata[k] for k in _FINGERPRINT_KEYS if k in vf.metadata}
     mismatched = {k: (v, fp[k]) for k, v in recorded.items() if v != fp[k]}
-    n = int(fp["num_layers"])
-    if vf.metadata.get("source_layers") == BLOCK_OUTPUT and n in vf.vectors:
-        raise VectorFileError(
-            f"{argument}={vf.path} numbers layers by block output (llama.cpp / repeng / D-STEER .pt): its "
-            f"layer {n - 1} is the raw output of the last decoder block, before the final norm, which this "
-            f"model's site {n} (post-norm) is not. Drop that layer (`dsteer-eval convert --layers`) or "
-            f"extract a vector at site {n}"
-        )
+    check_block_output(vf, int(fp["num_layers"]), argument=argument)
     if mismatched:
         detail = "; ".join(f"{k}: file {a} vs model {b}" for k, (a, b) in mismatched.items())
         raise VectorFileError(
             f"{argument}={vf.path} was extracted from a different model "
             f"({vf.metadata.get('model_id', '?')}): {detail}. Extract a vector from this model "
             f"with `dsteer-eval extract`"
+        )
+
+
+def check_block_output(vf: VectorFile, n: int, *, argument: str = "vector") -> None:
+    """Refuse a block-numbered file (``source_layers=block_output``) holding the raw output of the last of
+    ``n`` decoder blocks: it would be read as site ``n``, the post-norm state, which it is not."""
+    if vf.metadata.get("source_layers") == BLOCK_OUTPUT and n in vf.vectors:
+        raise VectorFileError(
+            f"{argument}={vf.path} numbers layers by block output (llama.cpp / repeng / D-STEER .pt): its "
+            f"layer {n - 1} is the raw output of the last decoder block, before the final norm, which this "
+            f"model's site {n} (post-norm) is not. Drop that layer (`dsteer-eval convert --layers`) or "
+            f"extract a vector at site {n}"
         )
 
 
