@@ -270,3 +270,30 @@ def test_a_gguf_claiming_to_be_ours_gets_the_last_block_refusal(tiny, tmp_path, 
     assert main(["convert", unrecorded, str(laundered)]) == 0
     with pytest.raises(VectorFileError, match=r"laundered.safetensors numbers layers by block output"):
         check_compatible(load_vectors(laundered), model)
+
+
+# ------------------------------------------------------------------ 4d: negative or out-of-range keys
+def test_negative_and_out_of_range_sites_are_refused_when_read(tmp_path, capsys):
+    neg = tmp_path / "neg.safetensors"
+    save_file({"layer.-1": torch.ones(D), "layer.2": torch.ones(D)}, str(neg))
+    message = (f"vector={neg} holds a vector for site -1; sites count from 0 (0 = embeddings, n = post-norm): "
+               f"rename its key or entry to the site it steers")
+    with pytest.raises(VectorFileError) as err:
+        load_vectors(neg)
+    assert str(err.value) == message
+    with pytest.raises(VectorFileError) as err:
+        read_any(neg, argument="IN")
+    assert str(err.value) == message.replace("vector=", "IN=")
+    assert main(["info", str(neg)]) == 2
+    assert "holds a vector for site -1; sites count from 0" in capsys.readouterr().err
+    assert main(["convert", str(neg), str(tmp_path / "n.gguf"), "--num-layers", "4"]) == 2
+    assert f"IN={neg} holds a vector for site -1" in capsys.readouterr().err
+    high = tmp_path / "high.safetensors"
+    save_file({"layer.9": torch.ones(D)}, str(high), metadata={"num_layers": "4"})
+    with pytest.raises(VectorFileError, match=r"high.safetensors holds a vector for site 9, beyond the last site 4 "
+                                              r"of a 4-layer model \(num_layers in its metadata\)"):
+        load_vectors(high)
+    pt = tmp_path / "neg.pt"
+    torch.save({"layers.1": {"steering_vector": torch.ones(D), "action": "add", "dsteer_site": -1}}, pt)
+    with pytest.raises(VectorFileError, match=r"IN=.*neg.pt holds a vector for site -1"):
+        read_any(pt, argument="IN")

@@ -208,7 +208,7 @@ def load_vectors(path: str | os.PathLike, *, argument: str = "vector") -> Vector
     from dsteer_eval.vectors.gguf_control import is_gguf, read_gguf
 
     if is_gguf(path):
-        return read_gguf(path, argument=argument)
+        return check_sites(read_gguf(path, argument=argument), argument)
     _sniff(path, argument)
     try:
         with safe_open(str(path), framework="pt") as fh:
@@ -248,7 +248,23 @@ def load_vectors(path: str | os.PathLike, *, argument: str = "vector") -> Vector
     hidden = _int_metadata(metadata, "hidden_size", path, argument)
     if hidden is not None and hidden != next(iter(sizes))[0]:
         raise VectorFileError(f"{argument}={path}: metadata hidden_size disagrees with its tensors")
-    return VectorFile(path, {k: v.float() for k, v in sorted(vectors.items())}, metadata)
+    return check_sites(VectorFile(path, {k: v.float() for k, v in sorted(vectors.items())}, metadata), argument)
+
+
+def check_sites(vf: VectorFile, argument: str = "vector") -> VectorFile:
+    """Refuse sites no model has: negative ones (a ``layer.-1`` key, a ``dsteer_site`` of -1), and ones past
+    the post-norm site of the layer count the file records. Every reader calls it (:func:`load_vectors`,
+    :func:`dsteer_eval.vectors.formats.read_any`), so ``convert`` and ``info`` refuse what ``steered`` would."""
+    recorded = str(vf.metadata.get("num_layers", ""))
+    n = int(recorded) if recorded.isdigit() else None
+    for site in vf.vectors:
+        if site < 0:
+            raise VectorFileError(f"{argument}={vf.path} holds a vector for site {site}; sites count from 0 "
+                                  f"(0 = embeddings, n = post-norm): rename its key or entry to the site it steers")
+        if n is not None and site > n:
+            raise VectorFileError(f"{argument}={vf.path} holds a vector for site {site}, beyond the last site {n} of "
+                                  f"a {n}-layer model (num_layers in its metadata); drop it or correct num_layers")
+    return vf
 
 
 def check_compatible(vf: VectorFile, model, *, argument: str = "vector") -> None:
