@@ -297,3 +297,23 @@ def test_negative_and_out_of_range_sites_are_refused_when_read(tmp_path, capsys)
     torch.save({"layers.1": {"steering_vector": torch.ones(D), "action": "add", "dsteer_site": -1}}, pt)
     with pytest.raises(VectorFileError, match=r"IN=.*neg.pt holds a vector for site -1"):
         read_any(pt, argument="IN")
+
+
+# ------------------------------------------------------------------ 4e: resume with a changed flag
+def test_resume_names_the_changed_settings_only(tmp_path):
+    from dataclasses import asdict
+
+    from dsteer_eval.dpo_training import RUN_NAME, DPOSettings, _check_resumable
+
+    folder = tmp_path / "ckpt"
+    (folder / "checkpoint-2").mkdir(parents=True)
+    (folder / "checkpoint-2" / "trainer_state.json").write_text("{}")
+    run = {"settings": asdict(DPOSettings()), "data": "d.jsonl", "data_sha256": None, "save_steps": 2}
+    (folder / RUN_NAME).write_text(json.dumps(run))
+    assert _check_resumable(folder, run, True, False) == folder / "checkpoint-2"
+    changed = {**run, "settings": {**run["settings"], "beta": 0.5, "seed": 3}, "data": "other.jsonl"}
+    with pytest.raises(ValueError) as err:
+        _check_resumable(folder, changed, True, False)
+    assert str(err.value) == (f"cannot resume from {folder}: the run differs (data: 'd.jsonl' then, 'other.jsonl' "
+                              f"now; settings.beta: 0.1 then, 0.5 now; settings.seed: 0 then, 3 now); use the same "
+                              f"settings and data, or another --checkpoint-dir")
