@@ -317,3 +317,20 @@ def test_resume_names_the_changed_settings_only(tmp_path):
     assert str(err.value) == (f"cannot resume from {folder}: the run differs (data: 'd.jsonl' then, 'other.jsonl' "
                               f"now; settings.beta: 0.1 then, 0.5 now; settings.seed: 0 then, 3 now); use the same "
                               f"settings and data, or another --checkpoint-dir")
+
+
+# ------------------------------------------------------------------ 4f: control characters in info
+def test_info_escapes_control_characters_and_keeps_printable_unicode(tmp_path, capsys):
+    from dsteer_eval import provenance
+
+    record = provenance.collect(command="dsteer-eval extract \x1b]0;owned\x07 --out v")
+    path = tmp_path / "v.safetensors"
+    save_vectors(path, {2: torch.ones(D)}, model_id="Zürich ✓ \x1b[31mred\x1b[0m\u202e", method="dpo\rdiff",
+                 provenance=record, extra={"data": "a\x9bb"})
+    assert main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert not any(c in out for c in "\x1b\x07\r\x9b\u202e")
+    assert "  model_id         Zürich ✓ \\x1b[31mred\\x1b[0m\\u202e" in out.splitlines()
+    assert "  method           dpo\\rdiff" in out.splitlines()
+    assert "  data             a\\x9bb" in out.splitlines()
+    assert "  command          dsteer-eval extract \\x1b]0;owned\\x07 --out v" in out.splitlines()
