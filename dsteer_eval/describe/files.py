@@ -196,16 +196,23 @@ _TITLES = {"vectors": "steering vectors", "dpo-card": "DPO card (train-dpo)", "p
            "sweep": "sweep record"}
 
 
+def _printable(text) -> str:
+    """``text`` with control and format characters (terminal escape sequences, carriage returns, bidi
+    overrides) written as Python escapes (``\\x1b``); printable unicode is kept. Everything ``render``
+    prints goes through it: metadata is whatever the file's writer put there."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(text))
+
+
 def _text(value) -> str:
     if isinstance(value, dict):
-        return ", ".join(f"{k}: {_text(v)}" for k, v in value.items())
+        return ", ".join(f"{_printable(k)}: {_text(v)}" for k, v in value.items())
     if isinstance(value, (list, tuple)):
         return ", ".join(_text(v) for v in value)
-    return str(value)
+    return _printable(value)
 
 
 def _lines(pairs) -> list[str]:
-    return [f"  {label:16s} {_text(value)}" for label, value in pairs if value not in (None, "", [], {})]
+    return [f"  {_printable(label):16s} {_text(value)}" for label, value in pairs if value not in (None, "", [], {})]
 
 
 def _data_text(entry: dict) -> str:
@@ -220,7 +227,7 @@ def render_provenance(record: dict | None, error: str | None = None) -> list[str
     from dsteer_eval.common.provenance import SINCE
 
     if error:
-        return [f"provenance: unreadable ({error})"]
+        return [f"provenance: unreadable ({_printable(error)})"]
     if record is None:
         return [f"no provenance recorded (file made before dsteer-eval {SINCE} began recording provenance, "
                 f"or by another tool)"]
@@ -238,6 +245,6 @@ def render_provenance(record: dict | None, error: str | None = None) -> list[str
 
 
 def render(found: dict) -> str:
-    head = f"{found['path']}: {_TITLES.get(found['kind'], found['kind'])}"
+    head = _printable(f"{found['path']}: {_TITLES.get(found['kind'], found['kind'])}")
     return "\n".join([head, *_lines(found["facts"].items()),
                       *render_provenance(found["provenance"], found.get("provenance_error"))])

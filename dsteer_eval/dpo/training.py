@@ -416,10 +416,23 @@ def _check_resumable(folder: Path, run: dict, resume: bool, overwrite: bool) -> 
         ignored = {"save_steps"} | ({"data"} if before.get("data_sha256") and run.get("data_sha256") else set())
         changed = sorted(k for k in (set(before) | set(run)) - ignored if before.get(k) != run.get(k))
         if changed:
-            detail = "; ".join(f"{k}: {before.get(k)!r} then, {run.get(k)!r} now" for k in changed)
+            detail = "; ".join(f"{k}: {a!r} then, {b!r} now" for k, a, b in _differences(before, run, changed))
             raise ValueError(f"cannot resume from {folder}: the run differs ({detail}); "
                              f"use the same settings and data, or another --checkpoint-dir")
     return checkpoints[-1]
+
+
+def _differences(before: dict, now: dict, keys) -> list[tuple]:
+    """``(key, then, now)`` for each of ``keys``; two dicts (the settings) by their differing entries
+    (``settings.beta``), so a changed flag is named rather than the whole dict printed."""
+    out = []
+    for key in keys:
+        a, b = before.get(key), now.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += [(f"{key}.{k}", a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        else:
+            out.append((key, a, b))
+    return out
 
 
 def _versions() -> dict:

@@ -20,7 +20,13 @@ from dsteer_eval.common.hashing import sha256_file
 from dsteer_eval.common.provenance import command_line
 from dsteer_eval.vectors import formats
 from dsteer_eval.vectors.layer_conventions import hookpoint_names
-from dsteer_eval.vectors.safetensors_file import VectorFile, VectorFileError, check_compatible, model_fingerprint
+from dsteer_eval.vectors.safetensors_file import (
+    VectorFile,
+    VectorFileError,
+    check_block_output,
+    check_compatible,
+    model_fingerprint,
+)
 
 
 @dataclass
@@ -137,6 +143,7 @@ def convert(source, out, *, to: str | None = None, model=None, num_layers: int |
         vf.metadata.setdefault(key, value)
     if num_layers is not None:
         vf.metadata.setdefault("num_layers", str(num_layers))
+        check_block_output(vf, num_layers, argument="IN")  # a conversion must not relabel it as post-norm
     left_out = formats.sites_left_out(vf, fmt, num_layers)
     if left_out and layers is not None:
         raise VectorFileError(f"--layers {text or ';'.join(map(str, layers))}: {fmt} cannot hold site(s) "

@@ -24,6 +24,7 @@ from dsteer_eval.vectors.layer_conventions import BLOCK_OUTPUT, block_of_site, s
 from dsteer_eval.vectors.safetensors_file import (
     VectorFile,
     VectorFileError,
+    check_sites,
     looks_pickled,
     read_safetensors,
     save_vectors,
@@ -40,7 +41,7 @@ def load_vectors(path: str | os.PathLike, *, argument: str = "vector") -> Vector
     convert them with ``dsteer-eval convert``."""
     path = Path(path).expanduser()
     if path.is_file() and gguf_control.is_gguf(path):
-        return gguf_control.read_gguf(path, argument=argument)
+        return check_sites(gguf_control.read_gguf(path, argument=argument), argument)
     return read_safetensors(path, argument=argument)
 
 
@@ -71,10 +72,12 @@ def read_any(path: str | os.PathLike, *, argument: str = "vector", num_layers: i
     """Read a vector file of any known format; ``num_layers``/``names`` resolve lm-eval hookpoints."""
     fmt = detect(path, argument=argument)
     if fmt == torch_dicts.LM_EVAL_FORMAT:
-        return torch_dicts.read_lm_eval_pt(path, argument=argument, num_layers=num_layers, names=names)
-    if fmt == torch_dicts.DSTEER_AUTHORS_FORMAT:
-        return torch_dicts.read_dsteer_authors_pt(path, argument=argument)
-    return load_vectors(path, argument=argument)
+        vf = torch_dicts.read_lm_eval_pt(path, argument=argument, num_layers=num_layers, names=names)
+    elif fmt == torch_dicts.DSTEER_AUTHORS_FORMAT:
+        vf = torch_dicts.read_dsteer_authors_pt(path, argument=argument)
+    else:
+        vf = load_vectors(path, argument=argument)
+    return check_sites(vf, argument)  # one rule for every format: no negative site, none past the last
 
 
 def format_for(path: str | os.PathLike, to: str | None) -> str:

@@ -92,7 +92,18 @@ def read_gguf(path: str | os.PathLike, *, argument: str = "vector") -> VectorFil
     if hint and "model_type" not in metadata and hint != "unknown":
         metadata["model_type"] = hint  # checked against the model by check_compatible
     metadata.setdefault("hidden_size", str(next(iter(vectors.values())).shape[0]))
-    if metadata.get("format") != FORMAT:  # written elsewhere: say where its numbers came from
+    recorded = metadata.get("num_layers", "")
+    n = int(recorded) if recorded.isdigit() else None
+    for site in vectors if n is not None else ():  # ours never hold these: dsteer.* keys may be copied
+        if site == n:
+            raise VectorFileError(
+                f"{argument}={path}: direction.{site - 1} is the raw output of the last decoder block of a {n}-layer "
+                f"model, before the final norm, which no dsteer-eval site is (dsteer-eval never writes it); drop it "
+                f"from the file")
+        if site > n:
+            raise VectorFileError(f"{argument}={path}: direction.{site - 1} is beyond the last block (direction."
+                                  f"{n - 1}) of the {n}-layer model its dsteer.num_layers names; drop it from the file")
+    if metadata.get("format") != FORMAT or n is None:  # not (provably) ours: say where its numbers came from
         metadata["source_format"] = FORMAT_NAME
         metadata["source_layers"] = BLOCK_OUTPUT
     return VectorFile(path, dict(sorted(vectors.items())), metadata, format=FORMAT_NAME)

@@ -245,7 +245,23 @@ def read_safetensors(path: str | os.PathLike, *, argument: str = "vector") -> Ve
     hidden = _int_metadata(metadata, "hidden_size", path, argument)
     if hidden is not None and hidden != next(iter(sizes))[0]:
         raise VectorFileError(f"{argument}={path}: metadata hidden_size disagrees with its tensors")
-    return VectorFile(path, {k: v.float() for k, v in sorted(vectors.items())}, metadata)
+    return check_sites(VectorFile(path, {k: v.float() for k, v in sorted(vectors.items())}, metadata), argument)
+
+
+def check_sites(vf: VectorFile, argument: str = "vector") -> VectorFile:
+    """Refuse sites no model has: negative ones (a ``layer.-1`` key, a ``dsteer_site`` of -1), and ones past
+    the post-norm site of the layer count the file records. Every reader calls it (:func:`load_vectors`,
+    :func:`dsteer_eval.vectors.formats.read_any`), so ``convert`` and ``info`` refuse what ``steered`` would."""
+    recorded = str(vf.metadata.get("num_layers", ""))
+    n = int(recorded) if recorded.isdigit() else None
+    for site in vf.vectors:
+        if site < 0:
+            raise VectorFileError(f"{argument}={vf.path} holds a vector for site {site}; sites count from 0 "
+                                  f"(0 = embeddings, n = post-norm): rename its key or entry to the site it steers")
+        if n is not None and site > n:
+            raise VectorFileError(f"{argument}={vf.path} holds a vector for site {site}, beyond the last site {n} of "
+                                  f"a {n}-layer model (num_layers in its metadata); drop it or correct num_layers")
+    return vf
 
 
 def check_compatible(vf: VectorFile, model, *, argument: str = "vector") -> None:
@@ -258,20 +274,25 @@ def check_compatible(vf: VectorFile, model, *, argument: str = "vector") -> None
         )
     recorded = {k: vf.metadata[k] for k in _FINGERPRINT_KEYS if k in vf.metadata}
     mismatched = {k: (v, fp[k]) for k, v in recorded.items() if v != fp[k]}
-    n = int(fp["num_layers"])
-    if vf.metadata.get("source_layers") == BLOCK_OUTPUT and n in vf.vectors:
-        raise VectorFileError(
-            f"{argument}={vf.path} numbers layers by block output (llama.cpp / repeng / D-STEER .pt): its "
-            f"layer {n - 1} is the raw output of the last decoder block, before the final norm, which this "
-            f"model's site {n} (post-norm) is not. Drop that layer (`dsteer-eval convert --layers`) or "
-            f"extract a vector at site {n}"
-        )
+    check_block_output(vf, int(fp["num_layers"]), argument=argument)
     if mismatched:
         detail = "; ".join(f"{k}: file {a} vs model {b}" for k, (a, b) in mismatched.items())
         raise VectorFileError(
             f"{argument}={vf.path} was extracted from a different model "
             f"({vf.metadata.get('model_id', '?')}): {detail}. Extract a vector from this model "
             f"with `dsteer-eval extract`"
+        )
+
+
+def check_block_output(vf: VectorFile, n: int, *, argument: str = "vector") -> None:
+    """Refuse a block-numbered file (``source_layers=block_output``) holding the raw output of the last of
+    ``n`` decoder blocks: it would be read as site ``n``, the post-norm state, which it is not."""
+    if vf.metadata.get("source_layers") == BLOCK_OUTPUT and n in vf.vectors:
+        raise VectorFileError(
+            f"{argument}={vf.path} numbers layers by block output (llama.cpp / repeng / D-STEER .pt): its "
+            f"layer {n - 1} is the raw output of the last decoder block, before the final norm, which this "
+            f"model's site {n} (post-norm) is not. Drop that layer (`dsteer-eval convert --layers`) or "
+            f"extract a vector at site {n}"
         )
 
 

@@ -234,3 +234,103 @@ def test_info_reads_cards_and_sweeps_with_fields_of_the_wrong_type(tmp_path, cap
     sweep.write_text(json.dumps({"format": "dsteer-eval/sweep", "points": 3, "earlier_provenance": 1}))
     assert main(["info", str(sweep)]) == 0
     assert "sweep record" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ 4c: a GGUF that claims to be ours
+def _hostile_gguf(path, *, num_layers=None):
+    """direction.3 (the last block's raw output of a 4-layer model) with dsteer.* keys copied from one of ours."""
+    writer = gguf.GGUFWriter(str(path), "controlvector")
+    writer.add_string("controlvector.model_hint", "llama")
+    writer.add_uint32("controlvector.layer_count", 1)
+    writer.add_string("dsteer.format", "dsteer-eval/vectors")
+    if num_layers is not None:
+        writer.add_string("dsteer.num_layers", str(num_layers))
+    writer.add_tensor(f"direction.{N_LAYERS - 1}", np.ones(D, np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return str(path)
+
+
+def test_a_gguf_claiming_to_be_ours_gets_the_last_block_refusal(tiny, tmp_path, capsys):
+    model, _ = tiny
+    recorded = _hostile_gguf(tmp_path / "recorded.gguf", num_layers=N_LAYERS)
+    with pytest.raises(VectorFileError) as err:
+        load_vectors(recorded)
+    assert str(err.value) == (
+        f"vector={recorded}: direction.3 is the raw output of the last decoder block of a 4-layer model, before "
+        f"the final norm, which no dsteer-eval site is (dsteer-eval never writes it); drop it from the file")
+    unrecorded = _hostile_gguf(tmp_path / "unrecorded.gguf")
+    with pytest.raises(VectorFileError, match=r"unrecorded.gguf numbers layers by block output"):
+        check_compatible(load_vectors(unrecorded), model)
+    laundered = tmp_path / "laundered.safetensors"  # a conversion must not wash the numbering away
+    assert main(["convert", unrecorded, str(laundered), "--num-layers", str(N_LAYERS)]) == 2
+    assert "unrecorded.gguf numbers layers by block output" in capsys.readouterr().err
+    assert main(["convert", unrecorded, str(laundered)]) == 0
+    with pytest.raises(VectorFileError, match=r"laundered.safetensors numbers layers by block output"):
+        check_compatible(load_vectors(laundered), model)
+
+
+# ------------------------------------------------------------------ 4d: negative or out-of-range keys
+def test_negative_and_out_of_range_sites_are_refused_when_read(tmp_path, capsys):
+    neg = tmp_path / "neg.safetensors"
+    save_file({"layer.-1": torch.ones(D), "layer.2": torch.ones(D)}, str(neg))
+    message = (f"vector={neg} holds a vector for site -1; sites count from 0 (0 = embeddings, n = post-norm): "
+               f"rename its key or entry to the site it steers")
+    with pytest.raises(VectorFileError) as err:
+        load_vectors(neg)
+    assert str(err.value) == message
+    with pytest.raises(VectorFileError) as err:
+        read_any(neg, argument="IN")
+    assert str(err.value) == message.replace("vector=", "IN=")
+    assert main(["info", str(neg)]) == 2
+    assert "holds a vector for site -1; sites count from 0" in capsys.readouterr().err
+    assert main(["convert", str(neg), str(tmp_path / "n.gguf"), "--num-layers", "4"]) == 2
+    assert f"IN={neg} holds a vector for site -1" in capsys.readouterr().err
+    high = tmp_path / "high.safetensors"
+    save_file({"layer.9": torch.ones(D)}, str(high), metadata={"num_layers": "4"})
+    with pytest.raises(VectorFileError, match=r"high.safetensors holds a vector for site 9, beyond the last site 4 "
+                                              r"of a 4-layer model \(num_layers in its metadata\)"):
+        load_vectors(high)
+    pt = tmp_path / "neg.pt"
+    torch.save({"layers.1": {"steering_vector": torch.ones(D), "action": "add", "dsteer_site": -1}}, pt)
+    with pytest.raises(VectorFileError, match=r"IN=.*neg.pt holds a vector for site -1"):
+        read_any(pt, argument="IN")
+
+
+# ------------------------------------------------------------------ 4e: resume with a changed flag
+def test_resume_names_the_changed_settings_only(tmp_path):
+    from dataclasses import asdict
+
+    from dsteer_eval.dpo.training import RUN_NAME, DPOSettings, _check_resumable
+
+    folder = tmp_path / "ckpt"
+    (folder / "checkpoint-2").mkdir(parents=True)
+    (folder / "checkpoint-2" / "trainer_state.json").write_text("{}")
+    run = {"settings": asdict(DPOSettings()), "data": "d.jsonl", "data_sha256": None, "save_steps": 2}
+    (folder / RUN_NAME).write_text(json.dumps(run))
+    assert _check_resumable(folder, run, True, False) == folder / "checkpoint-2"
+    changed = {**run, "settings": {**run["settings"], "beta": 0.5, "seed": 3}, "data": "other.jsonl"}
+    with pytest.raises(ValueError) as err:
+        _check_resumable(folder, changed, True, False)
+    assert str(err.value) == (f"cannot resume from {folder}: the run differs (data: 'd.jsonl' then, 'other.jsonl' "
+                              f"now; settings.beta: 0.1 then, 0.5 now; settings.seed: 0 then, 3 now); use the same "
+                              f"settings and data, or another --checkpoint-dir")
+
+
+# ------------------------------------------------------------------ 4f: control characters in info
+def test_info_escapes_control_characters_and_keeps_printable_unicode(tmp_path, capsys):
+    from dsteer_eval.common import provenance
+
+    record = provenance.collect(command="dsteer-eval extract \x1b]0;owned\x07 --out v")
+    path = tmp_path / "v.safetensors"
+    save_vectors(path, {2: torch.ones(D)}, model_id="Zürich ✓ \x1b[31mred\x1b[0m\u202e", method="dpo\rdiff",
+                 provenance=record, extra={"data": "a\x9bb"})
+    assert main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert not any(c in out for c in "\x1b\x07\r\x9b\u202e")
+    assert "  model_id         Zürich ✓ \\x1b[31mred\\x1b[0m\\u202e" in out.splitlines()
+    assert "  method           dpo\\rdiff" in out.splitlines()
+    assert "  data             a\\x9bb" in out.splitlines()
+    assert "  command          dsteer-eval extract \\x1b]0;owned\\x07 --out v" in out.splitlines()
