@@ -316,7 +316,7 @@ def test_resume_refuses_changed_model_adapter_or_judge_files_at_the_same_path(
     cfg = config(tiny_dir, vec, tmp_path / "out", model_args=f"pretrained={model},peft={adapter},vector={vec}")
     _plan_and_record(cfg)
     contents = json.loads((tmp_path / "out" / "sweep.json").read_text())["settings"]["contents"]
-    assert set(contents) == {"pretrained=", "peft=", "judge"}
+    assert set(contents) == {"pretrained=", "peft=", "judge", "task dsteer_hh_mini"}  # task: its YAML, template, data
 
     # a copy put back at the same path and newer mtimes are no change
     shutil.copytree(model, tmp_path / "model_copy")
