@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from dsteer_eval.dpo.rewards import pair_kind, reward_summary, rewards_by_kind  # noqa: F401  (re-exported)
+from dsteer_eval.models.defaults import model_name
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ def evaluate_adapter(adapter, data, *, part: str = "eval", eval_size: int | None
     summary = reward_summary(chosen, rejected)
     record = provenance.collect(
         data=[data], seeds={"seed": settings.seed}, command=command,
-        models=[model_entry("base", pretrained or "smollm2", model=base),
+        models=[model_entry("base", model_name(pretrained), model=base),
                 model_entry("adapter", adapter)])
     return {"part": part, "pairs": len(pairs), **info, "summary": summary,
             "by_kind": rewards_by_kind(chosen, rejected, pairs),

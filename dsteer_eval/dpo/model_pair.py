@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from dsteer_eval.models.defaults import model_name
 from dsteer_eval.steering.sites import resolve_parts
 
 
@@ -84,12 +85,12 @@ class ModelPair:
             except RuntimeError as exc:  # size mismatches: an adapter of another model
                 first = str(exc).strip().splitlines()[0][:300]
                 raise ModelPairError(f"adapter={adapter} does not fit the base model {base_path}: {first}") from None
-            return cls(model, None, tokenizer, str(base or "smollm2"), str(adapter))
+            return cls(model, None, tokenizer, model_name(base), str(adapter))
         dpo_path = resolve_pretrained(dpo)
         check_same_tokenizer(tokenizer, AutoTokenizer.from_pretrained(dpo_path), str(base_path), str(dpo_path))
         other = AutoModelForCausalLM.from_pretrained(dpo_path, dtype=dtype).to(device).eval()
         check_same_architecture(model, other, str(base_path), str(dpo_path))
-        return cls(model, other, tokenizer, str(base or "smollm2"), str(dpo))
+        return cls(model, other, tokenizer, model_name(base), str(dpo))
 
 
 def _looks_local(value) -> bool:

@@ -56,6 +56,7 @@ from pathlib import Path
 import torch
 
 from dsteer_eval.dpo.rewards import reward_summary, rewards_by_kind  # noqa: F401  (reward_summary re-exported)
+from dsteer_eval.models.defaults import model_name
 
 CARD_NAME = "dpo_card.json"
 CARD_FORMAT = "dsteer-eval/dpo-card"
@@ -512,7 +513,7 @@ def train_dpo(
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device)
-    base_entry = model_entry("base", pretrained or "smollm2", model=model)  # before LoRA wraps it
+    base_entry = model_entry("base", model_name(pretrained), model=model)  # before LoRA wraps it
     data_entry = provenance.data_entry(data)
     train_pairs, eval_pairs, split_info = split_pairs(pairs, tokenizer, settings, part=part,
                                                       limit=limit if part else None, eval_part=eval_part)
@@ -573,7 +574,7 @@ def train_dpo(
             "format": CARD_FORMAT,
             "format_version": "1",
             "kind": "full" if settings.full else "lora",
-            "base_model": str(pretrained or "smollm2"),
+            "base_model": model_name(pretrained),
             "base_model_path": str(path),
             "data": data_record,
             "hyperparameters": asdict(settings),

@@ -38,14 +38,8 @@ from lm_eval.models.huggingface import HFLM
 
 from dsteer_eval.harness import plugin as lm_eval_plugin
 from dsteer_eval.common.redaction import register_model_args
-from dsteer_eval.models.embedded import (
-    DEFAULT_MODEL,
-    check_pair,
-    default_adapter,
-    default_vector,
-    is_embedded_name,
-    resolve_pretrained,
-)
+from dsteer_eval.models.defaults import NoDefaultVectorError, model_name, resolve_default_pair  # noqa: F401 (re-export)
+from dsteer_eval.models.embedded import resolve_pretrained
 from dsteer_eval.metrics.reference_models import register_active
 from dsteer_eval.steering.sites import resolve_parts
 from dsteer_eval.steering.args import SteerArgs, parse_bool, resolve_sites
@@ -58,10 +52,6 @@ lm_eval_plugin.register()  # no-op when the .pth hook already ran
 
 
 _CACHE_NEUTRAL = ("batch_size", "max_batch_size")  # model_args that never change a number
-
-
-class NoDefaultVectorError(ValueError):
-    pass
 
 
 class NonFiniteStateError(NonFiniteError):
@@ -125,12 +115,10 @@ class SteeredLM(HFLM):
             builtin_path = _check_steer_path(steer_path)
             builtin = self._read_builtin(builtin_path)
         else:
-            if vector is None:
-                vector = self._default_vector_for(pretrained, pair)
-                if "peft" not in kwargs:  # the shipped vector belongs to the shipped DPO model
-                    kwargs["peft"] = self._default_adapter_for(pretrained, pair)
-            elif pair is not None:
-                raise ValueError("pair= picks a shipped base/DPO pair; with vector= give peft= yourself")
+            chosen = resolve_default_pair(pretrained, pair=pair, vector=vector, peft=kwargs.get("peft"))
+            vector = chosen.vector
+            if chosen.peft is not None:
+                kwargs["peft"] = chosen.peft
             vector_file = load_vectors(vector, argument="vector")
         # named by NonFiniteStateError (see _args_label; a sweep re-points layer/alpha/control); defaults (shipped
         # vector, adapter) filled in
@@ -183,7 +171,7 @@ class SteeredLM(HFLM):
         self._pending_rows: deque | None = None
         self._sizing_batch = False
         peft_label = f"+peft:{kwargs['peft']}" if kwargs.get("peft") else ""
-        self.pretrained_label = f"{pretrained or 'smollm2'}{peft_label}"
+        self.pretrained_label = f"{model_name(pretrained)}{peft_label}"
         register_active(self)  # the fidelity task scores perplexity under this model, unsteered
         log.info(
             "steered: %s",
@@ -192,38 +180,6 @@ class SteeredLM(HFLM):
         )
 
     # ------------------------------------------------------------------ setup
-    @staticmethod
-    def _shipped(pretrained, find, missing: str, pair=None) -> str:
-        """The artefact ``find(name, pair)`` ships for an embedded model, or NoDefaultVectorError(missing)."""
-        name = DEFAULT_MODEL if pretrained is None else str(pretrained).strip().lower()
-        shipped = find(name, pair)
-        if shipped is None:
-            raise NoDefaultVectorError(missing.format(name=name))
-        return str(shipped)
-
-    @classmethod
-    def _default_adapter_for(cls, pretrained, pair=None) -> str:
-        return cls._shipped(
-            pretrained, default_adapter,
-            "dsteer-eval ships a vector but no DPO adapter for '{name}' (a broken install?); "
-            "reinstall dsteer-eval, or pass peft=none to steer the base model", pair,
-        )
-
-    @classmethod
-    def _default_vector_for(cls, pretrained, pair=None) -> str:
-        if pretrained is None or is_embedded_name(pretrained):
-            return cls._shipped(
-                pretrained, default_vector,
-                "no vector= given, and this install does not ship the steering vector of pair "
-                f"{check_pair(pair)!r} for the embedded model '{{name}}' (dsteer_eval/artifacts/{{name}}/; "
-                "scripts/refusal_pipeline.sh and scripts/dsteer_pipeline.sh re-create them). "
-                "Pass vector=PATH.safetensors and layer=L", pair,
-            )
-        raise ValueError(
-            f"vector= is required for pretrained={pretrained}: pass a .safetensors file from "
-            f"`dsteer-eval extract` (or steer_path= for lm-eval's built-in .pt format)"
-        )
-
     def _build_interventions(self, vf: VectorFile, args: SteerArgs) -> list[Intervention]:
         check_compatible(vf, self.model, argument="vector")
         layers = args.layers
@@ -358,7 +314,7 @@ class SteeredLM(HFLM):
             from dsteer_eval.models.identity import content
 
             ident = self._cache_identity
-            files = {"pretrained": content(ident["pretrained"] or "smollm2")["sha256"]}
+            files = {"pretrained": content(model_name(ident["pretrained"]))["sha256"]}
             if ident["peft"] is not None:
                 files["peft"] = content(ident["peft"])["sha256"]
             if ident["steer_path"] is not None:

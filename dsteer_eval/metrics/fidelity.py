@@ -21,6 +21,7 @@ from functools import lru_cache
 import torch
 
 from dsteer_eval.dpo.extract import pad_batch
+from dsteer_eval.models.embedded import DEFAULT_MODEL
 
 ENV_REFERENCE = "DSTEER_REFERENCE_MODEL"
 
@@ -34,7 +35,7 @@ def reference_model():
         lm = active_steered()
         if lm is not None:
             return lm.model, lm.tokenizer, f"unsteered:{getattr(lm, 'pretrained_label', 'steered model')}"
-    loaded = load_scoring_model(spec or "smollm2")
+    loaded = load_scoring_model(spec or DEFAULT_MODEL)
     return loaded.model, loaded.tokenizer, loaded.label
 
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from dsteer_eval.common import redaction
+from dsteer_eval.models.embedded import DEFAULT_MODEL
 
 log = logging.getLogger("dsteer_eval.geval")
 
@@ -281,7 +282,7 @@ class OpenAIJudge(_Judge):
 
 
 def judge_spec() -> str:
-    return os.environ.get(ENV_JUDGE, "").strip() or "smollm2"
+    return os.environ.get(ENV_JUDGE, "").strip() or DEFAULT_MODEL
 
 
 @lru_cache(maxsize=None)

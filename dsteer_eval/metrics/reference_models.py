@@ -16,6 +16,9 @@ import weakref
 from dataclasses import dataclass
 from functools import lru_cache
 
+from dsteer_eval.models.embedded import DEFAULT_MODEL, is_embedded_name
+from dsteer_eval.models.loading import load_model
+
 _ACTIVE: list = []
 
 
@@ -42,12 +45,9 @@ def _strip(spec: str) -> str:
 
 
 @lru_cache(maxsize=None)
-def load_scoring_model(spec: str = "smollm2") -> ScoringModel:
+def load_scoring_model(spec: str = DEFAULT_MODEL) -> ScoringModel:
     """An unsteered causal LM (eval mode, no grad) for judging or scoring text."""
-    from dsteer_eval.models.embedded import is_embedded_name
-    from dsteer_eval.models.loading import load_model
-
-    target = _strip(spec) or "smollm2"
+    target = _strip(spec) or DEFAULT_MODEL
     if target.startswith(("openai:", "http:", "https:")):
         raise ValueError(f"{spec!r} is not a local model; use hf:<path> or smollm2")
     model, tokenizer, path = load_model(target)

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from dsteer_eval.metrics.degeneration import degenerate
+from dsteer_eval.models.defaults import model_name, resolve_default_pair
 from dsteer_eval.steering.args import SteerArgs
 from dsteer_eval.steering.hook import Intervention, steer
 
@@ -208,11 +209,10 @@ def ceiling_for(kwargs: dict, layer, prompts: Sequence[str], *, device: str | No
         tokenizer.pad_token = tokenizer.eos_token
     result = find_ceiling(lm.model, tokenizer, prompts, item.vector, item.site, mode=settings["mode"],
                           position=settings["position"], norm_preserve=settings["norm_preserve"], **rule)
-    vector = args.get("vector") or SteeredLM._default_vector_for(args.get("pretrained"), args.get("pair"))
-    peft = args.get("peft")
-    if peft is None and not args.get("vector"):
-        peft = SteeredLM._default_adapter_for(args.get("pretrained"), args.get("pair"))
+    chosen = resolve_default_pair(args.get("pretrained"), pair=args.get("pair"), vector=args.get("vector"),
+                                  peft=args.get("peft"))
+    vector, peft = chosen.vector, chosen.peft
     result.update({"vector": str(vector), "peft": None if peft is None else str(peft), "layer": str(item.site if layer is None else layer),
-                   "pretrained": str(args.get("pretrained") or "smollm2"), "steering": settings,
+                   "pretrained": model_name(args.get("pretrained")), "steering": settings,
                    "model_dtype": str(lm.model.dtype).removeprefix("torch.")})
     return result

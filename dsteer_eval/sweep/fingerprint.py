@@ -26,6 +26,7 @@ from pathlib import Path
 # the cheap content hashes live in dsteer_eval.common.hashing, a model's identity in dsteer_eval.models.identity;
 # these names stay importable from here
 from dsteer_eval.common.hashing import MIB, file_digest, path_digest  # noqa: F401
+from dsteer_eval.models.defaults import model_name
 from dsteer_eval.models.identity import content  # noqa: F401
 
 MODEL_KEYS = ("pretrained", "peft", "tokenizer", "delta")  # read as model folders/files; vector= has its own hash
@@ -34,7 +35,7 @@ NOT_PATHS = ("vector", "layer", "alpha", "position", "unit", "batch_size", "devi
 
 def model_contents(kwargs: dict, *, default_adapter=None) -> dict[str, dict]:
     """The contents of every model file the model_args (``kwargs``) name, by model_args key."""
-    found = {"pretrained": content(kwargs.get("pretrained") or "smollm2", kwargs.get("revision"))}
+    found = {"pretrained": content(model_name(kwargs.get("pretrained")), kwargs.get("revision"))}
     for key, value in kwargs.items():
         if key == "pretrained" or key in NOT_PATHS or not str(value).strip():
             continue
@@ -74,7 +75,7 @@ def environment_settings() -> tuple[dict, dict[str, dict]]:
     if scorer.startswith("hf:") and len(scorer) > 3:
         contents["toxicity_scorer"] = content(_model_spec(scorer))
     if not judge.startswith("openai:"):
-        contents["judge"] = content(_model_spec(judge) or "smollm2")
+        contents["judge"] = content(model_name(_model_spec(judge)))
     if reference:
-        contents["reference_model"] = content(_model_spec(reference) or "smollm2")
+        contents["reference_model"] = content(model_name(_model_spec(reference)))
     return settings, contents

@@ -39,6 +39,7 @@ from pathlib import Path
 from dsteer_eval.common.hashing import sha256_file
 from dsteer_eval.common.output_folder import atomic_write_text, empty_folder, folder_lock, staged_folder
 from dsteer_eval.common.redaction import redact, register_model_args
+from dsteer_eval.models.defaults import model_name, resolve_default_pair
 from dsteer_eval.sweep import grid
 from dsteer_eval.sweep.units import check_unit, unit_done, unit_folder  # unit_done: the resume rule
 
@@ -116,11 +117,10 @@ def split_model_args(text: str) -> tuple[str, dict, str | None]:
 
 
 def _vector_for(kwargs: dict) -> str:
-    from dsteer_eval.harness.steered import SteeredLM
-
     if kwargs.get("steer_path"):
         raise ValueError("--model-args: dsteer-eval sweep steers with vector= (safetensors); steer_path= is not supported")
-    return kwargs.get("vector") or SteeredLM._default_vector_for(kwargs.get("pretrained"), kwargs.get("pair"))
+    return resolve_default_pair(kwargs.get("pretrained"), pair=kwargs.get("pair"), vector=kwargs.get("vector"),
+                                peft=kwargs.get("peft")).vector
 
 
 def _num_layers(vf, pretrained) -> int:
@@ -255,12 +255,11 @@ def _base_alphas(text: str | None, alphas: tuple, kwargs: dict) -> tuple:
 
 def _fingerprint(kwargs: dict) -> dict:
     """Scorer/judge/reference settings and the contents of every model file (cheap hashes), see fingerprint.py."""
-    from dsteer_eval.harness.steered import SteeredLM
     from dsteer_eval.sweep import fingerprint
 
     default_adapter = None
     if not kwargs.get("vector") and "peft" not in kwargs:  # the shipped vector brings the shipped DPO adapter
-        default_adapter = SteeredLM._default_adapter_for(kwargs.get("pretrained"), kwargs.get("pair"))
+        default_adapter = resolve_default_pair(kwargs.get("pretrained"), pair=kwargs.get("pair")).peft
     settings, contents = fingerprint.environment_settings()
     model = fingerprint.model_contents(kwargs, default_adapter=default_adapter)
     return {"fingerprint_version": FINGERPRINT_VERSION, **settings,
@@ -366,7 +365,7 @@ def run_provenance(plan: Plan) -> dict:
         from dsteer_eval.harness.plugin import tasks_dir
 
         data.append(provenance.data_entry(plan.config.probe_data or f"{tasks_dir()}/hh/hh_mini.jsonl", "probe_data"))
-    models = [model_entry("base", plan.model_kwargs.get("pretrained") or "smollm2")]
+    models = [model_entry("base", model_name(plan.model_kwargs.get("pretrained")))]
     adapter = _field(plan.settings.get("contents", {}).get("peft="), "path")  # peft=, or the shipped adapter
     if adapter:
         models.append(model_entry("adapter", adapter))
@@ -632,7 +631,7 @@ def _probe_report(lm, plan: Plan, print_fn, provenance: dict | None = None) -> N
     adapter = plan.model_kwargs.get("peft") or lm.peft
     card = read_card(adapter) if adapter else None
     beta = float(card["hyperparameters"]["beta"]) if card else 0.1
-    pair = ModelPair(lm.model, None, lm.tokenizer, str(plan.model_kwargs.get("pretrained", "smollm2")), str(adapter))
+    pair = ModelPair(lm.model, None, lm.tokenizer, model_name(plan.model_kwargs.get("pretrained")), str(adapter))
     vf = lm._vector_file
     report = run_probes(pair, pairs, vectors=vf.vectors, layer=resolve_site(plan.layers[0], lm._parts.num_layers),
                         vector_info={"source": str(vf.path), "method": vf.metadata.get("method", "")},

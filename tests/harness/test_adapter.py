@@ -239,10 +239,10 @@ def test_bad_vector_files(tiny_dir, tiny, tmp_path):
 
 def test_embedded_without_shipped_vector_says_so(monkeypatch):
     """If an install lacks the shipped artefacts, the error says what to pass instead."""
-    from dsteer_eval.harness import steered
     from dsteer_eval.harness.steered import NoDefaultVectorError
+    from dsteer_eval.models import defaults
 
-    monkeypatch.setattr(steered, "default_vector", lambda name, pair=None: None)
+    monkeypatch.setattr(defaults, "default_vector", lambda name, pair=None: None)
     for pretrained in (None, "smollm2"):
         with pytest.raises(NoDefaultVectorError, match="does not ship the steering vector of pair 'refusal' .* 'smollm2'"):
             get_model("steered")(pretrained=pretrained)
