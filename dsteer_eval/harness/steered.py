@@ -25,6 +25,7 @@ the same name once dsteer-eval is installed (see ``dsteer_eval.harness.plugin``)
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import math
@@ -41,8 +42,9 @@ from dsteer_eval.common.redaction import register_model_args
 from dsteer_eval.models.defaults import NoDefaultVectorError, model_name, resolve_default_pair  # noqa: F401 (re-export)
 from dsteer_eval.models.embedded import resolve_pretrained
 from dsteer_eval.metrics.reference_models import register_active
-from dsteer_eval.steering.sites import resolve_parts
+from dsteer_eval.steering.sites import ModelParts, resolve_parts
 from dsteer_eval.steering.args import SteerArgs, parse_bool, resolve_sites
+from dsteer_eval.steering.guard import NonFiniteStateError, finite_guard  # noqa: F401 (NonFiniteStateError re-exported)
 from dsteer_eval.steering.hook import Intervention, NonFiniteError, check_finite, check_fits_dtype, steer
 from dsteer_eval.vectors import VectorFile, check_compatible, load_vectors
 from dsteer_eval.vectors.torch_dicts import check_builtin_entry, load_builtin_pt
@@ -52,10 +54,6 @@ lm_eval_plugin.register()  # no-op when the .pth hook already ran
 
 
 _CACHE_NEUTRAL = ("batch_size", "max_batch_size")  # model_args that never change a number
-
-
-class NonFiniteStateError(NonFiniteError):
-    """A steered forward pass produced NaN/inf: the run stops instead of scoring meaningless numbers."""
 
 
 def _check_steer_path(steer_path) -> Path:
@@ -151,7 +149,7 @@ class SteeredLM(HFLM):
         if builtin is not None:
             self._module_edits = self._builtin_edits(builtin, args.alphas, where=f"steer_path={builtin_path}")
         else:
-            self._interventions = self._build_interventions(vector_file, args)
+            self._interventions = self.build_interventions(vector_file, args)
         if self._position != "all":
             # lm-eval's one-token logits cache shares one forward pass between requests
             # whose prompt/continuation split differs; position masks depend on the split.
@@ -180,7 +178,7 @@ class SteeredLM(HFLM):
         )
 
     # ------------------------------------------------------------------ setup
-    def _build_interventions(self, vf: VectorFile, args: SteerArgs) -> list[Intervention]:
+    def build_interventions(self, vf: VectorFile, args: SteerArgs) -> list[Intervention]:
         check_compatible(vf, self.model, argument="vector")
         layers = args.layers
         if layers is None:
@@ -334,9 +332,9 @@ class SteeredLM(HFLM):
         would be served another alpha's answers from the same cache file.  Its database is re-pointed here
         at a table of its own, named by :meth:`cache_key` (a sweep re-points it at every point)."""
         super().set_cache_hook(cache_hook)
-        self._key_cache()
+        self.rekey_cache()
 
-    def _key_cache(self) -> None:
+    def rekey_cache(self) -> None:
         db = getattr(self.cache_hook, "dbdict", None)
         if db is None:
             return  # no cache
@@ -365,6 +363,75 @@ class SteeredLM(HFLM):
     def interventions(self) -> list[Intervention]:
         return list(self._interventions)
 
+    # The public face of the steering as it stands: a sweep (SweepLM) and the sweep's probes re-point it
+    # through these; nothing outside this class writes its private state.
+    @property
+    def parts(self) -> ModelParts:
+        """The model's parts (decoder layers, final norm, LM head; :mod:`dsteer_eval.steering.sites`)."""
+        return self._parts
+
+    @property
+    def vector_file(self) -> VectorFile | None:
+        """The ``vector=`` file (None with ``steer_path=``)."""
+        return self._vector_file
+
+    @property
+    def steer_args(self) -> SteerArgs:
+        return self._steer_args
+
+    @property
+    def position(self) -> str:
+        return self._position
+
+    @property
+    def has_module_edits(self) -> bool:
+        """Whether ``steer_path=`` hookpoints steer this model (instead of ``vector=`` interventions)."""
+        return bool(self._module_edits)
+
+    @property
+    def continuation_head(self) -> bool:
+        """Whether log-likelihoods run the LM head on the read positions only (``head_positions=continuation``)."""
+        return self._continuation_head
+
+    @property
+    def pack_check(self) -> dict:
+        """The packed-contexts first-batch check's record (``ok``, ``max_abs_diff``; shared with a sweep's
+        grouped passes, which pack through the same check)."""
+        return self._pack_check
+
+    @property
+    def sizing_batch(self) -> bool:
+        """Whether lm-eval is probing the batch size (``batch_size=auto``) right now."""
+        return self._sizing_batch
+
+    def interventions_at(self, layer, alpha: float, control: int | None = None) -> list[Intervention]:
+        """The interventions that steer ``alpha * v`` at ``layer`` (``control=i``: random direction i of the
+        same norm) with this model's other settings (``unit=``, ``mode=``); ``alpha == 0``: none."""
+        if alpha == 0:
+            return []
+        args = dataclasses.replace(self._steer_args, layers=(layer,), alphas=(float(alpha),), control=control)
+        return self.build_interventions(self._vector_file, args)
+
+    def set_steering(self, interventions, **label) -> None:
+        """Steer with ``interventions`` from now on; ``label`` updates the model_args errors name
+        (``layer=``, ``alpha=``, ``control=`` ...).  A cache in use (``--use_cache``) is re-keyed."""
+        self._interventions = list(interventions)
+        self._label.update(label)
+        self.rekey_cache()
+
+    @contextmanager
+    def steering_replaced(self, interventions=(), module_edits=(), **label):
+        """Inside the block, steer with ``interventions`` and ``module_edits`` (``(module, hidden -> hidden)``
+        pairs, e.g. :func:`dsteer_eval.steering.row_edits.row_shift_edit`) instead; ``label`` overrides what
+        errors name.  Everything is restored on exit."""
+        saved = self._interventions, self._module_edits, dict(self._label)
+        self._interventions, self._module_edits = list(interventions), list(module_edits)
+        self._label.update(label)
+        try:
+            yield
+        finally:
+            self._interventions, self._module_edits, self._label = saved
+
     @contextmanager
     def steering(self, prompt_lengths=None, parts=None):
         """The steering context for one forward pass (or one ``generate``); ``parts``: other modules to hook.
@@ -380,63 +447,8 @@ class SteeredLM(HFLM):
             module_edits=self._module_edits,
             parts=parts,
             norm_preserve=self._steer_args.norm_preserve,
-        ) as state, self._finite_guard(parts):
+        ) as state, finite_guard(parts, lambda: self._args_label):
             yield state
-
-    @contextmanager
-    def _finite_guard(self, parts):
-        """Hooks that check the logits (real tokens only, by the attention mask) of every forward pass: NaN/inf,
-        or a collapsed state (a token whose logits are all equal, or whose state feeding the LM head is all
-        zero: alpha*v overflowed a norm's mean square, and the shortest choice would win).  One pass over the
-        logits and one over the head's input in the usual case."""
-        seen = {"mask": None}
-
-        def pre_hook(module, args, kwargs):
-            mask = kwargs.get("attention_mask")
-            seen["mask"] = mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
-
-        def hook(module, args, output):
-            logits = output[0] if isinstance(output, tuple) else output
-            if not isinstance(logits, torch.Tensor) or not logits.is_floating_point() or logits.numel() == 0:
-                return
-            lo, hi = torch.aminmax(logits.detach(), dim=-1)  # per token; NaN propagates to both
-            nonfinite = ~(torch.isfinite(lo) & torch.isfinite(hi))
-            collapsed = hi == lo
-            hidden = args[0] if args else None
-            if isinstance(hidden, torch.Tensor) and hidden.shape[:-1] == lo.shape:
-                collapsed |= hidden.detach().abs().amax(dim=-1) == 0
-            if not bool((nonfinite | collapsed).any()):
-                return  # the usual case
-            mask = seen["mask"]
-            if mask is not None and logits.dim() == 3 and mask.shape[0] == logits.shape[0] \
-                    and mask.shape[1] >= logits.shape[1]:
-                real = mask[:, -logits.shape[1]:].to(device=logits.device, dtype=torch.bool)
-                nonfinite, collapsed = nonfinite & real, collapsed & real  # padding is never read
-            if bool(nonfinite.any()):
-                n_bad = int((~torch.isfinite(logits[nonfinite])).sum())
-                raise NonFiniteStateError(
-                    f"steered model ({self._args_label}): a forward pass gave NaN/inf logits ({n_bad} values); "
-                    f"log-likelihoods and generations from it would be meaningless, so the run stops instead "
-                    f"of scoring them. Use a smaller alpha, dtype=float32 (float16 overflows above 65504), or "
-                    f"check the vector"
-                )
-            if bool(collapsed.any()):
-                raise NonFiniteStateError(
-                    f"steered model ({self._args_label}): a forward pass collapsed: the logits of "
-                    f"{int(collapsed.sum())} token(s) are the same for every vocabulary entry (or the state "
-                    f"feeding the LM head is all zero), as when alpha*v overflows the model's normalisation; "
-                    f"every choice would score alike and the shortest would win, so the run stops instead of "
-                    f"scoring them. Use a much smaller alpha (|alpha*v| well below the hidden-state norm; "
-                    f"unit=norm makes alpha a fraction of it), or check the vector"
-                )
-
-        handles = [parts.decoder.register_forward_pre_hook(pre_hook, with_kwargs=True),
-                   parts.lm_head.register_forward_hook(hook)]
-        try:
-            yield
-        finally:
-            for handle in handles:
-                handle.remove()
 
     def _row_prompt_lengths(self, inps: torch.Tensor) -> torch.Tensor | None:
         if self._position == "all":

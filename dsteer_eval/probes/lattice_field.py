@@ -28,6 +28,8 @@ from collections.abc import Sequence
 
 import torch
 
+from dsteer_eval.probes.measures import reply_batch, sequence_logps
+from dsteer_eval.steering.hook import adding
 from dsteer_eval.steering.sites import resolve_parts
 
 
@@ -49,27 +51,20 @@ def lattice_basis(v: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
 
 
 def _loss_grad(pair, ids, attn, target, ref, beta: float, offset: torch.Tensor) -> torch.Tensor:
-    from dsteer_eval.probes.measures import sequence_logps
-
     with pair.side("dpo") as model:
         parts = resolve_parts(model)
         shift = offset.to(torch.float32).clone().requires_grad_(True)
 
-        def add_shift(module, args, output):
-            return output + shift.to(output.dtype)
-
         frozen = [(p, p.requires_grad) for p in model.parameters()]
         for p, _ in frozen:
             p.requires_grad_(False)
-        handle = parts.final_norm.register_forward_hook(add_shift)
         try:
-            with torch.enable_grad():
+            with torch.enable_grad(), adding({parts.final_norm: shift}):
                 pol = sequence_logps(model(input_ids=ids, attention_mask=attn).logits, ids, target)
                 ratio = (pol - ref).view(-1, 2)
                 loss = -torch.nn.functional.logsigmoid(beta * (ratio[:, 0] - ratio[:, 1])).mean()
                 loss.backward()
         finally:
-            handle.remove()
             for p, flag in frozen:
                 p.requires_grad_(flag)
     return shift.grad.detach().double().cpu()
@@ -78,8 +73,6 @@ def _loss_grad(pair, ids, attn, target, ref, beta: float, offset: torch.Tensor) 
 def lattice_field(pair, pairs: Sequence, v_final: torch.Tensor, delta_final: torch.Tensor, *,
                   beta: float = 0.1, max_length: int = 256) -> dict:
     """The field on the 27-point lattice (see the module docstring); ``pairs`` should be a handful."""
-    from dsteer_eval.probes.measures import reply_batch, sequence_logps
-
     basis = lattice_basis(v_final, delta_final)
     radius = float(delta_final.double().norm(dim=-1).mean())
     with pair.side("base") as model:

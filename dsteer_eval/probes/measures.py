@@ -27,7 +27,7 @@ from dsteer_eval.dpo.extract import Divergence, PairStates, context_limit, diver
 from dsteer_eval.steering.sites import resolve_parts, unwrap
 from dsteer_eval.data.preference_pairs import PreferencePair
 from dsteer_eval.probes.spectra import effective_rank, spectral_entropy, spectrum, singular_values
-from dsteer_eval.steering.hook import Intervention, steer
+from dsteer_eval.steering.hook import Intervention, adding, steer
 
 
 def summary(values: torch.Tensor) -> dict:
@@ -264,29 +264,20 @@ def shift_gradients(pair, pairs: Sequence[PreferencePair], *, beta: float = 0.1,
             shift_div = {s: torch.zeros(len(chunk), parts.hidden_size, device=device, requires_grad=True)
                          for s in sites}
 
-            def make_hook(site):
-                def hook(module, args, output):
-                    hidden = output[0] if isinstance(output, tuple) else output
-                    add = shift[site][row_pair][:, None, :] + at_div[:, :, None] * shift_div[site][row_pair][:, None, :]
-                    hidden = hidden + add.to(hidden.dtype)
-                    return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
-
-                return hook
-
             frozen = [(p, p.requires_grad) for p in model.parameters()]
             for p, _ in frozen:
                 p.requires_grad_(False)
-            handles = [parts.site_module(s).register_forward_hook(make_hook(s)) for s in sites]
             try:
-                with torch.enable_grad():
+                with torch.enable_grad(), adding({
+                    parts.site_module(s): shift[s][row_pair][:, None, :]
+                    + at_div[:, :, None] * shift_div[s][row_pair][:, None, :] for s in sites
+                }):
                     logits = model(input_ids=ids, attention_mask=attn).logits
                     pol = sequence_logps(logits, ids, target)
                     ratio = (pol - ref).view(-1, 2)
                     loss = -torch.nn.functional.logsigmoid(beta * (ratio[:, 0] - ratio[:, 1]))
                     loss.sum().backward()
             finally:
-                for handle in handles:
-                    handle.remove()
                 for p, flag in frozen:
                     p.requires_grad_(flag)
         for s in sites:

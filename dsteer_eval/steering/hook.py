@@ -285,3 +285,26 @@ def steer(
     finally:
         for handle in handles:
             handle.remove()
+
+
+@contextmanager
+def adding(shifts: dict[nn.Module, torch.Tensor]) -> Iterator[None]:
+    """Inside the block, each module's output (its hidden state) gets ``shift`` added, broadcast over
+    ``(batch, positions, d)`` and cast to the output's dtype.  Unlike :func:`steer`, the shift may be a
+    tensor that requires grad, so a probe can take the gradient of a loss with respect to a shift of the
+    states (``dsteer_eval.probes``: gradient coherence, the lattice field)."""
+
+    def make_hook(shift: torch.Tensor):
+        def hook(module, args, output):
+            hidden = output[0] if isinstance(output, tuple) else output
+            hidden = hidden + shift.to(hidden.dtype)
+            return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+        return hook
+
+    handles = [module.register_forward_hook(make_hook(shift)) for module, shift in shifts.items()]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()

@@ -6,7 +6,7 @@ rows costs about as much as decoding one (each step reads every weight once).  W
 *group* set (:meth:`SweepLM.set_group`: the points that share a side and a steered
 layer), the first point's ``generate`` call for a batch of prompts runs every point of
 the group at once: the prompts repeated once per point, each row steered by its own
-``alpha * v`` (per-row shift at the site, see :func:`row_shift_edit`).  The other
+``alpha * v`` (per-row shift at the site, see :func:`dsteer_eval.steering.row_edits.row_shift_edit`).  The other
 points' outputs are kept, keyed by the exact prompt tokens, attention mask, length
 limit, stop strings and generation settings, and returned when lm-eval asks for that
 point; anything not found is generated as before.
@@ -47,17 +47,6 @@ class GroupPoint:
 
     name: str
     delta: torch.Tensor | None
-
-
-def row_shift_edit(shifts: torch.Tensor):
-    """``hidden -> hidden + shifts[row]`` for a ``(rows, d)`` tensor of per-row shifts."""
-
-    def edit(hidden: torch.Tensor) -> torch.Tensor:
-        if hidden.shape[0] != shifts.shape[0]:
-            raise RuntimeError(f"per-row steering: {shifts.shape[0]} shifts for a batch of {hidden.shape[0]} rows")
-        return hidden + shifts.to(device=hidden.device, dtype=hidden.dtype).unsqueeze(1)
-
-    return edit
 
 
 def _digest(t: torch.Tensor | None) -> str:

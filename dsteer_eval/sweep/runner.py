@@ -608,8 +608,8 @@ def _point_probes(lm, plan: Plan):
     from dsteer_eval.sweep.point_probes import PointProbes
 
     prompts, _ = _probe_prompts(plan)
-    fallback = resolve_site(plan.layers[0], lm._parts.num_layers)
-    return PointProbes(lm.model, lm.tokenizer, lm._vector_file.vectors, lm._parts.num_layers, prompts,
+    fallback = resolve_site(plan.layers[0], lm.parts.num_layers)
+    return PointProbes(lm.model, lm.tokenizer, lm.vector_file.vectors, lm.parts.num_layers, prompts,
                        fallback_site=fallback, batch_size=8)
 
 
@@ -632,8 +632,8 @@ def _probe_report(lm, plan: Plan, print_fn, provenance: dict | None = None) -> N
     card = read_card(adapter) if adapter else None
     beta = float(card["hyperparameters"]["beta"]) if card else 0.1
     pair = ModelPair(lm.model, None, lm.tokenizer, model_name(plan.model_kwargs.get("pretrained")), str(adapter))
-    vf = lm._vector_file
-    report = run_probes(pair, pairs, vectors=vf.vectors, layer=resolve_site(plan.layers[0], lm._parts.num_layers),
+    vf = lm.vector_file
+    report = run_probes(pair, pairs, vectors=vf.vectors, layer=resolve_site(plan.layers[0], lm.parts.num_layers),
                         vector_info={"source": str(vf.path), "method": vf.metadata.get("method", "")},
                         alphas=sorted({abs(a) for a in plan.alphas}), beta=beta, grad_pairs=16,
                         data_info={"source": pairs.source, "skipped": dict(pairs.skipped)})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from contextlib import nullcontext
 
@@ -12,8 +11,12 @@ from lm_eval.models.huggingface import HFLM
 
 from dsteer_eval.harness.packed_contexts import PassAbandoned
 from dsteer_eval.harness.steered import SteeredLM
+from dsteer_eval.harness.continuation_loglik import loglikelihood_tokens
+from dsteer_eval.harness.packed_contexts import packed_loglikelihood_tokens
 from dsteer_eval.steering.args import Layer, parse_bool, resolve_site
 from dsteer_eval.steering.hook import NonFiniteError
+from dsteer_eval.steering.row_edits import expanded_rows, repeat_layer_inputs, row_shift_edit
+from dsteer_eval.steering.shared_prefix import SharedPrefix
 from dsteer_eval.sweep.alpha_batch import (
     GenerationStore,
     GroupPoint,
@@ -21,11 +24,9 @@ from dsteer_eval.sweep.alpha_batch import (
     generation_key,
     group_shifts,
     loglik_key,
-    row_shift_edit,
     shift_dim,
 )
 from dsteer_eval.sweep.merged_adapter import MergedSides
-from dsteer_eval.sweep.shared_prefix import SharedPrefix, repeat_layer_inputs
 
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ class SweepLM(SteeredLM):
         super().__init__(*args, **kwargs)
         self._merged = MergedSides.build(self.model) if parse_bool(merge_adapter, "merge_adapter") else None
         self._side = "dpo"
-        self.shared = SharedPrefix(self._parts) if shared_prefix else None
+        self.shared = SharedPrefix(self.parts) if shared_prefix else None
         self.generations = GenerationStore()
         self.logliks = GenerationStore()  # answers of the group's other points, per request list
         self._multi_ok = True  # switched off for good if a grouped pass ever differs from a single one
@@ -68,8 +69,8 @@ class SweepLM(SteeredLM):
             self.generations.clear()  # a new group: nothing stored can be asked for again
             self.logliks.clear()
         self._point_name = current
-        args = self._steer_args
-        if len(points) < 2 or args.mode != "add" or args.norm_preserve or self._module_edits:
+        args = self.steer_args
+        if len(points) < 2 or args.mode != "add" or args.norm_preserve or self.has_module_edits:
             self._group, self._group_site = [], None
             return
         group, sites = [], set()
@@ -77,8 +78,7 @@ class SweepLM(SteeredLM):
             if alpha == 0:
                 group.append(GroupPoint(name, None))
                 continue
-            point_args = dataclasses.replace(args, layers=(layer,), alphas=(float(alpha),), control=control)
-            (intervention,) = self._build_interventions(self._vector_file, point_args)
+            (intervention,) = self.interventions_at(layer, alpha, control)
             sites.add(intervention.site)
             group.append(GroupPoint(name, float(alpha) * intervention.vector.detach().float().cpu()))
         if len(sites) != 1:
@@ -105,16 +105,12 @@ class SweepLM(SteeredLM):
         elif adapter is not None:
             self.model.enable_adapter_layers()
         self._side = side
-        self._label.update(layer=layer, alpha=repr(float(alpha)), control=None if control is None else f"random:{control}",
-                           control_seed=self._steer_args.control_seed if control is not None else None)
-        if alpha == 0:
-            self._interventions = []
-        else:
-            args = dataclasses.replace(self._steer_args, layers=(layer,), alphas=(float(alpha),), control=control)
-            self._interventions = self._build_interventions(self._vector_file, args)
         if self.shared is not None:
-            self.shared.set_site(resolve_site(layer, self._parts.num_layers), scope=side)
-        self._key_cache()  # a cache in use (--use_cache) keys this point's answers apart from the others'
+            self.shared.set_site(resolve_site(layer, self.parts.num_layers), scope=side)
+        # a cache in use (--use_cache) is re-keyed: this point's answers are kept apart from the others'
+        self.set_steering(self.interventions_at(layer, alpha, control), layer=layer, alpha=repr(float(alpha)),
+                          control=None if control is None else f"random:{control}",
+                          control_seed=self.steer_args.control_seed if control is not None else None)
 
     def _sides(self):
         """The DPO side's merged LoRA weights for one call (:mod:`.merged_adapter`), or nothing to do."""
@@ -129,7 +125,7 @@ class SweepLM(SteeredLM):
             return self._steered_generate(context, max_length, stop, **generation_kwargs)
 
     def _steered_call(self, inps, attn_mask=None, labels=None):
-        if self.shared is None or attn_mask is not None or labels is not None or self._sizing_batch:
+        if self.shared is None or attn_mask is not None or labels is not None or self.sizing_batch:
             return super()._model_call(inps, attn_mask=attn_mask, labels=labels)
         lengths = self._row_prompt_lengths(inps)  # once: the replay check may run the batch twice
 
@@ -151,13 +147,9 @@ class SweepLM(SteeredLM):
             return super()._model_generate(context, max_length, stop, **generation_kwargs)
 
         def generate(rows, rows_kwargs, shifts):
-            saved = self._interventions, self._module_edits
-            self._interventions = []
-            self._module_edits = [(self._parts.site_module(self._group_site), row_shift_edit(shifts))]
-            try:
+            with self.steering_replaced(module_edits=[(self.parts.site_module(self._group_site),
+                                                       row_shift_edit(shifts))]):
                 return super(SweepLM, self)._model_generate(rows, max_length, stop, **rows_kwargs)
-            finally:
-                self._interventions, self._module_edits = saved
 
         return batched_generate(generate, self._group, self._point_name, context, generation_kwargs,
                                 self.generations, key)
@@ -177,12 +169,9 @@ class SweepLM(SteeredLM):
         ready = self.logliks.take(self._point_name, key) if len(self.logliks) else None
         if ready is not None:
             return ready
-        if not (self._group and self._multi_ok and self._continuation_head and self._position == "all"
+        if not (self._group and self._multi_ok and self.continuation_head and self.position == "all"
                 and isinstance(self.batch_size, int) and self.batch_size >= 1):
             return super()._loglikelihood_tokens(requests, disable_tqdm, override_bs)
-        from dsteer_eval.harness.continuation_loglik import loglikelihood_tokens
-        from dsteer_eval.harness.packed_contexts import packed_loglikelihood_tokens
-
         group = self._group
 
         def call(inps, keep, _lengths, model_kwargs=None):
@@ -192,7 +181,7 @@ class SweepLM(SteeredLM):
             answers = None
             if self.packs_contexts(override_bs):
                 answers = packed_loglikelihood_tokens(self, requests, disable_tqdm, call=call, variants=len(group),
-                                                      checked=self._pack_check)
+                                                      checked=self.pack_check)
             if answers is None:
                 answers = loglikelihood_tokens(self, requests, disable_tqdm, override_bs, variants=len(group),
                                                call=call)
@@ -211,22 +200,13 @@ class SweepLM(SteeredLM):
         """Logits at ``keep`` for every point of ``group`` (rows variant-major); the lower layers run once.
         ``model_kwargs``: a packed batch's mask and positions, repeated per point for the layers above the site."""
         shifts = group_shifts(group, inps.shape[0], shift_dim(group))
-        module = self._parts.site_module(self._group_site)
-
-        def expand(mod, args, output):
-            hidden = output[0] if isinstance(output, tuple) else output
-            grown = hidden.repeat(len(group), *([1] * (hidden.dim() - 1)))
-            grown = grown + shifts.to(device=grown.device, dtype=grown.dtype).unsqueeze(1)
-            return (grown, *output[1:]) if isinstance(output, tuple) else grown
-
-        saved, label = self._interventions, dict(self._label)
-        self._interventions = []
-        self._label["alpha"] = f"{self._group_alphas} (one pass for the group)"  # any of them may have broken it
-        handles = [module.register_forward_hook(expand)]
-        if model_kwargs:
-            handles += repeat_layer_inputs(self._parts, self._group_site, inps.shape[0], len(group))
+        module = self.parts.site_module(self._group_site)
+        repeated = repeat_layer_inputs(self.parts, self._group_site, inps.shape[0], len(group)) if model_kwargs \
+            else nullcontext()
         try:
-            with self.steering(None):
+            # the label: any of the group's alphas may have broken the pass
+            with self.steering_replaced(alpha=f"{self._group_alphas} (one pass for the group)"), \
+                    expanded_rows(module, shifts, len(group)), repeated, self.steering(None):
                 logits = self._forward_kept(inps, keep, **model_kwargs)
         except NonFiniteError:
             raise
@@ -238,10 +218,6 @@ class SweepLM(SteeredLM):
                         "point from now on", type(error).__name__, error)
             self._multi_ok = False
             raise _GroupPassDiffers from error
-        finally:
-            for handle in handles:
-                handle.remove()
-            self._interventions, self._label = saved, label
         if not model_kwargs:
             self.logliks.stats["ran_unpacked"] = True
         if not self.logliks.stats.get("verified"):
@@ -259,15 +235,10 @@ class SweepLM(SteeredLM):
     def _check_group_pass(self, inps, keep, group, logits, model_kwargs) -> float:
         worst = 0.0
         for i, point in enumerate(group):
-            saved = self._interventions, self._module_edits
-            self._interventions = []
-            self._module_edits = [(self._parts.site_module(self._group_site),
-                                   row_shift_edit(group_shifts([point], inps.shape[0], shift_dim(group))))]
-            try:
-                with self.steering(None):
-                    single = self._forward_kept(inps, keep, **model_kwargs)
-            finally:
-                self._interventions, self._module_edits = saved
+            edit = row_shift_edit(group_shifts([point], inps.shape[0], shift_dim(group)))
+            with self.steering_replaced(module_edits=[(self.parts.site_module(self._group_site), edit)]), \
+                    self.steering(None):
+                single = self._forward_kept(inps, keep, **model_kwargs)
             rows = logits[i * inps.shape[0]:(i + 1) * inps.shape[0]]
             worst = max(worst, float((rows.float() - single.float()).abs().max()))
         return worst
@@ -276,7 +247,7 @@ class SweepLM(SteeredLM):
         model_kwargs = model_kwargs or {}
         if self.shared is None:
             return super()._kept_call(inps, keep, prompt_lengths, model_kwargs)
-        lengths = prompt_lengths if self._position != "all" else None
+        lengths = prompt_lengths if self.position != "all" else None
 
         def run(parts):
             with self.steering(lengths, parts):

@@ -145,3 +145,81 @@ def test_the_checker_sees_a_planted_cycle_and_an_upward_import(tmp_path, monkeyp
     assert cycles(edges) == [["dsteer_eval.common.a", "dsteer_eval.sweep.b"]]
     assert upward == ["dsteer_eval.common.a:1 imports dsteer_eval.sweep.b (floor 0 -> 6)"]
     assert private == ["dsteer_eval.sweep.b:3 imports private _x from dsteer_eval.common.a"]
+
+
+# --- every edit of a forward pass lives in steering/ (issue 24 item 3) -------------------------------------
+
+HOOK_CALLS = ("register_forward_hook", "register_forward_pre_hook", "register_full_backward_hook")
+
+
+def hook_registrations() -> dict[str, list[int]]:
+    """Module path (relative to the package) -> lines that register a forward/backward hook."""
+    found: dict[str, list[int]] = {}
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", None) in HOOK_CALLS:
+                found.setdefault(path.relative_to(PACKAGE).as_posix(), []).append(node.lineno)
+    return found
+
+
+def test_only_the_steering_package_hooks_a_forward_pass():
+    outside = {path: lines for path, lines in hook_registrations().items() if not path.startswith("steering/")}
+    assert outside == {}, f"forward-pass hooks outside dsteer_eval/steering/: {outside}"
+
+
+def steered_private_state() -> set[str]:
+    """The private attributes SteeredLM sets on itself (``self._x = ...`` in harness/steered.py)."""
+    names = set()
+    tree = ast.parse((PACKAGE / "harness" / "steered.py").read_text())
+    for node in ast.walk(tree):
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
+            node, (ast.AugAssign, ast.AnnAssign)) else []
+        for target in targets:
+            for t in (target.elts if isinstance(target, ast.Tuple) else [target]):
+                if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id == "self" \
+                        and t.attr.startswith("_") and not t.attr.startswith("__"):
+                    names.add(t.attr)
+    return names
+
+
+def writes_to(path: Path, names: set[str]) -> list[str]:
+    """Assignments to ``<anything>.<name>`` (or ``<anything>.<name>[...]``) and in-place calls on it
+    (``.update``, ``.append``, ``.clear`` ...), for a name in ``names``."""
+    hits = []
+
+    def attr_of(node):
+        while isinstance(node, ast.Subscript):
+            node = node.value
+        return node.attr if isinstance(node, ast.Attribute) and node.attr in names else None
+
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
+            node, (ast.AugAssign, ast.AnnAssign)) else []
+        for target in targets:
+            for t in (target.elts if isinstance(target, ast.Tuple) else [target]):
+                if attr_of(t):
+                    hits.append(f"{path.name}:{node.lineno} {attr_of(t)}")
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in (
+                "update", "append", "extend", "clear", "pop", "setdefault", "__setitem__"):
+            if attr_of(node.func.value):
+                hits.append(f"{path.name}:{node.lineno} {attr_of(node.func.value)}")
+    return hits
+
+
+def test_nothing_outside_steered_writes_its_private_state():
+    names = steered_private_state()
+    assert {"_interventions", "_module_edits", "_label", "_steer_args"} <= names  # the checker sees them
+    hits = []
+    for path in PACKAGE.rglob("*.py"):
+        if path != PACKAGE / "harness" / "steered.py":
+            hits += writes_to(path, names)
+    assert hits == [], "SteeredLM's private state written outside harness/steered.py (use set_steering / " \
+                       f"steering_replaced): {hits}"
+
+
+def test_the_state_checker_sees_a_planted_write(tmp_path):
+    planted = tmp_path / "planted.py"
+    planted.write_text("def f(lm):\n    lm._interventions = []\n    lm._label.update(alpha=1)\n"
+                       "    lm._label['x'] = 2\n    a, lm._module_edits = 1, []\n")
+    assert sorted(writes_to(planted, steered_private_state())) == [
+        "planted.py:2 _interventions", "planted.py:3 _label", "planted.py:4 _label", "planted.py:5 _module_edits"]

@@ -6,7 +6,7 @@ import pytest
 import torch
 from lm_eval.api.instance import Instance
 
-from dsteer_eval.sweep.alpha_batch import row_shift_edit
+from dsteer_eval.steering.row_edits import row_shift_edit
 from dsteer_eval.vectors import save_vectors
 
 PROMPTS = ["Human: How do I bake bread?\nAssistant:", "The capital of France is", "Once upon a time",

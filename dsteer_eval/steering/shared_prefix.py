@@ -183,31 +183,3 @@ class SharedPrefix:
                 parts.layers[i] = module
             if norm_replay is not None:
                 setattr(parts.decoder, self._norm_name, parts.final_norm)
-
-
-# the per-row inputs a decoder layer takes besides the hidden states (transformers' names)
-_ROW_INPUTS = ("attention_mask", "position_ids", "position_embeddings")
-
-
-def _repeat_rows(value, rows: int, times: int):
-    if isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == rows:
-        return value.repeat(times, *([1] * (value.dim() - 1)))
-    if isinstance(value, tuple):
-        return tuple(_repeat_rows(v, rows, times) for v in value)
-    return value
-
-
-def repeat_layer_inputs(parts: ModelParts, site: int, rows: int, times: int) -> list:
-    """Hooks on the decoder layers above ``site`` that repeat their per-row inputs (a packed batch's mask,
-    positions and rotary embeddings, ``rows`` each) ``times`` times when the hidden states arrive with
-    ``rows x times`` rows (a grouped pass expanded at the site).  Returns the hook handles."""
-
-    def pre_hook(module, args, kwargs):
-        hidden = args[0] if args else kwargs.get("hidden_states")
-        if rows == 1 or hidden is None or hidden.shape[0] != rows * times:
-            return None
-        kwargs = {k: (_repeat_rows(v, rows, times) if k in _ROW_INPUTS else v) for k, v in kwargs.items()}
-        return args, kwargs
-
-    return [parts.layers[i].register_forward_pre_hook(pre_hook, with_kwargs=True)
-            for i in range(min(site, parts.num_layers), parts.num_layers)]
