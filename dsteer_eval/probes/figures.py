@@ -1,12 +1,16 @@
-"""PNG figures of a probe report (matplotlib, headless)."""
+"""PNG figures of a probe report (matplotlib, headless): one drawing function per probe, each
+``(report, canvas)``, named in the probe's registry entry (:mod:`dsteer_eval.probes.registry`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from pathlib import Path
+
+from dsteer_eval.probes.lattice_field import quiver_png
 
 
 def pyplot():
-    import matplotlib
+    import matplotlib  # deferred: matplotlib loads only when figures are drawn (start-up cost)
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
@@ -14,19 +18,33 @@ def pyplot():
     return plt
 
 
-def probe_figures(report: dict, folder: Path) -> list[str]:
-    """Write the report's figures into ``folder``; returns their file names."""
-    plt = pyplot()
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    written = []
+class Canvas:
+    """Where a probe's figures go: ``plt``, ``save(fig, name)`` (PNG into ``folder``), ``written`` names."""
 
-    def save(fig, name):
+    def __init__(self, folder: Path) -> None:
+        self.plt = pyplot()
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.written: list[str] = []
+
+    def save(self, fig, name: str) -> None:
         fig.tight_layout()
-        fig.savefig(folder / name, dpi=110)
-        plt.close(fig)
-        written.append(name)
+        fig.savefig(self.folder / name, dpi=110)
+        self.plt.close(fig)
+        self.written.append(name)
 
+
+def probe_figures(report: dict, folder: Path, draws: Iterable[Callable]) -> list[str]:
+    """Draw every probe's figures (``draws``: their drawing functions, in order) into ``folder``; returns
+    the file names written."""
+    canvas = Canvas(folder)
+    for draw in draws:
+        draw(report, canvas)
+    return canvas.written
+
+
+def consistency_figure(report: dict, canvas: Canvas) -> None:
+    plt = canvas.plt
     cons = report.get("consistency")
     if cons:
         fig, ax = plt.subplots(figsize=(5.5, 3.6))
@@ -42,8 +60,11 @@ def probe_figures(report: dict, folder: Path) -> list[str]:
         ax.set_ylabel("prompts")
         ax.set_title(f"Directional consistency, layer {cons['layer']}")
         ax.legend()
-        save(fig, "consistency_hist.png")
+        canvas.save(fig, "consistency_hist.png")
 
+
+def spectra_figures(report: dict, canvas: Canvas) -> None:
+    plt = canvas.plt
     spectra = report.get("spectra")
     if spectra:
         layers = [r["layer"] for r in spectra if "sigma1_over_sigma2" in r]
@@ -66,7 +87,7 @@ def probe_figures(report: dict, folder: Path) -> list[str]:
         for ax in axes:
             ax.set_xlabel("layer")
         fig.suptitle("Spectra of the DPO update by layer")
-        save(fig, "spectra_by_layer.png")
+        canvas.save(fig, "spectra_by_layer.png")
 
         shown = [r for r in spectra if r.get("singular_values")]
         if shown:
@@ -78,8 +99,11 @@ def probe_figures(report: dict, folder: Path) -> list[str]:
             ax.set_xlabel("k")
             ax.set_ylabel(r"$\sigma_k$ of $\Delta H$")
             ax.set_title("Singular values of ΔH (colour = layer, dark = early)")
-            save(fig, "singular_values.png")
+            canvas.save(fig, "singular_values.png")
 
+
+def identity_figure(report: dict, canvas: Canvas) -> None:
+    plt = canvas.plt
     ident = report.get("steering_identity")
     if ident:
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
@@ -94,8 +118,11 @@ def probe_figures(report: dict, folder: Path) -> list[str]:
             ax.set_xlabel("α")
             ax.set_ylabel("mean next-token KL (nats)")
             ax.legend()
-        save(fig, "steering_identity.png")
+        canvas.save(fig, "steering_identity.png")
 
+
+def projection_figure(report: dict, canvas: Canvas) -> None:
+    plt = canvas.plt
     proj = [r for r in report.get("projection", {}).get("by_layer", []) if "frac_rose" in r]
     if proj:
         fig, ax = plt.subplots(figsize=(5.5, 3.6))
@@ -106,8 +133,11 @@ def probe_figures(report: dict, folder: Path) -> list[str]:
         ax.set_ylabel("fraction of prompts")
         ax.set_title("Projection on v̄: DPO minus base")
         ax.legend()
-        save(fig, "projection_by_layer.png")
+        canvas.save(fig, "projection_by_layer.png")
 
+
+def pca_figure(report: dict, canvas: Canvas) -> None:
+    plt = canvas.plt
     pca = report.get("pca_cloud")
     if pca and pca.get("coords"):
         fig, ax = plt.subplots(figsize=(5.5, 4.6))
@@ -126,12 +156,11 @@ def probe_figures(report: dict, folder: Path) -> list[str]:
                      f"|c_base − c_dpo| {dist.get('base_dpo', 0):.3g}, |c_base − c(dpo − v̄)| "
                      f"{dist.get('base_dpo_minus_v', 0):.3g}", fontsize=9)
         ax.legend(fontsize=8)
-        save(fig, "pca_cloud.png")
+        canvas.save(fig, "pca_cloud.png")
 
+
+def lattice_figure(report: dict, canvas: Canvas) -> None:
     lattice = report.get("lattice_field")
     if lattice and lattice.get("points"):
-        from dsteer_eval.probes.lattice_field import quiver_png
-
-        quiver_png(lattice, folder / "lattice_field.png")
-        written.append("lattice_field.png")
-    return written
+        quiver_png(lattice, canvas.folder / "lattice_field.png")
+        canvas.written.append("lattice_field.png")

@@ -21,74 +21,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 
 from dsteer_eval.stats.bootstrap import CONFIDENCE, N_RESAMPLES, SEED, PairedDelta, CHUNK, paired_bootstrap
-from dsteer_eval.stats.verdicts import markdown, verdict
+from dsteer_eval.probes.registry import Claim
+from dsteer_eval.probes.suite import CLAIMS  # noqa: F401 (every registered claim, re-exported)
+from dsteer_eval.stats.verdicts import Verdict, markdown, verdict
 
 
-@dataclass(frozen=True)
-class Claim:
-    key: str
-    claim: str
-    kind: str  # "mean" | "statistic"
-    x: tuple[str, ...]  # the numbers of the DPO side
-    y: tuple[str, ...] | None  # the numbers of the control (None: compare with 0)
-    statistic: str  # what is compared, in words
-    site: str  # "layer" | "final"
-    position: str  # a key of probe_report.POSITIONS
-    over: str  # "prompts" | "pairs"
-    expect: str = "higher"
-    fn: str = "mean"  # for statistic claims: "reduction" | "top1" | "top1_centred"
-
-
-CLAIMS = (
-    Claim("projection_vs_random", "movement along v̂ exceeds movement along a norm-matched random direction",
-          "mean", ("proj_v",), ("proj_r",), "⟨δᵢ, v̂⟩ vs ⟨δᵢ, r̂⟩ (r̂ averaged over the random controls)",
-          "layer", "last_prompt", "prompts"),
-    Claim("projection_vs_null", "movement along v̂ exceeds the null adapter's movement along its own v̂_null",
-          "mean", ("proj_v",), ("proj_null",), "⟨δᵢ, v̂⟩ vs ⟨δᵢ^null, v̂_null⟩", "layer", "last_prompt", "prompts"),
-    Claim("consistency_vs_random", "δᵢ agree with v̄ more than with a norm-matched random direction",
-          "mean", ("cos_v",), ("cos_r",), "cos(δᵢ, v̄) vs cos(δᵢ, r)", "layer", "last_prompt", "prompts"),
-    Claim("consistency_vs_null", "δᵢ agree with v̄ more than the null's δᵢ agree with v̄_null",
-          "mean", ("cos_v",), ("cos_null",), "cos(δᵢ, v̄) vs cos(δᵢ^null, v̄_null)", "layer", "last_prompt",
-          "prompts"),
-    Claim("restoration_vs_null", "−v̄ restores the base better than the null's own −v̄_null restores its base",
-          "statistic", ("kl_restored", "kl_base_dpo"), ("kl_restored_null", "kl_base_null"),
-          "1 − mean KL(base ‖ dpo − v̄) / mean KL(base ‖ dpo) vs the same for the null (α = 1)",
-          "layer", "all", "prompts", fn="reduction"),
-    Claim("restoration_vs_random", "−v̄ restores the base better than minus a norm-matched random direction",
-          "statistic", ("kl_restored", "kl_base_dpo"), ("kl_restored_random", "kl_base_dpo"),
-          "1 − mean KL(base ‖ dpo − v̄) / mean KL(base ‖ dpo) vs 1 − mean KL(base ‖ dpo − r) / mean KL(base ‖ dpo)",
-          "layer", "all", "prompts", fn="reduction"),
-    Claim("reproduction_vs_null", "+v̄ reproduces the DPO model better than +v̄_null reproduces the null",
-          "statistic", ("kl_reproduced", "kl_dpo_base"), ("kl_reproduced_null", "kl_null_base"),
-          "1 − mean KL(dpo ‖ base + v̄) / mean KL(dpo ‖ base) vs the same for the null (α = 1)",
-          "layer", "all", "prompts", fn="reduction"),
-    Claim("coherence_vs_relabelled", "gradient coherence (leave-one-out) exceeds the relabelled-pair baseline",
-          "mean", ("grad_loo",), ("grad_loo_relabelled",), "cos(gᵢ, ḡ₋ᵢ) vs the same with chosen/rejected "
-          "swapped on a seeded half", "final", "all", "pairs"),
-    Claim("coherence_first_divergence_vs_relabelled",
-          "gradient coherence (leave-one-out) at the first divergent position exceeds the relabelled baseline",
-          "mean", ("grad_loo_fd",), ("grad_loo_fd_relabelled",), "cos(gᵢ, ḡ₋ᵢ) vs relabelled, g = ∂L/∂h at the "
-          "first divergent position", "final", "first_divergence", "pairs"),
-    Claim("coherence_vs_null", "gradient coherence (leave-one-out) exceeds the null adapter's",
-          "mean", ("grad_loo",), ("grad_loo_null",), "cos(gᵢ, ḡ₋ᵢ), π = DPO vs π = null", "final", "all", "pairs"),
-    Claim("logit_margin_rises", "the logit margin rises at the first divergent content token",
-          "mean", ("margin_shift",), None, "logit(y_w) − logit(y_l), DPO − base, vs 0", "final",
-          "first_divergence_content", "pairs"),
-    Claim("logit_margin_vs_null", "the logit margin rises more under DPO than under the null adapter",
-          "mean", ("margin_shift",), ("margin_shift_null",), "margin shift DPO − base vs null − base", "final",
-          "first_divergence_content", "pairs"),
-    Claim("top1_energy_vs_null", "the top-1 energy share of ΔH exceeds the null's",
-          "statistic", ("delta",), ("delta_null",), "σ1²/Σσ² of ΔH (uncentred) vs of ΔH_null", "layer",
-          "last_prompt", "prompts", fn="top1"),
-    Claim("top1_energy_centred_vs_null", "the top-1 energy share of centred ΔH exceeds the null's",
-          "statistic", ("delta",), ("delta_null",), "σ1²/Σσ² of ΔH − mean row vs the same for ΔH_null", "layer",
-          "last_prompt", "prompts", fn="top1_centred"),
-)
+# the claims are declared by the probes that make their controls (dsteer_eval.probes.suite); CLAIMS is them all
 
 
 # ------------------------------------------------------------------ statistics
@@ -199,9 +141,9 @@ def _judge(claim: Claim, numbers: dict, n_resamples: int, seed: int):
     return delta, x_all, y_all, 0
 
 
-def probe_verdicts(numbers: dict, *, sites: dict | None = None, n_resamples: int = N_RESAMPLES,
+def probe_verdicts(numbers: dict, *, claims=CLAIMS, sites: dict | None = None, n_resamples: int = N_RESAMPLES,
                    seed: int = SEED) -> list[dict]:
-    """One verdict dict per claim of :data:`CLAIMS` whose numbers are all in ``numbers`` (a claim whose
+    """One verdict dict per claim of ``claims`` (default: every registered one) whose numbers are all in ``numbers`` (a claim whose
     numbers are missing, all non-finite, or whose statistic is undefined on this sample is left out).
 
     ``numbers`` maps the names used in :data:`CLAIMS` to per-item arrays (``delta``/``delta_null``: N × d
@@ -211,7 +153,7 @@ def probe_verdicts(numbers: dict, *, sites: dict | None = None, n_resamples: int
     """
     sites = sites or {}
     out = []
-    for claim in CLAIMS:
+    for claim in claims:
         needed = claim.x + (claim.y or ())
         if any(numbers.get(k) is None for k in needed):
             continue
@@ -244,8 +186,6 @@ def _cell(x, digits: int = 3) -> str:
 
 def verdicts_markdown(report: dict) -> str:
     """``verdicts.md`` of a probe report (every number comes from ``report``)."""
-    from dsteer_eval.stats.verdicts import Verdict
-
     positions = report.get("positions", {})
     layer, final = report.get("layer"), report.get("num_layers")
     data, models, vector = report.get("data", {}), report.get("models", {}), report.get("vector", {})
