@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import torch
 
 from dsteer_eval.probes import measures as probes
+from dsteer_eval.probes import gradients, identity
 
 
 def iid_expectations(n: int, d: int, n_grad: int | None = None) -> dict:
@@ -56,7 +57,7 @@ def random_controls(pair, prompts: Sequence[str], delta: torch.Tensor, v: torch.
     rs = [random_direction(v.float(), site=layer, index=i, seed=seed) for i in range(count)]
     proj = torch.stack([delta.double() @ (r.double() / r.double().norm()) for r in rs]).mean(0)
     cos = torch.stack([probes.cosines(delta, r) for r in rs]).mean(0)
-    kls = [probes.identity_kl(pair, prompts, r, layer, 1.0, logp=logp, batch_size=batch_size) for r in rs]
+    kls = [identity.identity_kl(pair, prompts, r, layer, 1.0, logp=logp, batch_size=batch_size) for r in rs]
     restored = torch.stack([k["restoration"] for k in kls]).mean(0)
     reproduced = torch.stack([k["reproduction"] for k in kls]).mean(0)
     kl_bd, kl_db = float(kls[0]["kl_base_dpo"].mean()), float(kls[0]["kl_dpo_base"].mean())
@@ -110,11 +111,11 @@ def null_probes(pair, prompts: Sequence[str], base_states: torch.Tensor, layer: 
         consistency = probes.directional_consistency(delta, v)
         logp = {"base": logp_base}
         with null_pair.side("dpo") as model:
-            logp["dpo"] = probes.next_token_logprobs(model, pair.tokenizer, prompts, batch_size=batch_size)
-        kl = probes.identity_kl(null_pair, prompts, v, layer, 1.0, logp=logp, batch_size=batch_size)
-        grads = probes.shift_gradients(null_pair, grad_pairs, beta=beta, policy="dpo", sites=range(delta_all.shape[1]),
+            logp["dpo"] = identity.next_token_logprobs(model, pair.tokenizer, prompts, batch_size=batch_size)
+        kl = identity.identity_kl(null_pair, prompts, v, layer, 1.0, logp=logp, batch_size=batch_size)
+        grads = gradients.shift_gradients(null_pair, grad_pairs, beta=beta, policy="dpo", sites=range(delta_all.shape[1]),
                                        max_length=max_length, batch_size=max(1, batch_size // 2), desc="grad (null)")
-        coherence, loo, loo_fd = probes.coherence_summary(grads, vectors)
+        coherence, loo, loo_fd = gradients.coherence_summary(grads, vectors)
         margins = probes.logit_margins(null_pair, content, batch_size=batch_size) if content else None
     finally:
         if pair.uses_adapter:

@@ -34,7 +34,7 @@ its numbers were read at, as a key of ``positions``::
                                         statistics, cos_neg_mean_grad_with_v_final},
                      by_layer: [{layer, loo_mean, cos_mean, cos_neg_mean_grad_with_v, grad_norm_mean}]}
                    (g at sequence level = Σ_t ∂Lᵢ/∂h_t over every position of both sequences, final site
-                   unless by_layer; see probes.shift_gradients)
+                   unless by_layer; see gradients.shift_gradients)
     spectra       [{layer, position: last_prompt, singular_values (top 16), sigma1_over_sigma2, top1_energy,
                     spectral_entropy, effective_rank, abs_cos_u1  (ΔH uncentred),
                     centred: {the same for ΔH minus its mean row},

@@ -20,6 +20,7 @@ from contextlib import nullcontext
 from typing import Sequence
 
 from dsteer_eval.probes import measures as probes
+from dsteer_eval.probes import identity
 from dsteer_eval.dpo.extract import last_token_states
 from dsteer_eval.steering.hook import Intervention, steer
 
@@ -42,7 +43,7 @@ class PointProbes:
         with steer(self.model, interventions):  # the recording hooks of last_token_states see the steering
             h = last_token_states(self.model, self.tokenizer, self.prompts, batch_size=self.batch_size,
                                   desc="point probes")
-        logp = probes.next_token_logprobs(self.model, self.tokenizer, self.prompts, interventions=interventions,
+        logp = identity.next_token_logprobs(self.model, self.tokenizer, self.prompts, interventions=interventions,
                                           batch_size=self.batch_size)
         return h, logp
 
@@ -56,7 +57,7 @@ class PointProbes:
             projection = probes.summary((h[:, site] - self.ref_h[:, site]) @ (v / v.norm()))
         else:  # e.g. the embeddings, which a LoRA on linear layers never changes
             projection = {"mean": None, "stderr": None, "note": "v is zero at this site: no direction"}
-        restoration = probes.summary(probes.kl(self.ref_logp, logp))
+        restoration = probes.summary(identity.kl(self.ref_logp, logp))
         return {
             "format": "dsteer-eval/point-probes",
             "model_args": model_args,

@@ -114,9 +114,9 @@ def test_lattice_field_on_a_tiny_pair(lora_pair, tmp_path):
     assert g.shape == (27, 3) and torch.isfinite(g).all()
     assert -1.0 <= field["uniformity_min"] <= field["uniformity"] <= 1.0
     # at the origin the field is minus the mean of the per-pair gradients of the coherence probe
-    from dsteer_eval.probes import measures as probes
+    from dsteer_eval.probes import gradients
 
-    coherence = probes.gradient_coherence(lora_pair, pairs, beta=0.1)
+    coherence = gradients.gradient_coherence(lora_pair, pairs, beta=0.1)
     origin = field["points"].index([0, 0, 0])
     torch.testing.assert_close(g[origin].double(), -(coherence["mean"].double() @ basis.T), rtol=1e-4, atol=1e-7)
     quiver_png(field, tmp_path / "q.png")

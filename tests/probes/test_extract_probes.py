@@ -11,6 +11,7 @@ import torch
 from conftest import SHORT_PAIRS, write_jsonl
 
 from dsteer_eval.probes import measures as probes
+from dsteer_eval.probes import gradients, identity
 from dsteer_eval.dpo.extract import PairStates, dpo_diff, first_divergence, pair_states, preference, unique_prompts
 from dsteer_eval.dpo.model_pair import ModelPair, ModelPairError
 from dsteer_eval.data.preference_pairs import PreferencePair
@@ -162,18 +163,18 @@ def test_exact_per_prompt_shift_at_final_restores_the_base(checkpoint_pair):
     states = pair_states(pair, PROMPTS)
     final = 4
     delta = states.delta[:, final]
-    base_lp = probes.next_token_logprobs(pair.base, pair.tokenizer, PROMPTS, batch_size=4)
-    dpo_lp = probes.next_token_logprobs(pair.dpo, pair.tokenizer, PROMPTS, batch_size=4)
+    base_lp = identity.next_token_logprobs(pair.base, pair.tokenizer, PROMPTS, batch_size=4)
+    dpo_lp = identity.next_token_logprobs(pair.dpo, pair.tokenizer, PROMPTS, batch_size=4)
     norm = pair.dpo.model.norm
-    restored = probes.next_token_logprobs(
+    restored = identity.next_token_logprobs(
         pair.dpo, pair.tokenizer, PROMPTS, batch_size=4,
         module_edits=[(norm, lambda h, rows: h - delta[rows][:, None, :].to(h))],
     )
-    unsteered = float(probes.kl(base_lp, dpo_lp).min())
+    unsteered = float(identity.kl(base_lp, dpo_lp).min())
     assert unsteered > 1e-5
-    assert float(probes.kl(base_lp, restored).max()) < 1e-3 * unsteered
+    assert float(identity.kl(base_lp, restored).max()) < 1e-3 * unsteered
     # With the mean shift instead, restoration is partial and alpha=0 is the unsteered KL exactly.
-    ident = probes.steering_identity(pair, PROMPTS, delta.mean(0), final, [0.0, 1.0], batch_size=4)
+    ident = identity.steering_identity(pair, PROMPTS, delta.mean(0), final, [0.0, 1.0], batch_size=4)
     assert ident["restoration_kl"][0] == ident["kl_base_dpo"]
     assert ident["reproduction_kl"][0] == ident["kl_dpo_base"]
     assert 0 < ident["restoration_kl"][1] < ident["kl_base_dpo"]
@@ -181,10 +182,10 @@ def test_exact_per_prompt_shift_at_final_restores_the_base(checkpoint_pair):
 
 def test_gradient_coherence_matches_finite_differences(checkpoint_pair):
     pair = checkpoint_pair
-    at_init = probes.gradient_coherence(pair, PAIRS[:3], beta=0.5, policy="base")
+    at_init = gradients.gradient_coherence(pair, PAIRS[:3], beta=0.5, policy="base")
     torch.testing.assert_close(at_init["loss"], torch.full((3,), math.log(2.0)))  # policy == reference
-    g = probes.gradient_coherence(pair, PAIRS, beta=0.5, policy="dpo", batch_size=4)
-    one_by_one = torch.cat([probes.gradient_coherence(pair, [p], beta=0.5)["grads"] for p in PAIRS])
+    g = gradients.gradient_coherence(pair, PAIRS, beta=0.5, policy="dpo", batch_size=4)
+    one_by_one = torch.cat([gradients.gradient_coherence(pair, [p], beta=0.5)["grads"] for p in PAIRS])
     torch.testing.assert_close(g["grads"], one_by_one, atol=1e-5, rtol=1e-4)  # no leakage across the batch
 
     # Finite differences of the pair-0 loss along its gradient direction, by a hook of our own.
@@ -195,7 +196,7 @@ def test_gradient_coherence_matches_finite_differences(checkpoint_pair):
         shift = eps * direction
         handles = [m.model.norm.register_forward_hook(lambda mod, a, o: o + shift) for m in (pair.dpo,)]
         try:
-            return float(probes.gradient_coherence(pair, [p0], beta=0.5)["loss"][0])
+            return float(gradients.gradient_coherence(pair, [p0], beta=0.5)["loss"][0])
         finally:
             for h in handles:
                 h.remove()

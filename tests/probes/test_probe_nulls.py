@@ -12,6 +12,7 @@ import torch
 from conftest import SHORT_PAIRS
 
 from dsteer_eval.probes import measures as probes
+from dsteer_eval.probes import gradients, identity
 from dsteer_eval.dpo.extract import divergences, first_divergence, pair_states, unique_prompts
 from dsteer_eval.dpo.model_pair import ModelPair
 from dsteer_eval.data.preference_pairs import PreferencePair
@@ -221,7 +222,7 @@ def test_per_layer_loo_coherence_equals_a_hand_computation(run, lora_pair):
 def test_first_divergence_gradient_is_minus_beta_sigma_delta_e_and_matches_finite_differences(lora_pair):
     beta = 0.5
     final = lora_pair.num_sites - 1
-    out = probes.shift_gradients(lora_pair, PAIRS, beta=beta, sites=[final], max_length=MAX_LENGTH)
+    out = gradients.shift_gradients(lora_pair, PAIRS, beta=beta, sites=[final], max_length=MAX_LENGTH)
     g = out["first_divergence"][final].double()
     assert bool(out["has_divergence"].all())
     with lora_pair.side("dpo") as model:
@@ -237,9 +238,9 @@ def test_first_divergence_gradient_is_minus_beta_sigma_delta_e_and_matches_finit
     p0, d0 = PAIRS[0], first_divergence(lora_pair.tokenizer, PAIRS[0])
     pos = len(d0.prefix) - 1
     direction = (g[0] / g[0].norm()).float()
-    ids, attn, target = probes.reply_batch(lora_pair.tokenizer, [p0], MAX_LENGTH, "cpu")
+    ids, attn, target = gradients.reply_batch(lora_pair.tokenizer, [p0], MAX_LENGTH, "cpu")
     with lora_pair.side("base") as model, torch.no_grad():
-        ref = probes.sequence_logps(model(input_ids=ids, attention_mask=attn).logits, ids, target)
+        ref = gradients.sequence_logps(model(input_ids=ids, attention_mask=attn).logits, ids, target)
 
     def loss_at(eps):
         def hook(module, args, output):
@@ -250,7 +251,7 @@ def test_first_divergence_gradient_is_minus_beta_sigma_delta_e_and_matches_finit
         with lora_pair.side("dpo") as model, torch.no_grad():
             handle = probes.resolve_parts(model).final_norm.register_forward_hook(hook)
             try:
-                pol = probes.sequence_logps(model(input_ids=ids, attention_mask=attn).logits, ids, target)
+                pol = gradients.sequence_logps(model(input_ids=ids, attention_mask=attn).logits, ids, target)
             finally:
                 handle.remove()
         ratio = (pol - ref).view(-1, 2)
@@ -372,7 +373,6 @@ def test_cli_probe_flags(tiny_dir, tiny_adapter_dir, short_pairs_file, tmp_path,
 
 def test_ablation_restoration_in_the_report(run, lora_pair):
     """mode=ablate in the probes: α = 0 leaves the DPO model as is, and each KL equals a direct computation."""
-    from dsteer_eval.probes import measures as probes
     from dsteer_eval.steering.hook import Intervention
 
     report, _, _ = run
@@ -383,16 +383,15 @@ def test_ablation_restoration_in_the_report(run, lora_pair):
     from dsteer_eval.dpo.extract import dpo_diff
 
     v = dpo_diff(lora_pair, prompts)[LAYER]
-    logp = probes.side_logprobs(lora_pair, prompts)
+    logp = identity.side_logprobs(lora_pair, prompts)
     with lora_pair.side("dpo") as model:
-        got = probes.next_token_logprobs(model, lora_pair.tokenizer, prompts,
+        got = identity.next_token_logprobs(model, lora_pair.tokenizer, prompts,
                                          interventions=[Intervention(LAYER, v, 1.0, mode="ablate")])
-    assert ablation["restoration_kl"][1] == pytest.approx(float(probes.kl(logp["base"], got).mean()), rel=1e-4)
+    assert ablation["restoration_kl"][1] == pytest.approx(float(identity.kl(logp["base"], got).mean()), rel=1e-4)
 
 
 def test_norm_preserving_identity_in_the_report(run, lora_pair):
     """norm_preserve=true in the probes: α = 0 is the unsteered KL, and each value equals a direct computation."""
-    from dsteer_eval.probes import measures as probes
     from dsteer_eval.dpo.extract import dpo_diff
     from dsteer_eval.steering.hook import Intervention
 
@@ -402,8 +401,8 @@ def test_norm_preserving_identity_in_the_report(run, lora_pair):
     assert kept["restoration_kl"][0] == pytest.approx(kept["kl_base_dpo"], rel=1e-6)
     prompts = list(dict.fromkeys(p.prompt for p in PAIRS))
     v = dpo_diff(lora_pair, prompts)[LAYER]
-    logp = probes.side_logprobs(lora_pair, prompts)
+    logp = identity.side_logprobs(lora_pair, prompts)
     with lora_pair.side("dpo") as model:
-        got = probes.next_token_logprobs(model, lora_pair.tokenizer, prompts, norm_preserve=True,
+        got = identity.next_token_logprobs(model, lora_pair.tokenizer, prompts, norm_preserve=True,
                                          interventions=[Intervention(LAYER, v, -1.0)])
-    assert kept["restoration_kl"][1] == pytest.approx(float(probes.kl(logp["base"], got).mean()), rel=1e-4)
+    assert kept["restoration_kl"][1] == pytest.approx(float(identity.kl(logp["base"], got).mean()), rel=1e-4)

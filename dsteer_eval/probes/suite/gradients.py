@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dsteer_eval.probes import measures
+from dsteer_eval.probes import gradients
 from dsteer_eval.probes.coherence import relabel
 from dsteer_eval.probes.registry import Claim, Probe, ProbeContext, baseline_row, get
 
@@ -22,26 +22,26 @@ def run(ctx: ProbeContext) -> dict:
     s = ctx.settings
     grad_batch = max(1, s.batch_size // 2)
     sites = range(ctx.final + 1)
-    g_dpo = measures.shift_gradients(ctx.pair, ctx.pairs, beta=s.beta, policy="dpo", sites=sites,
+    g_dpo = gradients.shift_gradients(ctx.pair, ctx.pairs, beta=s.beta, policy="dpo", sites=sites,
                                      max_length=s.max_length, batch_size=grad_batch, limit=s.grad_pairs)
     used = g_dpo["pairs"]
     ctx.shared["used_pairs"] = used
-    at_dpo, ctx.numbers["grad_loo"], ctx.numbers["grad_loo_fd"] = measures.coherence_summary(g_dpo, ctx.vectors)
-    g_init = measures.shift_gradients(ctx.pair, used, beta=s.beta, policy="base", max_length=s.max_length,
+    at_dpo, ctx.numbers["grad_loo"], ctx.numbers["grad_loo_fd"] = gradients.coherence_summary(g_dpo, ctx.vectors)
+    g_init = gradients.shift_gradients(ctx.pair, used, beta=s.beta, policy="base", max_length=s.max_length,
                                       batch_size=grad_batch)
-    at_init, _, _ = measures.coherence_summary(g_init, ctx.vectors, by_layer=False)
+    at_init, _, _ = gradients.coherence_summary(g_init, ctx.vectors, by_layer=False)
     swapped_pairs, swapped = relabel(used, seed=s.null_seed)
-    g_rel = measures.shift_gradients(ctx.pair, swapped_pairs, beta=s.beta, policy="dpo", sites=sites,
+    g_rel = gradients.shift_gradients(ctx.pair, swapped_pairs, beta=s.beta, policy="dpo", sites=sites,
                                      max_length=s.max_length, batch_size=grad_batch, desc="grad (relabelled)")
     relabelled, ctx.numbers["grad_loo_relabelled"], ctx.numbers["grad_loo_fd_relabelled"] = \
-        measures.coherence_summary(g_rel, ctx.vectors)
+        gradients.coherence_summary(g_rel, ctx.vectors)
     for entry in (at_dpo, at_init, relabelled):
         entry["skipped_prompt_too_long"] = g_dpo["skipped_prompt_too_long"]
     relabelled.update({"seed": s.null_seed, "swapped": swapped})
     return {"gradient_coherence": {
         "beta": s.beta, "pairs": len(used), "skipped_prompt_too_long": g_dpo["skipped_prompt_too_long"],
         "positions": {"all": "sequence level: one zero shift added at every position of both sequences",
-                      "first_divergence": measures.FIRST_DIVERGENCE},
+                      "first_divergence": gradients.FIRST_DIVERGENCE},
         "at_dpo": at_dpo, "at_init": at_init, "relabelled": relabelled}}
 
 

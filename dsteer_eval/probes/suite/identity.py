@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from dsteer_eval.probes import measures
+from dsteer_eval.probes import identity
 from dsteer_eval.probes.figures import identity_figure
 from dsteer_eval.probes.registry import Probe, ProbeContext, baseline_row, get
 
@@ -21,11 +21,11 @@ def _ratio(a, b):
 def run(ctx: ProbeContext) -> dict:
     pair, prompts, v, layer = ctx.pair, ctx.prompts, ctx.v, ctx.layer
     alphas, batch_size = ctx.settings.alphas, ctx.settings.batch_size
-    logp = ctx.shared["logp"] = measures.side_logprobs(pair, prompts, batch_size=batch_size)
-    ident = measures.steering_identity(pair, prompts, v, layer, alphas, batch_size=batch_size, logp=logp)
+    logp = ctx.shared["logp"] = identity.side_logprobs(pair, prompts, batch_size=batch_size)
+    ident = identity.steering_identity(pair, prompts, v, layer, alphas, batch_size=batch_size, logp=logp)
     ident["best_restoration"] = best(ident["alphas"], ident["restoration_kl"], ident["kl_base_dpo"])
     ident["best_reproduction"] = best(ident["alphas"], ident["reproduction_kl"], ident["kl_dpo_base"])
-    one = measures.identity_kl(pair, prompts, v, layer, 1.0, logp=logp, batch_size=batch_size)
+    one = identity.identity_kl(pair, prompts, v, layer, 1.0, logp=logp, batch_size=batch_size)
     ctx.numbers.update({"kl_restored": one["restoration"], "kl_base_dpo": one["kl_base_dpo"],
                         "kl_reproduced": one["reproduction"], "kl_dpo_base": one["kl_dpo_base"]})
     ident["alpha_1"] = {
@@ -34,18 +34,18 @@ def run(ctx: ProbeContext) -> dict:
         "reproduction_kl": float(one["reproduction"].mean()),
         "reproduction_ratio": _ratio(float(one["reproduction"].mean()), ident["kl_dpo_base"]),
     }
-    ablation = measures.ablation_identity(pair, prompts, v, layer, [a for a in alphas if a >= 0],
+    ablation = identity.ablation_identity(pair, prompts, v, layer, [a for a in alphas if a >= 0],
                                           batch_size=batch_size, logp=logp)
     ablation["best_restoration"] = best(ablation["alphas"], ablation["restoration_kl"], ablation["kl_base_dpo"])
     ident["ablation"] = ablation
-    ident["norm_preserve"] = measures.norm_preserved_identity(pair, prompts, v, layer, alphas, batch_size=batch_size,
+    ident["norm_preserve"] = identity.norm_preserved_identity(pair, prompts, v, layer, alphas, batch_size=batch_size,
                                                               logp=logp)
     ident["grid"] = []
     for site, vec, name in ((layer, v, str(layer)), (ctx.final, ctx.v_final, "final")):
         if name == "final" and site == layer:
             continue
         for position in ("all", "last"):
-            g = measures.steering_identity(pair, prompts, vec, site, alphas, batch_size=batch_size,
+            g = identity.steering_identity(pair, prompts, vec, site, alphas, batch_size=batch_size,
                                            position=position, logp=logp)
             g["site_name"] = name
             g["best_restoration"] = best(g["alphas"], g["restoration_kl"], g["kl_base_dpo"])
