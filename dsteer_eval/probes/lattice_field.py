@@ -28,7 +28,7 @@ from collections.abc import Sequence
 
 import torch
 
-from dsteer_eval.probes.measures import reply_batch, sequence_logps
+from dsteer_eval.probes.gradients import reply_batch, sequence_logps
 from dsteer_eval.steering.hook import adding
 from dsteer_eval.steering.sites import resolve_parts
 
