@@ -16,13 +16,19 @@ whole or not at all.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
+import socket
+import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from dsteer_eval.common.redaction import redact
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +163,6 @@ def lock_path(target: str | os.PathLike) -> Path:
 
 
 def _holder(lock: Path) -> dict | None:
-    import json
 
     try:
         found = json.loads(lock.read_text())
@@ -178,8 +183,6 @@ def _alive(pid) -> bool:
 
 def _stale(lock: Path, holder: dict | None) -> str | None:
     """Why ``lock`` belongs to no live run (its reason), or None when a run may still hold it."""
-    import socket
-    import time
 
     if holder is None:
         try:
@@ -199,12 +202,7 @@ def folder_lock(target: str | os.PathLike, flag: str = "--output", command: str 
     The lock is created with ``O_CREAT | O_EXCL`` (one winner, also across processes) and records the
     holder's pid, host, start time and command; a lock whose process has ended on this host (a killed
     run) is taken over with a warning. It is removed when the block ends."""
-    import json
-    import socket
-    import sys
-    import time
 
-    from dsteer_eval.common.redaction import redact
 
     lock = lock_path(target)
     lock.parent.mkdir(parents=True, exist_ok=True)

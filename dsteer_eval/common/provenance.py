@@ -40,6 +40,10 @@ import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from dsteer_eval import __version__
+from dsteer_eval.common.hashing import sha256_file, sha256_tree, tree_files
+from dsteer_eval.common.redaction import redact
+
 SCHEMA = "dsteer-eval/provenance"
 SCHEMA_VERSION = "1"
 KEY = "provenance"  # the key a record goes under, in every kind of output
@@ -94,7 +98,6 @@ def library_versions() -> dict[str, str | None]:
 def command_line(argv: Iterable[str] | None = None) -> str:
     """``dsteer-eval ARGV`` for the CLI's own arguments; else the process's command line
     (``dsteer-eval ...`` when it runs as the ``dsteer-eval`` script).  Secrets are redacted."""
-    from dsteer_eval.common.redaction import redact
 
     if argv is not None:
         words = ["dsteer-eval", *argv]
@@ -108,7 +111,6 @@ def command_line(argv: Iterable[str] | None = None) -> str:
 def data_entry(source, role: str | None = None) -> dict:
     """``{"path", "sha256", "bytes"}`` of a local file or folder (folder: also ``files``); a name that is
     not a local path (a hub id): ``{"path", "sha256": None, "note"}``."""
-    from dsteer_eval.common.hashing import sha256_file, sha256_tree, tree_files
 
     path = Path(str(source)).expanduser()
     if path.is_file():
@@ -129,7 +131,6 @@ def collect(*, data: Iterable = (), models: Iterable[Mapping] = (), seeds: Mappi
 
     ``data``: input paths or hub ids (or entries made by :func:`data_entry`); ``models``: entries made by
     :func:`dsteer_eval.models.identity.model_entry`; ``seeds``: ``{name: seed}``; ``command``: default :func:`command_line` ``()``."""
-    from dsteer_eval import __version__
 
     return {
         "schema": SCHEMA,

@@ -25,6 +25,7 @@ redacts every log record the process creates (message, arguments and formatted t
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -94,7 +95,6 @@ def register_model_args(kwargs) -> dict[str, str]:
     """Register the value of every secret-looking key of parsed model args (masked as ``<model_args KEY>``
     from now on: logs, errors, stored files) and return ``{key: sha256 of the value}``, which lets a
     resume notice a changed secret without storing it."""
-    import hashlib
 
     found = {}
     for key, value in dict(kwargs).items():

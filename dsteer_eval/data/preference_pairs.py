@@ -27,6 +27,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from dsteer_eval.data.splits import check_part, part_of
+
 SEPARATOR = "\n\nAssistant:"
 log = logging.getLogger(__name__)
 
@@ -198,7 +200,6 @@ def load_pairs(source: str | Path, *, data_dir: str | None = None, split: str = 
         raise FileNotFoundError(f"preference data {source}: no such file (and not a hub id like Anthropic/hh-rlhf)")
     if offset < 0 or (limit is not None and limit < 1):
         raise ValueError(f"offset must be >= 0 and limit >= 1, got offset={offset}, limit={limit}")
-    from dsteer_eval.data.splits import check_part, part_of
 
     part = check_part(part)
     pairs = PairSet(source=label + (f" part {part}" if part else "") + (f" from pair {offset}" if offset else ""))
@@ -240,7 +241,6 @@ def load_prompts(source: str | Path, *, data_dir: str | None = None, split: str 
     through :func:`load_pairs` (and its checks); prompt-only rows are read as is.
     ``part`` keeps the prompts of one split part (before ``offset``/``limit``).
     """
-    from dsteer_eval.data.splits import check_part, part_of
 
     part = check_part(part)
     path = Path(source)

@@ -36,6 +36,7 @@ from pathlib import Path
 
 from dsteer_eval.common.hashing import sha256_file
 from dsteer_eval.common.output_folder import atomic_write_bytes, atomic_write_text
+from dsteer_eval.data.preference_pairs import UnusableRow, jsonl_rows, load_pairs, pair_from_row
 from dsteer_eval.data.splits import PARTS, SPLIT_SEED, normalise, part_of
 
 FORMAT = "dsteer-eval/refusal-pairs"
@@ -131,7 +132,6 @@ def read_truthfulqa(path) -> list[dict]:
                 raise ValueError(f"{path}:{i}: a TruthfulQA row needs a question, a best answer and incorrect answers")
             out.append(doc)
         return out
-    from dsteer_eval.data.preference_pairs import jsonl_rows
 
     return [row for _, row in jsonl_rows(path)]
 
@@ -221,7 +221,6 @@ def write_jsonl_gz(path: Path, rows) -> None:
 
 def build_refusal(hh, truthfulqa, out) -> dict:
     """Write ``out/refusal_pairs.jsonl.gz`` and ``out/refusal_card.json``; return the card."""
-    from dsteer_eval.data.preference_pairs import load_pairs
 
     hh_pairs = load_pairs(hh)
     tqa_docs = read_truthfulqa(truthfulqa)
@@ -265,7 +264,6 @@ TQA_SOURCE = "TruthfulQA (https://github.com/sylinrl/TruthfulQA), Apache-2.0 lic
 
 def hh_rows_with_lines(path):
     """``(line, row, pair)`` of every usable HH pair in a JSONL(.gz) file, in file order."""
-    from dsteer_eval.data.preference_pairs import jsonl_rows, UnusableRow, pair_from_row
 
     for where, row in jsonl_rows(Path(path)):
         try:

@@ -13,6 +13,12 @@ import json
 import os
 from pathlib import Path
 
+from dsteer_eval.common.provenance import SINCE, read
+from dsteer_eval.dpo.training import CARD_FORMAT
+from dsteer_eval.probes.report import FORMAT as PROBE_FORMAT
+from dsteer_eval.sweep.runner import FORMAT as SWEEP_FORMAT
+from dsteer_eval.vectors.formats import read_any
+
 ACCEPTS = ("dsteer-eval info accepts a vector file (.safetensors, .gguf, .pt), a dpo_card.json, "
            "probe_report.json or sweep.json, or a folder holding one of them (a train-dpo adapter, "
            "a probe --out folder, a sweep --output folder)")
@@ -26,16 +32,12 @@ class InfoError(ValueError):
 # ------------------------------------------------------------------ reading
 def _json_kinds() -> dict:
     """``{format: (kind, facts function)}`` of the JSON outputs."""
-    from dsteer_eval.dpo.training import CARD_FORMAT
-    from dsteer_eval.probes.report import FORMAT as PROBE_FORMAT
-    from dsteer_eval.sweep.runner import FORMAT as SWEEP_FORMAT
 
     return {CARD_FORMAT: ("dpo-card", _card_facts), PROBE_FORMAT: ("probe-report", _probe_facts),
             SWEEP_FORMAT: ("sweep", _sweep_facts)}
 
 
 def _vector_reader():
-    from dsteer_eval.vectors.formats import read_any
 
     return read_any
 
@@ -49,7 +51,6 @@ def _in_folder(folder: Path) -> Path:
 
 def _provenance(value) -> tuple[dict | None, str | None]:
     """``(record, None)``, ``(None, None)`` when there is none, or ``(None, why it is unreadable)``."""
-    from dsteer_eval.common.provenance import read
 
     try:
         return read(value), None
@@ -224,7 +225,6 @@ def _data_text(entry: dict) -> str:
 
 def render_provenance(record: dict | None, error: str | None = None) -> list[str]:
     """Lines of a provenance record (or why there is none)."""
-    from dsteer_eval.common.provenance import SINCE
 
     if error:
         return [f"provenance: unreadable ({_printable(error)})"]

@@ -29,9 +29,9 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from dsteer_eval.steering.capture import record
-from dsteer_eval.steering.sites import resolve_parts
 from dsteer_eval.data.preference_pairs import PreferencePair
+from dsteer_eval.steering.capture import record
+from dsteer_eval.steering.sites import resolve_parts, unwrap
 
 log = logging.getLogger(__name__)
 _SANE_CONTEXT = 10_000_000  # tokenizers without a limit say 1e30; configs sometimes say absurd things
@@ -41,7 +41,6 @@ def context_limit(model, tokenizer=None) -> int | None:
     """The most tokens one forward pass may take: the smaller of the config's position limit
     (``max_position_embeddings``, ``n_positions``, ...) and the tokenizer's ``model_max_length``,
     ignoring values that are not sane (missing, <= 1, or the "no limit" 1e30); ``None`` if neither is."""
-    from dsteer_eval.steering.sites import unwrap
 
     found = []
     config = getattr(unwrap(model), "config", None) if model is not None else None

@@ -24,8 +24,16 @@ from pathlib import Path
 
 import torch
 
+from dsteer_eval.common import provenance
+from dsteer_eval.common.output_folder import atomic_write_text
+from dsteer_eval.common.provenance import command_line as line
+from dsteer_eval.data.preference_pairs import load_pairs
+from dsteer_eval.data.splits import check_part
 from dsteer_eval.dpo.rewards import pair_kind, reward_summary, rewards_by_kind  # noqa: F401  (re-exported)
+from dsteer_eval.dpo.training import CARD_NAME, DPOSettings, fit_prompts, gate, make_trainer, pair_rewards, read_card
 from dsteer_eval.models.defaults import model_name
+from dsteer_eval.models.embedded import resolve_pretrained
+from dsteer_eval.models.identity import model_entry
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +42,6 @@ def heldout_pairs(data, tokenizer, settings, *, part: str = "eval", eval_size: i
                   data_dir=None, split: str = "train"):
     """The pairs of ``part`` (seeded pick of ``eval_size`` of them; all when ``None``), prompts
     left-truncated as in training, and how many prompts were cut."""
-    from dsteer_eval.dpo.training import fit_prompts
-    from dsteer_eval.data.preference_pairs import load_pairs
-    from dsteer_eval.data.splits import check_part
 
     part = check_part(part)
     if part in (None, "train"):
@@ -59,10 +64,6 @@ def evaluate_adapter(adapter, data, *, part: str = "eval", eval_size: int | None
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from dsteer_eval.common import provenance
-    from dsteer_eval.models.identity import model_entry
-    from dsteer_eval.dpo.training import DPOSettings, make_trainer, pair_rewards, read_card
-    from dsteer_eval.models.embedded import resolve_pretrained
 
     adapter = Path(adapter)
     card = read_card(adapter)
@@ -97,7 +98,6 @@ def evaluate_adapter(adapter, data, *, part: str = "eval", eval_size: int | None
 def write_heldout(adapter, measured: dict, command: str) -> dict:
     """Record ``measured`` in the adapter's card under ``heldout[part]`` and recompute the gate from
     it (the gate measured at training time is kept as ``gate_at_training``)."""
-    from dsteer_eval.dpo.training import CARD_NAME, gate, read_card
 
     card = read_card(adapter)
     entry = {**measured, "command": command, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -106,13 +106,11 @@ def write_heldout(adapter, measured: dict, command: str) -> dict:
         card.setdefault("gate_at_training", card.get("gate"))
         card["gate"] = {**gate(measured["summary"], measured["by_kind"]),
                         "measured_on": f"eval part, {measured['pairs']} pairs (dsteer-eval dpo-gate)"}
-    from dsteer_eval.common.output_folder import atomic_write_text
 
     atomic_write_text(Path(adapter) / CARD_NAME, json.dumps(card, indent=1) + "\n")  # whole or not at all
     return card
 
 
 def command_line(argv) -> str:
-    from dsteer_eval.common.provenance import command_line as line
 
     return line(argv)

@@ -14,6 +14,10 @@ import json
 import math
 from pathlib import Path
 
+from dsteer_eval.common.hashing import sha256_file
+from dsteer_eval.common.output_folder import atomic_write_text
+from dsteer_eval.dpo.training import CARD_NAME, read_card
+
 FORMAT = "dsteer-eval/dpo-hparam-sweep"
 
 
@@ -32,7 +36,6 @@ def read_sweep(path) -> dict:
 
 def check(beta: float, learning_rate: float, path) -> dict:
     """The record for a run with ``beta`` / ``learning_rate``; ValueError unless they are the sweep's choice."""
-    from dsteer_eval.common.hashing import sha256_file
 
     report = read_sweep(path)
     chosen = report["chosen"]
@@ -56,7 +59,6 @@ def check(beta: float, learning_rate: float, path) -> dict:
 
 def record(adapter, path, *, recorded_by: str | None = None) -> dict:
     """Check the card in ``adapter`` against the sweep at ``path`` and write ``hparam_choice`` into it."""
-    from dsteer_eval.dpo.training import CARD_NAME, read_card
 
     card = read_card(adapter)
     if card is None:
@@ -66,7 +68,6 @@ def record(adapter, path, *, recorded_by: str | None = None) -> dict:
     if recorded_by:
         entry["recorded_by"] = recorded_by
     card["hparam_choice"] = entry
-    from dsteer_eval.common.output_folder import atomic_write_text
 
     atomic_write_text(Path(adapter) / CARD_NAME, json.dumps(card, indent=1) + "\n")  # whole or not at all
     return card

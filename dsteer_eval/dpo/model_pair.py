@@ -11,6 +11,7 @@ and special tokens) and same architecture (hidden size, layers, vocabulary).
 
 from __future__ import annotations
 
+import json
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,9 @@ from pathlib import Path
 import torch
 
 from dsteer_eval.models.defaults import model_name
+from dsteer_eval.models.embedded import resolve_pretrained
 from dsteer_eval.steering.sites import resolve_parts
+from dsteer_eval.vectors import model_fingerprint
 
 
 class ModelPairError(ValueError):
@@ -61,7 +64,6 @@ class ModelPair:
              dtype=torch.float32) -> "ModelPair":
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from dsteer_eval.models.embedded import resolve_pretrained
 
         if (dpo is None) == (adapter is None):
             raise ModelPairError("give the DPO side either as dpo=CHECKPOINT or as adapter=PEFT_FOLDER (one of them)")
@@ -100,7 +102,6 @@ def _looks_local(value) -> bool:
 
 
 def _check_adapter_base(adapter, model) -> None:
-    import json
 
     config_file = Path(str(adapter)) / "adapter_config.json"
     if not config_file.is_file():
@@ -125,7 +126,6 @@ def check_same_tokenizer(a, b, name_a: str, name_b: str) -> None:
 
 
 def check_same_architecture(a, b, name_a: str, name_b: str) -> None:
-    from dsteer_eval.vectors import model_fingerprint
 
     fa, fb = model_fingerprint(a), model_fingerprint(b)
     if fa != fb:

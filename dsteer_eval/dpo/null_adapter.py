@@ -26,6 +26,8 @@ from collections.abc import Sequence
 
 import torch
 
+from dsteer_eval.dpo.extract import last_token_states
+
 NULL = "null"
 
 
@@ -61,7 +63,6 @@ def permute_weight_delta(base: dict[str, torch.Tensor], dpo: dict[str, torch.Ten
 
 
 def _mean_shift(pair, which_pair, prompts, site, base_states, batch_size) -> float:
-    from dsteer_eval.dpo.extract import last_token_states
 
     with which_pair.side("dpo") as model:
         states = last_token_states(model, pair.tokenizer, prompts, batch_size=batch_size, desc="null")[:, site]
@@ -84,7 +85,6 @@ def attach_null(pair, prompts: Sequence[str], site: int, *, seed: int = 0, tol: 
     """Build the null for ``pair`` and return (null_pair, NullInfo); ``null_pair.side("dpo")`` runs it."""
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
-    from dsteer_eval.dpo.extract import last_token_states
 
     if not prompts:
         raise ValueError("the null adapter needs probe prompts to match the shift size on")

@@ -43,6 +43,7 @@ and ``lm_head="auto"`` swaps in :mod:`dsteer_eval.dpo.cpu_head` on CPU.
 
 from __future__ import annotations
 
+import importlib.metadata as md
 import json
 import logging
 import math
@@ -55,8 +56,15 @@ from pathlib import Path
 
 import torch
 
+from dsteer_eval.common import provenance
+from dsteer_eval.common.output_folder import atomic_write_text, check_free, check_writable, staged_folder
+from dsteer_eval.data.preference_pairs import PreferencePair, left_truncate, load_pairs
+from dsteer_eval.data.splits import check_part, part_of
 from dsteer_eval.dpo.rewards import reward_summary, rewards_by_kind  # noqa: F401  (reward_summary re-exported)
 from dsteer_eval.models.defaults import model_name
+from dsteer_eval.models.embedded import resolve_pretrained
+from dsteer_eval.models.identity import model_entry
+from dsteer_eval.steering.sites import unwrap
 
 CARD_NAME = "dpo_card.json"
 CARD_FORMAT = "dsteer-eval/dpo-card"
@@ -158,7 +166,6 @@ def preset_settings(name: str) -> DPOSettings:
 def fit_prompts(pairs, tokenizer, max_prompt_length: int):
     """The pairs with every prompt left-truncated to ``max_prompt_length`` tokens, and
     ``{"prompts_truncated": n, "prompt_tokens_cut": total}``."""
-    from dsteer_eval.data.preference_pairs import PreferencePair, left_truncate
 
     out, truncated, cut_total = [], 0, 0
     for pair in pairs:
@@ -182,7 +189,6 @@ def split_pairs(pairs, tokenizer, settings: DPOSettings, *, part: str | None = N
     ``min(eval_size, n // 5)``.  Prompts longer than ``max_prompt_length`` are
     left-truncated to their final turns and counted (``prompts_truncated``).
     """
-    from dsteer_eval.data.splits import check_part, part_of
 
     part = check_part(part)
     if part not in (None, "train"):
@@ -437,7 +443,6 @@ def _differences(before: dict, now: dict, keys) -> list[tuple]:
 
 
 def _versions() -> dict:
-    import importlib.metadata as md
 
     out = {}
     for dist in ("dsteer-eval", "trl", "peft", "transformers", "torch", "datasets"):
@@ -479,13 +484,6 @@ def train_dpo(
     no checkpoints).  ``callbacks``: extra transformers ``TrainerCallback`` objects.
     ``command``: the exact command line, for the card's provenance (default: this process's).
     """
-    from dsteer_eval.common import provenance
-    from dsteer_eval.models.embedded import resolve_pretrained
-    from dsteer_eval.models.identity import model_entry
-    from dsteer_eval.steering.sites import unwrap
-    from dsteer_eval.common.output_folder import atomic_write_text, check_free, check_writable, staged_folder
-    from dsteer_eval.data.preference_pairs import load_pairs
-    from dsteer_eval.data.splits import check_part
 
     settings = settings or DPOSettings()
     settings.check()

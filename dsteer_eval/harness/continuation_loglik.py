@@ -30,10 +30,11 @@ from lm_eval.models.utils import Collator
 from lm_eval.models.utils_hf import pad_and_concat
 from tqdm import tqdm
 
+from dsteer_eval.steering.sites import unwrap
+
 
 def takes_logits_to_keep(model) -> bool:
     """Whether ``model.forward`` (through a PEFT wrapper) accepts ``logits_to_keep``."""
-    from dsteer_eval.steering.sites import unwrap
 
     try:
         params = inspect.signature(unwrap(model).forward).parameters

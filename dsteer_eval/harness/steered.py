@@ -31,21 +31,24 @@ import logging
 import math
 from collections import deque
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import torch
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
-from dsteer_eval.harness import plugin as lm_eval_plugin
 from dsteer_eval.common.redaction import register_model_args
+from dsteer_eval.harness import plugin as lm_eval_plugin
+from dsteer_eval.harness.continuation_loglik import takes_logits_to_keep
+from dsteer_eval.harness.packed_contexts import PACKABLE_ATTENTION
+from dsteer_eval.metrics.reference_models import register_active
 from dsteer_eval.models.defaults import NoDefaultVectorError, model_name, resolve_default_pair  # noqa: F401 (re-export)
 from dsteer_eval.models.embedded import resolve_pretrained
-from dsteer_eval.metrics.reference_models import register_active
-from dsteer_eval.steering.sites import ModelParts, resolve_parts
 from dsteer_eval.steering.args import SteerArgs, parse_bool, resolve_sites
 from dsteer_eval.steering.guard import NonFiniteStateError, finite_guard  # noqa: F401 (NonFiniteStateError re-exported)
 from dsteer_eval.steering.hook import Intervention, NonFiniteError, check_finite, check_fits_dtype, steer
+from dsteer_eval.steering.sites import ModelParts, resolve_parts
 from dsteer_eval.vectors import VectorFile, check_compatible, load_vectors
 from dsteer_eval.vectors.torch_dicts import check_builtin_entry, load_builtin_pt
 
@@ -155,7 +158,6 @@ class SteeredLM(HFLM):
             # whose prompt/continuation split differs; position masks depend on the split.
             self.logits_cache = False
         self._vector_file, self._steer_args = vector_file, args  # a sweep re-points them
-        from dsteer_eval.harness.continuation_loglik import takes_logits_to_keep
 
         self._continuation_head = head_positions == "continuation" and self.backend == "causal" \
             and takes_logits_to_keep(self.model)
@@ -233,9 +235,9 @@ class SteeredLM(HFLM):
         the scale of ``unit=norm``, so alpha=0.1 pushes by a tenth of a typical state's norm."""
         cache = self.__dict__.setdefault("_state_norms", {})
         if site not in cache:
+            from dsteer_eval.data.preference_pairs import load_pairs
             from dsteer_eval.dpo.extract import last_token_states, unique_prompts
             from dsteer_eval.harness.plugin import tasks_dir
-            from dsteer_eval.data.preference_pairs import load_pairs
 
             prompts = unique_prompts(load_pairs(f"{tasks_dir()}/hh/hh_mini.jsonl"))
             states = last_token_states(self.model, self.tokenizer, prompts, desc="unit=norm")
@@ -252,7 +254,6 @@ class SteeredLM(HFLM):
 
     def _builtin_edits(self, config: dict, alphas: tuple[float, ...], where: str = "steer_path") -> list:
         """Hooks for lm-eval's built-in format, using its own add/clamp functions."""
-        from functools import partial
 
         from lm_eval.models.hf_steered import SteeredModel
 
@@ -472,7 +473,6 @@ class SteeredLM(HFLM):
     def packs_contexts(self, override_bs=None) -> bool:
         """Whether log-likelihood requests run packed, a context once for all its continuations
         (:mod:`dsteer_eval.harness.packed_contexts`; the cases that do not are listed there)."""
-        from dsteer_eval.harness.packed_contexts import PACKABLE_ATTENTION
 
         return (self._pack_contexts and self._position == "all" and override_bs is None
                 and isinstance(self.batch_size, int) and self.batch_size >= 1

@@ -13,6 +13,9 @@ from pathlib import Path
 
 import yaml
 
+from dsteer_eval.harness.plugin import tasks_dir
+from dsteer_eval.metrics.samples import sample_path
+
 
 class _TagTolerantLoader(yaml.SafeLoader):
     """A safe loader that reads lm-eval's ``!function`` tags as plain strings (nothing is imported)."""
@@ -33,7 +36,6 @@ def _configs(root: Path) -> list[dict]:
 
 def task_data_files(names: Iterable[str], root: str | Path | None = None) -> dict[str, Path]:
     """``{task: data file}`` for the named tasks and the members of the named groups (ours only)."""
-    from dsteer_eval.harness.plugin import tasks_dir
 
     root = Path(root or tasks_dir())
     configs = _configs(root)
@@ -83,7 +85,6 @@ def task_definition_files(names: Iterable[str], task_manager) -> dict[str, dict[
     YAML, the templates it ``include:``s (recursively), the ``utils.py`` beside it, and the local data it
     reads (``dataset_kwargs.sample``, ``dataset_kwargs.data_files``, a local ``dataset_path``).  Groups are
     followed to their members.  A hub data set has no local file: its name is in the task config instead."""
-    from dsteer_eval.metrics.samples import sample_path
 
     index = task_manager.task_index
     found: dict[str, dict[str, Path]] = {}

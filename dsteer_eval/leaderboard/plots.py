@@ -13,6 +13,7 @@ import math
 import re
 
 from dsteer_eval.leaderboard.collect import number
+from dsteer_eval.leaderboard.paired import role
 from dsteer_eval.leaderboard.table import Leaderboard, model_label
 from dsteer_eval.probes.figures import pyplot
 
@@ -24,7 +25,6 @@ _CONTROL = re.compile(r"(, )?random:\d+")
 
 def _bands(board: Leaderboard, value_of) -> list[tuple[str, list[tuple[float, float, float, float]]]]:
     """Control rows as bands: ``(label, [(alpha, low, mean, high)])`` per (controlled group, layer)."""
-    from dsteer_eval.leaderboard.paired import role
 
     found: dict[tuple, dict[float, list[float]]] = {}
     for i, row in enumerate(board.rows):
@@ -45,7 +45,6 @@ def _bands(board: Leaderboard, value_of) -> list[tuple[str, list[tuple[float, fl
 
 def _lines(board: Leaderboard, value_of) -> list[tuple[str, list[Point]]]:
     """``value_of(row_index) -> (value, stderr) | None`` as lines of points, one per (source/model, layer)."""
-    from dsteer_eval.leaderboard.paired import role
 
     groups: dict[str, tuple[dict, list]] = {}
     for i, row in enumerate(board.rows):

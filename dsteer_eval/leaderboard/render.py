@@ -16,9 +16,10 @@ import json
 import math
 from pathlib import Path
 
+from dsteer_eval.common.output_folder import atomic_write_bytes
 from dsteer_eval.leaderboard.collect import clean
 from dsteer_eval.leaderboard.table import Cell, Leaderboard
-from dsteer_eval.common.output_folder import atomic_write_bytes
+from dsteer_eval.stats.verdicts import markdown as verdict_table
 
 FORMAT, FORMAT_VERSION = "dsteer-eval/leaderboard", "1"
 MISSING = "—"
@@ -96,7 +97,6 @@ def paired_rows(board: Leaderboard):
 
 
 def paired_markdown(board: Leaderboard) -> list[str]:
-    from dsteer_eval.stats.verdicts import markdown as verdict_table
 
     lines = []
     for column, items in paired_rows(board):

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dsteer_eval.leaderboard.collect import Entry, RowKey, Skipped, Source, clean, collect, number
+from dsteer_eval.leaderboard.paired import paired_statistics
 from dsteer_eval.models.embedded import is_embedded_name
 from dsteer_eval.sweep.grid import alpha_text
 
@@ -222,7 +223,6 @@ def build_leaderboard(paths) -> Leaderboard:
     cells = [[_cell(winners.get(_slot(row.key, c.kind, c.task)), c) for c in columns] for row in rows]
     for j, column in enumerate(columns):
         _mark_best([r[j] for r in cells], column.higher_is_better)
-    from dsteer_eval.leaderboard.paired import paired_statistics
 
     paired, claims = {}, []
     for column in _paired_columns(columns, won):

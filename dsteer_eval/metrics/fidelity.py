@@ -21,6 +21,8 @@ from functools import lru_cache
 import torch
 
 from dsteer_eval.dpo.extract import pad_batch
+from dsteer_eval.metrics.hh_preference import process_docs
+from dsteer_eval.metrics.reference_models import active_steered, load_scoring_model
 from dsteer_eval.models.embedded import DEFAULT_MODEL
 
 ENV_REFERENCE = "DSTEER_REFERENCE_MODEL"
@@ -28,7 +30,6 @@ ENV_REFERENCE = "DSTEER_REFERENCE_MODEL"
 
 def reference_model():
     """``(model, tokenizer, label)`` -- unsteered."""
-    from dsteer_eval.metrics.reference_models import active_steered, load_scoring_model
 
     spec = os.environ.get(ENV_REFERENCE, "").strip()
     if not spec:
@@ -111,7 +112,6 @@ def corpus_perplexity(items) -> float:
 
 def fidelity_docs(dataset):
     """HH pairs whose dialogues share the prompt; the chosen reply is the reference."""
-    from dsteer_eval.metrics.hh_preference import process_docs
 
     kept = process_docs(dataset).filter(lambda doc: doc["same_prefix"])
     if len(kept) == 0:

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from dsteer_eval.common import redaction
+from dsteer_eval.dpo.extract import pad_batch
+from dsteer_eval.metrics.reference_models import load_scoring_model
 from dsteer_eval.models.embedded import DEFAULT_MODEL
 
 log = logging.getLogger("dsteer_eval.geval")
@@ -171,7 +173,6 @@ class LocalJudge(_Judge):
         """Softmax of the next-token logits after each prompt (right-padded batches: exact)."""
         import torch
 
-        from dsteer_eval.dpo.extract import pad_batch
 
         texts = [self._text(p) for p in prompts]
         rows = []
@@ -293,7 +294,6 @@ def build_judge(spec: str):
             raise ValueError(f"{ENV_JUDGE}=openai:<model>: the model name is missing")
         base = os.environ.get("DSTEER_JUDGE_BASE_URL", "https://api.openai.com/v1")
         return OpenAIJudge(model, base, os.environ.get("OPENAI_API_KEY"))
-    from dsteer_eval.metrics.reference_models import load_scoring_model
 
     loaded = load_scoring_model(spec)
     return LocalJudge(loaded.model, loaded.tokenizer, loaded.label)

@@ -34,9 +34,10 @@ from __future__ import annotations
 
 import logging
 
+from dsteer_eval.data.refusal_set import is_refusal
 from dsteer_eval.metrics.degeneration import degenerate as degenerate_reason
 from dsteer_eval.metrics.hh_preference import all_finite, loglikelihoods
-from dsteer_eval.data.refusal_set import is_refusal
+from dsteer_eval.metrics.judge import get_judge
 
 log = logging.getLogger("dsteer_eval.refusal")
 KINDS = ("harmful", "harmless")
@@ -90,7 +91,6 @@ def judge_prompt(request: str, response: str) -> str:
 
 def judge_refusals(resps, docs):
     """lm-eval filter: ask the judge once per non-empty reply; P(refuses) = P("1") of {1, 2}."""
-    from dsteer_eval.metrics.judge import get_judge
 
     docs = list(docs)
     answers = [r[0] if r else "" for r in resps]

@@ -15,6 +15,7 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from dsteer_eval.metrics.degeneration import degenerate
 from dsteer_eval.metrics.judge import pair_prompt
 
 
@@ -36,7 +37,6 @@ class WinRate:
 def win_rate(judge, requests, answers_a, answers_b, criterion: str = "helpfulness") -> WinRate:
     if not (len(requests) == len(answers_a) == len(answers_b)):
         raise ValueError("win_rate: requests, answers_a and answers_b must have the same length")
-    from dsteer_eval.metrics.degeneration import degenerate
 
     usable = [degenerate(a) is None and degenerate(b) is None for a, b in zip(answers_a, answers_b)]
     prompts = []

@@ -12,13 +12,17 @@ so later loads are ordinary ``from_pretrained`` calls.  The short name
 
 from __future__ import annotations
 
+import copy
 import importlib.metadata
 import importlib.util
 import json
 import logging
 import os
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
+
+from dsteer_eval.common.output_folder import staged_folder
 
 log = logging.getLogger(__name__)
 
@@ -106,12 +110,10 @@ def _cache_is_current(folder: Path, record: dict) -> bool:
 
 
 def _materialise(model: EmbeddedModel, target: Path, record: dict) -> None:
-    import copy
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from dsteer_eval.common.output_folder import staged_folder
 
     gguf = model.locate_gguf()
     log.warning("dequantizing %s once into %s (later loads use the cached copy)", gguf.name, target)
@@ -180,7 +182,6 @@ def check_pair(pair: str | None) -> str:
 
 def default_vector(name: str = DEFAULT_MODEL, pair: str | None = None) -> Path | None:
     """The steering vector the package ships for an embedded model's ``pair``, if any."""
-    from importlib.resources import files
 
     resource = files("dsteer_eval") / "artifacts" / name / PAIRS[check_pair(pair)][1]
     return Path(str(resource)) if resource.is_file() else None
@@ -188,7 +189,6 @@ def default_vector(name: str = DEFAULT_MODEL, pair: str | None = None) -> Path |
 
 def default_adapter(name: str = DEFAULT_MODEL, pair: str | None = None) -> Path | None:
     """The DPO LoRA adapter the package ships for an embedded model's ``pair``, if any."""
-    from importlib.resources import files
 
     resource = files("dsteer_eval") / "artifacts" / name / PAIRS[check_pair(pair)][0]
     return Path(str(resource)) if (resource / "adapter_config.json").is_file() else None

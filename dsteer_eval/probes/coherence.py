@@ -12,6 +12,7 @@ the true labels and broken by the relabelling.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Sequence
 
@@ -41,7 +42,6 @@ def relabel(pairs: Sequence, seed: int = 0) -> tuple[list, list[int]]:
 
     Works on any dataclass with ``chosen`` and ``rejected`` fields (``dataclasses.replace``).
     """
-    import dataclasses
 
     rng = random.Random(seed)
     idx = sorted(rng.sample(range(len(pairs)), len(pairs) // 2))

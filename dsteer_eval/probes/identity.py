@@ -12,6 +12,8 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from dsteer_eval.dpo.cpu_head import supports_compact_head
+from dsteer_eval.dpo.extract import context_limit, sorted_batches
 from dsteer_eval.steering.hook import Intervention, steer
 from dsteer_eval.steering.sites import resolve_parts, unwrap
 
@@ -26,8 +28,6 @@ def next_token_logprobs(model, tokenizer, prompts: Sequence[str], *, interventio
     models whose logits are plain ``lm_head(h)`` only the last position is
     projected; others run their full forward.
     """
-    from dsteer_eval.dpo.cpu_head import supports_compact_head
-    from dsteer_eval.dpo.extract import context_limit, sorted_batches
 
     parts = resolve_parts(model)
     plain_head = supports_compact_head(unwrap(model))

@@ -20,8 +20,10 @@ from collections.abc import Sequence
 
 import torch
 
-from dsteer_eval.probes import measures as probes
-from dsteer_eval.probes import gradients, identity
+from dsteer_eval.dpo.extract import last_token_states
+from dsteer_eval.dpo.null_adapter import NULL, attach_null
+from dsteer_eval.probes import gradients, identity, measures as probes
+from dsteer_eval.steering.controls import random_direction
 
 
 def iid_expectations(n: int, d: int, n_grad: int | None = None) -> dict:
@@ -50,7 +52,6 @@ def random_controls(pair, prompts: Sequence[str], delta: torch.Tensor, v: torch.
     Per prompt, averaged over the K controls: ⟨δᵢ, r̂⟩, cos(δᵢ, r), KL(base ‖ dpo − r) and
     KL(dpo ‖ base + r) (r added at every position, α = 1).
     """
-    from dsteer_eval.steering.controls import random_direction
 
     if count < 1:
         return {}, {}
@@ -95,8 +96,6 @@ def null_probes(pair, prompts: Sequence[str], base_states: torch.Tensor, layer: 
     The null is attached for this call only: an adapter added to a PeftModel is deleted on the way out
     and the pair's own adapter is active again.
     """
-    from dsteer_eval.dpo.extract import last_token_states
-    from dsteer_eval.dpo.null_adapter import NULL, attach_null
 
     had_null = pair.uses_adapter and NULL in getattr(pair.base, "peft_config", {})
     try:

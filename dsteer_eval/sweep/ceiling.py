@@ -25,10 +25,12 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from dsteer_eval.harness.steered import SteeredLM
 from dsteer_eval.metrics.degeneration import degenerate
 from dsteer_eval.models.defaults import model_name, resolve_default_pair
 from dsteer_eval.steering.args import SteerArgs
 from dsteer_eval.steering.hook import Intervention, steer
+from dsteer_eval.sweep.grid import parse_alpha_grid
 
 FORMAT = "dsteer-eval/ceiling"
 AUTO_GRID = (-1.0, -0.5, 0.0, 0.5, 1.0)
@@ -154,7 +156,6 @@ def parse_relative(text: str) -> tuple[float, ...] | None:
         return AUTO_GRID
     if not value.startswith("rel:"):
         return None
-    from dsteer_eval.sweep.grid import parse_alpha_grid
 
     return parse_alpha_grid(value[4:], flag="--alphas rel:")
 
@@ -197,7 +198,6 @@ def ceiling_for(kwargs: dict, layer, prompts: Sequence[str], *, device: str | No
     (the embedded default with its shipped adapter and v̄, ``peft=``, ``dtype=``), and find the ceiling of its
     vector at ``layer`` on ``prompts``, steered as those args say (``unit=``, ``mode=``, ``position=``,
     ``norm_preserve=``, ``control=``)."""
-    from dsteer_eval.harness.steered import SteeredLM
 
     settings = steering_settings(kwargs)
     args = {k: v for k, v in kwargs.items() if k not in ("layer", "alpha")}

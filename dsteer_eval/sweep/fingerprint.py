@@ -26,6 +26,10 @@ from pathlib import Path
 # the cheap content hashes live in dsteer_eval.common.hashing, a model's identity in dsteer_eval.models.identity;
 # these names stay importable from here
 from dsteer_eval.common.hashing import MIB, file_digest, path_digest  # noqa: F401
+from dsteer_eval.common.redaction import redact
+from dsteer_eval.metrics.fidelity import ENV_REFERENCE
+from dsteer_eval.metrics.judge import judge_spec
+from dsteer_eval.metrics.toxicity_scorers import ENV_LABEL, scorer_spec
 from dsteer_eval.models.defaults import model_name
 from dsteer_eval.models.identity import content  # noqa: F401
 
@@ -56,10 +60,6 @@ def _model_spec(spec: str) -> str:
 
 def environment_settings() -> tuple[dict, dict[str, dict]]:
     """``(settings, contents)`` of the scorer, judge and reference model the environment selects."""
-    from dsteer_eval.metrics.fidelity import ENV_REFERENCE
-    from dsteer_eval.metrics.judge import judge_spec
-    from dsteer_eval.metrics.toxicity_scorers import ENV_LABEL, scorer_spec
-    from dsteer_eval.common.redaction import redact
 
     scorer, judge = scorer_spec(), judge_spec()
     reference = os.environ.get(ENV_REFERENCE, "").strip() or None

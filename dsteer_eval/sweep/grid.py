@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from dsteer_eval.steering.args import parse_layers, resolve_sites
+
 if TYPE_CHECKING:  # steer_args imports torch; the leaderboard imports this module for alpha_text only
     from dsteer_eval.steering.args import Layer
 
@@ -83,7 +85,6 @@ def parse_alpha_grid(text: str, flag: str = "--alphas") -> tuple[float, ...]:
 
 
 def parse_layer_grid(text: str) -> tuple[Layer, ...]:
-    from dsteer_eval.steering.args import parse_layers
 
     items = _items(text, "--layers")
     try:
@@ -95,7 +96,6 @@ def parse_layer_grid(text: str) -> tuple[Layer, ...]:
 def check_layers(layers: tuple[Layer, ...], num_layers: int, available: set[int] | None, source: str) -> None:
     """Each layer in range for ``num_layers``, named once (the one rule of steer_args.resolve_sites) and
     (when known) present in the vector file."""
-    from dsteer_eval.steering.args import resolve_sites
 
     try:
         sites = resolve_sites(layers, num_layers)

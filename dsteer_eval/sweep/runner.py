@@ -27,6 +27,7 @@ unit is tried again on the next run.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -36,12 +37,31 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dsteer_eval.common.hashing import sha256_file
+from dsteer_eval import __version__
+from dsteer_eval.common import provenance
+from dsteer_eval.common.hashing import sha256_file, sha256_tree
 from dsteer_eval.common.output_folder import atomic_write_text, empty_folder, folder_lock, staged_folder
 from dsteer_eval.common.redaction import redact, register_model_args
+from dsteer_eval.data.preference_pairs import load_pairs
+from dsteer_eval.dpo.extract import unique_prompts
+from dsteer_eval.dpo.model_pair import ModelPair
+from dsteer_eval.dpo.training import read_card
+from dsteer_eval.harness.plugin import tasks_dir
+from dsteer_eval.harness.task_files import task_data_files, task_definition_files
+from dsteer_eval.leaderboard.collect import number
 from dsteer_eval.models.defaults import model_name, resolve_default_pair
-from dsteer_eval.sweep import grid
+from dsteer_eval.models.embedded import resolve_pretrained
+from dsteer_eval.models.identity import model_entry
+from dsteer_eval.probes.report import run_probes, write_report
+from dsteer_eval.steering.args import resolve_site
+from dsteer_eval.steering.controls import DEFAULT_SEED, parse_controls
+from dsteer_eval.sweep import fingerprint, grid
+from dsteer_eval.sweep.ceiling import parse_relative
+from dsteer_eval.sweep.point_probes import PointProbes
+from dsteer_eval.sweep.sweep_lm import SweepLM
 from dsteer_eval.sweep.units import check_unit, unit_done, unit_folder  # unit_done: the resume rule
+from dsteer_eval.sweep.winrates import sweep_winrates
+from dsteer_eval.vectors import load_vectors
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +148,6 @@ def _num_layers(vf, pretrained) -> int:
         return int(vf.metadata["num_layers"])
     from transformers import AutoConfig  # the config only, no weights
 
-    from dsteer_eval.models.embedded import resolve_pretrained
 
     return int(AutoConfig.from_pretrained(resolve_pretrained(pretrained)).num_hidden_layers)
 
@@ -137,13 +156,11 @@ def plan_sweep(config: SweepConfig) -> Plan:
     """Check the grid, tasks, vector and output folder; raise ValueError naming the argument."""
     from lm_eval.tasks import TaskManager
 
-    from dsteer_eval.vectors import load_vectors
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ValueError("dsteer-eval sweep runs in one process; for data parallel run `accelerate launch -m lm_eval "
                          "--model steered ...` once per alpha and combine the folders with `dsteer-eval leaderboard` "
                          "(docs/scaling.md)")
-    from dsteer_eval.sweep.ceiling import parse_relative
 
     relative = parse_relative(config.alphas)  # rel:... or auto: multiples of the vector's strength ceiling
     alphas = grid.parse_alpha_grid(config.alphas) if relative is None else None
@@ -188,7 +205,6 @@ def plan_sweep(config: SweepConfig) -> Plan:
     settings["contents"].update(_task_contents(tasks, task_manager))
     out = Path(config.output)
     _check_output(out, settings, config.overwrite)
-    from dsteer_eval.steering.controls import parse_controls
 
     controls = parse_controls(config.controls)
     if relative is not None:
@@ -255,7 +271,6 @@ def _base_alphas(text: str | None, alphas: tuple, kwargs: dict) -> tuple:
 
 def _fingerprint(kwargs: dict) -> dict:
     """Scorer/judge/reference settings and the contents of every model file (cheap hashes), see fingerprint.py."""
-    from dsteer_eval.sweep import fingerprint
 
     default_adapter = None
     if not kwargs.get("vector") and "peft" not in kwargs:  # the shipped vector brings the shipped DPO adapter
@@ -270,8 +285,6 @@ def _task_contents(tasks, task_manager) -> dict[str, dict]:
     """``{"task NAME": {"sha256", "path", "files": {role: {"path", "sha256"}}}}``: the content of every file that
     defines each task and group member (its YAML, included templates, utils.py, local data), so a resume on
     edited documents, or on another --include-path folder with the same task names, is refused."""
-    from dsteer_eval.common.hashing import sha256_file
-    from dsteer_eval.harness.task_files import task_definition_files
 
     out = {}
     for task, files in task_definition_files(tasks, task_manager).items():
@@ -287,7 +300,6 @@ def _full_digest(path: Path, sha256_file) -> str:
     """sha256 of a file, or of a folder's files with their relative names (task data is small: read whole)."""
     if path.is_file():
         return sha256_file(path)
-    from dsteer_eval.common.hashing import sha256_tree
 
     return sha256_tree(path)
 
@@ -350,14 +362,9 @@ def _field(entry, key: str):
 def run_provenance(plan: Plan) -> dict:
     """How this run of the sweep was made (dsteer_eval.common.provenance): the vector, each task's shipped data
     file and the probe data, the model files, lm-eval's seeds (its defaults: the sweep passes none) and the random controls' seed."""
-    import inspect
 
     import lm_eval
 
-    from dsteer_eval.common import provenance
-    from dsteer_eval.models.identity import model_entry
-    from dsteer_eval.steering.controls import DEFAULT_SEED
-    from dsteer_eval.harness.task_files import task_data_files
 
     data = [provenance.data_entry(plan.vector, "vector")]
     data += [provenance.data_entry(path, f"task:{task}") for task, path in task_data_files(plan.tasks).items()]
@@ -394,7 +401,6 @@ def _write_record(plan: Plan, provenance: dict | None = None) -> None:
     the runs it resumes), which a resume does not compare (its command and time differ by nature)."""
     import lm_eval
 
-    from dsteer_eval import __version__
 
     plan.out.mkdir(parents=True, exist_ok=True)
     record = plan.out / "sweep.json"
@@ -453,7 +459,6 @@ def per_doc_values(samples: dict) -> dict:
 
     A value that is not a number (a failed score, a list) is stored as None and never paired. ``resps``
     are the filtered responses: log-likelihoods (one per choice) or generated texts."""
-    from dsteer_eval.leaderboard.collect import number
 
     out = {}
     for task, rows in samples.items():
@@ -551,7 +556,6 @@ def _run_locked(config: SweepConfig, print_fn) -> int:
         s = lm.shared.stats
         print_fn(f"sweep: shared lower layers: {s['full']} full and {s['replayed']} replayed log-likelihood "
                  f"batches (replay check: max |d logit| = {s['verified_max_abs_diff']})")
-    from dsteer_eval.sweep.winrates import sweep_winrates
 
     sweep_winrates(plan, print_fn=print_fn)
     if report_missing:
@@ -575,7 +579,6 @@ def _generation_group(plan: Plan, point, todo) -> list:
 def _load(plan: Plan):
     from lm_eval.utils import simple_parse_args_string
 
-    from dsteer_eval.sweep.sweep_lm import SweepLM
 
     cfg = plan.config
     args = simple_parse_args_string(plan.load_args or plan.base_args)  # type-cast as `lm_eval --model_args` does
@@ -584,28 +587,22 @@ def _load(plan: Plan):
 
 
 def _probe_prompts(plan: Plan) -> tuple[list, object]:
-    from dsteer_eval.dpo.extract import unique_prompts
 
     pairs = _probe_pairs(plan.config)
     return unique_prompts(pairs), pairs
 
 
 def _probe_pairs(config: SweepConfig):
-    from dsteer_eval.harness.plugin import tasks_dir
-    from dsteer_eval.data.preference_pairs import load_pairs
 
     return load_pairs(config.probe_data or f"{tasks_dir()}/hh/hh_mini.jsonl")
 
 
 def _probe_prompts_for(config: SweepConfig) -> list:
-    from dsteer_eval.dpo.extract import unique_prompts
 
     return unique_prompts(_probe_pairs(config))
 
 
 def _point_probes(lm, plan: Plan):
-    from dsteer_eval.steering.args import resolve_site
-    from dsteer_eval.sweep.point_probes import PointProbes
 
     prompts, _ = _probe_prompts(plan)
     fallback = resolve_site(plan.layers[0], lm.parts.num_layers)
@@ -622,10 +619,6 @@ def _probe_report(lm, plan: Plan, print_fn, provenance: dict | None = None) -> N
         print_fn("sweep: probe_report/ skipped: the full probe report needs a base/DPO pair, i.e. a peft= adapter "
                  "(run `dsteer-eval probe` for two checkpoints)")
         return
-    from dsteer_eval.dpo.training import read_card
-    from dsteer_eval.dpo.model_pair import ModelPair
-    from dsteer_eval.probes.report import run_probes, write_report
-    from dsteer_eval.steering.args import resolve_site
 
     _, pairs = _probe_prompts(plan)
     adapter = plan.model_kwargs.get("peft") or lm.peft

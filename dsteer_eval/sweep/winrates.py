@@ -14,6 +14,8 @@ from pathlib import Path
 
 from dsteer_eval.common.output_folder import atomic_write_text
 from dsteer_eval.common.redaction import redact
+from dsteer_eval.metrics.judge import get_judge
+from dsteer_eval.metrics.winrate import win_rate_from_samples
 from dsteer_eval.sweep.units import unit_done, unit_folder
 
 
@@ -55,8 +57,6 @@ def sweep_winrates(plan, *, print_fn=print) -> int:
         return 0
     from tqdm.auto import tqdm
 
-    from dsteer_eval.metrics.judge import get_judge
-    from dsteer_eval.metrics.winrate import win_rate_from_samples
 
     judge = get_judge()
     written = 0

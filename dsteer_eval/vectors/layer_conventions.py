@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import re
 
+from dsteer_eval.steering.sites import resolve_parts, unwrap
+
 BLOCK_OUTPUT = "block_output"  # metadata value of "source_layers" for vectors read in block numbering
 
 _BLOCK_HOOK = re.compile(r"^(?:.*\.)?(?:layers|h|blocks|block)\.(\d+)$")
@@ -99,7 +101,6 @@ def hookpoint_of_site(site: int, num_layers: int | None, names: dict[int, str] |
 
 def hookpoint_names(model) -> dict[int, str]:
     """``{site: module name under model.base_model}`` as lm-eval's built-in ``steered`` resolves them."""
-    from dsteer_eval.steering.sites import resolve_parts, unwrap
 
     inner = unwrap(model)
     parts = resolve_parts(inner)

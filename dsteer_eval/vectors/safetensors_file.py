@@ -27,7 +27,11 @@ from pathlib import Path
 
 import torch
 
+from dsteer_eval import __version__
+from dsteer_eval.common import provenance as prov
+from dsteer_eval.common.output_folder import atomic_file
 from dsteer_eval.steering.hook import NonFiniteError, check_finite
+from dsteer_eval.steering.sites import resolve_parts, unwrap
 from dsteer_eval.vectors.layer_conventions import BLOCK_OUTPUT
 
 FORMAT = "dsteer-eval/vectors"
@@ -41,7 +45,6 @@ class VectorFileError(ValueError):
 
 def model_fingerprint(model) -> dict[str, str]:
     """What a vector file must agree with to be applied to ``model``."""
-    from dsteer_eval.steering.sites import resolve_parts, unwrap
 
     inner = unwrap(model)
     parts = resolve_parts(inner)
@@ -313,8 +316,6 @@ def save_vectors(
     with the data, models and seeds); without one, a minimal record (version, git, command, time)."""
     from safetensors.torch import save_file
 
-    from dsteer_eval import __version__
-    from dsteer_eval.common import provenance as prov
 
     if not vectors:
         raise VectorFileError("no vectors to save")
@@ -345,7 +346,6 @@ def save_vectors(
         meta["hidden_size"] = str(next(iter(tensors.values())).shape[0])
     for key, value in (extra or {}).items():
         meta[str(key)] = value if isinstance(value, str) else json.dumps(value)
-    from dsteer_eval.common.output_folder import atomic_file
 
     path = Path(path)
     with atomic_file(path) as tmp:  # a symlink is followed; the link stays
