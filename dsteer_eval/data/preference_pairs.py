@@ -168,7 +168,7 @@ def jsonl_rows(path: Path):
 
 
 def _hub_rows(name: str, data_dir: str | None, split: str):
-    from datasets import load_dataset
+    from datasets import load_dataset  # deferred: datasets loads only for hub data
 
     dataset = load_dataset(name, data_dir=data_dir, split=split)
     for i, row in enumerate(dataset):

@@ -17,6 +17,7 @@ from dsteer_eval.common.provenance import SINCE, read
 from dsteer_eval.dpo.training import CARD_FORMAT
 from dsteer_eval.probes.report import FORMAT as PROBE_FORMAT
 from dsteer_eval.sweep.runner import FORMAT as SWEEP_FORMAT
+from dsteer_eval.vectors.convert import earlier_conversions
 from dsteer_eval.vectors.formats import read_any
 
 ACCEPTS = ("dsteer-eval info accepts a vector file (.safetensors, .gguf, .pt), a dpo_card.json, "
@@ -109,7 +110,6 @@ def _vector_facts(vf) -> dict:
              "norms": {str(s): round(float(vf.vectors[s].float().norm()), 6) for s in sites}}
     facts.update({k: vf.metadata[k] for k in _VECTOR_KEYS if k in vf.metadata and k != "hidden_size"})
     if "conversion" in vf.metadata:
-        from dsteer_eval.vectors.convert import earlier_conversions
 
         *earlier, last = earlier_conversions(vf.metadata)
         facts["converted_from"] = _conversion_text(last)

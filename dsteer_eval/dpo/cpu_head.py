@@ -38,7 +38,7 @@ def use_compact_head(model) -> bool:
     Must be called after DPOTrainer has added its head.  Returns ``False`` (and
     changes nothing) where the compact head does not apply.
     """
-    from trl.trainer.utils import FusedCausalLMOutput
+    from trl.trainer.utils import FusedCausalLMOutput  # deferred: trl loads only when training
 
     trl_forward = model.forward
     if not supports_compact_head(model) or not isinstance(trl_forward, types.MethodType):

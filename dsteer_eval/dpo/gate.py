@@ -61,8 +61,8 @@ def evaluate_adapter(adapter, data, *, part: str = "eval", eval_size: int | None
                      device: str | None = None, data_dir=None, split: str = "train", command: str | None = None) -> dict:
     """Held-out reward summary (pooled and by kind) of the LoRA pair in ``adapter`` on ``part``, with its
     provenance (``command``: the exact command line; default: this process's)."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from peft import PeftModel  # deferred: peft loads only when an adapter is used
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # deferred: transformers loads only when a model is loaded
 
 
     adapter = Path(adapter)

@@ -62,7 +62,7 @@ class ModelPair:
     @classmethod
     def load(cls, base=None, *, dpo=None, adapter=None, device: str | None = None,
              dtype=torch.float32) -> "ModelPair":
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM, AutoTokenizer  # deferred: transformers loads only when a model is loaded
 
 
         if (dpo is None) == (adapter is None):
@@ -79,7 +79,7 @@ class ModelPair:
             tokenizer.pad_token = tokenizer.eos_token
         model = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype).to(device).eval()
         if adapter is not None:
-            from peft import PeftModel
+            from peft import PeftModel  # deferred: peft loads only when an adapter is used
 
             _check_adapter_base(adapter, model)
             try:

@@ -83,7 +83,7 @@ class NullInfo:
 def attach_null(pair, prompts: Sequence[str], site: int, *, seed: int = 0, tol: float = 0.01,
                 max_evaluations: int = 40, batch_size: int = 8):
     """Build the null for ``pair`` and return (null_pair, NullInfo); ``null_pair.side("dpo")`` runs it."""
-    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict  # deferred: peft loads only when an adapter is used
 
 
     if not prompts:

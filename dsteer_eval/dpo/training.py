@@ -43,6 +43,7 @@ and ``lm_head="auto"`` swaps in :mod:`dsteer_eval.dpo.cpu_head` on CPU.
 
 from __future__ import annotations
 
+import copy
 import importlib.metadata as md
 import json
 import logging
@@ -60,6 +61,7 @@ from dsteer_eval.common import provenance
 from dsteer_eval.common.output_folder import atomic_write_text, check_free, check_writable, staged_folder
 from dsteer_eval.data.preference_pairs import PreferencePair, left_truncate, load_pairs
 from dsteer_eval.data.splits import check_part, part_of
+from dsteer_eval.dpo.cpu_head import use_compact_head
 from dsteer_eval.dpo.rewards import reward_summary, rewards_by_kind  # noqa: F401  (reward_summary re-exported)
 from dsteer_eval.models.defaults import model_name
 from dsteer_eval.models.embedded import resolve_pretrained
@@ -230,7 +232,7 @@ def split_pairs(pairs, tokenizer, settings: DPOSettings, *, part: str | None = N
 
 
 def _dataset(pairs):
-    from datasets import Dataset
+    from datasets import Dataset  # deferred: datasets loads only for hub data
 
     return Dataset.from_list([{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in pairs])
 
@@ -248,7 +250,7 @@ def make_trainer(model, tokenizer, train_pairs, settings: DPOSettings, *, output
 
     ``save_steps``: save a resumable checkpoint into ``output_dir`` every that many steps
     (and at the end; the two newest are kept).  ``callbacks``: extra transformers callbacks."""
-    from trl import DPOConfig, DPOTrainer
+    from trl import DPOConfig, DPOTrainer  # deferred: trl loads only when training
 
     settings.check()
     on_cpu = next(model.parameters()).device.type == "cpu"
@@ -278,7 +280,7 @@ def make_trainer(model, tokenizer, train_pairs, settings: DPOSettings, *, output
     )
     peft_config = None
     if not settings.full:
-        from peft import LoraConfig
+        from peft import LoraConfig  # deferred: peft loads only when an adapter is used
 
         peft_config = LoraConfig(
             r=settings.lora_r,
@@ -288,7 +290,6 @@ def make_trainer(model, tokenizer, train_pairs, settings: DPOSettings, *, output
             task_type="CAUSAL_LM",
         )
     elif ref_model is None:
-        import copy
 
         ref_model = copy.deepcopy(model).eval()  # the frozen starting point, without a hub round trip
     trainer = DPOTrainer(
@@ -304,8 +305,6 @@ def make_trainer(model, tokenizer, train_pairs, settings: DPOSettings, *, output
     want_compact = settings.lm_head == "compact" or (settings.lm_head == "auto" and on_cpu)
     trainer.dsteer_lm_head = "trl"
     if want_compact and not trainer.use_weighting:
-        from dsteer_eval.dpo.cpu_head import use_compact_head
-        from dsteer_eval.steering.sites import unwrap
 
         targets = [unwrap(trainer.model)] + ([trainer.ref_model] if trainer.ref_model is not None else [])
         if all(use_compact_head(m) for m in targets):
@@ -502,7 +501,7 @@ def train_dpo(
         log.warning("train-dpo: training on every pair of %s (no --part): the probe and eval parts of the "
                     "split are trained on too; pass --part train to keep them out", pairs.source)
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # deferred: transformers loads only when a model is loaded
 
     path = resolve_pretrained(pretrained)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")

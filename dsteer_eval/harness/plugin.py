@@ -34,7 +34,7 @@ OUR_ALIAS = "dsteer"  # the same model under a name lm-eval does not ship (regis
 
 
 def _point_registry_at_us() -> None:
-    from lm_eval.api.registry import model_registry
+    from lm_eval.api.registry import model_registry  # deferred: lm-eval internals load only when this path runs
 
     objs = model_registry._objs  # the registry has no public "replace"
     current = objs.get("steered")
@@ -71,7 +71,7 @@ def _add_our_tasks_to_task_manager() -> None:
 
 
 def _around_builtin_steered(run_module) -> None:
-    from lm_eval.api.registry import model_registry
+    from lm_eval.api.registry import model_registry  # deferred: lm-eval internals load only when this path runs
 
     objs = model_registry._objs
     saved = objs.get("steered")

@@ -38,14 +38,20 @@ import torch
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
+from dsteer_eval.common.hashing import sha256_file
 from dsteer_eval.common.redaction import register_model_args
+from dsteer_eval.data.preference_pairs import load_pairs
+from dsteer_eval.dpo.extract import last_token_states, unique_prompts
 from dsteer_eval.harness import plugin as lm_eval_plugin
-from dsteer_eval.harness.continuation_loglik import takes_logits_to_keep
-from dsteer_eval.harness.packed_contexts import PACKABLE_ATTENTION
+from dsteer_eval.harness.continuation_loglik import loglikelihood_tokens, takes_logits_to_keep
+from dsteer_eval.harness.packed_contexts import PACKABLE_ATTENTION, packed_loglikelihood_tokens
+from dsteer_eval.harness.plugin import tasks_dir
 from dsteer_eval.metrics.reference_models import register_active
 from dsteer_eval.models.defaults import NoDefaultVectorError, model_name, resolve_default_pair  # noqa: F401 (re-export)
 from dsteer_eval.models.embedded import resolve_pretrained
+from dsteer_eval.models.identity import content
 from dsteer_eval.steering.args import SteerArgs, parse_bool, resolve_sites
+from dsteer_eval.steering.controls import random_direction
 from dsteer_eval.steering.guard import NonFiniteStateError, finite_guard  # noqa: F401 (NonFiniteStateError re-exported)
 from dsteer_eval.steering.hook import Intervention, NonFiniteError, check_finite, check_fits_dtype, steer
 from dsteer_eval.steering.sites import ModelParts, resolve_parts
@@ -204,7 +210,6 @@ class SteeredLM(HFLM):
         for site, (layer, alpha) in zip(sites, args.pairs(layers)):
             v = vf.vector(site, argument="vector")
             if args.control is not None:  # a seeded random direction with exactly v's norm
-                from dsteer_eval.steering.controls import random_direction
 
                 v = random_direction(v, site=site, index=args.control, seed=args.control_seed)
             if args.unit:
@@ -235,9 +240,6 @@ class SteeredLM(HFLM):
         the scale of ``unit=norm``, so alpha=0.1 pushes by a tenth of a typical state's norm."""
         cache = self.__dict__.setdefault("_state_norms", {})
         if site not in cache:
-            from dsteer_eval.data.preference_pairs import load_pairs
-            from dsteer_eval.dpo.extract import last_token_states, unique_prompts
-            from dsteer_eval.harness.plugin import tasks_dir
 
             prompts = unique_prompts(load_pairs(f"{tasks_dir()}/hh/hh_mini.jsonl"))
             states = last_token_states(self.model, self.tokenizer, prompts, desc="unit=norm")
@@ -247,7 +249,7 @@ class SteeredLM(HFLM):
     @staticmethod
     def _read_builtin(path: Path) -> dict:
         if path.suffix == ".csv":
-            from lm_eval.models.hf_steered import SteeredModel
+            from lm_eval.models.hf_steered import SteeredModel  # deferred: lm-eval internals load only when this path runs
 
             return SteeredModel.derive_steer_config(str(path))
         return load_builtin_pt(path)
@@ -255,7 +257,7 @@ class SteeredLM(HFLM):
     def _builtin_edits(self, config: dict, alphas: tuple[float, ...], where: str = "steer_path") -> list:
         """Hooks for lm-eval's built-in format, using its own add/clamp functions."""
 
-        from lm_eval.models.hf_steered import SteeredModel
+        from lm_eval.models.hf_steered import SteeredModel  # deferred: lm-eval internals load only when this path runs
 
         if len(alphas) != 1:
             raise ValueError("steer_path= takes a single alpha")
@@ -309,8 +311,6 @@ class SteeredLM(HFLM):
         ``norm_preserve=`` and, in a sweep, the side of the pair."""
         identity = self.__dict__.get("_cache_files")
         if identity is None:  # hashed once, when a cache first asks
-            from dsteer_eval.common.hashing import sha256_file
-            from dsteer_eval.models.identity import content
 
             ident = self._cache_identity
             files = {"pretrained": content(model_name(ident["pretrained"]))["sha256"]}
@@ -342,7 +342,7 @@ class SteeredLM(HFLM):
         table = f"steered_{self.cache_key()}"
         if getattr(db, "tablename", None) == table:
             return
-        from sqlitedict import SqliteDict
+        from sqlitedict import SqliteDict  # deferred: only with --use_cache
 
         if not isinstance(db, SqliteDict):
             raise ValueError(f"--use_cache: this lm-eval's cache ({type(db).__name__}) cannot be keyed by the "
@@ -481,10 +481,8 @@ class SteeredLM(HFLM):
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs=None):
         if self._continuation_head:
-            from dsteer_eval.harness.continuation_loglik import loglikelihood_tokens
 
             if self.packs_contexts(override_bs):
-                from dsteer_eval.harness.packed_contexts import packed_loglikelihood_tokens
 
                 answers = packed_loglikelihood_tokens(self, requests, disable_tqdm, call=self._kept_call,
                                                       checked=self._pack_check)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from dsteer_eval.common.output_folder import atomic_write_bytes
 from dsteer_eval.leaderboard.collect import clean
+from dsteer_eval.leaderboard.plots import figures as make_figures
 from dsteer_eval.leaderboard.table import Cell, Leaderboard
 from dsteer_eval.stats.verdicts import markdown as verdict_table
 
@@ -239,7 +240,6 @@ def write_leaderboard(board: Leaderboard, out_dir, *, plots: bool = True) -> dic
     out.mkdir(parents=True, exist_ok=True)
     figures = {}
     if plots:
-        from dsteer_eval.leaderboard.plots import figures as make_figures
 
         figures = make_figures(board)
     texts = {  # all of them first: an error here writes nothing

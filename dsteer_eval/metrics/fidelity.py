@@ -76,13 +76,13 @@ def score_generations(resps, docs):
 
 @lru_cache(maxsize=1)
 def _rouge():
-    from rouge_score import rouge_scorer
+    from rouge_score import rouge_scorer  # deferred: only when fidelity is scored
 
     return rouge_scorer.RougeScorer(["rougeL"])
 
 
 def process_results(doc, results) -> dict:
-    import sacrebleu
+    import sacrebleu  # deferred: only when fidelity is scored
 
     item = results[0]
     if not isinstance(item, dict) or "nll_sum" not in item:

@@ -171,7 +171,7 @@ class LocalJudge(_Judge):
 
     def next_token_probs(self, prompts) -> "list":
         """Softmax of the next-token logits after each prompt (right-padded batches: exact)."""
-        import torch
+        import torch  # deferred: torch loads only when scoring runs (CLI start-up cost)
 
 
         texts = [self._text(p) for p in prompts]
@@ -230,7 +230,7 @@ class OpenAIJudge(_Judge):
         self.name = f"openai:{model}@{self.base_url}"
 
     def _post(self, prompt: str) -> dict:
-        import requests
+        import requests  # deferred: only for an HTTP judge
 
         headers = {"Content-Type": "application/json"}
         if self._key:

@@ -126,14 +126,14 @@ class PerspectiveScorer:
 
     def _transport(self):
         if self._http is None:
-            import httplib2
+            import httplib2  # deferred: optional API client, loaded only when used
 
             self._http = httplib2.Http(timeout=self.timeout_s)
         return self._http
 
     def service(self):
         if self._service is None:
-            from googleapiclient import discovery
+            from googleapiclient import discovery  # deferred: optional API client, loaded only when used
 
             self._service = discovery.build(
                 "commentanalyzer",
@@ -189,7 +189,7 @@ class PerspectiveScorer:
 
     def _classify(self, exc, prefix: str = "") -> tuple[str, str]:
         """``(kind, reason)`` of a failed request: kind is ``retry``, ``timeout`` (retried too) or ``fail``."""
-        from googleapiclient.errors import HttpError
+        from googleapiclient.errors import HttpError  # deferred: optional API client, loaded only when used
 
         if isinstance(exc, HttpError):
             status = self._status(exc)

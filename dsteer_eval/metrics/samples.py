@@ -22,7 +22,7 @@ def sample_path(sample: str) -> Path:
 
 
 def load_sample(sample: str | None = None, split: str = "test", **_metadata):
-    import datasets
+    import datasets  # deferred: datasets loads only for hub data
 
     if not sample:
         raise ValueError("custom_dataset load_sample needs dataset_kwargs: {sample: <file.jsonl>}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 
+from dsteer_eval.metrics.perspective import PerspectiveScorer
 from dsteer_eval.metrics.types import ScoreReport  # noqa: F401  (re-exported: scorers return it)
 
 ENV_SCORER = "DSTEER_TOXICITY_SCORER"
@@ -29,7 +30,7 @@ class OfflineScorer:
     name = "offline:alt-profanity-check"
 
     def score(self, texts) -> ScoreReport:
-        from profanity_check import predict_prob
+        from profanity_check import predict_prob  # deferred: optional scorer, loaded only when used
 
         texts = list(texts)
         if not texts:
@@ -41,8 +42,8 @@ class HFClassifierScorer:
     """A local sequence-classification model; the score is P(toxic label)."""
 
     def __init__(self, path: str, label: str | None = None, batch_size: int = 16, device: str | None = None):
-        import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        import torch  # deferred: torch loads only when scoring runs (CLI start-up cost)
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer  # deferred: transformers loads only when a model is loaded
 
         self.path = path
         self.tokenizer = AutoTokenizer.from_pretrained(path)
@@ -76,7 +77,7 @@ class HFClassifierScorer:
         )
 
     def score(self, texts) -> ScoreReport:
-        import torch
+        import torch  # deferred: torch loads only when scoring runs (CLI start-up cost)
 
         texts = list(texts)
         scores = []
@@ -102,7 +103,6 @@ def _build(spec: str):
     if spec == "offline":
         return OfflineScorer()
     if spec == "perspective":
-        from dsteer_eval.metrics.perspective import PerspectiveScorer
 
         key = os.environ.get("PERSPECTIVE_API_KEY", "")
         if not key:

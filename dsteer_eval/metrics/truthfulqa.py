@@ -36,13 +36,13 @@ def builtin_yaml(task: str) -> Path:
 
 @lru_cache(maxsize=None)
 def builtin_config(task: str) -> dict:
-    from lm_eval.tasks._yaml_loader import load_yaml
+    from lm_eval.tasks._yaml_loader import load_yaml  # deferred: lm-eval internals load only when this path runs
 
     return load_yaml(builtin_yaml(task), resolve_func=False)
 
 
 def _render(task: str, doc) -> str:
-    from lm_eval.utils import apply_template
+    from lm_eval.utils import apply_template  # deferred: lm-eval internals load only when this path runs
 
     return apply_template(builtin_config(task)["doc_to_text"], doc)
 
@@ -91,7 +91,7 @@ def process_results_mc2(doc, results) -> dict:
 
     Where every choice is so unlikely that exp() underflows to 0 (the built-in then gives 0/0 = NaN),
     the same mass is computed as a softmax shifted by the largest log-likelihood."""
-    from lm_eval.tasks.truthfulqa.utils import process_results_mc2 as builtin
+    from lm_eval.tasks.truthfulqa.utils import process_results_mc2 as builtin  # deferred: lm-eval internals load only when this path runs
 
     lls = loglikelihoods(results)
     if not all_finite(lls):

@@ -111,8 +111,8 @@ def _cache_is_current(folder: Path, record: dict) -> bool:
 
 def _materialise(model: EmbeddedModel, target: Path, record: dict) -> None:
 
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    import torch  # deferred: torch loads only when scoring runs (CLI start-up cost)
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # deferred: transformers loads only when a model is loaded
 
 
     gguf = model.locate_gguf()
@@ -147,7 +147,7 @@ def _materialise(model: EmbeddedModel, target: Path, record: dict) -> None:
 
 def ensure_embedded(name: str = DEFAULT_MODEL) -> Path:
     """Return the folder of the dequantized embedded model, building it on first use."""
-    from filelock import FileLock
+    from filelock import FileLock  # deferred: only when the embedded model is materialised
 
     key = name.strip().lower()
     if key not in EMBEDDED:

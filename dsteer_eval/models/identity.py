@@ -19,7 +19,7 @@ from dsteer_eval.vectors import model_fingerprint
 
 def _hub_snapshot(name: str, revision: str | None) -> Path | None:
     try:
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import snapshot_download  # deferred: only for hub ids
 
         return Path(snapshot_download(name, revision=revision, local_files_only=True))
     except Exception:  # noqa: BLE001 - not a cached hub repo (or not a repo id at all)

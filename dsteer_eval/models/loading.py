@@ -9,13 +9,13 @@ from dsteer_eval.models.embedded import resolve_pretrained
 
 def load_model(pretrained=None, *, peft: str | None = None, dtype=torch.float32, device: str | None = None):
     """``(model, tokenizer, resolved_path)``; ``pretrained=None``/``smollm2`` is the embedded model."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # deferred: transformers loads only when a model is loaded
 
     path = resolve_pretrained(pretrained)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
     if peft:
-        from peft import PeftModel
+        from peft import PeftModel  # deferred: peft loads only when an adapter is used
 
         model = PeftModel.from_pretrained(model, peft).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)

@@ -13,7 +13,7 @@ def pyplot():
     import matplotlib  # deferred: matplotlib loads only when figures are drawn (start-up cost)
 
     matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: matplotlib loads only when figures are drawn
 
     return plt
 

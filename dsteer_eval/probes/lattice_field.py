@@ -102,10 +102,10 @@ def lattice_field(pair, pairs: Sequence, v_final: torch.Tensor, delta_final: tor
 
 
 def quiver_png(field: dict, path) -> None:
-    import matplotlib
+    import matplotlib  # deferred: matplotlib loads only when figures are drawn
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: matplotlib loads only when figures are drawn
 
     rows = [(p, f) for p, f in zip(field["points"], field["field_in_basis"]) if p[2] == 0]
     fig, ax = plt.subplots(figsize=(4.5, 4.5))

@@ -35,7 +35,7 @@ class MergedSides:
     def build(cls, model) -> "MergedSides | None":
         """Merged weights for every LoRA layer of ``model``, or None where merging does not apply."""
         try:
-            from peft.tuners.lora import LoraLayer
+            from peft.tuners.lora import LoraLayer  # deferred: peft loads only when an adapter is used
         except ImportError:
             return None
         layers = [m for m in model.modules() if isinstance(m, LoraLayer)]

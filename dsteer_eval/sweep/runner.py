@@ -37,6 +37,8 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from dsteer_eval import __version__
 from dsteer_eval.common import provenance
 from dsteer_eval.common.hashing import sha256_file, sha256_tree
@@ -56,7 +58,13 @@ from dsteer_eval.probes.report import run_probes, write_report
 from dsteer_eval.steering.args import resolve_site
 from dsteer_eval.steering.controls import DEFAULT_SEED, parse_controls
 from dsteer_eval.sweep import fingerprint, grid
-from dsteer_eval.sweep.ceiling import parse_relative
+from dsteer_eval.sweep.ceiling import (
+    FORMAT as CEILING_FORMAT,
+    ceiling_for,
+    check_same_steering,
+    parse_relative,
+    relative_alphas,
+)
 from dsteer_eval.sweep.point_probes import PointProbes
 from dsteer_eval.sweep.sweep_lm import SweepLM
 from dsteer_eval.sweep.units import check_unit, unit_done, unit_folder  # unit_done: the resume rule
@@ -146,7 +154,7 @@ def _vector_for(kwargs: dict) -> str:
 def _num_layers(vf, pretrained) -> int:
     if "num_layers" in vf.metadata:
         return int(vf.metadata["num_layers"])
-    from transformers import AutoConfig  # the config only, no weights
+    from transformers import AutoConfig  # deferred: transformers loads only when a file lacks num_layers (config only)
 
 
     return int(AutoConfig.from_pretrained(resolve_pretrained(pretrained)).num_hidden_layers)
@@ -154,7 +162,7 @@ def _num_layers(vf, pretrained) -> int:
 
 def plan_sweep(config: SweepConfig) -> Plan:
     """Check the grid, tasks, vector and output folder; raise ValueError naming the argument."""
-    from lm_eval.tasks import TaskManager
+    from lm_eval.tasks import TaskManager  # deferred: lm-eval internals load only when this path runs
 
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -210,7 +218,6 @@ def plan_sweep(config: SweepConfig) -> Plan:
     if relative is not None:
         if len(layers) != 1:
             raise ValueError("--alphas rel:/auto: the ceiling belongs to one layer; give one --layers value")
-        from dsteer_eval.sweep.ceiling import relative_alphas
 
         alphas = relative_alphas(relative, _ceiling(config, kwargs, layers[0], out))
     base_alphas = _base_alphas(config.base_alphas, alphas, kwargs)
@@ -222,13 +229,11 @@ def plan_sweep(config: SweepConfig) -> Plan:
 def _ceiling(config: SweepConfig, kwargs: dict, layer, out: Path) -> dict:
     """The ceiling for relative alphas: --ceiling FILE, else OUT/ceiling.json of an earlier run, else (for
     --alphas auto) measured now on the probe prompts and written to OUT/ceiling.json."""
-    from dsteer_eval.sweep.ceiling import FORMAT, ceiling_for, check_same_steering
-
     path = Path(config.ceiling) if config.ceiling else out / "ceiling.json"
     if path.is_file():
         try:
             data = json.loads(path.read_text())
-            if data.get("format") != FORMAT:
+            if data.get("format") != CEILING_FORMAT:
                 raise ValueError(f"format is {data.get('format')!r}")
             data["negative"]["ceiling"], data["positive"]["ceiling"]  # noqa: B018 - shape check
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -363,13 +368,12 @@ def run_provenance(plan: Plan) -> dict:
     """How this run of the sweep was made (dsteer_eval.common.provenance): the vector, each task's shipped data
     file and the probe data, the model files, lm-eval's seeds (its defaults: the sweep passes none) and the random controls' seed."""
 
-    import lm_eval
+    import lm_eval  # deferred: lm-eval internals load only when this path runs
 
 
     data = [provenance.data_entry(plan.vector, "vector")]
     data += [provenance.data_entry(path, f"task:{task}") for task, path in task_data_files(plan.tasks).items()]
     if plan.config.probes:
-        from dsteer_eval.harness.plugin import tasks_dir
 
         data.append(provenance.data_entry(plan.config.probe_data or f"{tasks_dir()}/hh/hh_mini.jsonl", "probe_data"))
     models = [model_entry("base", model_name(plan.model_kwargs.get("pretrained")))]
@@ -399,7 +403,7 @@ def _earlier_provenance(record: Path) -> list:
 def _write_record(plan: Plan, provenance: dict | None = None) -> None:
     """``sweep.json``: the settings a resume must match, the grid, and the provenance of this run (and of
     the runs it resumes), which a resume does not compare (its command and time differ by nature)."""
-    import lm_eval
+    import lm_eval  # deferred: lm-eval internals load only when this path runs
 
 
     plan.out.mkdir(parents=True, exist_ok=True)
@@ -420,8 +424,8 @@ def _write_record(plan: Plan, provenance: dict | None = None) -> None:
 
 def _evaluate_unit(lm, plan: Plan, point, task: str, folder: Path) -> dict:
     """One task at one point through lm_eval.simple_evaluate; written the way `lm_eval --output_path` does."""
-    import lm_eval
-    from lm_eval.loggers import EvaluationTracker
+    import lm_eval  # deferred: lm-eval internals load only when this path runs
+    from lm_eval.loggers import EvaluationTracker  # deferred: lm-eval internals load only when this path runs
 
     cfg = plan.config
     with staged_folder(folder) as tmp:
@@ -500,7 +504,6 @@ def run_sweep(config: SweepConfig, *, print_fn=print) -> int:
 
 
 def _run_locked(config: SweepConfig, print_fn) -> int:
-    from tqdm.auto import tqdm
 
     plan = plan_sweep(config)  # every check happens before the model loads
     if config.overwrite and plan.out.exists():
@@ -577,7 +580,7 @@ def _generation_group(plan: Plan, point, todo) -> list:
 
 
 def _load(plan: Plan):
-    from lm_eval.utils import simple_parse_args_string
+    from lm_eval.utils import simple_parse_args_string  # deferred: lm-eval internals load only when this path runs
 
 
     cfg = plan.config

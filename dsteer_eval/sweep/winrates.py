@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from dsteer_eval.common.output_folder import atomic_write_text
 from dsteer_eval.common.redaction import redact
 from dsteer_eval.metrics.judge import get_judge
@@ -55,7 +57,6 @@ def sweep_winrates(plan, *, print_fn=print) -> int:
         if baseline is None and plan.points:
             print_fn("sweep: no win-rates: they compare each point with alpha=0, which is not in --alphas")
         return 0
-    from tqdm.auto import tqdm
 
 
     judge = get_judge()

@@ -36,7 +36,7 @@ def is_gguf(path: Path) -> bool:
 
 
 def _string_field(reader, name: str) -> str | None:
-    from gguf import GGUFValueType
+    from gguf import GGUFValueType  # deferred: gguf loads only for .gguf files
 
     field = reader.get_field(name)
     if field is None or not field.types or field.types[0] != GGUFValueType.STRING:
@@ -46,7 +46,7 @@ def _string_field(reader, name: str) -> str | None:
 
 def read_gguf(path: str | os.PathLike, *, argument: str = "vector") -> VectorFile:
     """Read a control-vector GGUF; every refusal names ``argument``, the file and the fix."""
-    from gguf import GGMLQuantizationType, GGUFReader
+    from gguf import GGMLQuantizationType, GGUFReader  # deferred: gguf loads only for .gguf files
 
     path = Path(path).expanduser()
     try:
@@ -121,7 +121,7 @@ def direction_of_site(site: int, num_layers: int | None) -> int:
 
 def write_gguf(vf: VectorFile, path: str | os.PathLike, *, num_layers: int | None = None) -> Path:
     """Write ``vf`` as a llama.cpp control vector (atomically); sites it cannot hold are refused."""
-    from gguf import GGUFWriter
+    from gguf import GGUFWriter  # deferred: gguf loads only for .gguf files
 
     num_layers = num_layers if num_layers is not None else _num_layers(vf)
     directions = {}

@@ -201,7 +201,7 @@ def read_safetensors(path: str | os.PathLike, *, argument: str = "vector") -> Ve
     """Read and check one of our safetensors vector files; every failure names ``argument`` and the fix.
     Pickled ``.pt`` files are refused: convert them with ``dsteer-eval convert``.  Any format:
     :func:`dsteer_eval.vectors.formats.load_vectors`."""
-    from safetensors import safe_open
+    from safetensors import safe_open  # deferred: safetensors loads only when a file is read/written
 
     path = Path(path).expanduser()
     if not path.is_file():
@@ -314,7 +314,7 @@ def save_vectors(
 
     ``provenance``: the record of how the vectors were made (:func:`dsteer_eval.common.provenance.collect`
     with the data, models and seeds); without one, a minimal record (version, git, command, time)."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save_file  # deferred: safetensors loads only when a file is read/written
 
 
     if not vectors:

@@ -223,3 +223,33 @@ def test_the_state_checker_sees_a_planted_write(tmp_path):
                        "    lm._label['x'] = 2\n    a, lm._module_edits = 1, []\n")
     assert sorted(writes_to(planted, steered_private_state())) == [
         "planted.py:2 _interventions", "planted.py:3 _label", "planted.py:4 _label", "planted.py:5 _module_edits"]
+
+
+# --- imports at the top of files (issue 24 item 5) -----------------------------------------------------------
+
+def deferred_imports_without_reason() -> list[str]:
+    """Imports inside functions that name no reason: the package's own modules and the standard library are
+    imported at the top; a third-party import may wait for start-up cost with a ``# deferred: ...`` comment.
+    The CLI verbs (their module docstrings say why) and the lm-eval start-up hook (harness/plugin.py) defer all."""
+    stdlib = set(__import__("sys").stdlib_module_names)
+    found = []
+    for path in PACKAGE.rglob("*.py"):
+        rel = path.relative_to(PACKAGE).as_posix()
+        if rel.startswith("cli/") or rel == "harness/plugin.py" or "/tasks/" in rel:
+            continue
+        lines = path.read_text().splitlines()
+        for fn in ast.walk(ast.parse("\n".join(lines), str(path))):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(fn):
+                if isinstance(node, (ast.Import, ast.ImportFrom)):
+                    name = (node.module if isinstance(node, ast.ImportFrom) else node.names[0].name) or ""
+                    top = name.split(".")[0]
+                    commented = "# deferred" in lines[node.end_lineno - 1]
+                    if top == "dsteer_eval" or top in stdlib or not commented:
+                        found.append(f"{rel}:{node.lineno} {name}")
+    return sorted(set(found))
+
+
+def test_imports_sit_at_the_top_or_say_why_they_wait():
+    assert deferred_imports_without_reason() == []
