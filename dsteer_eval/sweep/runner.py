@@ -26,344 +26,51 @@ unit is tried again on the next run.
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
 import logging
-import os
 import shutil
 import time
 import traceback
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from dsteer_eval import __version__
 from dsteer_eval.common import provenance
-from dsteer_eval.common.hashing import sha256_file, sha256_tree
 from dsteer_eval.common.output_folder import atomic_write_text, empty_folder, folder_lock, staged_folder
-from dsteer_eval.common.redaction import redact, register_model_args
-from dsteer_eval.data.preference_pairs import load_pairs
+from dsteer_eval.common.redaction import redact
 from dsteer_eval.dpo.extract import unique_prompts
 from dsteer_eval.dpo.model_pair import ModelPair
 from dsteer_eval.dpo.training import read_card
 from dsteer_eval.harness.plugin import tasks_dir
-from dsteer_eval.harness.task_files import task_data_files, task_definition_files
+from dsteer_eval.harness.task_files import task_data_files
 from dsteer_eval.leaderboard.collect import number
-from dsteer_eval.models.defaults import model_name, resolve_default_pair
-from dsteer_eval.models.embedded import resolve_pretrained
+from dsteer_eval.models.defaults import model_name
 from dsteer_eval.models.identity import model_entry
 from dsteer_eval.probes.report import run_probes, write_report
 from dsteer_eval.steering.args import resolve_site
-from dsteer_eval.steering.controls import DEFAULT_SEED, parse_controls
-from dsteer_eval.sweep import fingerprint, grid
-from dsteer_eval.sweep.ceiling import (
-    FORMAT as CEILING_FORMAT,
-    ceiling_for,
-    check_same_steering,
-    parse_relative,
-    relative_alphas,
+from dsteer_eval.steering.controls import DEFAULT_SEED
+from dsteer_eval.sweep.plan import (  # noqa: F401 (the sweep's public names, re-exported)
+    FINGERPRINT_KEYS,
+    FINGERPRINT_VERSION,
+    FIRST_KEYS,
+    FORMAT,
+    Plan,
+    SweepConfig,
+    check_output,
+    field_of,
+    plan_sweep,
+    probe_pairs,
+    split_model_args,
 )
 from dsteer_eval.sweep.point_probes import PointProbes
 from dsteer_eval.sweep.sweep_lm import SweepLM
 from dsteer_eval.sweep.units import check_unit, unit_done, unit_folder  # unit_done: the resume rule
 from dsteer_eval.sweep.winrates import sweep_winrates
-from dsteer_eval.vectors import load_vectors
 
 log = logging.getLogger(__name__)
 
-FORMAT = "dsteer-eval/sweep"
-# settings that change the numbers of a point: a re-run into the same folder must keep them
-FIRST_KEYS = ("model_args", "vector_sha256", "limit", "num_fewshot", "gen_kwargs", "apply_chat_template", "probe_data")
-# ... and since fingerprint_version 2 (dsteer_eval.sweep.fingerprint): scorer, judge and reference model
-FINGERPRINT_VERSION = "2"
-FINGERPRINT_KEYS = (*FIRST_KEYS, "toxicity_scorer", "toxicity_label", "judge", "judge_base_url", "reference_model",
-                    "model_arg_secrets")
-
-
-@dataclass
-class SweepConfig:
-    model_args: str
-    alphas: str
-    tasks: str
-    output: str
-    layers: str | None = None
-    limit: float | None = None
-    batch_size: int | str = 8
-    device: str | None = None
-    log_samples: bool = False
-    probes: bool = False
-    probe_data: str | None = None
-    include_path: str | None = None
-    num_fewshot: int | None = None
-    gen_kwargs: str | None = None
-    apply_chat_template: bool = False
-    shared_prefix: bool = True
-    overwrite: bool = False
-    ceiling: str | None = None  # ceiling.json for --alphas rel:... (dsteer-eval ceiling)
-    controls: str | None = None  # "random:K": K norm-matched random directions beside every steered point
-    base_alphas: str | None = "auto"  # the base side (adapter off): "auto", "none" or a comma list
-
-
-@dataclass
-class Plan:
-    """A checked sweep: everything the run needs, built without loading a model."""
-
-    config: SweepConfig
-    base_args: str  # the model args as stored, logged and printed: secret-looking values masked
-    model_kwargs: dict
-    layers: tuple
-    alphas: tuple
-    tasks: tuple
-    points: list
-    vector: str
-    out: Path
-    settings: dict
-    task_manager: object = field(repr=False, default=None)
-    load_args: str = field(repr=False, default="")  # the model args the model is built from (secrets in clear)
-
-
-def split_model_args(text: str) -> tuple[str, dict, str | None]:
-    """``(model_args without layer/alpha, their dict, the layer= value)``; ``alpha=`` is refused."""
-    kept, kwargs, layer = [], {}, None
-    for item in (p.strip() for p in (text or "").split(",")):
-        if not item:
-            continue
-        key, sep, value = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ValueError(f"--model-args: {item!r} is not key=value")
-        if key == "alpha":
-            raise ValueError("--model-args: alpha= is the swept axis; give the values with --alphas")
-        if key == "layer":
-            layer = value.strip()
-            continue
-        kept.append(f"{key}={value.strip()}")
-        kwargs[key] = value.strip()
-    return ",".join(kept), kwargs, layer
-
-
-def _vector_for(kwargs: dict) -> str:
-    if kwargs.get("steer_path"):
-        raise ValueError("--model-args: dsteer-eval sweep steers with vector= (safetensors); steer_path= is not supported")
-    return resolve_default_pair(kwargs.get("pretrained"), pair=kwargs.get("pair"), vector=kwargs.get("vector"),
-                                peft=kwargs.get("peft")).vector
-
-
-def _num_layers(vf, pretrained) -> int:
-    if "num_layers" in vf.metadata:
-        return int(vf.metadata["num_layers"])
-    from transformers import AutoConfig  # deferred: transformers loads only when a file lacks num_layers (config only)
-
-
-    return int(AutoConfig.from_pretrained(resolve_pretrained(pretrained)).num_hidden_layers)
-
-
-def plan_sweep(config: SweepConfig) -> Plan:
-    """Check the grid, tasks, vector and output folder; raise ValueError naming the argument."""
-    from lm_eval.tasks import TaskManager  # deferred: lm-eval internals load only when this path runs
-
-
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ValueError("dsteer-eval sweep runs in one process; for data parallel run `accelerate launch -m lm_eval "
-                         "--model steered ...` once per alpha and combine the folders with `dsteer-eval leaderboard` "
-                         "(docs/scaling.md)")
-
-    relative = parse_relative(config.alphas)  # rel:... or auto: multiples of the vector's strength ceiling
-    alphas = grid.parse_alpha_grid(config.alphas) if relative is None else None
-    if relative is None and config.ceiling:
-        raise ValueError("--ceiling goes with --alphas rel:... or --alphas auto")
-    load_args, kwargs, layer_arg = split_model_args(config.model_args)
-    secrets = register_model_args(kwargs)  # token=, api_key= ...: masked in every file, log and message from now on
-    base_args = redact(load_args)
-    vector = _vector_for(kwargs)
-    vf = load_vectors(vector, argument="vector")
-    if config.layers:
-        layers = grid.parse_layer_grid(config.layers)
-    elif layer_arg:
-        layers = grid.parse_layer_grid(layer_arg.replace(";", ","))
-    elif "default_layer" in vf.metadata:
-        layers = (int(vf.metadata["default_layer"]),)
-    else:
-        raise ValueError(f"--layers is required: {vector} names no default layer")
-    grid.check_layers(layers, _num_layers(vf, kwargs.get("pretrained")), set(vf.vectors), str(vector))
-    tasks = tuple(p.strip() for p in config.tasks.split(",")) if config.tasks else ()
-    if not tasks or any(not t for t in tasks):
-        raise ValueError(f"--tasks {config.tasks!r}: give a comma-separated list of lm-eval tasks or groups")
-    if len(set(tasks)) != len(tasks):
-        raise ValueError(f"--tasks {config.tasks!r} names a task twice")
-    task_manager = TaskManager(include_path=config.include_path)
-    grid.check_tasks(tasks, task_manager)
-    if config.limit is not None and not config.limit > 0:
-        raise ValueError(f"--limit {config.limit}: must be > 0 (a count, or a fraction below 1)")
-    if config.probe_data and not Path(config.probe_data).is_file():
-        raise FileNotFoundError(f"--probe-data {config.probe_data}: no such file")
-    settings = {
-        "model_args": base_args,
-        "vector_sha256": sha256_file(vector),
-        "limit": config.limit,
-        "num_fewshot": config.num_fewshot,
-        "gen_kwargs": config.gen_kwargs,
-        "apply_chat_template": config.apply_chat_template,
-        "probe_data": config.probe_data,
-        "model_arg_secrets": secrets or None,  # sha256 per secret key: a changed token is noticed, never stored
-    }
-    settings.update(_fingerprint(kwargs))
-    settings["contents"].update(_task_contents(tasks, task_manager))
-    out = Path(config.output)
-    _check_output(out, settings, config.overwrite)
-
-    controls = parse_controls(config.controls)
-    if relative is not None:
-        if len(layers) != 1:
-            raise ValueError("--alphas rel:/auto: the ceiling belongs to one layer; give one --layers value")
-
-        alphas = relative_alphas(relative, _ceiling(config, kwargs, layers[0], out))
-    base_alphas = _base_alphas(config.base_alphas, alphas, kwargs)
-    points = grid.points(layers, alphas, base_alphas=base_alphas, controls=controls)
-    return Plan(config, base_args, kwargs, layers, alphas, tasks, points, str(vector), out, settings, task_manager,
-                load_args)
-
-
-def _ceiling(config: SweepConfig, kwargs: dict, layer, out: Path) -> dict:
-    """The ceiling for relative alphas: --ceiling FILE, else OUT/ceiling.json of an earlier run, else (for
-    --alphas auto) measured now on the probe prompts and written to OUT/ceiling.json."""
-    path = Path(config.ceiling) if config.ceiling else out / "ceiling.json"
-    if path.is_file():
-        try:
-            data = json.loads(path.read_text())
-            if data.get("format") != CEILING_FORMAT:
-                raise ValueError(f"format is {data.get('format')!r}")
-            data["negative"]["ceiling"], data["positive"]["ceiling"]  # noqa: B018 - shape check
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise ValueError(f"--ceiling {path}: not a dsteer-eval ceiling file ({exc}); make one with "
-                             f"`dsteer-eval ceiling`") from None
-        if str(data.get("layer")) != str(layer):
-            raise ValueError(f"--ceiling {path} was measured at layer {data.get('layer')}, the sweep steers layer {layer}")
-        check_same_steering(data, kwargs, f"--ceiling {path}")
-        return data
-    if config.ceiling:
-        raise FileNotFoundError(f"--ceiling {config.ceiling}: no such file")
-    if str(config.alphas).strip().lower() != "auto":
-        raise ValueError("--alphas rel:... needs --ceiling FILE (from `dsteer-eval ceiling`); --alphas auto measures it")
-    data = ceiling_for(kwargs, layer, _probe_prompts_for(config)[:16], device=config.device)
-    atomic_write_text(path, json.dumps(data, indent=1) + "\n")
-    return data
-
-
-def has_adapter(kwargs: dict) -> bool:
-    """Whether the sweep's model carries a PEFT adapter (explicit peft=, or the shipped pair's default)."""
-    peft = str(kwargs.get("peft", "")).strip()
-    if peft:
-        return peft.lower() != "none"
-    return not kwargs.get("vector")  # the shipped vector comes with the shipped DPO adapter
-
-
-def _base_alphas(text: str | None, alphas: tuple, kwargs: dict) -> tuple:
-    """``--base-alphas``: ``auto`` = α=0 plus the grid's positive α when the model has an adapter (the
-    base model, and base + α·v: does v reproduce the DPO model?), else none; ``none``; or a list."""
-    value = "auto" if text is None else str(text).strip().lower()
-    if value == "none":
-        return ()
-    if value == "auto":
-        return (0.0, *(a for a in alphas if a > 0)) if has_adapter(kwargs) else ()
-    if not has_adapter(kwargs):
-        raise ValueError("--base-alphas: the model has no PEFT adapter to switch off (give peft=... in "
-                         "--model-args, or use the default shipped pair)")
-    return grid.parse_alpha_grid(text, flag="--base-alphas")
-
-
-def _fingerprint(kwargs: dict) -> dict:
-    """Scorer/judge/reference settings and the contents of every model file (cheap hashes), see fingerprint.py."""
-
-    default_adapter = None
-    if not kwargs.get("vector") and "peft" not in kwargs:  # the shipped vector brings the shipped DPO adapter
-        default_adapter = resolve_default_pair(kwargs.get("pretrained"), pair=kwargs.get("pair")).peft
-    settings, contents = fingerprint.environment_settings()
-    model = fingerprint.model_contents(kwargs, default_adapter=default_adapter)
-    return {"fingerprint_version": FINGERPRINT_VERSION, **settings,
-            "contents": {**{f"{k}=": v for k, v in model.items()}, **contents}}
-
-
-def _task_contents(tasks, task_manager) -> dict[str, dict]:
-    """``{"task NAME": {"sha256", "path", "files": {role: {"path", "sha256"}}}}``: the content of every file that
-    defines each task and group member (its YAML, included templates, utils.py, local data), so a resume on
-    edited documents, or on another --include-path folder with the same task names, is refused."""
-
-    out = {}
-    for task, files in task_definition_files(tasks, task_manager).items():
-        hashed = {role: {"path": str(path.resolve()), "sha256": _full_digest(path, sha256_file)}
-                  for role, path in sorted(files.items())}
-        combined = hashlib.sha256(json.dumps({r: f["sha256"] for r, f in hashed.items()}, sort_keys=True).encode())
-        out[f"task {task}"] = {"sha256": combined.hexdigest(), "path": hashed.get("yaml", {}).get("path"),
-                               "files": hashed}
-    return out
-
-
-def _full_digest(path: Path, sha256_file) -> str:
-    """sha256 of a file, or of a folder's files with their relative names (task data is small: read whole)."""
-    if path.is_file():
-        return sha256_file(path)
-
-    return sha256_tree(path)
-
-
-def _changed_task_files(name: str, then: dict, now: dict) -> str:
-    """Which of a task's files changed, by role, naming the path now."""
-    old_files = then.get("files") if isinstance(then.get("files"), dict) else {}
-    new_files = now.get("files") if isinstance(now.get("files"), dict) else {}
-    parts = []
-    for role in sorted(set(old_files) | set(new_files)):
-        old, new = old_files.get(role) or {}, new_files.get(role) or {}
-        if old.get("sha256") != new.get("sha256") or old.get("path") != new.get("path"):
-            where = new.get("path") or old.get("path")
-            what = "added" if not old else "gone" if not new else "changed"
-            parts.append(f"{where} {what}")
-    return f"{name}: {', '.join(parts) or 'its files changed'}"
-
-
-def _check_output(out: Path, settings: dict, overwrite: bool) -> None:
-    record = out / "sweep.json"
-    if overwrite or not out.exists() or not any(out.iterdir()):
-        return
-    if not record.is_file():
-        raise ValueError(f"--output {out} exists and is not a sweep folder; choose a new folder or pass --overwrite")
-    try:
-        previous = json.loads(record.read_text())["settings"]
-        if not isinstance(previous, dict):
-            raise TypeError("'settings' is not an object")
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"--output {out}: cannot read {record} ({exc}); choose a new folder or pass "
-                         f"--overwrite") from None
-    # a sweep.json written before fingerprint_version 2 lacks the newer keys: they are taken as unchanged
-    legacy = "fingerprint_version" not in previous
-    changed = [f"{k}: {previous.get(k)!r} then, {settings.get(k)!r} now" for k in FINGERPRINT_KEYS
-               if not (legacy and k not in FIRST_KEYS) and previous.get(k) != settings.get(k)]
-    then = previous.get("contents") if isinstance(previous.get("contents"), dict) else {}
-    now = settings.get("contents", {})
-    for name in ([] if legacy else sorted(set(then) | set(now))):
-        old, new = _field(then.get(name), "sha256"), _field(now.get(name), "sha256")
-        if old is not None and new is not None and old != new:  # None: files not found (yet), see fingerprint.py
-            if name.startswith("task "):
-                changed.append(_changed_task_files(name, then[name], now[name]))
-                continue
-            where = _field(now.get(name), "path") or _field(then.get(name), "path")
-            changed.append(f"the contents of {name} ({where}) changed: sha256 {old[:16]} then, {new[:16]} now")
-    if legacy:
-        log.warning("sweep: %s was written before the scorer/judge/model-contents fingerprint; resuming on the "
-                    "assumption that they did not change", record)
-    if changed:
-        raise ValueError(f"--output {out} holds a sweep with other settings ({'; '.join(changed)}); resuming would "
-                         f"mix incomparable results. Choose a new folder (--output) or pass --overwrite to start over")
-
-
-def _field(entry, key: str):
-    value = entry.get(key) if isinstance(entry, dict) else None
-    return value if isinstance(value, str) else None
-
-
-# ----------------------------------------------------------------- running
 def run_provenance(plan: Plan) -> dict:
     """How this run of the sweep was made (dsteer_eval.common.provenance): the vector, each task's shipped data
     file and the probe data, the model files, lm-eval's seeds (its defaults: the sweep passes none) and the random controls' seed."""
@@ -377,7 +84,7 @@ def run_provenance(plan: Plan) -> dict:
 
         data.append(provenance.data_entry(plan.config.probe_data or f"{tasks_dir()}/hh/hh_mini.jsonl", "probe_data"))
     models = [model_entry("base", model_name(plan.model_kwargs.get("pretrained")))]
-    adapter = _field(plan.settings.get("contents", {}).get("peft="), "path")  # peft=, or the shipped adapter
+    adapter = field_of(plan.settings.get("contents", {}).get("peft="), "path")  # peft=, or the shipped adapter
     if adapter:
         models.append(model_entry("adapter", adapter))
     seeds = {f"lm_eval_{name}": p.default for name, p in inspect.signature(lm_eval.simple_evaluate).parameters.items()
@@ -591,18 +298,8 @@ def _load(plan: Plan):
 
 def _probe_prompts(plan: Plan) -> tuple[list, object]:
 
-    pairs = _probe_pairs(plan.config)
+    pairs = probe_pairs(plan.config)
     return unique_prompts(pairs), pairs
-
-
-def _probe_pairs(config: SweepConfig):
-
-    return load_pairs(config.probe_data or f"{tasks_dir()}/hh/hh_mini.jsonl")
-
-
-def _probe_prompts_for(config: SweepConfig) -> list:
-
-    return unique_prompts(_probe_pairs(config))
 
 
 def _point_probes(lm, plan: Plan):

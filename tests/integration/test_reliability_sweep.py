@@ -352,18 +352,18 @@ def test_resume_accepts_a_model_whose_files_appear_only_after_the_first_run(tmp_
     first = settings | {"contents": {"pretrained=": {"sha256": None, "path": "org/m"}}}
     (out / "sweep.json").write_text(json.dumps({"settings": first}))
     found = settings | {"contents": {"pretrained=": {"sha256": "a" * 64, "path": "/cache/org/m"}}}
-    runner._check_output(out, found, overwrite=False)
+    runner.check_output(out, found, overwrite=False)
     (out / "sweep.json").write_text(json.dumps({"settings": found}))
     retrained = settings | {"contents": {"pretrained=": {"sha256": "b" * 64, "path": "/cache/org/m"}}}
     with pytest.raises(ValueError, match=r"the contents of pretrained= \(/cache/org/m\) changed: sha256 "
                                          r"aaaaaaaaaaaaaaaa then, bbbbbbbbbbbbbbbb now"):
-        runner._check_output(out, retrained, overwrite=False)
+        runner.check_output(out, retrained, overwrite=False)
 
     # a sweep.json of an earlier version (no fingerprint_version): its own keys are compared, the new ones adopted
     (out / "sweep.json").write_text(json.dumps({"settings": {k: None for k in runner.FIRST_KEYS}}))
-    runner._check_output(out, retrained | {"judge": "openai:x"}, overwrite=False)
+    runner.check_output(out, retrained | {"judge": "openai:x"}, overwrite=False)
     with pytest.raises(ValueError, match="model_args: None then, 'pretrained=m' now"):
-        runner._check_output(out, retrained | {"model_args": "pretrained=m"}, overwrite=False)
+        runner.check_output(out, retrained | {"model_args": "pretrained=m"}, overwrite=False)
 
 
 def test_content_hash_reads_size_and_first_and_last_mib_only(tmp_path):
