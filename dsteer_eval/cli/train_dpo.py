@@ -12,7 +12,7 @@ from dsteer_eval.cli.shared import provenance_command
 
 
 def add(verbs) -> None:
-    from dsteer_eval.dpo.training import DEFAULT_SAVE_STEPS, PRESETS, DPOSettings
+    from dsteer_eval.dpo.settings import DEFAULT_SAVE_STEPS, PRESETS, DPOSettings
 
     d = DPOSettings()
     p = verbs.add_parser(

@@ -43,26 +43,29 @@ and ``lm_head="auto"`` swaps in :mod:`dsteer_eval.dpo.cpu_head` on CPU.
 
 from __future__ import annotations
 
-import copy
 import importlib.metadata as md
 import json
 import logging
-import math
-import random
 import shlex
 import shutil
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import torch
 
 from dsteer_eval.common import provenance
 from dsteer_eval.common.output_folder import atomic_write_text, check_free, check_writable, staged_folder
-from dsteer_eval.data.preference_pairs import PreferencePair, left_truncate, load_pairs
-from dsteer_eval.data.splits import check_part, part_of
-from dsteer_eval.dpo.cpu_head import use_compact_head
+from dsteer_eval.data.preference_pairs import load_pairs
+from dsteer_eval.data.splits import check_part
 from dsteer_eval.dpo.rewards import reward_summary, rewards_by_kind  # noqa: F401  (reward_summary re-exported)
+from dsteer_eval.dpo.settings import (  # noqa: F401 (re-exported)
+    DEFAULT_SAVE_STEPS,
+    PRESETS,
+    DPOSettings,
+    preset_settings,
+)
+from dsteer_eval.dpo.trainer import fit_prompts, make_trainer, pair_rewards, split_pairs  # noqa: F401 (re-exported)
 from dsteer_eval.models.defaults import model_name
 from dsteer_eval.models.embedded import resolve_pretrained
 from dsteer_eval.models.identity import model_entry
@@ -71,276 +74,7 @@ from dsteer_eval.steering.sites import unwrap
 CARD_NAME = "dpo_card.json"
 CARD_FORMAT = "dsteer-eval/dpo-card"
 RUN_NAME = "dsteer_run.json"
-DEFAULT_SAVE_STEPS = 50
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class DPOSettings:
-    """Hyper-parameters of one DPO run (the CLI flags of ``train-dpo`` mirror these)."""
-
-    beta: float = 0.1
-    learning_rate: float = 5e-5
-    steps: int = 100
-    batch_size: int = 4
-    grad_accum: int = 1
-    warmup_steps: int = 0
-    max_length: int = 192
-    max_prompt_length: int = 128
-    eval_size: int = 64
-    full: bool = False
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.0
-    lora_targets: str = "all-linear"
-    precision: str = "auto"
-    lm_head: str = "auto"
-    gradient_checkpointing: bool = False
-    seed: int = 0
-    logging_steps: int = 10
-    epochs: float = 0.0  # > 0: steps = ceil(epochs * train pairs / (batch_size * grad_accum)), replacing steps
-
-    def check(self) -> None:
-        for name in ("steps", "batch_size", "grad_accum", "max_length", "max_prompt_length", "logging_steps"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
-        for name in ("warmup_steps", "eval_size"):
-            if int(getattr(self, name)) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if not (math.isfinite(self.epochs) and self.epochs >= 0):
-            raise ValueError(f"epochs must be a finite number >= 0 (0: use steps), got {self.epochs}")
-        if self.max_prompt_length >= self.max_length:
-            raise ValueError(
-                f"max_prompt_length ({self.max_prompt_length}) must be below max_length ({self.max_length}) "
-                f"to leave room for the replies"
-            )
-        for name in ("beta", "learning_rate"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a finite number > 0, got {value}")
-        if not 0 <= self.lora_dropout < 1:
-            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
-        if not self.full and (self.lora_r < 1 or self.lora_alpha <= 0):
-            raise ValueError("lora_r must be >= 1 and lora_alpha > 0 (or pass full=True for full fine-tuning)")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
-        if self.lm_head not in ("auto", "trl", "compact"):
-            raise ValueError(f"lm_head must be auto, trl or compact, got {self.lm_head!r}")
-
-    def lora_target_modules(self):
-        targets = [t.strip() for t in self.lora_targets.split(",") if t.strip()]
-        if not targets:
-            raise ValueError("lora_targets is empty; use 'all-linear' or module names like q_proj,v_proj")
-        return "all-linear" if targets == ["all-linear"] else targets
-
-    def steps_for(self, train_pairs: int) -> int:
-        """Optimizer steps of the run: ``steps``, or ``epochs`` passes over ``train_pairs``."""
-        if self.epochs > 0:
-            return max(1, math.ceil(self.epochs * train_pairs / (self.batch_size * self.grad_accum)))
-        return self.steps
-
-
-# Documented recipes (docs/data-and-splits.md).  A preset fills
-# the settings and the data part; flags given on the command line override it.
-PRESETS = {
-    # the refusal pair: build-refusal's refusal_pairs.jsonl.gz, ~1 epoch over the train part;
-    # beta 0.3 / lr 5e-4 is the point scripts/dpo_hparam_sweep.py chose on the vector part
-    # (results/dpo_hparam_sweep/sweep.md)
-    "refusal": {"part": "train", "settings": dict(
-        beta=0.3, learning_rate=5e-4, epochs=1.0, batch_size=4, warmup_steps=6, lora_r=16, lora_alpha=32,
-        lora_targets="all-linear")},
-    # the HH harmless pair: LoRA r 16 on every linear layer, 1 epoch over the train part; beta / lr
-    # from scripts/dpo_hparam_sweep.py --preset hh (results/dpo_hparam_sweep_hh/sweep.md)
-    "hh": {"part": "train", "settings": dict(
-        beta=0.1, learning_rate=5e-4, epochs=1.0, batch_size=4, warmup_steps=10, lora_r=16, lora_alpha=32,
-        lora_targets="all-linear")},
-}
-
-
-def preset_settings(name: str) -> DPOSettings:
-    try:
-        return DPOSettings(**PRESETS[name]["settings"])
-    except KeyError:
-        raise ValueError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}") from None
-
-
-# ---------------------------------------------------------------------- data
-def fit_prompts(pairs, tokenizer, max_prompt_length: int):
-    """The pairs with every prompt left-truncated to ``max_prompt_length`` tokens, and
-    ``{"prompts_truncated": n, "prompt_tokens_cut": total}``."""
-
-    out, truncated, cut_total = [], 0, 0
-    for pair in pairs:
-        prompt, cut = left_truncate(pair.prompt, tokenizer, max_prompt_length)
-        if cut:
-            truncated += 1
-            cut_total += cut
-            pair = PreferencePair(prompt, pair.chosen, pair.rejected)
-        out.append(pair)
-    return out, {"prompts_truncated": truncated, "prompt_tokens_cut": cut_total}
-
-
-def split_pairs(pairs, tokenizer, settings: DPOSettings, *, part: str | None = None, limit: int | None = None,
-                eval_part: str = "eval"):
-    """``(train, eval, info)``: the pairs to train on, the held-out pairs, and counts for the card.
-
-    ``part="train"``: train on the pairs of the split's ``train`` part (the first ``limit``
-    of them), hold out up to ``eval_size`` pairs of its ``eval_part`` part (default ``eval``;
-    ``vector`` for hyper-parameter selection that must not look at the eval part; seeded pick);
-    the other parts are left out.  ``part=None``: shuffle every pair (seeded) and hold out
-    ``min(eval_size, n // 5)``.  Prompts longer than ``max_prompt_length`` are
-    left-truncated to their final turns and counted (``prompts_truncated``).
-    """
-
-    part = check_part(part)
-    if part not in (None, "train"):
-        raise ValueError(f"train-dpo trains on part 'train' (or all rows); part {part!r} is kept for "
-                         f"extraction, probes or evaluation and is never trained on")
-    if check_part(eval_part) in (None, "train"):
-        raise ValueError(f"eval_part must be vector, probe or eval (never trained on), got {eval_part!r}")
-    pairs = list(pairs)
-    if part is None:
-        kept = pairs[:limit] if limit is not None else pairs
-        random.Random(settings.seed).shuffle(kept)
-        n_eval = min(settings.eval_size, len(kept) // 5) if settings.eval_size else 0
-        evaluation, train = kept[:n_eval], kept[n_eval:]
-        if settings.eval_size and not evaluation:
-            raise ValueError(f"only {len(kept)} usable pairs: too few to hold out eval pairs; pass eval_size=0")
-        other = 0
-    else:
-        by_part = {}
-        for pair in pairs:
-            by_part.setdefault(part_of(pair.prompt), []).append(pair)
-        train = by_part.get("train", [])[:limit] if limit is not None else by_part.get("train", [])
-        held = by_part.get(eval_part, [])
-        random.Random(settings.seed).shuffle(held)
-        evaluation = held[: settings.eval_size]
-        other = len(pairs) - len(by_part.get("train", [])) - len(held)
-        if not train:
-            raise ValueError(f"none of the {len(pairs)} usable pairs is in the split's 'train' part; "
-                             f"train on every pair with part all (--part all)")
-    train, info = fit_prompts(train, tokenizer, settings.max_prompt_length)
-    evaluation, info_eval = fit_prompts(evaluation, tokenizer, settings.max_prompt_length)
-    info = {
-        "part": part or "all",
-        "eval_part": eval_part if part else "random hold-out",
-        "pairs_other_parts": other,
-        "prompts_truncated": info["prompts_truncated"] + info_eval["prompts_truncated"],
-        "prompt_tokens_cut": info["prompt_tokens_cut"] + info_eval["prompt_tokens_cut"],
-    }
-    return train, evaluation, info
-
-
-def _dataset(pairs):
-    from datasets import Dataset  # deferred: datasets loads only for hub data
-
-    return Dataset.from_list([{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in pairs])
-
-
-# ------------------------------------------------------------------- trainer
-def _use_bf16(settings: DPOSettings) -> bool:
-    if settings.precision == "auto":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    return settings.precision == "bf16"
-
-
-def make_trainer(model, tokenizer, train_pairs, settings: DPOSettings, *, output_dir, eval_pairs=None, ref_model=None,
-                 save_steps: int | None = None, callbacks=None):
-    """A configured :class:`trl.DPOTrainer` (LoRA unless ``settings.full``).
-
-    ``save_steps``: save a resumable checkpoint into ``output_dir`` every that many steps
-    (and at the end; the two newest are kept).  ``callbacks``: extra transformers callbacks."""
-    from trl import DPOConfig, DPOTrainer  # deferred: trl loads only when training
-
-    settings.check()
-    on_cpu = next(model.parameters()).device.type == "cpu"
-    saving = dict(save_strategy="steps", save_steps=int(save_steps), save_total_limit=2) if save_steps else \
-        dict(save_strategy="no")
-    config = DPOConfig(
-        output_dir=str(output_dir),
-        beta=settings.beta,
-        learning_rate=settings.learning_rate,
-        max_steps=settings.steps_for(len(train_pairs)),
-        per_device_train_batch_size=settings.batch_size,
-        per_device_eval_batch_size=settings.batch_size,
-        gradient_accumulation_steps=settings.grad_accum,
-        warmup_steps=settings.warmup_steps,
-        lr_scheduler_type="linear",
-        max_length=settings.max_length,
-        bf16=_use_bf16(settings),
-        gradient_checkpointing=settings.gradient_checkpointing,
-        logging_steps=settings.logging_steps,
-        **saving,
-        report_to=[],
-        seed=settings.seed,
-        data_seed=settings.seed,
-        use_cpu=on_cpu,
-        dataloader_num_workers=0,
-        disable_tqdm=False,
-    )
-    peft_config = None
-    if not settings.full:
-        from peft import LoraConfig  # deferred: peft loads only when an adapter is used
-
-        peft_config = LoraConfig(
-            r=settings.lora_r,
-            lora_alpha=settings.lora_alpha,
-            lora_dropout=settings.lora_dropout,
-            target_modules=settings.lora_target_modules(),
-            task_type="CAUSAL_LM",
-        )
-    elif ref_model is None:
-
-        ref_model = copy.deepcopy(model).eval()  # the frozen starting point, without a hub round trip
-    trainer = DPOTrainer(
-        model=model,
-        ref_model=ref_model,
-        args=config,
-        train_dataset=_dataset(train_pairs),
-        eval_dataset=_dataset(eval_pairs) if eval_pairs else None,
-        processing_class=tokenizer,
-        peft_config=peft_config,
-        callbacks=list(callbacks) if callbacks else None,
-    )
-    want_compact = settings.lm_head == "compact" or (settings.lm_head == "auto" and on_cpu)
-    trainer.dsteer_lm_head = "trl"
-    if want_compact and not trainer.use_weighting:
-
-        targets = [unwrap(trainer.model)] + ([trainer.ref_model] if trainer.ref_model is not None else [])
-        if all(use_compact_head(m) for m in targets):
-            trainer.dsteer_lm_head = "compact"
-    return trainer
-
-
-@torch.no_grad()
-def pair_rewards(trainer, pairs) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-pair implicit rewards ``beta * (log pi - log pi_ref)`` for chosen and rejected replies."""
-    model = trainer.model
-    was_training = model.training
-    model.eval()
-    chosen, rejected = [], []
-    try:
-        prepared = trainer._prepare_dataset(_dataset(pairs), trainer.processing_class, trainer.args, "eval")
-        if len(prepared) != len(pairs):
-            raise RuntimeError(f"trl dropped {len(pairs) - len(prepared)} of {len(pairs)} pairs while tokenizing")
-        loader = trainer.get_eval_dataloader(prepared)
-        for batch in loader:
-            batch = trainer._prepare_inputs(batch)
-            # trl's own call passes ``ref_model or model``; passing the policy with a separate
-            # reference model (full fine-tuning) would score the policy against itself
-            ref_c, ref_r = trainer.compute_ref_log_probs(trainer.ref_model or model, batch)
-            kwargs = {k: v for k, v in batch.items() if k not in ("completion_mask", "ref_chosen_logps", "ref_rejected_logps")}
-            labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
-            with trainer.accelerator.autocast():
-                out = model(**kwargs, use_cache=False, labels=labels, fused_lm_head=True)
-            width = batch["completion_mask"].shape[1] - 1
-            logps = out.log_probs[:, -width:].float().sum(1)
-            pol_c, pol_r = logps.chunk(2)
-            chosen.append(trainer.beta * (pol_c - ref_c.float()).cpu())
-            rejected.append(trainer.beta * (pol_r - ref_r.float()).cpu())
-    finally:
-        model.train(was_training)
-    return torch.cat(chosen), torch.cat(rejected)
 
 
 # ------------------------------------------------------------------ the job
@@ -501,7 +235,10 @@ def train_dpo(
         log.warning("train-dpo: training on every pair of %s (no --part): the probe and eval parts of the "
                     "split are trained on too; pass --part train to keep them out", pairs.source)
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer  # deferred: transformers loads only when a model is loaded
+    from transformers import (  # deferred: transformers loads only when a model is loaded
+        AutoModelForCausalLM,
+        AutoTokenizer,
+    )
 
     path = resolve_pretrained(pretrained)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")

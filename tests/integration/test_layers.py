@@ -245,7 +245,7 @@ def deferred_imports_without_reason() -> list[str]:
                 if isinstance(node, (ast.Import, ast.ImportFrom)):
                     name = (node.module if isinstance(node, ast.ImportFrom) else node.names[0].name) or ""
                     top = name.split(".")[0]
-                    commented = "# deferred" in lines[node.end_lineno - 1]
+                    commented = any("# deferred" in line for line in lines[node.lineno - 1:node.end_lineno])
                     if top == "dsteer_eval" or top in stdlib or not commented:
                         found.append(f"{rel}:{node.lineno} {name}")
     return sorted(set(found))
