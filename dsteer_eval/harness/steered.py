@@ -31,7 +31,6 @@ import logging
 import math
 from collections import deque
 from contextlib import contextmanager
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -43,6 +42,7 @@ from dsteer_eval.common.redaction import register_model_args
 from dsteer_eval.data.preference_pairs import load_pairs
 from dsteer_eval.dpo.extract import last_token_states, unique_prompts
 from dsteer_eval.harness import plugin as lm_eval_plugin
+from dsteer_eval.harness.builtin_steer_path import builtin_edits, read_builtin
 from dsteer_eval.harness.continuation_loglik import loglikelihood_tokens, takes_logits_to_keep
 from dsteer_eval.harness.packed_contexts import PACKABLE_ATTENTION, packed_loglikelihood_tokens
 from dsteer_eval.harness.plugin import tasks_dir
@@ -53,10 +53,9 @@ from dsteer_eval.models.identity import content
 from dsteer_eval.steering.args import SteerArgs, parse_bool, resolve_sites
 from dsteer_eval.steering.controls import random_direction
 from dsteer_eval.steering.guard import NonFiniteStateError, finite_guard  # noqa: F401 (NonFiniteStateError re-exported)
-from dsteer_eval.steering.hook import Intervention, NonFiniteError, check_finite, check_fits_dtype, steer
+from dsteer_eval.steering.hook import Intervention, NonFiniteError, check_fits_dtype, steer
 from dsteer_eval.steering.sites import ModelParts, resolve_parts
 from dsteer_eval.vectors import VectorFile, check_compatible, load_vectors
-from dsteer_eval.vectors.torch_dicts import check_builtin_entry, load_builtin_pt
 
 log = logging.getLogger(__name__)
 lm_eval_plugin.register()  # no-op when the .pth hook already ran
@@ -120,7 +119,7 @@ class SteeredLM(HFLM):
                     "and actions"
                 )
             builtin_path = _check_steer_path(steer_path)
-            builtin = self._read_builtin(builtin_path)
+            builtin = read_builtin(builtin_path)
         else:
             chosen = resolve_default_pair(pretrained, pair=pair, vector=vector, peft=kwargs.get("peft"))
             vector = chosen.vector
@@ -156,7 +155,8 @@ class SteeredLM(HFLM):
         self._interventions: list[Intervention] = []
         self._module_edits: list = []
         if builtin is not None:
-            self._module_edits = self._builtin_edits(builtin, args.alphas, where=f"steer_path={builtin_path}")
+            self._module_edits = builtin_edits(self.model, self.device, builtin, args.alphas,
+                                              where=f"steer_path={builtin_path}")
         else:
             self._interventions = self.build_interventions(vector_file, args)
         if self._position != "all":
@@ -245,62 +245,6 @@ class SteeredLM(HFLM):
             states = last_token_states(self.model, self.tokenizer, prompts, desc="unit=norm")
             cache[site] = float(states[:, site].norm(dim=-1).mean())
         return cache[site]
-
-    @staticmethod
-    def _read_builtin(path: Path) -> dict:
-        if path.suffix == ".csv":
-            from lm_eval.models.hf_steered import SteeredModel  # deferred: lm-eval internals load only when this path runs
-
-            return SteeredModel.derive_steer_config(str(path))
-        return load_builtin_pt(path)
-
-    def _builtin_edits(self, config: dict, alphas: tuple[float, ...], where: str = "steer_path") -> list:
-        """Hooks for lm-eval's built-in format, using its own add/clamp functions."""
-
-        from lm_eval.models.hf_steered import SteeredModel  # deferred: lm-eval internals load only when this path runs
-
-        if len(alphas) != 1:
-            raise ValueError("steer_path= takes a single alpha")
-        alpha = alphas[0]
-        modules = dict(self.model.base_model.named_modules())
-        edits = []
-        for hookpoint, info in config.items():
-            if hookpoint not in modules:
-                raise ValueError(f"steer_path hookpoint {hookpoint!r} is not a module of this model")
-            entry = f"{where} hookpoint {hookpoint!r}"
-            check_builtin_entry(entry, info)  # also for configs derived from a .csv
-            vec = info["steering_vector"].to(self.device).to(self.model.dtype)
-            check_finite(vec, f"{entry} steering_vector in {self.model.dtype}")
-            coef = float(info.get("steering_coefficient", 1.0))
-            bias = info.get("bias")
-            if bias is not None:
-                bias = check_finite(bias.to(self.device).to(self.model.dtype), f"{entry} bias in {self.model.dtype}")
-            action = info.get("action", "add")
-            if action == "add":
-                if bias is not None:
-                    raise ValueError(f"steer_path hookpoint {hookpoint!r}: bias is not supported with 'add'")
-                scaled = vec * coef if alpha == 1.0 else vec * coef * alpha
-                check_fits_dtype(info["steering_vector"].double() * coef * alpha, self.model.dtype,
-                                 f"{entry}: alpha={alpha:g} times steering_coefficient={coef:g} times steering_vector")
-                check_finite(scaled, f"{entry}: alpha={alpha:g} times steering_coefficient={coef:g} "
-                                     f"times steering_vector in {self.model.dtype}")
-                fn = partial(SteeredModel.add, vector=scaled, head_index=info.get("head_index"))
-            elif action == "clamp":
-                if alpha != 1.0:
-                    raise ValueError("alpha= does not apply to 'clamp' hookpoints; set steering_coefficient")
-                direction = check_finite(vec / torch.norm(vec), f"{entry}: the clamp direction (steering_vector "
-                                                                  f"/ its norm) in {self.model.dtype}")
-                fn = partial(
-                    SteeredModel.clamp,
-                    direction=direction,
-                    value=coef,
-                    bias=bias,
-                    head_index=info.get("head_index"),
-                )
-            else:
-                raise ValueError(f"steer_path hookpoint {hookpoint!r}: unknown action {action!r}")
-            edits.append((modules[hookpoint], fn))
-        return edits
 
     # ------------------------------------------------------- lm-eval's --use_cache
     def cache_key(self) -> str:
