@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import math
 from collections import deque
 from contextlib import contextmanager
 from pathlib import Path
@@ -53,7 +52,7 @@ from dsteer_eval.models.identity import content
 from dsteer_eval.steering.args import SteerArgs, parse_bool, resolve_sites
 from dsteer_eval.steering.controls import random_direction
 from dsteer_eval.steering.guard import NonFiniteStateError, finite_guard  # noqa: F401 (NonFiniteStateError re-exported)
-from dsteer_eval.steering.hook import Intervention, NonFiniteError, check_fits_dtype, steer
+from dsteer_eval.steering.hook import Intervention, check_fits_dtype, direction_norm, steer
 from dsteer_eval.steering.sites import ModelParts, resolve_parts
 from dsteer_eval.vectors import VectorFile, check_compatible, load_vectors
 
@@ -213,13 +212,8 @@ class SteeredLM(HFLM):
 
                 v = random_direction(v, site=site, index=args.control, seed=args.control_seed)
             if args.unit:
-                norm = float(v.norm())
-                if norm == 0.0:
-                    raise ValueError(f"unit={args.unit}: the vector for layer {site} is zero and has no direction")
-                if not math.isfinite(norm):
-                    raise NonFiniteError(
-                        f"unit={args.unit}: the norm of vector={vf.path} (layer {site}) overflows float32 ({norm}), "
-                        f"so v/|v| would be zero and steering would silently do nothing; rescale the vector file")
+                norm = direction_norm(v, f"unit={args.unit}: vector={vf.path} (layer {site})",
+                                      "steering would silently do nothing; rescale the vector file")
                 v = v / norm
                 if args.unit == "norm":  # alpha is a fraction of the typical state norm at this site
                     v = v * self.mean_state_norm(site)

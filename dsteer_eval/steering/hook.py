@@ -109,14 +109,24 @@ class Intervention:
         if not math.isfinite(self.alpha):
             raise NonFiniteError(f"alpha must be finite, got {self.alpha}")
         check_finite(self.vector, f"steering vector for layer {self.site}")
-        if self.mode == "ablate":
-            norm = float(self.vector.detach().float().norm())  # the float32 norm the ablation divides by
-            if norm == 0.0:
-                raise ValueError(f"mode=ablate: the vector for layer {self.site} is zero and has no direction to ablate")
-            if not math.isfinite(norm):
-                raise NonFiniteError(
-                    f"mode=ablate: the norm of the vector for layer {self.site} overflows float32 ({norm}), so "
-                    f"v/|v| would be zero and nothing ablated; rescale the vector (only its direction counts)")
+        if self.mode == "ablate":  # the float32 norm the ablation divides by
+            direction_norm(self.vector, f"mode=ablate: the vector for layer {self.site}",
+                           "nothing ablated; rescale the vector (only its direction counts)")
+
+
+def direction_norm(vector: torch.Tensor, what: str, consequence: str) -> float:
+    """The float32 norm of ``vector`` when its direction v/|v| is used (``unit=``, ``mode=ablate``): a zero
+    vector (no direction) raises ValueError, a norm that overflows float32 (v/|v| would be all zero, and
+    steering would silently do nothing) raises :class:`NonFiniteError`.  ``what`` names the vector as
+    ``"<setting>: the vector ..."``; ``consequence`` says what would silently happen."""
+    norm = float(vector.detach().float().norm())
+    setting, _, subject = what.partition(": ")
+    if norm == 0.0:
+        raise ValueError(f"{what} is zero and has no direction")
+    if not math.isfinite(norm):
+        raise NonFiniteError(f"{setting}: the norm of {subject} overflows float32 ({norm}), so v/|v| would be zero "
+                             f"and {consequence}")
+    return norm
 
 
 @dataclass
