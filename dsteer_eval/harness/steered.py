@@ -42,7 +42,8 @@ from dsteer_eval.data.preference_pairs import load_pairs
 from dsteer_eval.dpo.extract import last_token_states, unique_prompts
 from dsteer_eval.harness import plugin as lm_eval_plugin
 from dsteer_eval.harness.builtin_steer_path import builtin_edits, read_builtin
-from dsteer_eval.harness.continuation_loglik import loglikelihood_tokens, takes_logits_to_keep
+from dsteer_eval.harness import continuation_loglik
+from dsteer_eval.harness.continuation_loglik import loglikelihood_tokens
 from dsteer_eval.harness.packed_contexts import PACKABLE_ATTENTION, packed_loglikelihood_tokens
 from dsteer_eval.harness.plugin import tasks_dir
 from dsteer_eval.metrics.reference_models import register_active
@@ -165,7 +166,7 @@ class SteeredLM(HFLM):
         self._vector_file, self._steer_args = vector_file, args  # a sweep re-points them
 
         self._continuation_head = head_positions == "continuation" and self.backend == "causal" \
-            and takes_logits_to_keep(self.model)
+            and continuation_loglik.takes_logits_to_keep(self.model)
         if head_positions == "continuation" and not self._continuation_head:
             log.warning("steered: this model takes no logits_to_keep (or is seq2seq); log-likelihoods use "
                         "lm-eval's full-head loop")

@@ -37,7 +37,7 @@ import logging
 from dsteer_eval.data.refusal_set import is_refusal
 from dsteer_eval.metrics.degeneration import degenerate as degenerate_reason
 from dsteer_eval.metrics.hh_preference import all_finite, loglikelihoods
-from dsteer_eval.metrics.judge import get_judge
+from dsteer_eval.metrics import judge as judges  # judges.get_judge: looked up at call time (a test replaces it)
 
 log = logging.getLogger("dsteer_eval.refusal")
 KINDS = ("harmful", "harmless")
@@ -94,7 +94,7 @@ def judge_refusals(resps, docs):
 
     docs = list(docs)
     answers = [r[0] if r else "" for r in resps]
-    judge = get_judge()
+    judge = judges.get_judge()
     asked = [i for i, a in enumerate(answers) if isinstance(a, str) and degenerate_reason(a) is None]
     judgements = judge.prefer_first([judge_prompt(docs[i]["prompt"], answers[i]) for i in asked]) if asked else []
     out = [{"answer": a, "judge": judge.name, "p_refusal": None, "error": None} for a in answers]

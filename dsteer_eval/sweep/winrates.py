@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from dsteer_eval.common.output_folder import atomic_write_text
 from dsteer_eval.common.redaction import redact
-from dsteer_eval.metrics.judge import get_judge
+from dsteer_eval.metrics import judge as judges  # judges.get_judge: looked up at call time (a test replaces it)
 from dsteer_eval.metrics.winrate import win_rate_from_samples
 from dsteer_eval.sweep.units import unit_done, unit_folder
 
@@ -59,7 +59,7 @@ def sweep_winrates(plan, *, print_fn=print) -> int:
         return 0
 
 
-    judge = get_judge()
+    judge = judges.get_judge()
     written = 0
     for point, name, criterion, a, b, target in tqdm(jobs, desc="win-rate vs alpha=0", unit="point"):
         try:
