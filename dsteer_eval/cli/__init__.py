@@ -20,6 +20,7 @@ from dsteer_eval.cli import (
     leaderboard,
     model_path,
     probe,
+    report,
     sweep,
     train_dpo,
     winrate,
@@ -29,7 +30,7 @@ from dsteer_eval.common.redaction import install_log_redaction, redact
 
 # in the order `dsteer-eval --help` lists them
 VERBS = (model_path, extract, convert, train_dpo, dpo_gate, build_refusal, sweep, ceiling, leaderboard, info,
-         probe, winrate)
+         probe, winrate, report)
 
 
 def build_parser() -> argparse.ArgumentParser:

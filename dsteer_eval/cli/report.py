@@ -1,0 +1,47 @@
+"""``dsteer-eval report``: the D-STEER report of a finished sweep: dose-response on both sides against random
+directions, the verdict card (printed), and report.{md,html,json} with figures.
+
+Library imports sit inside ``run``: deferred so that ``dsteer-eval --help`` and the other verbs
+start without importing torch, transformers or lm-eval (CLI start-up cost).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add(verbs) -> None:
+    p = verbs.add_parser(
+        "report",
+        help="the D-STEER report of a finished sweep: gap closed by ±v̄ per α and side vs random directions",
+        description="Read a finished `dsteer-eval sweep` folder (both sides: --base-alphas; random directions: "
+        "--controls random:K, K >= 8 for a claim against them) and write OUT/report.{md,html,json} and the "
+        "dose-response figures: per task metric and α, the fraction of the base-DPO gap that -v̄ takes back "
+        "on the DPO model and +v̄ installs on the base, with paired bootstrap CIs, the random directions' "
+        "band, v̄'s rank and empirical p-value, the degeneration rate, and verdicts computed from them.",
+    )
+    p.add_argument("sweep", help="a finished sweep output folder (with sweep.json)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--tasks", default=None, help="comma-separated tasks of the sweep (default: all)")
+    p.add_argument("--metrics", default=None, help="comma-separated metrics (default: every metric with "
+                   "per-document values at every point, count columns n_* left out)")
+    p.add_argument("--title", default=None)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from dsteer_eval.common.output_folder import check_free
+    from dsteer_eval.report.build import build_report
+    from dsteer_eval.report.figures import dose_response_figures
+    from dsteer_eval.report.render import card_lines, write_report
+
+    split = lambda text: [x.strip() for x in text.split(",") if x.strip()] if text else None  # noqa: E731
+    check_free(args.out, args.overwrite)  # before any reading
+    report = build_report(args.sweep, tasks=split(args.tasks), metrics=split(args.metrics), title=args.title)
+    out = write_report(report, args.out, draw=dose_response_figures, overwrite=args.overwrite)
+    print("\n".join(card_lines(report["card"])))
+    for line in report["missing"]:
+        print(f"not measured: {line}")
+    print(f"wrote {out}/report.md, report.html, report.json")
+    return 0

@@ -1,0 +1,123 @@
+"""Dose-response of a base/DPO pair under steering, on both sides, against random directions.
+
+For one task metric of a finished sweep (:mod:`dsteer_eval.report.sweep_data`), every steered point of a
+side gets the fraction of the base–DPO gap it closes (:func:`dsteer_eval.stats.gap.gap_closure`):
+
+* **DPO side** (the model with its adapter, α < 0: DPO − |α|·v̄): start = DPO at α = 0, target = base at α = 0
+  ("how much of DPO does −v̄ undo?");
+* **base side** (``peft=none``, α > 0: base + α·v̄): start = base at α = 0, target = DPO at α = 0
+  ("how much of DPO does +v̄ install?").
+
+Beside it, each of the K random directions of the same norm at the same layer and α (``--controls random:K``)
+gets the same fraction on the same documents: their band (min–max), their mean, and v̄'s rank among them
+with the empirical p-value (:func:`dsteer_eval.stats.gap.rank_among`).  Generation tasks add the
+degeneration rate of the point (mean of ``n_degenerate``: outputs screened out as empty, garbled or
+looping), and a measured ceiling (``ceiling.json``) marks the points beyond it.  Every number is computed on
+the documents with a finite value at every point it compares (the count is kept).
+"""
+
+from __future__ import annotations
+
+import math
+
+from dsteer_eval.report.sweep_data import SweepData
+from dsteer_eval.stats.bootstrap import N_RESAMPLES, SEED, paired_bootstrap
+from dsteer_eval.stats.gap import gap_closure, rank_among
+
+SIDES = {"dpo": ("base", "−v̄ on the DPO model: fraction of the gap taken back toward the base"),
+         "base": ("dpo", "+v̄ on the base model: fraction of the gap installed toward DPO")}
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _common(maps: list[dict]) -> list:
+    """Documents with a finite value in every map, sorted."""
+    docs = set.intersection(*(set(m) for m in maps)) if maps else set()
+    return sorted(d for d in docs if all(_finite(m[d]) for m in maps))
+
+
+def _rate(data: SweepData, point: str, task: str, metric: str = "n_degenerate") -> float | None:
+    values = data.metric(point, task, metric)
+    if not values:
+        return None
+    xs = [float(v) for v in values.values() if _finite(v)]
+    return sum(xs) / len(xs) if xs else None
+
+
+def _beyond(data: SweepData, alpha: float) -> bool | None:
+    if not data.ceiling:
+        return None
+    side = "negative" if alpha < 0 else "positive"
+    try:
+        limit = float(data.ceiling[side]["ceiling"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return abs(alpha) > limit
+
+
+def dose_response(data: SweepData, task: str, metric: str, *, n_resamples: int = N_RESAMPLES,
+                  seed: int = SEED) -> dict:
+    """The curves of ``task``/``metric`` on both sides (module docstring), as plain data."""
+    base0, dpo0 = data.find("base", 0.0), data.find("dpo", 0.0)
+    out = {"task": task, "metric": metric, "gap": None, "sides": {}, "missing": []}
+    if base0 is None or dpo0 is None:
+        out["missing"].append("the sweep has no unsteered point on " + ("both sides" if base0 is dpo0 is None else
+                                                                      "the base side" if base0 is None else "the DPO side"))
+        return out
+    b, d = data.metric(base0.name, task, metric), data.metric(dpo0.name, task, metric)
+    if not b or not d:
+        out["missing"].append(f"no per-document {metric} at α = 0 on both sides")
+        return out
+    docs = _common([b, d])
+    out["gap"] = {**paired_bootstrap([d[i] for i in docs], [b[i] for i in docs], n_resamples=n_resamples,
+                                     seed=seed).as_dict(), "dpo_mean": sum(d[i] for i in docs) / len(docs),
+                  "base_mean": sum(b[i] for i in docs) / len(docs)}
+    for side, (other, meaning) in SIDES.items():
+        start, target = (dpo0, base0) if side == "dpo" else (base0, dpo0)
+        s, t = data.metric(start.name, task, metric), data.metric(target.name, task, metric)
+        rows = []
+        steered = sorted((p for p in data.points if p.side == side and p.control is None and p.alpha != 0),
+                         key=lambda p: (str(p.layer), abs(p.alpha)))
+        for point in steered:
+            m = data.metric(point.name, task, metric)
+            if not m:
+                out["missing"].append(f"{point.name}: no per-document {metric}")
+                continue
+            controls = sorted((p for p in data.points if p.side == side and p.control is not None
+                               and p.alpha == point.alpha and str(p.layer) == str(point.layer)),
+                              key=lambda p: p.control)
+            cmaps = [(c, data.metric(c.name, task, metric)) for c in controls]
+            lacking = [c.name for c, cm in cmaps if not cm]
+            cmaps = [(c, cm) for c, cm in cmaps if cm]
+            docs = _common([m, s, t] + [cm for _, cm in cmaps])
+            if len(docs) < 2:
+                out["missing"].append(f"{point.name}: fewer than 2 documents with every value finite")
+                continue
+            pick = lambda values: [values[i] for i in docs]  # noqa: E731
+            closure = gap_closure(pick(m), pick(s), pick(t), n_resamples=n_resamples, seed=seed)
+            randoms = []
+            for c, cm in cmaps:
+                r = gap_closure(pick(cm), pick(s), pick(t), n_resamples=n_resamples, seed=seed)
+                randoms.append({"control": c.control, "fraction": r.fraction})
+            fractions = [r["fraction"] for r in randoms if r["fraction"] is not None]
+            rank = (rank_among(closure.fraction, fractions).as_dict()
+                    if closure.fraction is not None and fractions else None)
+            rows.append({
+                "point": point.name, "layer": point.layer, "alpha": point.alpha, "documents": len(docs),
+                "closure": closure.as_dict(), "random": randoms, "random_missing": lacking,
+                "random_band": [min(fractions), max(fractions)] if fractions else None,
+                "random_mean": sum(fractions) / len(fractions) if fractions else None,
+                "rank": rank, "degeneration_rate": _rate(data, point.name, task),
+                "random_degeneration_rate": _mean([_rate(data, c.name, task) for c, _ in cmaps]),
+                "beyond_ceiling": _beyond(data, point.alpha),
+            })
+        out["sides"][side] = {"meaning": meaning, "start": start.name, "target": target.name,
+                              "degeneration_rate_at_0": _rate(data, start.name, task), "rows": rows}
+    return out
+
+
+def _mean(values):
+    xs = [v for v in values if v is not None]
+    return sum(xs) / len(xs) if xs else None

@@ -1,0 +1,113 @@
+"""The fraction of a base–DPO gap that steering closes, with a paired bootstrap CI, and v̄'s rank among
+random directions with its empirical p-value.
+
+**Gap closure.** Per document i: ``start`` sᵢ (the side steered, at α = 0), ``target`` tᵢ (the other side at
+α = 0) and ``moved`` mᵢ (the side steered at α).  The fraction of the gap closed is
+
+    f = mean(m − s) / mean(t − s)
+
+(1 = the other side reproduced on average, 0 = no movement, < 0 = moved away from it).  Its CI resamples the
+documents (the same indices for the numerator and the denominator, so the ratio stays paired) exactly as
+:func:`dsteer_eval.stats.bootstrap.bootstrap_means` draws them and takes percentile bounds of the resampled
+ratios; the gap itself (mean(t − s)) gets its own paired CI, and a gap whose CI contains 0 makes every
+fraction of it meaningless (``gap_shown`` False).
+
+**Rank among random directions.** With K random directions' values r₁..r_K (same layer, α and norm) and
+v̄'s value x, higher better: rank = 1 + #{rₖ > x}; the empirical p-value is
+(1 + #{rₖ ≥ x}) / (K + 1) (a tie counts against v̄).  Fewer than :data:`MIN_RANDOM` directions are
+*underpowered*: one random direction is an anecdote, and p can never fall below 1/(K + 1).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from dsteer_eval.stats.bootstrap import CHUNK, CONFIDENCE, N_RESAMPLES, SEED, PairedDelta, paired_bootstrap
+
+MIN_RANDOM = 8  # fewer random directions than this: a claim against them is labelled underpowered
+
+
+@dataclass(frozen=True)
+class GapClosure:
+    n: int  # documents with finite values on all three points
+    fraction: float | None  # mean(m − s) / mean(t − s); None when the gap is exactly 0
+    low: float | None
+    high: float | None
+    gap: PairedDelta  # mean(t − s) with its CI
+    moved: PairedDelta  # mean(m − s) with its CI
+    n_resamples: int
+    seed: int
+    confidence: float
+
+    @property
+    def gap_shown(self) -> bool:
+        return self.gap.significant
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["gap"], d["moved"] = self.gap.as_dict(), self.moved.as_dict()
+        d["gap_shown"] = self.gap_shown
+        return d
+
+
+def gap_closure(moved, start, target, *, n_resamples: int = N_RESAMPLES, seed: int = SEED,
+                confidence: float = CONFIDENCE) -> GapClosure:
+    """The fraction of the gap ``target − start`` that ``moved − start`` closes (module docstring); the three
+    are paired per document (equal-length, finite: pair and drop non-finite documents first)."""
+    m, s, t = (np.asarray(a, dtype=np.float64) for a in (moved, start, target))
+    if not (m.shape == s.shape == t.shape) or m.ndim != 1:
+        raise ValueError(f"gap_closure: moved, start and target must be paired 1-D arrays (got {m.shape}, "
+                         f"{s.shape}, {t.shape})")
+    if not len(m):
+        raise ValueError("gap_closure: no documents")
+    if not (np.isfinite(m).all() and np.isfinite(s).all() and np.isfinite(t).all()):
+        raise ValueError("gap_closure: non-finite values; drop those documents first")
+    gap = paired_bootstrap(t, s, n_resamples=n_resamples, seed=seed, confidence=confidence)
+    shift = paired_bootstrap(m, s, n_resamples=n_resamples, seed=seed, confidence=confidence)
+    num, den = m - s, t - s
+    if den.mean() == 0:
+        return GapClosure(len(m), None, None, None, gap, shift, n_resamples, seed, confidence)
+    rng = np.random.default_rng(seed)
+    ratios = np.empty(n_resamples)
+    n = len(m)
+    for first in range(0, n_resamples, CHUNK):
+        k = min(CHUNK, n_resamples - first)
+        idx = rng.integers(0, n, size=(k, n))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratios[first:first + k] = num[idx].mean(axis=1) / den[idx].mean(axis=1)
+    ratios = ratios[np.isfinite(ratios)]
+    tail = (1 - confidence) / 2
+    low, high = (float(x) for x in np.quantile(ratios, [tail, 1 - tail])) if len(ratios) else (None, None)
+    return GapClosure(n, float(num.mean() / den.mean()), low, high, gap, shift, n_resamples, seed, confidence)
+
+
+@dataclass(frozen=True)
+class Rank:
+    value: float
+    k: int  # random directions
+    rank: int  # 1 = v̄ above every random direction
+    at_least: int  # #{random ≥ v̄}
+    p_value: float  # (1 + at_least) / (k + 1)
+    underpowered: bool  # k < MIN_RANDOM
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def rank_among(value: float, population: Sequence[float], *, higher: bool = True) -> Rank:
+    """v̄'s ``value`` ranked among the random directions' ``population`` (higher better unless ``higher`` is
+    False); the empirical p-value counts ties against v̄."""
+    if not math.isfinite(value):
+        raise ValueError(f"rank_among: v̄'s value {value} is not finite")
+    pop = [float(r) for r in population]
+    if any(not math.isfinite(r) for r in pop):
+        raise ValueError("rank_among: a random direction's value is not finite; drop it and say so")
+    sign = 1.0 if higher else -1.0
+    above = sum(sign * r > sign * value for r in pop)
+    at_least = sum(sign * r >= sign * value for r in pop)
+    k = len(pop)
+    return Rank(float(value), k, 1 + above, at_least, (1 + at_least) / (k + 1), k < MIN_RANDOM)

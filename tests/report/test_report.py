@@ -1,0 +1,109 @@
+"""The D-STEER report on sweeps with a known answer: a planted direction that closes exactly |α|/2 of the gap
+on every document (random directions move nothing), and a null where v̄ is one more random direction."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from dsteer_eval.cli import main
+from dsteer_eval.report.build import build_report
+from dsteer_eval.sweep.plan import FORMAT as SWEEP_FORMAT
+
+N_DOCS, K = 120, 8
+
+
+def _write_point(folder, name, values, degenerate=None):
+    unit = folder / "points" / name / "toy_task"
+    unit.mkdir(parents=True)
+    metrics = {"margin": [float(v) for v in values]}
+    if degenerate is not None:
+        metrics["n_degenerate"] = [int(x) for x in degenerate]
+    unit.joinpath("per_doc.json").write_text(json.dumps(
+        {"format": "dsteer-eval/per-doc", "tasks": {"toy_task": {"doc_id": list(range(len(values))),
+                                                                  "metrics": metrics}}}))
+
+
+def make_sweep(folder, *, planted: bool, k: int = K, seed: int = 0):
+    """base ~ N(0, 1); DPO = base + 2 + noise. v̄ at α on the DPO side: planted = DPO − (|α|/2)·(DPO − base) per
+    document (fraction |α|/2 exactly); null = DPO + noise like the randoms. Base side α = 1: planted installs
+    half the gap."""
+    rng = np.random.default_rng(seed)
+    base = rng.normal(0, 1, N_DOCS)
+    dpo = base + 2.0 + rng.normal(0, 0.3, N_DOCS)
+    points = [{"name": "unsteered", "side": "dpo", "layer": None, "alpha": 0.0, "control": None},
+              {"name": "base", "side": "base", "layer": None, "alpha": 0.0, "control": None}]
+    _write_point(folder, "unsteered", dpo)
+    _write_point(folder, "base", base)
+    for side, alpha in (("dpo", -0.5), ("dpo", -1.0), ("dpo", -2.0), ("base", 1.0)):
+        start, target = (dpo, base) if side == "dpo" else (base, dpo)
+        name = f"{'base_' if side == 'base' else ''}L2_a{alpha:g}"
+        moved = start + (abs(alpha) / 2) * (target - start) if planted else start + rng.normal(0, 0.3, N_DOCS)
+        points.append({"name": name, "side": side, "layer": "2", "alpha": alpha, "control": None})
+        _write_point(folder, name, moved, degenerate=[abs(alpha) >= 2] * N_DOCS)
+        for i in range(k):
+            points.append({"name": f"{name}_random{i}", "side": side, "layer": "2", "alpha": alpha, "control": i})
+            _write_point(folder, f"{name}_random{i}", start + rng.normal(0, 0.3, N_DOCS))
+    (folder / "sweep.json").write_text(json.dumps({"format": SWEEP_FORMAT, "tasks": ["toy_task"], "points": points,
+                                                   "settings": {"model_args": "pretrained=tiny,layer=2"}}))
+    (folder / "ceiling.json").write_text(json.dumps({"negative": {"ceiling": 1.5}, "positive": {"ceiling": 4.0}}))
+    return folder
+
+
+def _rows(report, side):
+    (entry,) = [e for e in report["card"]["entries"] if e["side"] == side]
+    return entry, {r["alpha"]: r for r in entry["rows"]}
+
+
+def test_a_planted_direction_closes_exactly_its_share_and_beats_every_random_direction(tmp_path):
+    report = build_report(make_sweep(tmp_path / "s", planted=True))
+    entry, rows = _rows(report, "dpo")
+    assert entry["gap_shown"] and entry["gap"]["mean"] > 1.9
+    for alpha, expected in ((-0.5, 0.25), (-1.0, 0.5), (-2.0, 1.0)):
+        c = rows[alpha]["closure"]
+        assert c["fraction"] == pytest.approx(expected) and c["low"] == pytest.approx(expected)
+        assert rows[alpha]["rank"]["rank"] == 1 and rows[alpha]["rank"]["p_value"] == pytest.approx(1 / (K + 1))
+        assert rows[alpha]["verdicts"]["moves"] == "supported" and rows[alpha]["verdicts"]["vs_random"] == "supported"
+        assert abs(rows[alpha]["random_mean"]) < 0.1 and len(rows[alpha]["random"]) == K
+    assert rows[-0.5]["verdicts"]["half"] == "contradicted" and rows[-1.0]["verdicts"]["half"] == "supported"
+    assert rows[-2.0]["beyond_ceiling"] is True and rows[-1.0]["beyond_ceiling"] is False
+    assert rows[-2.0]["degeneration_rate"] == 1.0 and rows[-1.0]["degeneration_rate"] == 0.0
+    assert entry["best"]["alpha"] == -1.0  # -2 is beyond the ceiling: not eligible
+    _, base_rows = _rows(report, "base")
+    assert base_rows[1.0]["closure"]["fraction"] == pytest.approx(0.5)
+
+
+def test_a_null_direction_is_not_told_apart_from_random_ones(tmp_path):
+    report = build_report(make_sweep(tmp_path / "s", planted=False))
+    _, rows = _rows(report, "dpo")
+    for row in rows.values():
+        c = row["closure"]
+        assert c["low"] < 0.15 and abs(c["fraction"]) < 0.1  # moves no real share of the gap
+        assert row["verdicts"]["half"] == "contradicted"
+        assert row["verdicts"]["vs_random"] in ("not shown", "supported")
+    ranks = [row["rank"]["rank"] for row in rows.values()]
+    assert max(ranks) > 1  # somewhere a random direction does at least as well
+
+
+def test_fewer_than_eight_random_directions_are_underpowered_and_the_cli_prints_the_card(tmp_path, capsys):
+    sweep = make_sweep(tmp_path / "s", planted=True, k=3)
+    _, rows = _rows(build_report(sweep), "dpo")
+    assert rows[-1.0]["verdicts"]["vs_random"] == "underpowered (K = 3 < 8)" and rows[-1.0]["rank"]["k"] == 3
+    assert main(["report", str(sweep), "--out", str(tmp_path / "rep")]) == 0
+    out = capsys.readouterr().out
+    assert "| toy_task / margin | dpo | L2_a-1 | 50.0 % [50.0 %, 50.0 %]" in out and "underpowered (K = 3 < 8)" in out
+    page = (tmp_path / "rep" / "report.html").read_text()
+    assert "data:image/png;base64," in page and "<table>" in page
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "dose_response_toy_task_margin.png" in md and (tmp_path / "rep" / "dose_response_toy_task_margin.png").is_file()
+    assert json.loads((tmp_path / "rep" / "report.json").read_text())["format"] == "dsteer-eval/report"
+
+
+def test_bad_input_names_the_fix(tmp_path, capsys):
+    assert main(["report", str(tmp_path), "--out", str(tmp_path / "rep")]) == 2
+    assert "not a finished dsteer-eval sweep" in capsys.readouterr().err
+    sweep = make_sweep(tmp_path / "s", planted=True)
+    assert main(["report", str(sweep), "--tasks", "nope", "--out", str(tmp_path / "rep2")]) == 2
+    assert "--tasks nope: not in the sweep" in capsys.readouterr().err
