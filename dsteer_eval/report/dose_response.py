@@ -57,6 +57,22 @@ def _beyond(data: SweepData, alpha: float) -> bool | None:
     return abs(alpha) > limit
 
 
+def per_document(moved, start, target, bins: int = 12) -> dict:
+    """The per-document view (as steering-bench reports it): each document's movement in units of the mean
+    gap, (mᵢ − sᵢ)/mean(t − s); the share that moved the wrong way (away from the other side) and the
+    histogram of the movements (edges from −1.5 to 1.5 gaps, the outer bins open)."""
+    gap = sum(t - s for s, t in zip(start, target)) / len(start)
+    if gap == 0:
+        return {"wrong_way": None, "histogram": None}
+    units = [(m - s) / gap for m, s in zip(moved, start)]
+    edges = [-1.5 + 3.0 * i / bins for i in range(bins + 1)]
+    counts = [0] * bins
+    for u in units:
+        i = min(bins - 1, max(0, int((u + 1.5) / 3.0 * bins)))
+        counts[i] += 1
+    return {"wrong_way": sum(u < 0 for u in units) / len(units), "histogram": {"edges": edges, "counts": counts}}
+
+
 def dose_response(data: SweepData, task: str, metric: str, *, n_resamples: int = N_RESAMPLES,
                   seed: int = SEED) -> dict:
     """The curves of ``task``/``metric`` on both sides (module docstring), as plain data."""
@@ -104,7 +120,11 @@ def dose_response(data: SweepData, task: str, metric: str, *, n_resamples: int =
             fractions = [r["fraction"] for r in randoms if r["fraction"] is not None]
             rank = (rank_among(closure.fraction, fractions).as_dict()
                     if closure.fraction is not None and fractions else None)
+            view = per_document(pick(m), pick(s), pick(t))
+            random_wrong = [per_document(pick(cm), pick(s), pick(t))["wrong_way"] for _, cm in cmaps]
             rows.append({
+                "per_document": view,
+                "random_wrong_way": _mean(random_wrong),
                 "point": point.name, "layer": point.layer, "alpha": point.alpha, "documents": len(docs),
                 "closure": closure.as_dict(), "random": randoms, "random_missing": lacking,
                 "random_band": [min(fractions), max(fractions)] if fractions else None,

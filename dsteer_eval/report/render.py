@@ -33,8 +33,8 @@ def _rank(rank) -> str:
 def card_lines(card: dict) -> list[str]:
     """The verdict card as Markdown lines (also what ``dsteer-eval report`` prints)."""
     lines = ["| task / metric | side | point | gap closed by v̄ [95 % CI] | random band (mean) | v̄'s rank | "
-             "degenerate | moves | ≥ half | vs random |",
-             "| --- | --- | --- | --- | --- | --- | ---: | --- | --- | --- |"]
+             "moved the wrong way (random) | degenerate | moves | ≥ half | vs random |",
+             "| --- | --- | --- | --- | --- | --- | --- | ---: | --- | --- | --- |"]
     for e in card["entries"]:
         for r in e["rows"]:
             band = r["random_band"]
@@ -42,7 +42,8 @@ def card_lines(card: dict) -> list[str]:
             flag = " (beyond ceiling)" if r["beyond_ceiling"] else ""
             v = r["verdicts"]
             lines.append(f"| {e['task']} / {e['metric']} | {e['side']} | {r['point']}{flag} | {_ci(r['closure'])} | "
-                         f"{band_text} | {_rank(r['rank'])} | {_pct(r['degeneration_rate'])} | **{v['moves']}** | "
+                         f"{band_text} | {_rank(r['rank'])} | {_pct(r['per_document']['wrong_way'])} "
+                         f"({_pct(r['random_wrong_way'])}) | {_pct(r['degeneration_rate'])} | **{v['moves']}** | "
                          f"**{v['half']}** | **{v['vs_random']}** |")
     return lines
 

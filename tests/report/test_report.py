@@ -71,6 +71,9 @@ def test_a_planted_direction_closes_exactly_its_share_and_beats_every_random_dir
     assert rows[-2.0]["beyond_ceiling"] is True and rows[-1.0]["beyond_ceiling"] is False
     assert rows[-2.0]["degeneration_rate"] == 1.0 and rows[-1.0]["degeneration_rate"] == 0.0
     assert entry["best"]["alpha"] == -1.0  # -2 is beyond the ceiling: not eligible
+    view = rows[-1.0]["per_document"]  # every document moved exactly half its own gap toward the base
+    assert view["wrong_way"] == 0.0 and sum(view["histogram"]["counts"]) == N_DOCS
+    assert 0.3 < rows[-1.0]["random_wrong_way"] < 0.7
     _, base_rows = _rows(report, "base")
     assert base_rows[1.0]["closure"]["fraction"] == pytest.approx(0.5)
 
@@ -83,6 +86,7 @@ def test_a_null_direction_is_not_told_apart_from_random_ones(tmp_path):
         assert c["low"] < 0.15 and abs(c["fraction"]) < 0.1  # moves no real share of the gap
         assert row["verdicts"]["half"] == "contradicted"
         assert row["verdicts"]["vs_random"] in ("not shown", "supported")
+    assert all(0.3 < row["per_document"]["wrong_way"] < 0.7 for row in rows.values())
     ranks = [row["rank"]["rank"] for row in rows.values()]
     assert max(ranks) > 1  # somewhere a random direction does at least as well
 
