@@ -19,18 +19,23 @@ For every metric that lm-eval aggregates as a plain mean, per-document values co
 Then the D-STEER claims, with verdicts computed by :mod:`dsteer_eval.stats.verdicts` (never typed):
 (a) base and DPO differ; (b) DPO − α·v (α < 0) moves the metric back toward the base by at least half the
 gap; (c) base + α·v (α > 0) moves it toward DPO; (d) v moves it toward its target more than the
-norm-matched random directions at the same layer and α.
+norm-matched random directions at the same layer and α: the paired CI against the controls' per-document
+mean, and v's rank among the K directions by mean movement toward the target with the empirical p-value
+(1 + #{random ≥ v})/(K + 1) (:func:`dsteer_eval.stats.gap.rank_among`). (d) is *supported* only when the CI
+says so and no random direction moves as far (rank 1); with K < 8 it is labelled *underpowered* (one random
+direction is an anecdote), whatever the CI says.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from dsteer_eval.stats.bootstrap import PairedDelta, finite_pairs, paired_bootstrap
 from dsteer_eval.stats.conditioned import conditioned_docs
+from dsteer_eval.stats.gap import MIN_RANDOM, rank_among
 from dsteer_eval.stats.verdicts import NOT_SHOWN, Verdict, verdict
 
 AT_LEAST = 0.5  # claim (b): the fraction of the DPO−base gap that −v must take back
@@ -97,6 +102,7 @@ class PairedRow:
     vs_ref: PairedDelta | None = None
     vs_control: PairedDelta | None = None
     controls: dict = field(default_factory=dict)  # {"k", "mean", "sd"} of the controls' own means
+    control_keys: list = field(default_factory=list)  # the controls' row keys (for the rank of claim (d))
     conditioned: PairedDelta | None = None
     n_conditioned: int | None = None
     dropped: int = 0  # documents without a finite value on one side (incl. those that do not report the metric)
@@ -174,6 +180,7 @@ def paired_statistics(rows, column, entries: dict) -> tuple[list[PairedRow], lis
         controls = [k for k, c in roles.items() if c.family == r.family and c.side == r.side and c.control
                     and k.alpha == key.alpha and k.layer == key.layer]
         if controls and key.alpha != 0:
+            item.control_keys = controls
             per_doc = _control_mean([values[k] for k in controls])
             item.vs_control, _ = _delta(values[key], per_doc)
             means = [_mean(values[k]) for k in controls]
@@ -220,15 +227,37 @@ def _claims(column, key, r: Role, item: PairedRow, base0, dpo0, values) -> list[
                            _mean(values[key]), _mean(values[dpo0]), item.vs_ref, toward_base,
                            fraction=fraction, at_least=AT_LEAST))
         if item.vs_control is not None:
-            out.append(verdict(f"(d) at DPO {where}, v moves {metric} toward the base more than random directions",
-                               _mean(values[key]), item.controls.get("mean"), item.vs_control, toward_base))
+            out.append(_vs_random(verdict(f"(d) at DPO {where}, v moves {metric} toward the base more than random "
+                                          f"directions", _mean(values[key]), item.controls.get("mean"),
+                                          item.vs_control, toward_base), values, key, dpo0, item, toward_base))
     if r.side == "base" and key.alpha > 0:
         out.append(verdict(f"(c) base {where} moves {metric} toward DPO", _mean(values[key]),
                            _mean(values[base0]), item.vs_ref, toward_dpo))
         if item.vs_control is not None:
-            out.append(verdict(f"(d) at base {where}, v moves {metric} toward DPO more than random directions",
-                               _mean(values[key]), item.controls.get("mean"), item.vs_control, toward_dpo))
+            out.append(_vs_random(verdict(f"(d) at base {where}, v moves {metric} toward DPO more than random "
+                                          f"directions", _mean(values[key]), item.controls.get("mean"),
+                                          item.vs_control, toward_dpo), values, key, base0, item, toward_dpo))
     return out
+
+
+def _vs_random(found: Verdict, values, key, start, item: PairedRow, expect: str) -> Verdict:
+    """Claim (d) with v's rank among its K random directions (mean movement from ``start`` toward the
+    target, on the documents every one of them has): rank 1 needed for *supported*; K < MIN_RANDOM is
+    *underpowered*."""
+    maps = [values[key], values[start]] + [values[k] for k in item.control_keys]
+    docs = set.intersection(*(set(m) for m in maps))
+    docs = [d for d in docs if all(isinstance(m[d], (int, float)) and math.isfinite(m[d]) for m in maps)]
+    if not docs:
+        return found
+    move = lambda m: sum(m[d] - values[start][d] for d in docs) / len(docs)  # noqa: E731
+    rank = rank_among(move(values[key]), [move(values[k]) for k in item.control_keys], higher=expect == "higher")
+    note = f"rank {rank.rank} of {rank.k + 1}, p = {rank.p_value:.3f}"
+    if rank.underpowered:
+        return replace(found, verdict="underpowered", note=f"K = {rank.k} < {MIN_RANDOM} random directions; "
+                                                            f"the CI alone says {found.verdict}; {note}")
+    if found.verdict == "supported" and rank.at_least > 0:
+        return replace(found, verdict=NOT_SHOWN, note=f"{note}: a random direction moves as far")
+    return replace(found, note=note)
 
 
 def _with_gap_claim(column, roles, values, claims) -> list[Verdict]:

@@ -157,12 +157,13 @@ def _unit(folder, model_args, values, resps=None):
 
 
 @pytest.mark.parametrize("restore, verdicts", [
-    # -v takes back 80 % of the gap, +v reproduces it, random directions do nothing
-    (0.8, ["supported", "supported", "supported", "supported", "supported"]),
+    # -v takes back 80 % of the gap, +v reproduces it, random directions do nothing; one random direction
+    # per point: (d) is underpowered whatever its CI says (the note keeps what the CI says)
+    (0.8, ["supported", "supported", "underpowered:supported", "supported", "underpowered:supported"]),
     # -v takes back only 30 %: (b) partly
-    (0.3, ["supported", "partly", "supported", "supported", "supported"]),
-    # -v moves the metric away from the base: (b) and (d) contradicted
-    (-0.5, ["supported", "contradicted", "contradicted", "supported", "supported"]),
+    (0.3, ["supported", "partly", "underpowered:supported", "supported", "underpowered:supported"]),
+    # -v moves the metric away from the base: (b) contradicted, and the CI of (d) too
+    (-0.5, ["supported", "contradicted", "underpowered:contradicted", "supported", "underpowered:supported"]),
 ])
 def test_claims_are_computed_from_the_numbers(tmp_path, restore, verdicts):
     from dsteer_eval.leaderboard import build_leaderboard
@@ -179,10 +180,35 @@ def test_claims_are_computed_from_the_numbers(tmp_path, restore, verdicts):
     _unit(tmp_path / "f", "pretrained=m,peft=none,layer=2,alpha=1,control=random:0", [b - e / 5 for b, e in zip(base, noise)])
     board = build_leaderboard([tmp_path])
     assert [c.claim[:3] for c in board.claims] == ["(a)", "(b)", "(d)", "(c)", "(d)"]
-    assert [c.verdict for c in board.claims] == verdicts
+    got = [c.verdict if c.verdict != "underpowered" else
+           "underpowered:" + c.note.split("the CI alone says ")[1].split(";")[0] for c in board.claims]
+    assert got == verdicts
+    assert all("K = 1 < 8 random directions" in c.note and "of 2, p = " in c.note for c in board.claims
+               if c.verdict == "underpowered")
     b = board.claims[1]
     assert b.note == f"fraction {restore:.2f} (needs ≥ 0.50)"
     assert b.delta["mean"] == pytest.approx(-restore + sum(noise) / n / 5)
+
+
+@pytest.mark.parametrize("strong_random, verdict, rank", [(False, "supported", "rank 1 of 9, p = 0.111"),
+                                                         (True, "not shown", "rank 2 of 9, p = 0.222")])
+def test_claim_d_with_eight_random_directions_needs_rank_one(tmp_path, strong_random, verdict, rank):
+    """K = 8: (d) is supported only when the CI says so and no random direction moves as far toward the base."""
+    from dsteer_eval.leaderboard import build_leaderboard
+
+    n = 40
+    noise = [((i * 7919) % 13 - 6) / 100 for i in range(n)]
+    dpo = [1.0 + e for e in noise]
+    _unit(tmp_path / "a", "pretrained=m,peft=/a,alpha=0", dpo)
+    _unit(tmp_path / "b", "pretrained=m,peft=/a,layer=2,alpha=-1", [d - 0.8 + e / 5 for d, e in zip(dpo, noise)])
+    for i in range(8):  # random directions move 0 .. 0.07 toward the base; with strong_random one moves 0.9
+        shift = 0.9 if strong_random and i == 3 else 0.01 * i
+        _unit(tmp_path / f"c{i}", f"pretrained=m,peft=/a,layer=2,alpha=-1,control=random:{i}",
+              [d - shift + e / 7 for d, e in zip(dpo, noise)])
+    _unit(tmp_path / "d", "pretrained=m,peft=none,alpha=0", [0.0 + e for e in noise])
+    board = build_leaderboard([tmp_path])
+    (d,) = [c for c in board.claims if c.claim.startswith("(d)")]
+    assert d.verdict == verdict and d.note.startswith(rank)
 
 
 def test_plots_draw_controls_as_a_band_not_as_lines(controlled):
