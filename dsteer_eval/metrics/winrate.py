@@ -15,7 +15,7 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from dsteer_eval.metrics.degeneration import degenerate
+from dsteer_eval.metrics import degeneration  # degeneration.degenerate: looked up at call time (tests turn it off)
 from dsteer_eval.metrics.judge import pair_prompt
 
 
@@ -38,7 +38,7 @@ def win_rate(judge, requests, answers_a, answers_b, criterion: str = "helpfulnes
     if not (len(requests) == len(answers_a) == len(answers_b)):
         raise ValueError("win_rate: requests, answers_a and answers_b must have the same length")
 
-    usable = [degenerate(a) is None and degenerate(b) is None for a, b in zip(answers_a, answers_b)]
+    usable = [degeneration.degenerate(a) is None and degeneration.degenerate(b) is None for a, b in zip(answers_a, answers_b)]
     prompts = []
     for request, a, b, ok in zip(requests, answers_a, answers_b, usable):
         if ok:

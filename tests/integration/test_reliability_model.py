@@ -199,12 +199,12 @@ def test_a_sweep_group_with_a_collapsing_alpha_raises(tiny_dir, vec):
 def test_the_guard_leaves_normal_numbers_bit_identical(tiny_dir, vec, monkeypatch):
     from contextlib import nullcontext
 
-    from dsteer_eval.harness.steered import SteeredLM
+    from dsteer_eval.harness import steered
 
     for args in (dict(alpha=-1.0), dict(alpha=2.0, mode="ablate"), dict(alpha=-1.0, pack_contexts="true")):
         guarded = make(tiny_dir, vector=vec, layer=2, **args).loglikelihood(REQS)
         with monkeypatch.context() as m:
-            m.setattr(SteeredLM, "_finite_guard", lambda self, parts: nullcontext())
+            m.setattr(steered, "finite_guard", lambda parts, describe: nullcontext())
             unguarded = make(tiny_dir, vector=vec, layer=2, **args).loglikelihood(REQS)
         assert guarded == unguarded
 
@@ -286,7 +286,7 @@ def test_alibi_models_in_the_sweeps_group_pass_equal_single_runs(arch_dir, pack)
 
 
 def test_a_shared_prefix_replay_that_raises_counts_as_a_failed_check(tiny_dir, vec, monkeypatch, caplog):
-    from dsteer_eval.sweep import shared_prefix
+    from dsteer_eval.steering import shared_prefix
     from dsteer_eval.sweep.sweep_lm import SweepLM
 
     want = make(tiny_dir, vector=vec, layer=2, alpha=2.0).loglikelihood(REQS)
