@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import logging
 
-from dsteer_eval.data.refusal_set import is_refusal
+from dsteer_eval.data.refusal_set import REFUSALS, heldout_refusal_for, is_refusal
 from dsteer_eval.metrics.degeneration import degenerate as degenerate_reason
 from dsteer_eval.metrics.hh_preference import all_finite, loglikelihoods
 from dsteer_eval.metrics import judge as judges  # judges.get_judge: looked up at call time (a test replaces it)
@@ -55,6 +55,22 @@ def process_docs(dataset):
         if doc["kind"] not in KINDS:
             raise ValueError(f"refusal row {index}: kind must be harmful or harmless, got {doc['kind']!r}")
     return dataset
+
+
+def process_docs_heldout_phrasings(dataset):
+    """The same documents with every training refusal phrasing (:data:`REFUSALS`) replaced by a held-out one
+    (:data:`~dsteer_eval.data.refusal_set.HELDOUT_REFUSALS`): the harmful rows' chosen reply, the harmless
+    rows' rejected reply. A row whose refusal is not one of the training phrasings is refused by name."""
+    dataset = process_docs(dataset)
+
+    def swap(doc):
+        field = "chosen" if doc["kind"] == "harmful" else "rejected"
+        if doc[field] not in REFUSALS:
+            raise ValueError(f"refusal row {doc['key']}: its {field} reply is not a training phrasing, so the "
+                             f"held-out swap would not be like for like")
+        return {**doc, field: heldout_refusal_for(doc["prompt"])}
+
+    return dataset.map(swap)
 
 
 def _counts(kind: str | None, degenerate: bool) -> dict:
