@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+from dsteer_eval.cli.shared import report_to
+
 
 def add(verbs) -> None:
     p = verbs.add_parser(
@@ -32,16 +34,9 @@ def add(verbs) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from dsteer_eval.common.output_folder import check_free
-    from dsteer_eval.report.build import build_report
-    from dsteer_eval.report.figures import dose_response_figures
-    from dsteer_eval.report.render import card_lines, write_report
 
     split = lambda text: [x.strip() for x in text.split(",") if x.strip()] if text else None  # noqa: E731
     check_free(args.out, args.overwrite)  # before any reading
-    report = build_report(args.sweep, tasks=split(args.tasks), metrics=split(args.metrics), title=args.title)
-    out = write_report(report, args.out, draw=dose_response_figures, overwrite=args.overwrite)
-    print("\n".join(card_lines(report["card"])))
-    for line in report["missing"]:
-        print(f"not measured: {line}")
-    print(f"wrote {out}/report.md, report.html, report.json")
+    report_to(args.sweep, args.out, title=args.title, tasks=split(args.tasks), metrics=split(args.metrics),
+              overwrite=args.overwrite)
     return 0

@@ -84,3 +84,19 @@ def leaderboard_to(paths, out, *, plots: bool = True) -> None:
     written = write_leaderboard(board, out, plots=plots)
     print(markdown(board))
     print(f"wrote {', '.join(str(p) for p in written.values())}")
+
+
+def report_to(sweep, out=None, *, title=None, tasks=None, metrics=None, overwrite: bool = True) -> None:
+    """Write the D-STEER report of a finished sweep (default: SWEEP/report) and print its verdict card."""
+    from pathlib import Path
+
+    from dsteer_eval.report.build import build_report
+    from dsteer_eval.report.figures import dose_response_figures
+    from dsteer_eval.report.render import card_lines, write_report
+
+    report = build_report(sweep, tasks=tasks, metrics=metrics, title=title)
+    folder = write_report(report, out or Path(sweep) / "report", draw=dose_response_figures, overwrite=overwrite)
+    print("\n".join(card_lines(report["card"])))
+    for line in report["missing"]:
+        print(f"not measured: {line}")
+    print(f"wrote {folder}/report.md, report.html, report.json")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dsteer_eval.cli.shared import leaderboard_to
+from dsteer_eval.cli.shared import leaderboard_to, report_to
 
 
 def add(verbs) -> None:
@@ -53,6 +53,9 @@ def add(verbs) -> None:
                    "and the grid's positive alphas when the model has an adapter, 'none', or a comma list")
     p.add_argument("--no-shared-prefix", dest="shared_prefix", action="store_false",
                    help="compute every layer for every alpha (for checking the shared lower layers)")
+    p.add_argument("--report", action="store_true",
+                   help="also write OUT/report (dsteer-eval report: the fraction of the base-DPO gap ±v̄ closes per "
+                   "alpha and side against the random directions) and print its verdict card")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--overwrite", action="store_true", help="delete --output first instead of resuming")
     p.set_defaults(func=run)
@@ -61,11 +64,15 @@ def add(verbs) -> None:
 def run(args: argparse.Namespace) -> int:
     from dataclasses import fields
 
+    from dsteer_eval.common.output_folder import folder_lock
     from dsteer_eval.sweep.runner import SweepConfig, run_sweep
 
     config = SweepConfig(**{f.name: getattr(args, f.name) for f in fields(SweepConfig)})
-    failures = run_sweep(config)
-    leaderboard_to([config.output], config.output, plots=not args.no_plots)
+    with folder_lock(config.output, "--output"):  # the leaderboard and the report are written under it too
+        failures = run_sweep(config, hold_lock=False)
+        leaderboard_to([config.output], config.output, plots=not args.no_plots)
+        if args.report:
+            report_to(config.output)
     if failures:
         print(f"dsteer-eval sweep: {failures} (point, task) run(s) failed: marked 'failed' in the table; "
               f"see points/*/*/failed.json, fix the cause and re-run the same command to retry them",

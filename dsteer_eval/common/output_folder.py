@@ -163,7 +163,6 @@ def lock_path(target: str | os.PathLike) -> Path:
 
 
 def _holder(lock: Path) -> dict | None:
-
     try:
         found = json.loads(lock.read_text())
     except (OSError, ValueError):
@@ -202,7 +201,6 @@ def folder_lock(target: str | os.PathLike, flag: str = "--output", command: str 
     The lock is created with ``O_CREAT | O_EXCL`` (one winner, also across processes) and records the
     holder's pid, host, start time and command; a lock whose process has ended on this host (a killed
     run) is taken over with a warning. It is removed when the block ends."""
-
 
     lock = lock_path(target)
     lock.parent.mkdir(parents=True, exist_ok=True)

@@ -39,7 +39,6 @@ def _json_kinds() -> dict:
 
 
 def _vector_reader():
-
     return read_any
 
 

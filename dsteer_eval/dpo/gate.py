@@ -64,7 +64,6 @@ def evaluate_adapter(adapter, data, *, part: str = "eval", eval_size: int | None
     from peft import PeftModel  # deferred: peft loads only when an adapter is used
     from transformers import AutoModelForCausalLM, AutoTokenizer  # deferred: transformers loads only when a model is loaded
 
-
     adapter = Path(adapter)
     card = read_card(adapter)
     if card is None or card.get("kind") != "lora":
@@ -112,5 +111,4 @@ def write_heldout(adapter, measured: dict, command: str) -> dict:
 
 
 def command_line(argv) -> str:
-
     return line(argv)

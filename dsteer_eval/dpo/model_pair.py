@@ -64,7 +64,6 @@ class ModelPair:
              dtype=torch.float32) -> "ModelPair":
         from transformers import AutoModelForCausalLM, AutoTokenizer  # deferred: transformers loads only when a model is loaded
 
-
         if (dpo is None) == (adapter is None):
             raise ModelPairError("give the DPO side either as dpo=CHECKPOINT or as adapter=PEFT_FOLDER (one of them)")
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -102,7 +101,6 @@ def _looks_local(value) -> bool:
 
 
 def _check_adapter_base(adapter, model) -> None:
-
     config_file = Path(str(adapter)) / "adapter_config.json"
     if not config_file.is_file():
         return
@@ -126,7 +124,6 @@ def check_same_tokenizer(a, b, name_a: str, name_b: str) -> None:
 
 
 def check_same_architecture(a, b, name_a: str, name_b: str) -> None:
-
     fa, fb = model_fingerprint(a), model_fingerprint(b)
     if fa != fb:
         diff = ", ".join(f"{k}: {fa[k]} vs {fb[k]}" for k in fa if fa[k] != fb.get(k))

@@ -63,7 +63,6 @@ def permute_weight_delta(base: dict[str, torch.Tensor], dpo: dict[str, torch.Ten
 
 
 def _mean_shift(pair, which_pair, prompts, site, base_states, batch_size) -> float:
-
     with which_pair.side("dpo") as model:
         states = last_token_states(model, pair.tokenizer, prompts, batch_size=batch_size, desc="null")[:, site]
     return float((states - base_states).norm(dim=-1).mean())
@@ -84,7 +83,6 @@ def attach_null(pair, prompts: Sequence[str], site: int, *, seed: int = 0, tol: 
                 max_evaluations: int = 40, batch_size: int = 8):
     """Build the null for ``pair`` and return (null_pair, NullInfo); ``null_pair.side("dpo")`` runs it."""
     from peft import get_peft_model_state_dict, set_peft_model_state_dict  # deferred: peft loads only when an adapter is used
-
 
     if not prompts:
         raise ValueError("the null adapter needs probe prompts to match the shift size on")

@@ -176,7 +176,6 @@ def _differences(before: dict, now: dict, keys) -> list[tuple]:
 
 
 def _versions() -> dict:
-
     out = {}
     for dist in ("dsteer-eval", "trl", "peft", "transformers", "torch", "datasets"):
         try:

@@ -98,7 +98,6 @@ def paired_rows(board: Leaderboard):
 
 
 def paired_markdown(board: Leaderboard) -> list[str]:
-
     lines = []
     for column, items in paired_rows(board):
         lines += ["", f"Paired: {column.header}", "",

@@ -173,7 +173,6 @@ class LocalJudge(_Judge):
         """Softmax of the next-token logits after each prompt (right-padded batches: exact)."""
         import torch  # deferred: torch loads only when scoring runs (CLI start-up cost)
 
-
         texts = [self._text(p) for p in prompts]
         rows = []
         device = next(self.model.parameters()).device

@@ -110,10 +110,8 @@ def _cache_is_current(folder: Path, record: dict) -> bool:
 
 
 def _materialise(model: EmbeddedModel, target: Path, record: dict) -> None:
-
     import torch  # deferred: torch loads only when scoring runs (CLI start-up cost)
     from transformers import AutoModelForCausalLM, AutoTokenizer  # deferred: transformers loads only when a model is loaded
-
 
     gguf = model.locate_gguf()
     log.warning("dequantizing %s once into %s (later loads use the cached copy)", gguf.name, target)

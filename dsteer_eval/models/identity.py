@@ -50,7 +50,6 @@ def content(value, revision: str | None = None) -> dict:
 
 
 def loaded_fingerprint(model) -> dict:
-
     try:
         found = dict(model_fingerprint(model))
     except Exception as exc:  # noqa: BLE001 - an unusual architecture must not fail the run that records it
@@ -60,7 +59,6 @@ def loaded_fingerprint(model) -> dict:
 
 
 def files_fingerprint(path_or_id: str) -> dict:
-
     path = Path(path_or_id).expanduser()
     if path.is_dir() and (path / "adapter_config.json").is_file():
         weights = path / "adapter_model.safetensors"

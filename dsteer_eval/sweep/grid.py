@@ -85,7 +85,6 @@ def parse_alpha_grid(text: str, flag: str = "--alphas") -> tuple[float, ...]:
 
 
 def parse_layer_grid(text: str) -> tuple[Layer, ...]:
-
     items = _items(text, "--layers")
     try:
         return parse_layers(";".join(items))

@@ -117,14 +117,12 @@ def num_layers_of(vf, pretrained) -> int:
         return int(vf.metadata["num_layers"])
     from transformers import AutoConfig  # deferred: transformers loads only when a file lacks num_layers (config only)
 
-
     return int(AutoConfig.from_pretrained(resolve_pretrained(pretrained)).num_hidden_layers)
 
 
 def plan_sweep(config: SweepConfig) -> Plan:
     """Check the grid, tasks, vector and output folder; raise ValueError naming the argument."""
     from lm_eval.tasks import TaskManager  # deferred: lm-eval internals load only when this path runs
-
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ValueError("dsteer-eval sweep runs in one process; for data parallel run `accelerate launch -m lm_eval "
@@ -317,10 +315,8 @@ def field_of(entry, key: str):
 
 
 def probe_pairs(config: SweepConfig):
-
     return load_pairs(config.probe_data or f"{tasks_dir()}/hh/hh_mini.jsonl")
 
 
 def probe_prompts_for(config: SweepConfig) -> list:
-
     return unique_prompts(probe_pairs(config))

@@ -77,7 +77,6 @@ def run_provenance(plan: Plan) -> dict:
 
     import lm_eval  # deferred: lm-eval internals load only when this path runs
 
-
     data = [provenance.data_entry(plan.vector, "vector")]
     data += [provenance.data_entry(path, f"task:{task}") for task, path in task_data_files(plan.tasks).items()]
     if plan.config.probes:
@@ -111,7 +110,6 @@ def _write_record(plan: Plan, provenance: dict | None = None) -> None:
     """``sweep.json``: the settings a resume must match, the grid, and the provenance of this run (and of
     the runs it resumes), which a resume does not compare (its command and time differ by nature)."""
     import lm_eval  # deferred: lm-eval internals load only when this path runs
-
 
     plan.out.mkdir(parents=True, exist_ok=True)
     record = plan.out / "sweep.json"
@@ -204,14 +202,16 @@ def _record_failure(plan: Plan, point, task: str, folder: Path, exc: BaseExcepti
                   redact(write_error))
 
 
-def run_sweep(config: SweepConfig, *, print_fn=print) -> int:
-    """Run (or resume) a sweep; returns the number of failed (point, task) units."""
+def run_sweep(config: SweepConfig, *, print_fn=print, hold_lock: bool = True) -> int:
+    """Run (or resume) a sweep; returns the number of failed (point, task) units.  ``hold_lock=False``: the
+    caller already holds the output folder's lock (the CLI holds it over the leaderboard and report too)."""
+    if not hold_lock:
+        return _run_locked(config, print_fn)
     with folder_lock(config.output, "--output"):  # one run per output folder, for the life of the run
         return _run_locked(config, print_fn)
 
 
 def _run_locked(config: SweepConfig, print_fn) -> int:
-
     plan = plan_sweep(config)  # every check happens before the model loads
     if config.overwrite and plan.out.exists():
         empty_folder(plan.out)  # a symbolic link --output keeps its link
@@ -289,7 +289,6 @@ def _generation_group(plan: Plan, point, todo) -> list:
 def _load(plan: Plan):
     from lm_eval.utils import simple_parse_args_string  # deferred: lm-eval internals load only when this path runs
 
-
     cfg = plan.config
     args = simple_parse_args_string(plan.load_args or plan.base_args)  # type-cast as `lm_eval --model_args` does
     extra = {"batch_size": cfg.batch_size, "device": cfg.device, "shared_prefix": cfg.shared_prefix}
@@ -297,13 +296,11 @@ def _load(plan: Plan):
 
 
 def _probe_prompts(plan: Plan) -> tuple[list, object]:
-
     pairs = probe_pairs(plan.config)
     return unique_prompts(pairs), pairs
 
 
 def _point_probes(lm, plan: Plan):
-
     prompts, _ = _probe_prompts(plan)
     fallback = resolve_site(plan.layers[0], lm.parts.num_layers)
     return PointProbes(lm.model, lm.tokenizer, lm.vector_file.vectors, lm.parts.num_layers, prompts,

@@ -58,7 +58,6 @@ def sweep_winrates(plan, *, print_fn=print) -> int:
             print_fn("sweep: no win-rates: they compare each point with alpha=0, which is not in --alphas")
         return 0
 
-
     judge = judges.get_judge()
     written = 0
     for point, name, criterion, a, b, target in tqdm(jobs, desc="win-rate vs alpha=0", unit="point"):

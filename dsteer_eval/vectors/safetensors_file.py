@@ -316,7 +316,6 @@ def save_vectors(
     with the data, models and seeds); without one, a minimal record (version, git, command, time)."""
     from safetensors.torch import save_file  # deferred: safetensors loads only when a file is read/written
 
-
     if not vectors:
         raise VectorFileError("no vectors to save")
     tensors = {}

@@ -261,3 +261,28 @@ def test_without_a_base_dpo_gap_the_direction_claims_are_not_shown(tmp_path):
     assert [(c.claim[:3], c.verdict) for c in claims] == [("(a)", "not shown"), ("(b)", "not shown"),
                                                          ("(c)", "not shown")]
     assert all("no significant base–DPO gap" in c.note for c in claims[1:])
+
+
+def test_report_on_the_tiny_sweep_matches_its_per_doc_values(controlled, tiny_dir, vec, tiny_adapter_dir, tmp_path,
+                                                             capsys):
+    """`sweep --report` (resuming the finished sweep: no unit reruns) writes OUT/report; its fraction of the gap
+    is mean(m − s)/mean(t − s) of the units' own per-document values, and one random direction is underpowered."""
+    from dsteer_eval.cli import main
+
+    def values(point):
+        found = json.loads((controlled / "points" / point / "dsteer_hh_mini" / "per_doc.json").read_text())
+        return found["tasks"]["dsteer_hh_mini"]["metrics"]["logprob_margin"]
+
+    assert main(["sweep", "--model-args", f"pretrained={tiny_dir},vector={vec},peft={tiny_adapter_dir}",
+                 "--alphas", "-1,0,1", "--layers", "2", "--controls", "random:1", "--tasks", "dsteer_hh_mini",
+                 "--batch-size", "4", "--output", str(controlled), "--report", "--no-plots"]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((controlled / "report" / "report.json").read_text())
+    m, s, t = values("L2_a-1"), values("unsteered"), values("base")
+    expected = sum(a - b for a, b in zip(m, s)) / sum(c - b for c, b in zip(t, s))
+    (row,) = [r for e in report["card"]["entries"] if e["side"] == "dpo" and e["metric"] == "logprob_margin"
+              for r in e["rows"] if r["alpha"] == -1.0]
+    assert row["closure"]["fraction"] == pytest.approx(expected, rel=1e-9) and row["documents"] == 24
+    assert row["verdicts"]["vs_random"] == "underpowered (K = 1 < 8)" and row["rank"]["k"] == 1
+    assert "| dsteer_hh_mini / logprob_margin | dpo | L2_a-1 |" in printed
+    assert not list(controlled.parent.glob(".out.lock"))  # the CLI's lock over sweep, leaderboard and report is gone
