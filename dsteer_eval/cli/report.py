@@ -22,7 +22,10 @@ def add(verbs) -> None:
         "on the DPO model and +v̄ installs on the base, with paired bootstrap CIs, the random directions' "
         "band, v̄'s rank and empirical p-value, the degeneration rate, and verdicts computed from them.",
     )
-    p.add_argument("sweep", help="a finished sweep output folder (with sweep.json)")
+    p.add_argument("sweeps", nargs="+", metavar="SWEEP",
+                   help="finished sweep output folders (with sweep.json); several side by side, e.g. the pair's own "
+                   "v̄ and a vector from another distribution on the same pair")
+    p.add_argument("--labels", default=None, help="comma-separated names of the sweeps, in order")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--tasks", default=None, help="comma-separated tasks of the sweep (default: all)")
     p.add_argument("--metrics", default=None, help="comma-separated metrics (default: every metric with "
@@ -37,6 +40,6 @@ def run(args: argparse.Namespace) -> int:
 
     split = lambda text: [x.strip() for x in text.split(",") if x.strip()] if text else None  # noqa: E731
     check_free(args.out, args.overwrite)  # before any reading
-    report_to(args.sweep, args.out, title=args.title, tasks=split(args.tasks), metrics=split(args.metrics),
-              overwrite=args.overwrite)
+    report_to(args.sweeps, args.out, labels=split(args.labels), title=args.title, tasks=split(args.tasks),
+              metrics=split(args.metrics), overwrite=args.overwrite)
     return 0

@@ -11,33 +11,41 @@ from dsteer_eval.report.sweep_data import read_sweep
 from dsteer_eval.stats.bootstrap import N_RESAMPLES
 
 
-def build_report(sweep, *, tasks=None, metrics=None, title: str | None = None,
+def build_report(sweeps, *, labels=None, tasks=None, metrics=None, title: str | None = None,
                  n_resamples: int = N_RESAMPLES) -> dict:
-    """The report of one finished sweep folder: every (task, metric) with per-document values at every point
-    (or the ``tasks``/``metrics`` named), both sides, v̄ against the sweep's random directions."""
-    data = read_sweep(sweep)
-    tasks = list(tasks or data.tasks)
-    unknown = [t for t in tasks if t not in data.tasks]
-    if unknown:
-        raise ValueError(f"--tasks {','.join(unknown)}: not in the sweep {sweep} (it ran {', '.join(data.tasks)})")
-    curves, missing = [], []
-    for task in tasks:
-        available = data.metrics(task)
-        wanted = list(metrics) if metrics else available
-        for metric in wanted:
-            if metric not in available:
-                missing.append(f"{task} / {metric}: no per-document values at every point (it has "
-                               f"{', '.join(available) or 'none'})")
-                continue
-            curve = dose_response(data, task, metric, n_resamples=n_resamples)
-            missing += [f"{task} / {metric}: {m}" for m in curve["missing"]]
-            curves.append(curve)
-    settings = data.settings
-    args = str(settings.get("model_args", ""))
-    position = next((kv.split("=", 1)[1] for kv in args.split(",") if kv.startswith("position=")), "all")
+    """The report of one or more finished sweep folders (e.g. the in-distribution v̄ and a vector from another
+    distribution on the same pair, ``labels`` naming them): every (task, metric) with per-document values at
+    every point (or the ``tasks``/``metrics`` named), both sides, v̄ against each sweep's random directions."""
+    sweeps = [sweeps] if isinstance(sweeps, (str, bytes)) or hasattr(sweeps, "__fspath__") else list(sweeps)
+    if labels is not None and len(labels) != len(sweeps):
+        raise ValueError(f"--labels: {len(labels)} label(s) for {len(sweeps)} sweep(s); give one per sweep")
+    curves, missing, layers, args, ceilings = [], [], set(), [], []
+    for i, sweep in enumerate(sweeps):
+        label = labels[i] if labels else (str(sweep) if len(sweeps) > 1 else None)
+        data = read_sweep(sweep)
+        names = list(tasks or data.tasks)
+        unknown = [t for t in names if t not in data.tasks]
+        if unknown:
+            raise ValueError(f"--tasks {','.join(unknown)}: not in the sweep {sweep} (it ran {', '.join(data.tasks)})")
+        for task in names:
+            available = data.metrics(task)
+            for metric in (list(metrics) if metrics else available):
+                if metric not in available:
+                    missing.append(f"{label + ': ' if label else ''}{task} / {metric}: no per-document values at "
+                                   f"every point (it has {', '.join(available) or 'none'})")
+                    continue
+                curve = dose_response(data, task, metric, n_resamples=n_resamples)
+                curve["label"] = label
+                missing += [f"{label + ': ' if label else ''}{task} / {metric}: {m}" for m in curve["missing"]]
+                curves.append(curve)
+        layers |= {str(p.layer) for p in data.points if p.layer is not None}
+        args.append(str(data.settings.get("model_args", "")) or "(the shipped pair)")
+        ceilings.append(data.ceiling)
+    position = next((kv.split("=", 1)[1] for kv in args[0].split(",") if kv.startswith("position=")), "all")
     return {"format": "dsteer-eval/report", "format_version": "1", "package_version": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "title": title or str(sweep), "sweeps": str(sweep), "model_args": args or "(the shipped pair)",
-            "layers": sorted({str(p.layer) for p in data.points if p.layer is not None}), "position": position,
-            "tasks": tasks, "ceiling": data.ceiling, "curves": curves, "card": verdict_card(curves),
-            "missing": missing}
+            "title": title or ", ".join(map(str, sweeps)), "sweeps": [str(s) for s in sweeps],
+            "labels": labels, "model_args": args if len(args) > 1 else args[0], "layers": sorted(layers),
+            "position": position, "tasks": sorted({c["task"] for c in curves}),
+            "ceiling": ceilings if len(ceilings) > 1 else ceilings[0], "curves": curves,
+            "card": verdict_card(curves), "missing": missing}

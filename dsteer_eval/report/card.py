@@ -80,7 +80,8 @@ def verdict_card(curves: list[dict]) -> dict:
                 rows.append({**row, "verdicts": row_verdicts(row, gap_shown)})
             usable = [r for r in rows if r["closure"]["fraction"] is not None and not r["beyond_ceiling"]]
             best = max(usable, key=lambda r: r["closure"]["fraction"]) if usable else None
-            entries.append({"task": curve["task"], "metric": curve["metric"], "side": side, "gap": gap,
+            entries.append({"label": curve.get("label"), "task": curve["task"], "metric": curve["metric"],
+                            "side": side, "gap": gap,
                             "gap_shown": gap_shown, "meaning": found["meaning"], "rows": rows,
                             "best": None if best is None else {
                                 "point": best["point"], "alpha": best["alpha"], "layer": best["layer"],

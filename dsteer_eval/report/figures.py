@@ -53,10 +53,13 @@ def dose_response_figures(report: dict, folder: Path) -> list[dict]:
             ax.set_ylabel("fraction of the base–DPO gap closed")
             ax.set_title(found["meaning"], fontsize=9)
             ax.legend(fontsize=8)
-        fig.suptitle(f"{curve['task']} / {curve['metric']}")
+        run = f"{curve['label']}: " if curve.get("label") else ""
+        fig.suptitle(f"{run}{curve['task']} / {curve['metric']}")
         fig.tight_layout()
-        name = f"dose_response_{curve['task']}_{curve['metric']}.png".replace("/", "_")
+        prefix = f"{curve['label']}_" if curve.get("label") else ""
+        name = "".join(c if c.isalnum() or c in "._-" else "_" for c in
+                       f"dose_response_{prefix}{curve['task']}_{curve['metric']}.png")
         fig.savefig(folder / name, dpi=100)
         plt.close(fig)
-        written.append({"file": name, "title": f"{curve['task']} / {curve['metric']}"})
+        written.append({"file": name, "title": f"{run}{curve['task']} / {curve['metric']}"})
     return written

@@ -111,3 +111,20 @@ def test_bad_input_names_the_fix(tmp_path, capsys):
     sweep = make_sweep(tmp_path / "s", planted=True)
     assert main(["report", str(sweep), "--tasks", "nope", "--out", str(tmp_path / "rep2")]) == 2
     assert "--tasks nope: not in the sweep" in capsys.readouterr().err
+
+
+def test_two_sweeps_side_by_side_keep_their_labels(tmp_path, capsys):
+    """In- vs cross-distribution: the pair's own v̄ (planted) beside another vector (null) on the same pair."""
+    own, other = make_sweep(tmp_path / "own", planted=True), make_sweep(tmp_path / "other", planted=False)
+    report = build_report([own, other], labels=["in-distribution", "cross-distribution"])
+    by = {(e["label"], e["side"]): e for e in report["card"]["entries"]}
+    assert by[("in-distribution", "dpo")]["best"]["fraction"] == pytest.approx(0.5)
+    assert abs(by[("cross-distribution", "dpo")]["rows"][1]["closure"]["fraction"]) < 0.1
+    assert main(["report", str(own), str(other), "--labels", "in-distribution,cross-distribution",
+                 "--out", str(tmp_path / "rep")]) == 0
+    out = capsys.readouterr().out
+    assert "| in-distribution: toy_task / margin | dpo | L2_a-1 | 50.0 %" in out
+    assert "| cross-distribution: toy_task / margin | dpo | L2_a-1 |" in out
+    assert (tmp_path / "rep" / "dose_response_in-distribution_toy_task_margin.png").is_file()
+    with pytest.raises(ValueError, match="--labels: 1 label\\(s\\) for 2 sweep\\(s\\)"):
+        build_report([own, other], labels=["one"])
