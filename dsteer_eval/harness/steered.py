@@ -93,6 +93,7 @@ class SteeredLM(HFLM):
         control=None,
         control_seed=0,
         pair: str | None = None,
+        vector_pair: str | None = None,
         steer_path: str | None = None,
         device: str | None = None,
         head_positions: str = "continuation",
@@ -121,7 +122,8 @@ class SteeredLM(HFLM):
             builtin_path = _check_steer_path(steer_path)
             builtin = read_builtin(builtin_path)
         else:
-            chosen = resolve_default_pair(pretrained, pair=pair, vector=vector, peft=kwargs.get("peft"))
+            chosen = resolve_default_pair(pretrained, pair=pair, vector=vector, peft=kwargs.get("peft"),
+                                          vector_pair=vector_pair)
             vector = chosen.vector
             if chosen.peft is not None:
                 kwargs["peft"] = chosen.peft

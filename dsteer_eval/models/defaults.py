@@ -9,6 +9,8 @@ once:
 * no ``vector=``: the shipped v̄ of ``pair`` (embedded models only; any other model must name its
   vector), and, unless ``peft=`` is given, the shipped DPO adapter it belongs to;
 * ``vector=`` given: no default adapter (``pair=`` is then refused: it picks shipped files);
+* ``vector_pair=Q`` (no ``vector=``): the shipped v̄ of pair Q on the model of ``pair`` (its adapter): a
+  vector from another distribution on this pair (the HH pair's v̄ on the refusal pair and back);
 * ``peft=none``: the base model itself (kept as the user wrote it; :attr:`Resolved.adapter` is None).
 """
 from __future__ import annotations
@@ -69,10 +71,12 @@ class Resolved:
         return model_name(self.pretrained)
 
 
-def resolve_default_pair(pretrained=None, *, pair=None, vector=None, peft=None) -> Resolved:
+def resolve_default_pair(pretrained=None, *, pair=None, vector=None, peft=None, vector_pair=None) -> Resolved:
     """``pretrained``, ``pair``, ``vector``, ``peft`` -> what a ``steered`` model runs (rule in the module
     docstring). Raises ValueError naming the argument to give."""
     if vector is not None and str(vector).strip() != "":
+        if vector_pair is not None:
+            raise ValueError("give either vector= (a file) or vector_pair= (another shipped pair's v̄), not both")
         if pair is not None:
             raise ValueError("pair= picks a shipped base/DPO pair; with vector= give peft= yourself")
         return Resolved(pretrained, str(vector), None if peft is None else str(peft), shipped=False)
@@ -82,10 +86,13 @@ def resolve_default_pair(pretrained=None, *, pair=None, vector=None, peft=None) 
             f"vector= is required for pretrained={pretrained}: pass a .safetensors file from "
             f"`dsteer-eval extract` (or steer_path= for lm-eval's built-in .pt format)"
         )
-    found = default_vector(key, pair)
+    if vector_pair is not None:
+        check_pair(vector_pair)  # names the known pairs
+    found = default_vector(key, pair if vector_pair is None else vector_pair)
     if found is None:
         raise NoDefaultVectorError(
-            f"no vector= given, and this install does not ship the steering vector of pair {check_pair(pair)!r} "
+            f"no vector= given, and this install does not ship the steering vector of pair "
+            f"{check_pair(pair if vector_pair is None else vector_pair)!r} "
             f"for the embedded model '{key}' (dsteer_eval/artifacts/{key}/; scripts/refusal_pipeline.sh and "
             f"scripts/dsteer_pipeline.sh re-create them). Pass vector=PATH.safetensors and layer=L"
         )

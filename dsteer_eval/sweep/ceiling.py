@@ -209,7 +209,8 @@ def ceiling_for(kwargs: dict, layer, prompts: Sequence[str], *, device: str | No
         tokenizer.pad_token = tokenizer.eos_token
     result = find_ceiling(lm.model, tokenizer, prompts, item.vector, item.site, mode=settings["mode"],
                           position=settings["position"], norm_preserve=settings["norm_preserve"], **rule)
-    chosen = resolve_default_pair(args.get("pretrained"), pair=args.get("pair"), vector=args.get("vector"),
+    chosen = resolve_default_pair(args.get("pretrained"), pair=args.get("pair"), vector_pair=args.get("vector_pair"),
+                                  vector=args.get("vector"),
                                   peft=args.get("peft"))
     vector, peft = chosen.vector, chosen.peft
     result.update({"vector": str(vector), "peft": None if peft is None else str(peft), "layer": str(item.site if layer is None else layer),

@@ -109,6 +109,7 @@ def vector_for(kwargs: dict) -> str:
     if kwargs.get("steer_path"):
         raise ValueError("--model-args: dsteer-eval sweep steers with vector= (safetensors); steer_path= is not supported")
     return resolve_default_pair(kwargs.get("pretrained"), pair=kwargs.get("pair"), vector=kwargs.get("vector"),
+                                vector_pair=kwargs.get("vector_pair"),
                                 peft=kwargs.get("peft")).vector
 
 

@@ -82,3 +82,26 @@ def test_only_the_resolver_looks_up_shipped_files():
                 literals.add(rel)
     assert callers == {"models/defaults.py"}
     assert literals <= {"models/embedded.py"}, sorted(literals)
+
+
+def test_vector_pair_puts_another_pairs_vector_on_this_pairs_model():
+    got = resolve_default_pair(pair="refusal", vector_pair="hh")
+    assert got.vector == str(embedded.default_vector("smollm2", "hh"))
+    assert got.peft == str(embedded.default_adapter("smollm2", "refusal")) and got.shipped
+    back = resolve_default_pair(pair="hh", vector_pair="refusal")
+    assert (back.vector, back.peft) == (str(embedded.default_vector("smollm2", "refusal")),
+                                        str(embedded.default_adapter("smollm2", "hh")))
+    with pytest.raises(ValueError, match="either vector= .* or vector_pair="):
+        resolve_default_pair(vector="v.safetensors", vector_pair="hh")
+    with pytest.raises(ValueError, match="pair='x'"):
+        resolve_default_pair(vector_pair="x")
+
+
+def test_steered_takes_vector_pair(embedded_dir):
+    """`--model_args pair=refusal,vector_pair=hh`: the refusal pair's DPO model steered by the HH pair's v̄."""
+    from lm_eval.api.registry import get_model
+
+    lm = get_model("steered")(pair="refusal", vector_pair="hh", alpha=-1.0, device="cpu", batch_size=1)
+    assert str(lm.vector_file.path) == str(embedded.default_vector("smollm2", "hh"))
+    assert lm.model.peft_config  # the refusal adapter is loaded
+    assert str(embedded.default_adapter("smollm2", "refusal")) in lm.pretrained_label
