@@ -30,6 +30,9 @@ def add(verbs) -> None:
     p.add_argument("--tasks", default=None, help="comma-separated tasks of the sweep (default: all)")
     p.add_argument("--metrics", default=None, help="comma-separated metrics (default: every metric with "
                    "per-document values at every point, count columns n_* left out)")
+    p.add_argument("--prompting", default=None, metavar="SWEEP",
+                   help="a sweep of <task>_prompted_decline and <task>_prompted_comply at alpha 0 on both sides "
+                   "(the prompting baseline: an instruction instead of v̄), shown beside the steered rows")
     p.add_argument("--title", default=None)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=run)
@@ -40,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
 
     split = lambda text: [x.strip() for x in text.split(",") if x.strip()] if text else None  # noqa: E731
     check_free(args.out, args.overwrite)  # before any reading
-    report_to(args.sweeps, args.out, labels=split(args.labels), title=args.title, tasks=split(args.tasks),
+    report_to(args.sweeps, args.out, labels=split(args.labels), title=args.title, prompting=args.prompting,
+              tasks=split(args.tasks),
               metrics=split(args.metrics), overwrite=args.overwrite)
     return 0

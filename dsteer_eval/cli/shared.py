@@ -86,7 +86,8 @@ def leaderboard_to(paths, out, *, plots: bool = True) -> None:
     print(f"wrote {', '.join(str(p) for p in written.values())}")
 
 
-def report_to(sweeps, out=None, *, labels=None, title=None, tasks=None, metrics=None, overwrite: bool = True) -> None:
+def report_to(sweeps, out=None, *, labels=None, title=None, tasks=None, metrics=None, prompting=None,
+              overwrite: bool = True) -> None:
     """Write the D-STEER report of finished sweeps (default: SWEEP/report of a single sweep) and print its
     verdict card."""
     from pathlib import Path
@@ -95,7 +96,7 @@ def report_to(sweeps, out=None, *, labels=None, title=None, tasks=None, metrics=
     from dsteer_eval.report.figures import dose_response_figures
     from dsteer_eval.report.render import card_lines, write_report
 
-    report = build_report(sweeps, labels=labels, tasks=tasks, metrics=metrics, title=title)
+    report = build_report(sweeps, labels=labels, tasks=tasks, metrics=metrics, title=title, prompting=prompting)
     single = sweeps if isinstance(sweeps, (str, Path)) else sweeps[0]
     folder = write_report(report, out or Path(single) / "report", draw=dose_response_figures, overwrite=overwrite)
     print("\n".join(card_lines(report["card"])))

@@ -6,20 +6,23 @@ import time
 
 from dsteer_eval import __version__
 from dsteer_eval.report.card import verdict_card
-from dsteer_eval.report.dose_response import dose_response
+from dsteer_eval.report.dose_response import dose_response, prompting_rows
 from dsteer_eval.report.sweep_data import read_sweep
 from dsteer_eval.stats.bootstrap import N_RESAMPLES
 
 
-def build_report(sweeps, *, labels=None, tasks=None, metrics=None, title: str | None = None,
+def build_report(sweeps, *, labels=None, tasks=None, metrics=None, title: str | None = None, prompting=None,
                  n_resamples: int = N_RESAMPLES) -> dict:
     """The report of one or more finished sweep folders (e.g. the in-distribution v̄ and a vector from another
     distribution on the same pair, ``labels`` naming them): every (task, metric) with per-document values at
-    every point (or the ``tasks``/``metrics`` named), both sides, v̄ against each sweep's random directions."""
+    every point (or the ``tasks``/``metrics`` named), both sides, v̄ against each sweep's random directions.
+    ``prompting``: a sweep of the ``<task>_prompted_decline``/``_comply`` tasks at α = 0 (the prompting
+    baseline, beside the steered rows)."""
     sweeps = [sweeps] if isinstance(sweeps, (str, bytes)) or hasattr(sweeps, "__fspath__") else list(sweeps)
     if labels is not None and len(labels) != len(sweeps):
         raise ValueError(f"--labels: {len(labels)} label(s) for {len(sweeps)} sweep(s); give one per sweep")
     curves, missing, layers, args, ceilings = [], [], set(), [], []
+    prompted = read_sweep(prompting) if prompting else None
     for i, sweep in enumerate(sweeps):
         label = labels[i] if labels else (str(sweep) if len(sweeps) > 1 else None)
         data = read_sweep(sweep)
@@ -36,6 +39,11 @@ def build_report(sweeps, *, labels=None, tasks=None, metrics=None, title: str | 
                     continue
                 curve = dose_response(data, task, metric, n_resamples=n_resamples)
                 curve["label"] = label
+                if prompted is not None:
+                    curve["prompting"] = prompting_rows(data, prompted, task, metric, n_resamples=n_resamples)
+                    if not curve["prompting"]:
+                        missing.append(f"{task} / {metric}: the prompting sweep {prompting} has no "
+                                       f"{task}_prompted_decline/_comply at α = 0")
                 missing += [f"{label + ': ' if label else ''}{task} / {metric}: {m}" for m in curve["missing"]]
                 curves.append(curve)
         layers |= {str(p.layer) for p in data.points if p.layer is not None}

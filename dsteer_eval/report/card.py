@@ -80,8 +80,15 @@ def verdict_card(curves: list[dict]) -> dict:
                 rows.append({**row, "verdicts": row_verdicts(row, gap_shown)})
             usable = [r for r in rows if r["closure"]["fraction"] is not None and not r["beyond_ceiling"]]
             best = max(usable, key=lambda r: r["closure"]["fraction"]) if usable else None
+            prompt = (curve.get("prompting") or {}).get(side)
+            if prompt is not None:
+                c = prompt["closure"]
+                prompt = {**prompt, "verdicts": {"moves": _ci_verdict(c["low"], c["high"], 0.0) if gap_shown
+                                                 else "gap not shown",
+                                                 "half": _ci_verdict(c["low"], c["high"], HALF) if gap_shown
+                                                 else "gap not shown"}}
             entries.append({"label": curve.get("label"), "task": curve["task"], "metric": curve["metric"],
-                            "side": side, "gap": gap,
+                            "side": side, "gap": gap, "prompting": prompt,
                             "gap_shown": gap_shown, "meaning": found["meaning"], "rows": rows,
                             "best": None if best is None else {
                                 "point": best["point"], "alpha": best["alpha"], "layer": best["layer"],

@@ -141,3 +141,36 @@ def dose_response(data: SweepData, task: str, metric: str, *, n_resamples: int =
 def _mean(values):
     xs = [v for v in values if v is not None]
     return sum(xs) / len(xs) if xs else None
+
+
+PROMPTED = {"base": ("decline", "the base model told to decline harmful requests"),
+            "dpo": ("comply", "the DPO model told to comply")}
+
+
+def prompting_rows(data: SweepData, prompted: SweepData, task: str, metric: str, *, n_resamples: int = N_RESAMPLES,
+                   seed: int = SEED) -> dict:
+    """The prompting baseline beside the steered rows: per side, the fraction of the gap that an instruction
+    closes instead of v̄, read from ``prompted`` (a sweep of ``<task>_prompted_decline`` and
+    ``<task>_prompted_comply`` at α = 0 on both sides: the same documents with the instruction in the first
+    human turn), against the main sweep's own α = 0 points."""
+    base0, dpo0 = data.find("base", 0.0), data.find("dpo", 0.0)
+    out = {}
+    for side, (which, meaning) in PROMPTED.items():
+        name = f"{task}_prompted_{which}"
+        there = prompted.find(side, 0.0)
+        if base0 is None or dpo0 is None or there is None or name not in prompted.tasks:
+            continue
+        start, target = (dpo0, base0) if side == "dpo" else (base0, dpo0)
+        m = prompted.metric(there.name, name, metric)
+        s, t = data.metric(start.name, task, metric), data.metric(target.name, task, metric)
+        if not (m and s and t):
+            continue
+        docs = _common([m, s, t])
+        if len(docs) < 2:
+            continue
+        closure = gap_closure([m[i] for i in docs], [s[i] for i in docs], [t[i] for i in docs],
+                              n_resamples=n_resamples, seed=seed)
+        out[side] = {"task": name, "instruction": which, "meaning": meaning, "documents": len(docs),
+                     "closure": closure.as_dict(),
+                     "per_document": per_document([m[i] for i in docs], [s[i] for i in docs], [t[i] for i in docs])}
+    return out

@@ -46,6 +46,11 @@ def card_lines(card: dict) -> list[str]:
                          f"{band_text} | {_rank(r['rank'])} | {_pct(r['per_document']['wrong_way'])} "
                          f"({_pct(r['random_wrong_way'])}) | {_pct(r['degeneration_rate'])} | **{v['moves']}** | "
                          f"**{v['half']}** | **{v['vs_random']}** |")
+        p = e.get("prompting")
+        if p:
+            lines.append(f"| {run}{e['task']} / {e['metric']} | {e['side']} | prompting: {p['instruction']} instruction "
+                         f"(reference) | {_ci(p['closure'])} | — | — | {_pct(p['per_document']['wrong_way'])} | — | "
+                         f"**{p['verdicts']['moves']}** | **{p['verdicts']['half']}** | — |")
     return lines
 
 

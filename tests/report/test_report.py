@@ -128,3 +128,44 @@ def test_two_sweeps_side_by_side_keep_their_labels(tmp_path, capsys):
     assert (tmp_path / "rep" / "dose_response_in-distribution_toy_task_margin.png").is_file()
     with pytest.raises(ValueError, match="--labels: 1 label\\(s\\) for 2 sweep\\(s\\)"):
         build_report([own, other], labels=["one"])
+
+
+def test_the_prompting_baseline_stands_beside_the_steered_rows(tmp_path, capsys):
+    """A prompting sweep (α = 0 on both sides, the instructed tasks): the decline instruction on the base closes
+    exactly a quarter of the gap, the comply instruction on DPO nothing."""
+    main_sweep = make_sweep(tmp_path / "s", planted=True)
+    rng = np.random.default_rng(0)  # the same documents as make_sweep's seed 0
+    base = rng.normal(0, 1, N_DOCS)
+    dpo = base + 2.0 + rng.normal(0, 0.3, N_DOCS)
+    folder = tmp_path / "p"
+    points = [{"name": "unsteered", "side": "dpo", "layer": None, "alpha": 0.0, "control": None},
+              {"name": "base", "side": "base", "layer": None, "alpha": 0.0, "control": None}]
+    for point, values, task in (("base", base + 0.25 * (dpo - base), "toy_task_prompted_decline"),
+                                ("unsteered", dpo, "toy_task_prompted_comply")):
+        unit = folder / "points" / point / task
+        unit.mkdir(parents=True)
+        unit.joinpath("per_doc.json").write_text(json.dumps({"tasks": {task: {
+            "doc_id": list(range(N_DOCS)), "metrics": {"margin": [float(v) for v in values]}}}}))
+    (folder / "sweep.json").write_text(json.dumps({"format": SWEEP_FORMAT, "points": points, "settings": {},
+                                                   "tasks": ["toy_task_prompted_decline", "toy_task_prompted_comply"]}))
+    report = build_report(main_sweep, prompting=folder)
+    by = {e["side"]: e["prompting"] for e in report["card"]["entries"]}
+    assert by["base"]["closure"]["fraction"] == pytest.approx(0.25) and by["base"]["instruction"] == "decline"
+    assert by["dpo"]["closure"]["fraction"] == pytest.approx(0.0) and by["dpo"]["verdicts"]["half"] == "contradicted"
+    assert main(["report", str(main_sweep), "--prompting", str(folder), "--out", str(tmp_path / "rep")]) == 0
+    assert "| toy_task / margin | base | prompting: decline instruction (reference) | 25.0 %" in capsys.readouterr().out
+
+
+def test_the_instructed_tasks_put_the_instruction_in_the_first_human_turn():
+    from lm_eval.tasks import TaskManager, get_task_dict
+
+    from dsteer_eval.metrics.refusal import INSTRUCTIONS
+
+    names = ["dsteer_refusal_ll", "dsteer_refusal_ll_prompted_decline", "dsteer_refusal_ll_prompted_comply"]
+    tasks = get_task_dict(names, TaskManager())
+    plain, decline, comply = (list(tasks[n].test_docs()) for n in names)
+    assert len(plain) == len(decline) == len(comply) == 321
+    for a, d, c in zip(plain, decline, comply):
+        for doc, which in ((d, "decline"), (c, "comply")):
+            assert doc["prompt"] == a["prompt"].replace("Human: ", f"Human: {INSTRUCTIONS[which]}\n\n", 1)
+            assert (doc["chosen"], doc["rejected"], doc["key"]) == (a["chosen"], a["rejected"], a["key"])
