@@ -6,7 +6,8 @@
 #   hh pair:      dsteer_hh_offline, its own v̄ and the refusal pair's v̄
 # Writes results/report_<pair>_<vector>/ (each a sweep with its report/) and results/report_<pair>/ (own vs
 # cross side by side). LIMIT documents per task (default 100; the documents are the first LIMIT of each
-# task's eval part). Resumable: re-run the same command after an interruption. STEP=<name> runs one step.
+# task's eval part; the refusal file lists its harmful requests first). ALPHAS, BASE_ALPHAS, K and
+# REFUSAL_TASKS override the grid. Resumable: re-run the same command after an interruption. STEP=<name> runs one step.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} HF_DATASETS_OFFLINE=${HF_DATASETS_OFFLINE:-1} HF_HUB_DISABLE_TELEMETRY=1
@@ -15,13 +16,14 @@ LIMIT=${LIMIT:-100}
 ALPHAS=${ALPHAS:--4,-2,-1,-0.5,0}
 BASE_ALPHAS=${BASE_ALPHAS:-0,0.5,1,2}
 K=${K:-8}
+REFUSAL_TASKS=${REFUSAL_TASKS:-dsteer_refusal_ll,dsteer_refusal_ll_heldout}
 STEP=${STEP:-all}   # all | refusal | refusal_cross | hh | hh_cross | reports
 
 run() {  # name model_args tasks
   "$BIN/dsteer-eval" sweep --model-args "$2" --alphas "$ALPHAS" --base-alphas "$BASE_ALPHAS" --controls "random:$K" \
       --tasks "$3" --limit "$LIMIT" --output "results/report_$1" --report --no-plots
 }
-[[ $STEP == all || $STEP == refusal ]] && run refusal_own pair=refusal dsteer_refusal_ll,dsteer_refusal_ll_heldout
+[[ $STEP == all || $STEP == refusal ]] && run refusal_own pair=refusal "$REFUSAL_TASKS"
 [[ $STEP == all || $STEP == hh ]] && run hh_own pair=hh dsteer_hh_offline
 [[ $STEP == all || $STEP == refusal_cross ]] && run refusal_cross pair=refusal,vector_pair=hh dsteer_refusal_ll
 [[ $STEP == all || $STEP == hh_cross ]] && run hh_cross pair=hh,vector_pair=refusal dsteer_hh_offline
