@@ -33,7 +33,7 @@ import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from dsteer_eval.stats.bootstrap import PairedDelta, finite_pairs, paired_bootstrap
+from dsteer_eval.stats.bootstrap import PairedDelta, finite_docs, finite_pairs, paired_bootstrap
 from dsteer_eval.stats.conditioned import conditioned_docs
 from dsteer_eval.stats.gap import MIN_RANDOM, rank_among
 from dsteer_eval.stats.verdicts import NOT_SHOWN, Verdict, verdict
@@ -244,9 +244,7 @@ def _vs_random(found: Verdict, values, key, start, item: PairedRow, expect: str)
     """Claim (d) with v's rank among its K random directions (mean movement from ``start`` toward the
     target, on the documents every one of them has): rank 1 needed for *supported*; K < MIN_RANDOM is
     *underpowered*."""
-    maps = [values[key], values[start]] + [values[k] for k in item.control_keys]
-    docs = set.intersection(*(set(m) for m in maps))
-    docs = [d for d in docs if all(isinstance(m[d], (int, float)) and math.isfinite(m[d]) for m in maps)]
+    docs = finite_docs([values[key], values[start]] + [values[k] for k in item.control_keys])
     if not docs:
         return found
     move = lambda m: sum(m[d] - values[start][d] for d in docs) / len(docs)  # noqa: E731

@@ -18,31 +18,20 @@ the documents with a finite value at every point it compares (the count is kept)
 
 from __future__ import annotations
 
-import math
 
 from dsteer_eval.report.sweep_data import SweepData
-from dsteer_eval.stats.bootstrap import N_RESAMPLES, SEED, paired_bootstrap
+from dsteer_eval.stats.bootstrap import N_RESAMPLES, SEED, finite_docs, finite_number, paired_bootstrap
 from dsteer_eval.stats.gap import gap_closure, rank_among
 
 SIDES = {"dpo": ("base", "−v̄ on the DPO model: fraction of the gap taken back toward the base"),
          "base": ("dpo", "+v̄ on the base model: fraction of the gap installed toward DPO")}
 
 
-def _finite(value) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
-
-
-def _common(maps: list[dict]) -> list:
-    """Documents with a finite value in every map, sorted."""
-    docs = set.intersection(*(set(m) for m in maps)) if maps else set()
-    return sorted(d for d in docs if all(_finite(m[d]) for m in maps))
-
-
 def _rate(data: SweepData, point: str, task: str, metric: str = "n_degenerate") -> float | None:
     values = data.metric(point, task, metric)
     if not values:
         return None
-    xs = [float(v) for v in values.values() if _finite(v)]
+    xs = [float(v) for v in values.values() if finite_number(v)]
     return sum(xs) / len(xs) if xs else None
 
 
@@ -86,7 +75,7 @@ def dose_response(data: SweepData, task: str, metric: str, *, n_resamples: int =
     if not b or not d:
         out["missing"].append(f"no per-document {metric} at α = 0 on both sides")
         return out
-    docs = _common([b, d])
+    docs = finite_docs([b, d])
     out["gap"] = {**paired_bootstrap([d[i] for i in docs], [b[i] for i in docs], n_resamples=n_resamples,
                                      seed=seed).as_dict(), "dpo_mean": sum(d[i] for i in docs) / len(docs),
                   "base_mean": sum(b[i] for i in docs) / len(docs)}
@@ -107,7 +96,7 @@ def dose_response(data: SweepData, task: str, metric: str, *, n_resamples: int =
             cmaps = [(c, data.metric(c.name, task, metric)) for c in controls]
             lacking = [c.name for c, cm in cmaps if not cm]
             cmaps = [(c, cm) for c, cm in cmaps if cm]
-            docs = _common([m, s, t] + [cm for _, cm in cmaps])
+            docs = finite_docs([m, s, t] + [cm for _, cm in cmaps])
             if len(docs) < 2:
                 out["missing"].append(f"{point.name}: fewer than 2 documents with every value finite")
                 continue
@@ -165,7 +154,7 @@ def prompting_rows(data: SweepData, prompted: SweepData, task: str, metric: str,
         s, t = data.metric(start.name, task, metric), data.metric(target.name, task, metric)
         if not (m and s and t):
             continue
-        docs = _common([m, s, t])
+        docs = finite_docs([m, s, t])
         if len(docs) < 2:
             continue
         closure = gap_closure([m[i] for i in docs], [s[i] for i in docs], [t[i] for i in docs],

@@ -5,14 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
-def pyplot():
-    import matplotlib  # deferred: matplotlib loads only when figures are drawn
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt  # deferred: as above
-
-    return plt
+from dsteer_eval.probes.figures import pyplot
 
 
 def dose_response_figures(report: dict, folder: Path) -> list[dict]:

@@ -4,10 +4,11 @@ task, the per-document values every sweep unit writes (``per_doc.json``)."""
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dsteer_eval.leaderboard.paired import doc_values
+from dsteer_eval.stats.bootstrap import finite_number
 from dsteer_eval.sweep.plan import FORMAT as SWEEP_FORMAT
 
 
@@ -37,7 +38,7 @@ class SweepData:
         found = None
         for point in self.points:
             have = {m for m, vals in (self.values.get((point.name, task)) or {}).items()
-                    if not m.startswith("n_") and any(_number(v) for v in vals.values())}
+                    if not m.startswith("n_") and any(finite_number(v) for v in vals.values())}
             found = have if found is None else found & have
         return sorted(found or ())
 
@@ -47,11 +48,6 @@ class SweepData:
                     (alpha == 0 or layer is None or str(p.layer) == str(layer)):
                 return p
         return None
-
-
-def _number(value) -> bool:
-    """A finite number (bools count as 0/1); None, strings and NaN/inf are not."""
-    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def read_sweep(folder) -> SweepData:
@@ -70,12 +66,10 @@ def read_sweep(folder) -> SweepData:
     data = SweepData(folder, points, list(meta.get("tasks", [])), settings=meta.get("settings", {}))
     for point in points:
         for task in data.tasks:
-            per_doc = folder / "points" / point.name / task / "per_doc.json"
-            if not per_doc.is_file():
-                continue
-            found = (json.loads(per_doc.read_text()).get("tasks") or {}).get(task) or {}
-            ids = found.get("doc_id", [])
-            data.values[(point.name, task)] = {m: dict(zip(ids, vals)) for m, vals in found.get("metrics", {}).items()}
+            results = sorted((folder / "points" / point.name / task).glob("results_*.json"))
+            found = doc_values(results[-1], task) if results else None  # per_doc.json (or samples) beside it
+            if found is not None:
+                data.values[(point.name, task)] = found["metrics"]
     ceiling = folder / "ceiling.json"
     if ceiling.is_file():
         data.ceiling = json.loads(ceiling.read_text())

@@ -88,7 +88,7 @@ def finite_pairs(x: dict, y: dict) -> tuple[list, list, list, int]:
     ids, xs, ys, dropped = [], [], [], 0
     for doc in sorted(set(x) & set(y)):
         a, b = x[doc], y[doc]
-        if _finite(a) and _finite(b):
+        if finite_number(a) and finite_number(b):
             ids.append(doc)
             xs.append(float(a))
             ys.append(float(b))
@@ -97,6 +97,12 @@ def finite_pairs(x: dict, y: dict) -> tuple[list, list, list, int]:
     return ids, xs, ys, dropped
 
 
-def _finite(value) -> bool:
+def finite_number(value) -> bool:
     """A number (bools count as 0/1) that is finite; None, strings and NaN/inf are not."""
     return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def finite_docs(maps: list[dict]) -> list:
+    """The documents (sorted) that every ``{doc_id: value}`` map holds with a finite number."""
+    docs = set.intersection(*(set(m) for m in maps)) if maps else set()
+    return sorted(d for d in docs if all(finite_number(m[d]) for m in maps))

@@ -21,6 +21,7 @@ def _write_point(folder, name, values, degenerate=None):
     metrics = {"margin": [float(v) for v in values]}
     if degenerate is not None:
         metrics["n_degenerate"] = [int(x) for x in degenerate]
+    unit.joinpath("results_2026-12-04T00-00-00.json").write_text("{}")  # a finished unit has its results file
     unit.joinpath("per_doc.json").write_text(json.dumps(
         {"format": "dsteer-eval/per-doc", "tasks": {"toy_task": {"doc_id": list(range(len(values))),
                                                                   "metrics": metrics}}}))
@@ -144,6 +145,7 @@ def test_the_prompting_baseline_stands_beside_the_steered_rows(tmp_path, capsys)
                                 ("unsteered", dpo, "toy_task_prompted_comply")):
         unit = folder / "points" / point / task
         unit.mkdir(parents=True)
+        unit.joinpath("results_2026-12-04T00-00-00.json").write_text("{}")
         unit.joinpath("per_doc.json").write_text(json.dumps({"tasks": {task: {
             "doc_id": list(range(N_DOCS)), "metrics": {"margin": [float(v) for v in values]}}}}))
     (folder / "sweep.json").write_text(json.dumps({"format": SWEEP_FORMAT, "points": points, "settings": {},
