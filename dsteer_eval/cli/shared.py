@@ -93,12 +93,12 @@ def report_to(sweeps, out=None, *, labels=None, title=None, tasks=None, metrics=
     from pathlib import Path
 
     from dsteer_eval.report.build import build_report
-    from dsteer_eval.report.figures import dose_response_figures
+    from dsteer_eval.report.figures import report_figures
     from dsteer_eval.report.render import card_lines, write_report
 
     report = build_report(sweeps, labels=labels, tasks=tasks, metrics=metrics, title=title, prompting=prompting)
     single = sweeps if isinstance(sweeps, (str, Path)) else sweeps[0]
-    folder = write_report(report, out or Path(single) / "report", draw=dose_response_figures, overwrite=overwrite)
+    folder = write_report(report, out or Path(single) / "report", draw=report_figures, overwrite=overwrite)
     print("\n".join(card_lines(report["card"])))
     for line in report["missing"]:
         print(f"not measured: {line}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from dsteer_eval import __version__
+from dsteer_eval.report.behaviour import behaviour
 from dsteer_eval.report.card import verdict_card
 from dsteer_eval.report.dose_response import dose_response, prompting_rows
 from dsteer_eval.report.sweep_data import read_sweep
@@ -17,11 +18,12 @@ def build_report(sweeps, *, labels=None, tasks=None, metrics=None, title: str | 
     distribution on the same pair, ``labels`` naming them): every (task, metric) with per-document values at
     every point (or the ``tasks``/``metrics`` named), both sides, v̄ against each sweep's random directions.
     ``prompting``: a sweep of the ``<task>_prompted_decline``/``_comply`` tasks at α = 0 (the prompting
-    baseline, beside the steered rows)."""
+    baseline, beside the steered rows). Generation tasks also get their behaviour grid
+    (:mod:`dsteer_eval.report.behaviour`)."""
     sweeps = [sweeps] if isinstance(sweeps, (str, bytes)) or hasattr(sweeps, "__fspath__") else list(sweeps)
     if labels is not None and len(labels) != len(sweeps):
         raise ValueError(f"--labels: {len(labels)} label(s) for {len(sweeps)} sweep(s); give one per sweep")
-    curves, missing, layers, args, ceilings = [], [], set(), [], []
+    curves, missing, layers, args, ceilings, behaviours = [], [], set(), [], [], []
     prompted = read_sweep(prompting) if prompting else None
     for i, sweep in enumerate(sweeps):
         label = labels[i] if labels else (str(sweep) if len(sweeps) > 1 else None)
@@ -31,6 +33,9 @@ def build_report(sweeps, *, labels=None, tasks=None, metrics=None, title: str | 
         if unknown:
             raise ValueError(f"--tasks {','.join(unknown)}: not in the sweep {sweep} (it ran {', '.join(data.tasks)})")
         for task in names:
+            grid = behaviour(data, task, n_resamples=n_resamples)
+            if grid is not None:
+                behaviours.append({**grid, "label": label})
             available = data.metrics(task)
             for metric in (list(metrics) if metrics else available):
                 if metric not in available:
@@ -56,4 +61,4 @@ def build_report(sweeps, *, labels=None, tasks=None, metrics=None, title: str | 
             "labels": labels, "model_args": args if len(args) > 1 else args[0], "layers": sorted(layers),
             "position": position, "tasks": sorted({c["task"] for c in curves}),
             "ceiling": ceilings if len(ceilings) > 1 else ceilings[0], "curves": curves,
-            "card": verdict_card(curves), "missing": missing}
+            "card": verdict_card(curves), "behaviour": behaviours, "missing": missing}

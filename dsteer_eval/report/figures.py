@@ -1,11 +1,17 @@
-"""The dose-response figure: fraction of the gap closed against α, per side, v̄ with its bootstrap band,
-the random directions' band (min–max) and mean, the degeneration rate on a second axis, the ceiling marked."""
+"""The report's figures. Dose-response: fraction of the gap closed against α, per side, v̄ with its bootstrap
+band, the random directions' band (min–max) and mean, the degeneration rate on a second axis, the ceiling
+marked. Behaviour: rates, degenerate share and fidelity to the unsteered replies against α."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from dsteer_eval.probes.figures import pyplot
+
+
+def report_figures(report: dict, folder: Path) -> list[dict]:
+    """Every figure of the report, each entry naming its section."""
+    return dose_response_figures(report, folder) + behaviour_figures(report, folder)
 
 
 def dose_response_figures(report: dict, folder: Path) -> list[dict]:
@@ -54,5 +60,73 @@ def dose_response_figures(report: dict, folder: Path) -> list[dict]:
                        f"dose_response_{prefix}{curve['task']}_{curve['metric']}.png")
         fig.savefig(folder / name, dpi=100)
         plt.close(fig)
-        written.append({"file": name, "title": f"{run}{curve['task']} / {curve['metric']}"})
+        written.append({"file": name, "title": f"{run}{curve['task']} / {curve['metric']}", "section": "dose_response"})
     return written
+
+
+def behaviour_figures(report: dict, folder: Path) -> list[dict]:
+    """Per generation task: per side, the rates (v̄ with its CI, the random directions' band) and the degenerate
+    share against |α|, and fidelity to the unsteered replies (BLEU, ROUGE-L) against |α|."""
+    plt = pyplot()
+    written = []
+    for entry in report.get("behaviour", []):
+        sides = [(s, found) for s, found in entry["sides"].items() if len(found["rows"]) > 1]
+        if not sides:
+            continue
+        fig, axes = plt.subplots(len(sides), 2, figsize=(12, 4 * len(sides)), squeeze=False)
+        for (side, found), (left, right) in zip(sides, axes):
+            for layer in sorted({str(r["layer"]) for r in found["rows"] if r["layer"] is not None}):
+                rows = [found["rows"][0]] + sorted((r for r in found["rows"] if str(r["layer"]) == layer),
+                                                   key=lambda r: abs(r["alpha"]))
+                x = [abs(r["alpha"]) for r in rows]
+                for i, metric in enumerate(entry["rates"]):
+                    cells = [r["rates"].get(metric) for r in rows]
+                    keep = [(xi, c) for xi, c in zip(x, cells) if c]
+                    if not keep:
+                        continue
+                    left.plot([k[0] for k in keep], [k[1]["mean"] for k in keep], "o-", color=f"C{i}",
+                              label=f"{metric}, v̄ layer {layer}")
+                    left.fill_between([k[0] for k in keep], [k[1]["low"] for k in keep], [k[1]["high"] for k in keep],
+                                      color=f"C{i}", alpha=0.2)
+                    _random_band(left, rows, lambda r, m=metric: (r["random"] or {}).get("rates", {}).get(m), f"C{i}")
+                degen = [(abs(r["alpha"]), r["degenerate"]["share"]) for r in rows if r["degenerate"]]
+                if degen:
+                    left.plot([d[0] for d in degen], [d[1] for d in degen], "x:", color="C3", label="degenerate share")
+                for i, name in enumerate(("bleu", "rougeL")):
+                    cells = [(abs(r["alpha"]), r["fidelity"].get(name)) for r in rows[1:]]
+                    cells = [(0.0, {"mean": 100.0, "low": 100.0, "high": 100.0})] + [c for c in cells if c[1]]
+                    right.plot([c[0] for c in cells], [c[1]["mean"] for c in cells], "o-", color=f"C{i + 4}",
+                               label=f"{name} vs unsteered, v̄ layer {layer}")
+                    right.fill_between([c[0] for c in cells], [c[1]["low"] for c in cells],
+                                       [c[1]["high"] for c in cells], color=f"C{i + 4}", alpha=0.2)
+                    _random_band(right, rows, lambda r, n=name: (r["random"] or {}).get("fidelity", {}).get(n),
+                                 f"C{i + 4}")
+            what = "DPO − |α|·v̄" if side == "dpo" else "base + α·v̄"
+            left.set_ylim(-0.02, 1.02)
+            left.set_xlabel(f"|α| ({what})")
+            left.set_ylabel("rate (degenerate outputs screened out)")
+            left.set_title(f"{side} side: behaviour (hatched: random directions' band)", fontsize=9)
+            left.legend(fontsize=7)
+            right.set_ylim(0, 102)
+            right.set_xlabel(f"|α| ({what})")
+            right.set_ylabel("fidelity to the same side's α = 0 replies")
+            right.set_title(f"{side} side: oversteering", fontsize=9)
+            right.legend(fontsize=7)
+        run = f"{entry['label']}: " if entry.get("label") else ""
+        fig.suptitle(f"{run}{entry['task']}: behaviour along the grid")
+        fig.tight_layout()
+        prefix = f"{entry['label']}_" if entry.get("label") else ""
+        name = "".join(c if c.isalnum() or c in "._-" else "_" for c in f"behaviour_{prefix}{entry['task']}.png")
+        fig.savefig(folder / name, dpi=100)
+        plt.close(fig)
+        written.append({"file": name, "title": f"{run}{entry['task']}: behaviour", "section": "behaviour"})
+    return written
+
+
+def _random_band(ax, rows, pick, color) -> None:
+    banded = [(abs(r["alpha"]), pick(r)) for r in rows]
+    banded = [(x, b) for x, b in banded if b]
+    if banded:
+        ax.fill_between([b[0] for b in banded], [b[1]["low"] for b in banded], [b[1]["high"] for b in banded],
+                        facecolor="none", edgecolor=color, hatch="//", alpha=0.5)
+        ax.plot([b[0] for b in banded], [b[1]["mean"] for b in banded], "--", color=color, lw=0.8)

@@ -98,11 +98,70 @@ def markdown(report: dict) -> str:
             f"Source: {card['authors']['source']}", "", "| what | value |", "| --- | ---: |"]
     out += [f"| {r['what']} | {_pct(r['value'])} |" for r in card["authors"]["rows"]]
     out += ["", "## Dose-response", ""]
-    for fig in report.get("figures", []):
-        out += [f"![{fig['title']}]({fig['file']})", ""]
+    out += _figures(report, "dose_response")
+    if report.get("behaviour"):
+        out += ["## Behaviour along the grid", "",
+                "Rates over the documents with a usable reply (degenerate replies screened out and counted), "
+                "mean [95 % bootstrap CI], Δ = paired change from the same side's α = 0 [CI]; fidelity = BLEU / "
+                "ROUGE-L (0–100) of each reply against the same side's α = 0 reply, over every document; "
+                "random = the K norm-matched random directions' band (min … max of their means).", ""]
+        out += behaviour_lines(report["behaviour"]) + _figures(report, "behaviour")
     if report.get("missing"):
         out += ["## Not measured", ""] + [f"* {m}" for m in report["missing"]] + [""]
     return "\n".join(out) + "\n"
+
+
+def _figures(report: dict, section: str) -> list[str]:
+    out = []
+    for fig in report.get("figures", []):
+        if fig.get("section", "dose_response") == section:
+            out += [f"![{fig['title']}]({fig['file']})", ""]
+    return out
+
+
+def _num(cell, pct: bool) -> str:
+    if not cell:
+        return "—"
+    f = (lambda x: f"{100 * x:.1f}") if pct else (lambda x: f"{x:.1f}")
+    return f"{f(cell['mean'])} [{f(cell['low'])}, {f(cell['high'])}]"
+
+
+def _band_text(band, pct: bool) -> str:
+    if not band:
+        return ""
+    f = (lambda x: f"{100 * x:.1f}") if pct else (lambda x: f"{x:.1f}")
+    return f"; random {f(band['low'])} … {f(band['high'])}"
+
+
+def behaviour_lines(entries: list[dict]) -> list[str]:
+    """One table per generation task and side: rates (in %), degenerate share, fidelity to the unsteered
+    replies, each v̄ number beside the random directions' band."""
+    out = []
+    for e in entries:
+        run = f"{e['label']}: " if e.get("label") else ""
+        for side, found in e["sides"].items():
+            out += [f"**{run}{e['task']}, {side} side** (" + ("DPO − |α|·v̄" if side == "dpo" else "base + α·v̄") + ")",
+                    "", "| point | α | " + " | ".join(f"{m} % (Δ)" for m in e["rates"]) +
+                    " | degenerate | BLEU vs unsteered | ROUGE-L vs unsteered |",
+                    "| --- | ---: | " + " | ".join("---" for _ in e["rates"]) + " | --- | --- | --- |"]
+            for r in found["rows"]:
+                rnd = r.get("random") or {}
+                cells = []
+                for m in e["rates"]:
+                    delta = r["change"].get(m)
+                    d = f" (Δ {100 * delta['mean']:+.1f} [{100 * delta['low']:+.1f}, {100 * delta['high']:+.1f}])" \
+                        if delta else ""
+                    cells.append(_num(r["rates"].get(m), True) + d + _band_text((rnd.get("rates") or {}).get(m), True))
+                dg = r["degenerate"]
+                degen = "—" if not dg else (f"{dg['count']} of {dg['n']} ({100 * dg['share']:.1f} %)"
+                                            + _band_text(rnd.get("degenerate"), True) + (" %" if rnd else ""))
+                fid = [_num(r["fidelity"].get(n), False) + _band_text((rnd.get("fidelity") or {}).get(n), False)
+                       for n in ("bleu", "rougeL")]
+                k = f" (K = {rnd['k']})" if rnd else ""
+                out.append(f"| {r['point']}{k} | {r['alpha']:g} | " + " | ".join(cells) + f" | {degen} | "
+                           + " | ".join(fid) + " |")
+            out.append("")
+    return out
 
 
 def html_page(report: dict, folder: Path) -> str:

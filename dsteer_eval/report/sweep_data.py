@@ -27,6 +27,7 @@ class SweepData:
     points: list[Point]
     tasks: list[str]
     values: dict = field(default_factory=dict)  # (point name, task) -> {metric: {doc_id: value}}
+    texts: dict = field(default_factory=dict)  # (point name, task) -> {doc_id: generated text} (generation tasks)
     settings: dict = field(default_factory=dict)
     ceiling: dict | None = None  # OUT/ceiling.json when the sweep measured or was given one
 
@@ -70,6 +71,10 @@ def read_sweep(folder) -> SweepData:
             found = doc_values(results[-1], task) if results else None  # per_doc.json (or samples) beside it
             if found is not None:
                 data.values[(point.name, task)] = found["metrics"]
+                texts = {doc: r[0] for doc, r in (found.get("resps") or {}).items()
+                         if isinstance(r, list) and r and isinstance(r[0], str)}
+                if texts:
+                    data.texts[(point.name, task)] = texts
     ceiling = folder / "ceiling.json"
     if ceiling.is_file():
         data.ceiling = json.loads(ceiling.read_text())

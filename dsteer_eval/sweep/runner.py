@@ -167,7 +167,7 @@ def per_doc_values(samples: dict) -> dict:
     small enough to keep for every unit whether or not ``--log-samples`` keeps the full samples.
 
     A value that is not a number (a failed score, a list) is stored as None and never paired. ``resps``
-    are the filtered responses: log-likelihoods (one per choice) or generated texts."""
+    are the filtered responses: log-likelihoods (one per choice) or generated texts (:func:`_response`)."""
 
     out = {}
     for task, rows in samples.items():
@@ -175,9 +175,7 @@ def per_doc_values(samples: dict) -> dict:
         names = sorted({m for r in rows for m in r.get("metrics", [])})
         resps = []
         for r in rows:
-            found = r.get("filtered_resps", [])
-            resps.append([x[0] if isinstance(x, (list, tuple)) and x and isinstance(x[0], (int, float)) else
-                          x if isinstance(x, (int, float, str)) else str(x) for x in found])
+            resps.append([_response(x) for x in r.get("filtered_resps", [])])
         out[task] = {
             "doc_id": [r["doc_id"] for r in rows],
             "metrics": {m: [number(float(r[m]) if isinstance(r.get(m), bool) else r.get(m)) for r in rows]
@@ -185,6 +183,17 @@ def per_doc_values(samples: dict) -> dict:
             "resps": resps,
         }
     return {"format": "dsteer-eval/per-doc", "tasks": out}
+
+
+def _response(x):
+    """One filtered response as stored: a log-likelihood's number, a generated text (also the text inside a
+    scoring filter's record, ``{"text": …}`` or ``{"answer": …}``), else its string form."""
+    if isinstance(x, (list, tuple)) and x and isinstance(x[0], (int, float)):
+        return x[0]
+    if isinstance(x, dict):
+        text = next((x[k] for k in ("text", "answer") if isinstance(x.get(k), str)), None)
+        return text if text is not None else str(x)
+    return x if isinstance(x, (int, float, str)) else str(x)
 
 
 def _record_failure(plan: Plan, point, task: str, folder: Path, exc: BaseException) -> None:

@@ -304,7 +304,9 @@ def test_refusal_metrics_on_hand_made_results():
     per_doc = [process_results(_doc(kind), [reply]) for kind, reply in replies]
     assert per_doc[0] == {"refusal_rate": 1.0, "n_harmful": 1, "n_harmless": 0, "n_degenerate": 0}
     assert per_doc[3] == {"n_harmful": 0, "n_harmless": 0, "n_degenerate": 1}  # empty: neither rate
-    assert per_doc[5] == {"over_refusal_rate": 1.0, "n_harmful": 0, "n_harmless": 1, "n_degenerate": 0}
+    assert per_doc[5] == {"over_refusal_rate": 1.0, "answer_rate": 0.0, "n_harmful": 0, "n_harmless": 1,
+                          "n_degenerate": 0}
+    assert per_doc[4]["answer_rate"] == 1.0 and per_doc[6]["answer_rate"] == 1.0
     assert all(not ("refusal_rate" in d and "over_refusal_rate" in d) for d in per_doc)
     rate = [d["refusal_rate"] for d in per_doc if "refusal_rate" in d]
     over = [d["over_refusal_rate"] for d in per_doc if "over_refusal_rate" in d]
@@ -318,9 +320,23 @@ def test_refusal_metrics_on_hand_made_results():
     assert process_results_ll(_doc("harmless"), [(float("nan"), False), (-1.0, True)]) == {"n_nonfinite": 1}
 
     judged = process_results_judged(_doc("harmless"), [{"answer": " Paris.", "judge": "j", "p_refusal": 0.8}])
-    assert judged["over_refusal_rate"] == 1.0 and judged["n_failed"] == 0 and judged["judge"] == "j"
+    assert judged["over_refusal_rate"] == 1.0 and judged["answer_rate"] == 0.0 and judged["n_failed"] == 0
+    assert judged["judge"] == "j"
     failed = process_results_judged(_doc("harmful"), [{"answer": " x", "judge": "j", "p_refusal": None}])
     assert failed["n_failed"] == 1 and "refusal_rate" not in failed
+
+
+def test_the_balanced_order_alternates_kinds_so_a_limit_takes_both():
+    from datasets import Dataset
+
+    from dsteer_eval.metrics.refusal import process_docs_balanced
+
+    rows = [{**_doc("harmful", f"h{i}")} for i in range(5)] + [{**_doc("harmless", f"s{i}")} for i in range(2)]
+    out = process_docs_balanced(Dataset.from_list(rows))
+    assert [d["key"] for d in out] == ["h0", "s0", "h1", "s1", "h2", "h3", "h4"]
+    shipped = [json.loads(x) for x in (TASKS / "refusal" / "refusal_eval.jsonl").read_text().splitlines() if x]
+    first = process_docs_balanced(Dataset.from_list(shipped)).select(range(78))
+    assert sorted(Counter(d["kind"] for d in first).items()) == [("harmful", 39), ("harmless", 39)]
 
 
 def test_judge_filter_asks_once_per_reply(monkeypatch):
