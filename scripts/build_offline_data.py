@@ -1,11 +1,13 @@
 #!/usr/bin/env python
 """Regenerate the shipped real-row task data from ../shared/data, deterministically.
 
-Writes, under tasks/ (eval part of the split only; see dsteer_eval.data.splits):
+Writes, under tasks/ (eval part of the split only, but for the probe-part selection file; see
+dsteer_eval.data.splits):
 
 * hh/hh_eval.jsonl                  Anthropic HH-RLHF harmless-base pairs (at most 300)
 * truthfulqa/truthfulqa_eval.jsonl  TruthfulQA questions, truthful_qa schema + mc1/mc2 targets (at most 100)
 * refusal/refusal_eval.jsonl        the refusal documents built from those same rows
+* refusal/refusal_select.jsonl      60 + 30 refusal documents of the **probe** part (the report's choices)
 * refusal/refusal_mini.jsonl        6 + 6 documents from the self-written hh_mini / truthfulqa_mini samples
 * {hh,truthfulqa,refusal}/DATA_LICENSE.md  source, licence and the rows used
 
@@ -24,7 +26,7 @@ sys.path.insert(0, str(REPO))
 
 from dsteer_eval.common.output_folder import atomic_write_text  # noqa: E402
 from dsteer_eval.data.refusal_set import (  # noqa: E402
-    HH_SOURCE, MAX_HH, MAX_TQA, REFUSALS, TQA_SOURCE, jsonl_text, mini_refusal_docs, offline_subsets,
+    HH_SOURCE, MAX_HH, MAX_TQA, REFUSALS, TQA_SOURCE, jsonl_text, mini_refusal_docs, offline_subsets, selection_docs,
 )
 from dsteer_eval.data.splits import FRACTIONS, SPLIT_SEED  # noqa: E402
 
@@ -71,7 +73,7 @@ def _split_rule() -> str:
             f"turn / question; {shares}), so nothing here is trained on by `train-dpo --part train`.")
 
 
-def licence_texts(subsets: dict) -> dict:
+def licence_texts(subsets: dict, select: list | None = None) -> dict:
     hh, tqa, refusal = (subsets[k] for k in ("hh/hh_eval.jsonl", "truthfulqa/truthfulqa_eval.jsonl",
                                              "refusal/refusal_eval.jsonl"))
     hh_lines = _ranges(r["source_line"] for r in hh)
@@ -143,6 +145,16 @@ Regenerate with {REGENERATE}.
 The {len(REFUSALS)} refusal phrasings (`chosen` of harmful, `rejected` of harmless documents) are
 written for dsteer-eval (Apache-2.0). {_split_rule()}
 
+## `refusal_select.jsonl` (task `dsteer_refusal_ll_select`)
+
+{len(select or [])} documents built by the same rules from the **probe** part of the same two files (never
+trained on, not the vector part v̄ is extracted from, not eval): the first
+{sum(d["kind"] == "harmful" for d in select or [])} usable harmful HH pairs (lines
+{_ranges(d["source_line"] for d in select or [] if d["kind"] == "harmful")} of `{HH_FILE}`, MIT as above) and the
+first {sum(d["kind"] == "harmless" for d in select or [])} TruthfulQA questions (data rows
+{_ranges(d["source_row"] for d in select or [] if d["kind"] == "harmless")} of `{TQA_FILE}`, Apache-2.0). The
+D-STEER report chooses its layer on them and reports the choice on the eval documents.
+
 ## `refusal_mini.jsonl` (tasks `dsteer_refusal_mini`, `dsteer_refusal_ll_mini`)
 
 Built by the same rules from the self-written `../hh/hh_mini.jsonl` and
@@ -156,9 +168,11 @@ Regenerate both with {REGENERATE}.
 def build(data_dir: Path, tasks: Path) -> dict:
     subsets = offline_subsets(data_dir / HH_FILE, data_dir / TQA_FILE)
     files = {name: jsonl_text(rows) for name, rows in subsets.items()}
+    select = selection_docs(data_dir / HH_FILE, data_dir / TQA_FILE)
+    files["refusal/refusal_select.jsonl"] = jsonl_text(select)
     files["refusal/refusal_mini.jsonl"] = jsonl_text(
         mini_refusal_docs(tasks / "hh" / "hh_mini.jsonl", tasks / "truthfulqa" / "truthfulqa_mini.jsonl"))
-    files.update(licence_texts(subsets))
+    files.update(licence_texts(subsets, select))
     return files
 
 

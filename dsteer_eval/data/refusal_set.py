@@ -37,7 +37,7 @@ from pathlib import Path
 from dsteer_eval.common.hashing import sha256_file
 from dsteer_eval.common.output_folder import atomic_write_bytes, atomic_write_text
 from dsteer_eval.data.preference_pairs import UnusableRow, jsonl_rows, load_pairs, pair_from_row
-from dsteer_eval.data.splits import PARTS, SPLIT_SEED, normalise, part_of
+from dsteer_eval.data.splits import PARTS, SPLIT_SEED, check_part, normalise, part_of
 
 FORMAT = "dsteer-eval/refusal-pairs"
 PAIRS_NAME = "refusal_pairs.jsonl.gz"
@@ -335,6 +335,27 @@ def offline_subsets(hh_path, tqa_path, *, max_hh: int = MAX_HH, max_tqa: int = M
         "truthfulqa/truthfulqa_eval.jsonl": tqa,
         "refusal/refusal_eval.jsonl": refusal_docs(pairs, tqa),
     }
+
+
+MAX_SELECT_HARMFUL, MAX_SELECT_HARMLESS = 60, 30  # the selection documents (probe part)
+
+
+def selection_docs(hh_path, tqa_path, *, part: str = "probe", max_harmful: int = MAX_SELECT_HARMFUL,
+                   max_harmless: int = MAX_SELECT_HARMLESS) -> list[dict]:
+    """The ``refusal/refusal_select.jsonl`` documents (task ``dsteer_refusal_ll_select``): built by the same
+    rules as the eval documents from the first ``max_harmful`` usable HH pairs and ``max_harmless`` TruthfulQA
+    questions of ``part`` (default the probe part: never trained on, not the rows v̄ was extracted from, not
+    eval). The report makes its choices of layer, position and α on them, then reports on eval."""
+    check_part(part)
+    pairs = []
+    for line, _, pair in hh_rows_with_lines(hh_path):
+        if len(pairs) < max_harmful and part_of(pair.prompt) == part and harmful_row(pair) is not None:
+            pairs.append((pair, {"source_line": line}))
+    tqa = []
+    for i, doc in enumerate(read_truthfulqa(tqa_path), 1):
+        if len(tqa) < max_harmless and part_of(doc["question"]) == part:
+            tqa.append({**doc, "source_row": i})
+    return refusal_docs(pairs, tqa)
 
 
 def mini_refusal_docs(hh_mini_path, tqa_mini_path, n: int = 6) -> list[dict]:

@@ -347,11 +347,13 @@ class SteeredLM(HFLM):
         return self._sizing_batch
 
     def interventions_at(self, layer, alpha: float, control: int | None = None) -> list[Intervention]:
-        """The interventions that steer ``alpha * v`` at ``layer`` (``control=i``: random direction i of the
+        """The interventions that steer ``alpha * v`` at ``layer`` (or a tuple of layers, each with its own v)
+        (``control=i``: random direction i of the
         same norm) with this model's other settings (``unit=``, ``mode=``); ``alpha == 0``: none."""
         if alpha == 0:
             return []
-        args = dataclasses.replace(self._steer_args, layers=(layer,), alphas=(float(alpha),), control=control)
+        layers = tuple(layer) if isinstance(layer, tuple) else (layer,)  # a tuple: one α at each of its layers
+        args = dataclasses.replace(self._steer_args, layers=layers, alphas=(float(alpha),), control=control)
         return self.build_interventions(self._vector_file, args)
 
     def set_steering(self, interventions, **label) -> None:

@@ -1,8 +1,9 @@
 """The (layer, alpha) grid of a sweep, checked completely before any model loads.
 
-A grid point is one steered model: ``alpha * v`` added at one layer.  Every
-``alpha == 0`` point is the same unsteered model whatever its layer, so the
-grid holds it once (``layer=None``) and every layer's curve shares it.
+A grid point is one steered model: ``alpha * v`` added at one layer, or at every layer of a layer set
+with one α (``--layers 20,25+26+27+28+29``: the D-STEER authors' protocol, the last five layers and one
+scalar; each layer adds its own v̄ from the vector file).  Every ``alpha == 0`` point is the same unsteered
+model whatever its layer, so the grid holds it once (``layer=None``) and every layer's curve shares it.
 """
 
 from __future__ import annotations
@@ -13,15 +14,31 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from dsteer_eval.steering.args import parse_layers, resolve_sites
+from dsteer_eval.steering.args import parse_layers, resolve_site, resolve_sites
 
 if TYPE_CHECKING:  # steer_args imports torch; the leaderboard imports this module for alpha_text only
     from dsteer_eval.steering.args import Layer
 
 
+class LayerSet(tuple):
+    """Several layers steered with one α, written ``25+26+27`` (folder names, sweep.json, reports);
+    ``layer=25;26;27`` in a point's model_args."""
+
+    def __str__(self) -> str:
+        return "+".join(str(x) for x in self)
+
+    def model_arg(self) -> str:
+        return ";".join(str(x) for x in self)
+
+
+def layer_site(layer, num_layers: int) -> int:
+    """The lowest site ``layer`` steers (the site the shared lower layers are kept at)."""
+    return min(resolve_sites(tuple(layer), num_layers)) if isinstance(layer, LayerSet) else resolve_site(layer, num_layers)
+
+
 @dataclass(frozen=True)
 class Point:
-    layer: Layer | None  # as the user wrote it (int, negative int, "final"); None when unsteered
+    layer: Layer | LayerSet | None  # as the user wrote it (int, negative int, "final", a set); None when unsteered
     alpha: float
     side: str = "dpo"  # "dpo": the model as loaded; "base": its PEFT adapter switched off (peft=none)
     control: int | None = None  # random control i in place of v (dsteer_eval.steering.controls), same alpha and layer
@@ -43,7 +60,8 @@ class Point:
         kept = [item for item in base.split(",") if item.strip()]
         if self.side == "base":
             kept = [item for item in kept if item.partition("=")[0].strip() != "peft"] + ["peft=none"]
-        extra = ["alpha=0"] if self.alpha == 0 else [f"layer={self.layer}", f"alpha={alpha_text(self.alpha)}"]
+        layer = self.layer.model_arg() if isinstance(self.layer, LayerSet) else self.layer
+        extra = ["alpha=0"] if self.alpha == 0 else [f"layer={layer}", f"alpha={alpha_text(self.alpha)}"]
         if self.control is not None:
             extra.append(f"control=random:{self.control}")
         return ",".join(kept + extra)
@@ -84,28 +102,41 @@ def parse_alpha_grid(text: str, flag: str = "--alphas") -> tuple[float, ...]:
     return tuple(out)
 
 
-def parse_layer_grid(text: str) -> tuple[Layer, ...]:
-    items = _items(text, "--layers")
-    try:
-        return parse_layers(";".join(items))
-    except ValueError as exc:
-        raise ValueError(f"--layers {text!r}: {str(exc).split(': ', 1)[-1]}") from None
+def parse_layer_grid(text: str) -> tuple[Layer | LayerSet, ...]:
+    """Comma-separated layers; ``a+b+c`` is one grid layer that steers a, b and c with one α."""
+    out: list = []
+    for item in _items(text, "--layers"):
+        members = [m.strip() for m in item.split("+")]
+        try:
+            parsed = parse_layers(";".join(members))
+        except ValueError as exc:
+            raise ValueError(f"--layers {text!r}: {str(exc).split(': ', 1)[-1]}") from None
+        if "+" in item and len(parsed) < 2:
+            raise ValueError(f"--layers {text!r}: {item!r} is not a layer set; write two or more layers as 25+26")
+        out.append(LayerSet(parsed) if "+" in item else parsed[0])
+    named = [str(x) for x in out]
+    twice = sorted({x for x in named if named.count(x) > 1})
+    if twice:
+        raise ValueError(f"--layers {text!r}: {', '.join(twice)} is given twice")
+    return tuple(out)
 
 
-def check_layers(layers: tuple[Layer, ...], num_layers: int, available: set[int] | None, source: str) -> None:
-    """Each layer in range for ``num_layers``, named once (the one rule of steer_args.resolve_sites) and
-    (when known) present in the vector file."""
+def check_layers(layers: tuple, num_layers: int, available: set[int] | None, source: str) -> None:
+    """Each layer in range for ``num_layers``, named once among the single layers and once within each layer
+    set (the one rule of steer_args.resolve_sites), and (when known) present in the vector file."""
 
-    try:
-        sites = resolve_sites(layers, num_layers)
-    except ValueError as exc:
-        message = str(exc)
-        if message.startswith("layer=") and "are the same site" in message:  # names the --model_args list
-            message = message.split(": ", 1)[1]
-        raise ValueError(f"--layers: {message}") from None
-    for layer, site in zip(layers, sites):
-        if available is not None and site not in available:
-            raise ValueError(f"--layers: {source} has no vector for layer {layer} (it has {sorted(available)})")
+    singles = tuple(x for x in layers if not isinstance(x, LayerSet))
+    for group in [singles] + [tuple(x) for x in layers if isinstance(x, LayerSet)]:
+        try:
+            sites = resolve_sites(group, num_layers)
+        except ValueError as exc:
+            message = str(exc)
+            if message.startswith("layer=") and "are the same site" in message:  # names the --model_args list
+                message = message.split(": ", 1)[1]
+            raise ValueError(f"--layers: {message}") from None
+        for layer, site in zip(group, sites):
+            if available is not None and site not in available:
+                raise ValueError(f"--layers: {source} has no vector for layer {layer} (it has {sorted(available)})")
 
 
 def check_tasks(tasks: tuple[str, ...], task_manager) -> None:

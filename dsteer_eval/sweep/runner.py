@@ -49,7 +49,6 @@ from dsteer_eval.leaderboard.collect import number
 from dsteer_eval.models.defaults import model_name
 from dsteer_eval.models.identity import model_entry
 from dsteer_eval.probes.report import run_probes, write_report
-from dsteer_eval.steering.args import resolve_site
 from dsteer_eval.steering.controls import DEFAULT_SEED
 from dsteer_eval.sweep.plan import (  # noqa: F401 (the sweep's public names, re-exported)
     FINGERPRINT_KEYS,
@@ -64,6 +63,7 @@ from dsteer_eval.sweep.plan import (  # noqa: F401 (the sweep's public names, re
     probe_pairs,
     split_model_args,
 )
+from dsteer_eval.sweep.grid import layer_site
 from dsteer_eval.sweep.point_probes import PointProbes
 from dsteer_eval.sweep.sweep_lm import SweepLM
 from dsteer_eval.sweep.units import check_unit, unit_done, unit_folder  # unit_done: the resume rule
@@ -311,7 +311,7 @@ def _probe_prompts(plan: Plan) -> tuple[list, object]:
 
 def _point_probes(lm, plan: Plan):
     prompts, _ = _probe_prompts(plan)
-    fallback = resolve_site(plan.layers[0], lm.parts.num_layers)
+    fallback = layer_site(plan.layers[0], lm.parts.num_layers)
     return PointProbes(lm.model, lm.tokenizer, lm.vector_file.vectors, lm.parts.num_layers, prompts,
                        fallback_site=fallback, batch_size=8)
 
@@ -332,7 +332,7 @@ def _probe_report(lm, plan: Plan, print_fn, provenance: dict | None = None) -> N
     beta = float(card["hyperparameters"]["beta"]) if card else 0.1
     pair = ModelPair(lm.model, None, lm.tokenizer, model_name(plan.model_kwargs.get("pretrained")), str(adapter))
     vf = lm.vector_file
-    report = run_probes(pair, pairs, vectors=vf.vectors, layer=resolve_site(plan.layers[0], lm.parts.num_layers),
+    report = run_probes(pair, pairs, vectors=vf.vectors, layer=layer_site(plan.layers[0], lm.parts.num_layers),
                         vector_info={"source": str(vf.path), "method": vf.metadata.get("method", "")},
                         alphas=sorted({abs(a) for a in plan.alphas}), beta=beta, grad_pairs=16,
                         data_info={"source": pairs.source, "skipped": dict(pairs.skipped)})

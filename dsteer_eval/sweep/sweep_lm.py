@@ -13,7 +13,7 @@ from dsteer_eval.harness.packed_contexts import PassAbandoned
 from dsteer_eval.harness.steered import SteeredLM
 from dsteer_eval.harness.continuation_loglik import loglikelihood_tokens
 from dsteer_eval.harness.packed_contexts import packed_loglikelihood_tokens
-from dsteer_eval.steering.args import Layer, parse_bool, resolve_site
+from dsteer_eval.steering.args import Layer, parse_bool
 from dsteer_eval.steering.hook import NonFiniteError
 from dsteer_eval.steering.row_edits import expanded_rows, repeat_layer_inputs, row_shift_edit
 from dsteer_eval.steering.shared_prefix import SharedPrefix
@@ -26,6 +26,7 @@ from dsteer_eval.sweep.alpha_batch import (
     loglik_key,
     shift_dim,
 )
+from dsteer_eval.sweep.grid import layer_site
 from dsteer_eval.sweep.merged_adapter import MergedSides
 
 
@@ -78,7 +79,11 @@ class SweepLM(SteeredLM):
             if alpha == 0:
                 group.append(GroupPoint(name, None))
                 continue
-            (intervention,) = self.interventions_at(layer, alpha, control)
+            found = self.interventions_at(layer, alpha, control)
+            if len(found) != 1:  # a layer set (one α at several layers): its points run one by one
+                self._group, self._group_site = [], None
+                return
+            (intervention,) = found
             sites.add(intervention.site)
             group.append(GroupPoint(name, float(alpha) * intervention.vector.detach().float().cpu()))
         if len(sites) != 1:
@@ -106,7 +111,7 @@ class SweepLM(SteeredLM):
             self.model.enable_adapter_layers()
         self._side = side
         if self.shared is not None:
-            self.shared.set_site(resolve_site(layer, self.parts.num_layers), scope=side)
+            self.shared.set_site(layer_site(layer, self.parts.num_layers), scope=side)
         # a cache in use (--use_cache) is re-keyed: this point's answers are kept apart from the others'
         self.set_steering(self.interventions_at(layer, alpha, control), layer=layer, alpha=repr(float(alpha)),
                           control=None if control is None else f"random:{control}",

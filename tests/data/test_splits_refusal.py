@@ -427,6 +427,20 @@ def test_shipped_files_match_a_fresh_build():
                                                      "refusal/refusal_eval.jsonl": 321}
     mini = mini_refusal_docs(TASKS / "hh" / "hh_mini.jsonl", TASKS / "truthfulqa" / "truthfulqa_mini.jsonl")
     assert Counter(d["kind"] for d in mini) == {"harmful": 6, "harmless": 6}
+    assert "refusal/refusal_select.jsonl" in files
+
+
+def test_the_selection_documents_are_probe_part_rows_apart_from_eval_and_training():
+    """The report chooses its layer on refusal_select.jsonl: every row of the probe part (not trained on, not
+    the vector part v̄ comes from), none shared with the eval documents it then reports on."""
+    select, evaluated = _jsonl(TASKS / "refusal" / "refusal_select.jsonl"), _jsonl(TASKS / "refusal" / "refusal_eval.jsonl")
+    assert Counter(d["kind"] for d in select) == {"harmful": 60, "harmless": 22}
+    assert all(part_of(d["prompt"]) == "probe" and d["part"] == "probe" for d in select)
+    assert not {d["key"] for d in select} & {d["key"] for d in evaluated}
+    assert not {prompt_key(d["prompt"]) for d in select} & {prompt_key(d["prompt"]) for d in evaluated}
+    for doc in select:
+        field = "chosen" if doc["kind"] == "harmful" else "rejected"
+        assert doc[field] in REFUSALS and (doc["kind"] == "harmless" or not is_refusal(doc["rejected"]))
 
 
 def test_package_data_ships_the_new_files():

@@ -67,6 +67,37 @@ def test_base_side_and_controls_equal_separate_runs(tiny_dir, vec, tiny_adapter_
     assert seen[("dpo", -2.0, 0)] != seen[("dpo", -2.0, None)]  # the control is another direction
 
 
+def test_a_layer_set_steers_every_layer_with_one_alpha_like_steered(tiny_dir, vec, tiny_adapter_dir):
+    """``--layers 1+2`` (the authors' protocol: several layers, one scalar) is one grid point whose numbers are
+    exactly a fresh ``steered`` model's with ``layer=1;2`` (v̄ of each layer at its own site), controls too;
+    it runs point by point (never in a one-site group) and shares the layers below its lowest site."""
+    from dsteer_eval.harness.steered import SteeredLM
+    from dsteer_eval.sweep.grid import LayerSet, Point, parse_layer_grid, points
+    from dsteer_eval.sweep.sweep_lm import SweepLM
+
+    grid = parse_layer_grid("2,1+2")
+    assert grid == (2, LayerSet((1, 2))) and str(grid[1]) == "1+2"
+    assert [p.name for p in points(grid, (0.0, -1.0))] == ["unsteered", "L2_a-1", "L1+2_a-1"]
+    assert Point(grid[1], -1.0, "dpo", 3).model_args("pretrained=x") == "pretrained=x,layer=1;2,alpha=-1,control=random:3"
+    kwargs = {"pretrained": tiny_dir, "vector": vec, "batch_size": 4, "peft": tiny_adapter_dir}
+    requests = _requests()
+    lm = SweepLM(**kwargs, layer=2, alpha=0.0)
+    seen = {}
+    for layer, alpha, control in ((grid[1], 0.0, None), (grid[1], -1.5, None), (grid[1], -1.5, 0), (2, -1.5, None)):
+        lm.set_point(layer, alpha, "dpo", control)
+        lm.set_group([("a", layer, alpha, control), ("b", layer, alpha - 1.0, control)], "a")
+        got = lm.loglikelihood(requests, disable_tqdm=True)
+        extra = {} if control is None else {"control": f"random:{control}"}
+        want = SteeredLM(**kwargs, **extra, layer=";".join(str(x) for x in (layer if isinstance(layer, tuple) else
+                                                                             (layer,))), alpha=alpha)
+        want = want.loglikelihood(requests, disable_tqdm=True)
+        assert max(abs(g[0] - w[0]) for g, w in zip(got, want)) <= 1e-4, (layer, alpha, control)
+        seen[(str(layer), alpha, control)] = [g[0] for g in got]
+    assert len(lm.interventions) == 1 and lm.interventions[0].site == 2
+    assert seen[("1+2", -1.5, None)] != seen[("2", -1.5, None)]  # layer 1 is steered too
+    assert seen[("1+2", -1.5, 0)] != seen[("1+2", -1.5, None)]
+
+
 @pytest.fixture(scope="module")
 def controlled(tiny_dir, vec, tiny_adapter_dir, tmp_path_factory):
     from dsteer_eval.sweep.runner import run_sweep
