@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_LIST_FLAGS = ("--alphas", "--layers")  # values like "-2,-1,0" look like options to argparse
+_LIST_FLAGS = ("--alphas", "--layers", "--base-alphas", "--where-alphas")  # values like "-2,-1,0" look like options to argparse
 
 
 def _join_list_flags(argv: list[str]) -> list[str]:

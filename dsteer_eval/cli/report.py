@@ -33,9 +33,23 @@ def add(verbs) -> None:
     p.add_argument("--prompting", default=None, metavar="SWEEP",
                    help="a sweep of <task>_prompted_decline and <task>_prompted_comply at alpha 0 on both sides "
                    "(the prompting baseline: an instruction instead of v̄), shown beside the steered rows")
+    p.add_argument("--where-alphas", default="-1,1", metavar="DPO,BASE",
+                   help="the alpha per side of the where-table (a task T run with T_select: gap closed by layer and "
+                   "sweep, the choice made on T_select's rows; default -1,1)")
     p.add_argument("--title", default=None)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=run)
+
+
+def parse_where_alphas(text: str) -> dict:
+    fix = f"--where-alphas {text}: give the DPO side's alpha (negative) and the base side's (positive), e.g. -1,1"
+    try:
+        dpo, base = (float(x) for x in text.split(","))
+    except ValueError:
+        raise ValueError(fix) from None
+    if not (dpo < 0 < base):
+        raise ValueError(fix)
+    return {"dpo": dpo, "base": base}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
 
     split = lambda text: [x.strip() for x in text.split(",") if x.strip()] if text else None  # noqa: E731
     check_free(args.out, args.overwrite)  # before any reading
+    where_alphas = parse_where_alphas(args.where_alphas)
     report_to(args.sweeps, args.out, labels=split(args.labels), title=args.title, prompting=args.prompting,
               tasks=split(args.tasks),
-              metrics=split(args.metrics), overwrite=args.overwrite)
+              metrics=split(args.metrics), where_alphas=where_alphas, overwrite=args.overwrite)
     return 0

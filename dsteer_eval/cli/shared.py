@@ -87,7 +87,7 @@ def leaderboard_to(paths, out, *, plots: bool = True) -> None:
 
 
 def report_to(sweeps, out=None, *, labels=None, title=None, tasks=None, metrics=None, prompting=None,
-              overwrite: bool = True) -> None:
+              where_alphas=None, overwrite: bool = True) -> None:
     """Write the D-STEER report of finished sweeps (default: SWEEP/report of a single sweep) and print its
     verdict card."""
     from pathlib import Path
@@ -96,7 +96,8 @@ def report_to(sweeps, out=None, *, labels=None, title=None, tasks=None, metrics=
     from dsteer_eval.report.figures import report_figures
     from dsteer_eval.report.render import card_lines, write_report
 
-    report = build_report(sweeps, labels=labels, tasks=tasks, metrics=metrics, title=title, prompting=prompting)
+    report = build_report(sweeps, labels=labels, tasks=tasks, metrics=metrics, title=title, prompting=prompting,
+                          where_alphas=where_alphas)
     single = sweeps if isinstance(sweeps, (str, Path)) else sweeps[0]
     folder = write_report(report, out or Path(single) / "report", draw=report_figures, overwrite=overwrite)
     print("\n".join(card_lines(report["card"])))

@@ -9,26 +9,31 @@ from dsteer_eval.report.behaviour import behaviour
 from dsteer_eval.report.card import verdict_card
 from dsteer_eval.report.dose_response import dose_response, prompting_rows
 from dsteer_eval.report.sweep_data import read_sweep
+from dsteer_eval.report.where import selection_pairs, where
 from dsteer_eval.stats.bootstrap import N_RESAMPLES
 
 
 def build_report(sweeps, *, labels=None, tasks=None, metrics=None, title: str | None = None, prompting=None,
-                 n_resamples: int = N_RESAMPLES) -> dict:
+                 where_alphas: dict | None = None, n_resamples: int = N_RESAMPLES) -> dict:
     """The report of one or more finished sweep folders (e.g. the in-distribution v̄ and a vector from another
     distribution on the same pair, ``labels`` naming them): every (task, metric) with per-document values at
     every point (or the ``tasks``/``metrics`` named), both sides, v̄ against each sweep's random directions.
     ``prompting``: a sweep of the ``<task>_prompted_decline``/``_comply`` tasks at α = 0 (the prompting
     baseline, beside the steered rows). Generation tasks also get their behaviour grid
-    (:mod:`dsteer_eval.report.behaviour`)."""
+    (:mod:`dsteer_eval.report.behaviour`). A task ``T`` run with its selection task ``T_select`` gets the
+    where-table (:mod:`dsteer_eval.report.where`: by layer and sweep at ``where_alphas``, the choice made on
+    ``T_select``); ``T_select`` itself is a selection device, not a row of the card."""
     sweeps = [sweeps] if isinstance(sweeps, (str, bytes)) or hasattr(sweeps, "__fspath__") else list(sweeps)
     if labels is not None and len(labels) != len(sweeps):
         raise ValueError(f"--labels: {len(labels)} label(s) for {len(sweeps)} sweep(s); give one per sweep")
-    curves, missing, layers, args, ceilings, behaviours = [], [], set(), [], [], []
+    curves, missing, layers, args, ceilings, behaviours, read = [], [], set(), [], [], [], []
     prompted = read_sweep(prompting) if prompting else None
     for i, sweep in enumerate(sweeps):
         label = labels[i] if labels else (str(sweep) if len(sweeps) > 1 else None)
         data = read_sweep(sweep)
-        names = list(tasks or data.tasks)
+        read.append((label, data))
+        selecting = {t for _, t in selection_pairs(data.tasks)}
+        names = [t for t in (tasks or data.tasks) if t not in selecting or tasks]
         unknown = [t for t in names if t not in data.tasks]
         if unknown:
             raise ValueError(f"--tasks {','.join(unknown)}: not in the sweep {sweep} (it ran {', '.join(data.tasks)})")
@@ -54,6 +59,14 @@ def build_report(sweeps, *, labels=None, tasks=None, metrics=None, title: str | 
         layers |= {str(p.layer) for p in data.points if p.layer is not None}
         args.append(str(data.settings.get("model_args", "")) or "(the shipped pair)")
         ceilings.append(data.ceiling)
+    places = []
+    for task, select_task in selection_pairs({t for _, d in read for t in d.tasks}):
+        if tasks and task not in tasks:
+            continue
+        available = set.intersection(*[set(d.metrics(task)) & set(d.metrics(select_task)) for _, d in read
+                                       if task in d.tasks and select_task in d.tasks])
+        for metric in sorted(available & set(metrics) if metrics else available):
+            places.append(where(read, task, select_task, metric, alphas=where_alphas, n_resamples=n_resamples))
     position = next((kv.split("=", 1)[1] for kv in args[0].split(",") if kv.startswith("position=")), "all")
     return {"format": "dsteer-eval/report", "format_version": "1", "package_version": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -61,4 +74,4 @@ def build_report(sweeps, *, labels=None, tasks=None, metrics=None, title: str | 
             "labels": labels, "model_args": args if len(args) > 1 else args[0], "layers": sorted(layers),
             "position": position, "tasks": sorted({c["task"] for c in curves}),
             "ceiling": ceilings if len(ceilings) > 1 else ceilings[0], "curves": curves,
-            "card": verdict_card(curves), "behaviour": behaviours, "missing": missing}
+            "card": verdict_card(curves), "behaviour": behaviours, "where": places, "missing": missing}

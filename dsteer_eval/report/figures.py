@@ -11,7 +11,7 @@ from dsteer_eval.probes.figures import pyplot
 
 def report_figures(report: dict, folder: Path) -> list[dict]:
     """Every figure of the report, each entry naming its section."""
-    return dose_response_figures(report, folder) + behaviour_figures(report, folder)
+    return dose_response_figures(report, folder) + behaviour_figures(report, folder) + where_figures(report, folder)
 
 
 def dose_response_figures(report: dict, folder: Path) -> list[dict]:
@@ -130,3 +130,44 @@ def _random_band(ax, rows, pick, color) -> None:
         ax.fill_between([b[0] for b in banded], [b[1]["low"] for b in banded], [b[1]["high"] for b in banded],
                         facecolor="none", edgecolor=color, hatch="//", alpha=0.5)
         ax.plot([b[0] for b in banded], [b[1]["mean"] for b in banded], "--", color=color, lw=0.8)
+
+
+def where_figures(report: dict, folder: Path) -> list[dict]:
+    """Per task metric: the fraction closed on the eval documents (with its CI and the random band) and on the
+    selection documents, by candidate (sweep, layer), one panel per side; the chosen candidate ringed."""
+    plt = pyplot()
+    written = []
+    for entry in report.get("where", []):
+        sides = [(s, f) for s, f in entry["sides"].items() if f["candidates"]]
+        if not sides:
+            continue
+        fig, axes = plt.subplots(1, len(sides), figsize=(7 * len(sides), 4), squeeze=False)
+        for ax, (side, found) in zip(axes[0], sides):
+            cands = found["candidates"]
+            x = list(range(len(cands)))
+            names = [f"{c['label'] + ' ' if c['label'] else ''}L{c['layer']}" for c in cands]
+            ev = [c["eval"] for c in cands]
+            ax.errorbar(x, [e["fraction"] for e in ev], yerr=[[e["fraction"] - e["low"] for e in ev],
+                                                               [e["high"] - e["fraction"] for e in ev]],
+                        fmt="o", color="C0", capsize=3, label="v̄ on eval rows [95 % CI]")
+            ax.plot(x, [c["select"]["fraction"] for c in cands], "s", color="C1", mfc="none",
+                    label=f"v̄ on selection rows ({entry['select_task']})")
+            for xi, c in zip(x, cands):
+                if c["random_band"]:
+                    ax.vlines(xi + 0.15, c["random_band"][0], c["random_band"][1], color="grey", lw=4, alpha=0.5)
+                if c["chosen"]:
+                    ax.plot([xi], [c["eval"]["fraction"]], "o", ms=14, mfc="none", color="C3", label="chosen")
+            ax.axhline(0, color="k", lw=0.8)
+            ax.axhline(1, color="k", lw=0.8, ls="--")
+            ax.set_xticks(x, names, rotation=30, fontsize=8)
+            ax.set_ylabel("fraction of the base–DPO gap closed")
+            ax.set_title(f"{side} side, α = {found['alpha']:g} (grey bars: random directions' band)", fontsize=9)
+            ax.legend(fontsize=7)
+        fig.suptitle(f"{entry['task']} / {entry['metric']}: where it works")
+        fig.tight_layout()
+        name = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in
+                       f"where_{entry['task']}_{entry['metric']}.png")
+        fig.savefig(folder / name, dpi=100)
+        plt.close(fig)
+        written.append({"file": name, "title": f"{entry['task']} / {entry['metric']}: where", "section": "where"})
+    return written

@@ -106,6 +106,13 @@ def markdown(report: dict) -> str:
                 "ROUGE-L (0–100) of each reply against the same side's α = 0 reply, over every document; "
                 "random = the K norm-matched random directions' band (min … max of their means).", ""]
         out += behaviour_lines(report["behaviour"]) + _figures(report, "behaviour")
+    if report.get("where"):
+        out += ["## Where it works: by layer and position", "",
+                "At one α per side (v̄ of each layer is that layer's own mean DPO − base difference, so α = ±1 is one "
+                "full mean shift at any layer). The layer, layer set or sweep is **chosen** on the selection "
+                "documents (probe part, never the eval rows) and reported on the eval documents; the best on the "
+                "eval documents is shown for reference only (chosen on the rows it is reported on: optimistic).", ""]
+        out += where_lines(report["where"]) + _figures(report, "where")
     if report.get("missing"):
         out += ["## Not measured", ""] + [f"* {m}" for m in report["missing"]] + [""]
     return "\n".join(out) + "\n"
@@ -160,6 +167,35 @@ def behaviour_lines(entries: list[dict]) -> list[str]:
                 k = f" (K = {rnd['k']})" if rnd else ""
                 out.append(f"| {r['point']}{k} | {r['alpha']:g} | " + " | ".join(cells) + f" | {degen} | "
                            + " | ".join(fid) + " |")
+            out.append("")
+    return out
+
+
+def where_lines(entries: list[dict]) -> list[str]:
+    out = []
+    for e in entries:
+        for side, found in e["sides"].items():
+            if not found["candidates"]:
+                continue
+            out += [f"**{e['task']} / {e['metric']}, {side} side, α = {found['alpha']:g}** (chosen on "
+                    f"{e['select_task']})", "",
+                    "| sweep | layer | selection rows: gap closed | eval rows: gap closed [95 % CI] | random band "
+                    "(mean) | v̄'s rank | vs random |", "| --- | --- | --- | --- | --- | --- | --- |"]
+            for c in found["candidates"]:
+                band = c["random_band"]
+                band_text = "—" if band is None else f"{_pct(band[0])} … {_pct(band[1])} ({_pct(c['random_mean'])})"
+                mark = " **← chosen**" if c["chosen"] else ""
+                out.append(f"| {c['label'] or '—'} | {c['layer']}{mark} | {_pct(c['select']['fraction'])} | "
+                           f"{_ci(c['eval'])} | {band_text} | {_rank(c['rank'])} | {c['verdicts']['vs_random']} |")
+            ch, best = found["chosen"], found["best_on_eval"]
+            if ch:
+                out += ["", f"* chosen ({e['select_task']}): {ch['label'] + ', ' if ch['label'] else ''}layer "
+                        f"{ch['layer']} closes {_ci(ch['eval'])} of the eval gap, {_rank(ch['rank'])} "
+                        f"(moves: **{ch['verdicts']['moves']}**, ≥ half: **{ch['verdicts']['half']}**, vs random: "
+                        f"**{ch['verdicts']['vs_random']}**)"]
+            if best:
+                out.append(f"* best on the eval rows (optimistic): {best['label'] + ', ' if best['label'] else ''}"
+                           f"layer {best['layer']}, {_ci(best['eval'])}")
             out.append("")
     return out
 
