@@ -5,7 +5,9 @@
 #                 written apart from the training templates), its own v̄ and the HH pair's v̄ (vector_pair=hh)
 #   hh pair:      dsteer_hh_offline, its own v̄ and the refusal pair's v̄
 # Writes results/report_<pair>_<vector>/ (each a sweep with its report/) and results/report_<pair>/ (own vs
-# cross side by side). LIMIT documents per task (default 100; the documents are the first LIMIT of each
+# cross side by side); for the refusal pair also results/report_refusal_behaviour/ (generation: behaviour along
+# the grid), results/report_refusal_layers/ and _position_{completion,last}/ with results/report_refusal_where/
+# (gap closed by layer, layer set and position, chosen on the probe-part selection rows, reported on eval). LIMIT documents per task (default 100; the documents are the first LIMIT of each
 # task's eval part; the refusal file lists its harmful requests first). ALPHAS, BASE_ALPHAS, K and
 # REFUSAL_TASKS override the grid. Resumable: re-run the same command after an interruption. STEP=<name> runs one step.
 set -euo pipefail
@@ -17,7 +19,10 @@ ALPHAS=${ALPHAS:--4,-2,-1,-0.5,0}
 BASE_ALPHAS=${BASE_ALPHAS:-0,0.5,1,2}
 K=${K:-8}
 REFUSAL_TASKS=${REFUSAL_TASKS:-dsteer_refusal_ll,dsteer_refusal_ll_heldout}
-STEP=${STEP:-all}   # all | refusal | refusal_cross | hh | hh_cross | reports
+STEP=${STEP:-all}   # all | refusal | refusal_cross | hh | hh_cross | behaviour | layers | positions | reports
+GEN_LIMIT=${GEN_LIMIT:-78}        # behaviour: dsteer_refusal_balanced alternates kinds, 78 = 39 harmful + 39 harmless
+WHERE_LIMIT=${WHERE_LIMIT:-60}    # layers/positions: documents of the eval task and of its _select task
+WHERE_LAYERS=${WHERE_LAYERS:-10,15,20,25,25+26+27+28+29}
 
 run() {  # name model_args tasks
   "$BIN/dsteer-eval" sweep --model-args "$2" --alphas "$ALPHAS" --base-alphas "$BASE_ALPHAS" --controls "random:$K" \
@@ -27,6 +32,25 @@ run() {  # name model_args tasks
 [[ $STEP == all || $STEP == hh ]] && run hh_own pair=hh dsteer_hh_offline
 [[ $STEP == all || $STEP == refusal_cross ]] && run refusal_cross pair=refusal,vector_pair=hh dsteer_refusal_ll
 [[ $STEP == all || $STEP == hh_cross ]] && run hh_cross pair=hh,vector_pair=refusal dsteer_hh_offline
+# behaviour along the grid: generative refusal rate / answer rate, degenerate share, fidelity to the unsteered replies,
+# and the log-likelihood margins on the same 39 harmful + 39 harmless documents (answer_margin too)
+[[ $STEP == all || $STEP == behaviour ]] && "$BIN/dsteer-eval" sweep --model-args pair=refusal --alphas "$ALPHAS" \
+    --base-alphas "$BASE_ALPHAS" --controls "random:$K" --tasks dsteer_refusal_balanced,dsteer_refusal_ll_balanced --limit "$GEN_LIMIT" \
+    --output results/report_refusal_behaviour --report --no-plots
+# where: by layer (and the authors' last-five-layers set) at alpha -1 / +1, chosen on the probe-part _select rows
+[[ $STEP == all || $STEP == layers ]] && "$BIN/dsteer-eval" sweep --model-args pair=refusal --layers "$WHERE_LAYERS" \
+    --alphas -1,0 --base-alphas 0,1 --controls "random:$K" --tasks dsteer_refusal_ll,dsteer_refusal_ll_select \
+    --limit "$WHERE_LIMIT" --output results/report_refusal_layers --report --no-plots
+if [[ $STEP == all || $STEP == positions ]]; then
+  for position in completion last; do
+    "$BIN/dsteer-eval" sweep --model-args "pair=refusal,position=$position" --layers 20 --alphas -1,0 --base-alphas 0,1 \
+        --controls "random:$K" --tasks dsteer_refusal_ll,dsteer_refusal_ll_select --limit "$WHERE_LIMIT" \
+        --output "results/report_refusal_position_$position" --no-plots
+  done
+  "$BIN/dsteer-eval" report results/report_refusal_layers results/report_refusal_position_completion \
+      results/report_refusal_position_last --labels "position all,position completion,position last (prompt token)" \
+      --title "refusal pair: where v̄ works (layers and positions)" --out results/report_refusal_where --overwrite
+fi
 if [[ $STEP == all || $STEP == reports ]]; then
   for pair in refusal hh; do
     if [ -f "results/report_${pair}_own/sweep.json" ] && [ -f "results/report_${pair}_cross/sweep.json" ]; then

@@ -34,3 +34,16 @@ def test_the_heldout_task_swaps_only_the_refusal_replies():
         assert a[field] in REFUSALS and b[field] == heldout_refusal_for(a["prompt"]) and b[other] == a[other]
         used.add(b[field])
     assert used == set(HELDOUT_REFUSALS)  # every held-out phrasing is used
+
+
+def test_the_balanced_and_selection_tasks_load_their_documents():
+    from lm_eval.tasks import TaskManager, get_task_dict
+
+    names = ["dsteer_refusal_ll", "dsteer_refusal_balanced", "dsteer_refusal_ll_balanced", "dsteer_refusal_ll_select"]
+    tasks = get_task_dict(names, TaskManager())
+    docs = {name: list(tasks[name].test_docs()) for name in names}
+    assert sorted(d["key"] for d in docs["dsteer_refusal_ll_balanced"]) == sorted(d["key"] for d in docs["dsteer_refusal_ll"])
+    assert [d["key"] for d in docs["dsteer_refusal_balanced"]] == [d["key"] for d in docs["dsteer_refusal_ll_balanced"]]
+    assert [d["kind"] for d in docs["dsteer_refusal_balanced"][:4]] == ["harmful", "harmless", "harmful", "harmless"]
+    assert len(docs["dsteer_refusal_ll_select"]) == 82
+    assert not {d["key"] for d in docs["dsteer_refusal_ll_select"]} & {d["key"] for d in docs["dsteer_refusal_ll"]}
