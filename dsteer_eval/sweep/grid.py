@@ -126,7 +126,8 @@ def check_layers(layers: tuple, num_layers: int, available: set[int] | None, sou
     set (the one rule of steer_args.resolve_sites), and (when known) present in the vector file."""
 
     singles = tuple(x for x in layers if not isinstance(x, LayerSet))
-    for group in [singles] + [tuple(x) for x in layers if isinstance(x, LayerSet)]:
+    sets: dict[frozenset, str] = {}
+    for group in [singles] + [x for x in layers if isinstance(x, LayerSet)]:
         try:
             sites = resolve_sites(group, num_layers)
         except ValueError as exc:
@@ -137,6 +138,10 @@ def check_layers(layers: tuple, num_layers: int, available: set[int] | None, sou
         for layer, site in zip(group, sites):
             if available is not None and site not in available:
                 raise ValueError(f"--layers: {source} has no vector for layer {layer} (it has {sorted(available)})")
+        if isinstance(group, LayerSet):
+            same = sets.setdefault(frozenset(sites), str(group))
+            if same != str(group):
+                raise ValueError(f"--layers: {same} and {group} steer the same layers; name each layer set once")
 
 
 def check_tasks(tasks: tuple[str, ...], task_manager) -> None:
