@@ -31,6 +31,7 @@ OUR_TARGET = "dsteer_eval.harness.steered:SteeredLM"
 BUILTIN_TARGET = "lm_eval.models.hf_steered:SteeredModel"
 BUILTIN_ALIAS = "steered-builtin"
 OUR_ALIAS = "dsteer"  # the same model under a name lm-eval does not ship (registered by steered.py itself too)
+VLLM_ALIAS, VLLM_TARGET = "steered-vllm", "dsteer_eval.harness.steered_vllm:SteeredVLLM"  # loads only when asked for
 
 
 def _point_registry_at_us() -> None:
@@ -43,12 +44,14 @@ def _point_registry_at_us() -> None:
         objs["steered"] = OUR_TARGET
     objs.setdefault(BUILTIN_ALIAS, BUILTIN_TARGET)
     objs.setdefault(OUR_ALIAS, OUR_TARGET)
+    objs.setdefault(VLLM_ALIAS, VLLM_TARGET)
     models = sys.modules.get("lm_eval.models")
     mapping = getattr(models, "MODEL_MAPPING", None)
     if isinstance(mapping, dict):
         mapping["steered"] = OUR_TARGET
         mapping[BUILTIN_ALIAS] = BUILTIN_TARGET
         mapping[OUR_ALIAS] = OUR_TARGET
+        mapping[VLLM_ALIAS] = VLLM_TARGET
 
 
 def _add_our_tasks_to_task_manager() -> None:

@@ -76,6 +76,56 @@ def _check_steer_path(steer_path) -> Path:
     return path
 
 
+def interventions_for(model, parts, vf: VectorFile, args: SteerArgs, *, state_norm=None) -> list[Intervention]:
+    """The interventions ``args`` asks for with the vectors of ``vf`` on ``model`` (its ``parts``), every check
+    made: the file fits the model, the layers resolve, α·v fits the dtype of the module it is added at.
+    ``state_norm(site)``: the mean state norm ``unit=norm`` scales by (None: ``unit=norm`` refused)."""
+    check_compatible(vf, model, argument="vector")
+    layers = args.layers
+    if layers is None:
+        if "default_layer" in vf.metadata:
+            try:
+                layers = (int(vf.metadata["default_layer"]),)
+            except ValueError:
+                raise ValueError(
+                    f"vector={vf.path}: bad metadata: default_layer={vf.metadata['default_layer']!r} "
+                    f"is not an integer; pass layer="
+                ) from None
+        elif len(vf.vectors) == 1:
+            layers = (next(iter(vf.vectors)),)
+        else:
+            raise ValueError(
+                f"layer= is required: {vf.path} holds vectors for layers "
+                f"{', '.join(map(str, vf.vectors))} and names no default"
+            )
+    sites = resolve_sites(layers, parts.num_layers)  # refuses one site named twice (20;-11)
+    out = []
+    for site, (layer, alpha) in zip(sites, args.pairs(layers)):
+        v = vf.vector(site, argument="vector")
+        if args.control is not None:  # a seeded random direction with exactly v's norm
+            v = random_direction(v, site=site, index=args.control, seed=args.control_seed)
+        if args.unit:
+            norm = direction_norm(v, f"unit={args.unit}: vector={vf.path} (layer {site})",
+                                  "steering would silently do nothing; rescale the vector file")
+            v = v / norm
+            if args.unit == "norm":  # alpha is a fraction of the typical state norm at this site
+                if state_norm is None:
+                    raise ValueError("unit=norm needs the model's own forward passes to measure the state norm; "
+                                     "use unit=true (alpha in units of v's norm) or --model steered")
+                v = v * state_norm(site)
+        param = next(parts.site_module(site).parameters(), None)  # the dtype the shift is added in
+        dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+        if args.mode == "add":
+            check_fits_dtype(float(alpha) * v.float(), dtype,
+                             f"alpha={alpha:g} times vector={vf.path} (layer {layer}) in the model's dtype")
+        else:  # an ablation subtracts alpha*(h.u)u: alpha times the unit vector must fit before any h does
+            check_fits_dtype(float(alpha) * (v.double() / v.double().norm()), dtype,
+                             f"mode=ablate: alpha={alpha:g} times the unit vector of vector={vf.path} "
+                             f"(layer {layer}) in the model's dtype")
+        out.append(Intervention(site=site, vector=v, alpha=alpha, mode=args.mode))
+    return out
+
+
 @register_model("steered", "dsteer")  # dsteer: our own name, through lm-eval's ordinary registry
 class SteeredLM(HFLM):
     """HFLM whose forward passes are steered by :func:`dsteer_eval.steering.hook.steer`."""
@@ -189,48 +239,7 @@ class SteeredLM(HFLM):
 
     # ------------------------------------------------------------------ setup
     def build_interventions(self, vf: VectorFile, args: SteerArgs) -> list[Intervention]:
-        check_compatible(vf, self.model, argument="vector")
-        layers = args.layers
-        if layers is None:
-            if "default_layer" in vf.metadata:
-                try:
-                    layers = (int(vf.metadata["default_layer"]),)
-                except ValueError:
-                    raise ValueError(
-                        f"vector={vf.path}: bad metadata: default_layer={vf.metadata['default_layer']!r} "
-                        f"is not an integer; pass layer="
-                    ) from None
-            elif len(vf.vectors) == 1:
-                layers = (next(iter(vf.vectors)),)
-            else:
-                raise ValueError(
-                    f"layer= is required: {vf.path} holds vectors for layers "
-                    f"{', '.join(map(str, vf.vectors))} and names no default"
-                )
-        sites = resolve_sites(layers, self._parts.num_layers)  # refuses one site named twice (20;-11)
-        out = []
-        for site, (layer, alpha) in zip(sites, args.pairs(layers)):
-            v = vf.vector(site, argument="vector")
-            if args.control is not None:  # a seeded random direction with exactly v's norm
-
-                v = random_direction(v, site=site, index=args.control, seed=args.control_seed)
-            if args.unit:
-                norm = direction_norm(v, f"unit={args.unit}: vector={vf.path} (layer {site})",
-                                      "steering would silently do nothing; rescale the vector file")
-                v = v / norm
-                if args.unit == "norm":  # alpha is a fraction of the typical state norm at this site
-                    v = v * self.mean_state_norm(site)
-            param = next(self._parts.site_module(site).parameters(), None)  # the dtype the shift is added in
-            dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
-            if args.mode == "add":
-                check_fits_dtype(float(alpha) * v.float(), dtype,
-                                 f"alpha={alpha:g} times vector={vf.path} (layer {layer}) in the model's dtype")
-            else:  # an ablation subtracts alpha*(h.u)u: alpha times the unit vector must fit before any h does
-                check_fits_dtype(float(alpha) * (v.double() / v.double().norm()), dtype,
-                                 f"mode=ablate: alpha={alpha:g} times the unit vector of vector={vf.path} "
-                                 f"(layer {layer}) in the model's dtype")
-            out.append(Intervention(site=site, vector=v, alpha=alpha, mode=args.mode))
-        return out
+        return interventions_for(self.model, self._parts, vf, args, state_norm=self.mean_state_norm)
 
     def mean_state_norm(self, site: int) -> float:
         """Mean ‖h‖ at ``site`` over the shipped hh_mini prompts at their last token, unsteered (cached):
