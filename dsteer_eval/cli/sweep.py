@@ -51,6 +51,10 @@ def add(verbs) -> None:
     p.add_argument("--base-alphas", default="auto",
                    help="alphas for the base side (the PEFT adapter switched off, peft=none): 'auto' (default) = 0 "
                    "and the grid's positive alphas when the model has an adapter, 'none', or a comma list")
+    p.add_argument("--backend", default="hf", choices=("hf", "vllm"),
+                   help="hf (default): the steered HF model, alpha-batched passes and shared lower layers; vllm: "
+                   "one steered-vllm engine per side, loaded once, re-pointed in place between points (run it in "
+                   "the vLLM venv, scripts/setup_vllm.sh; docs/vllm.md)")
     p.add_argument("--no-shared-prefix", dest="shared_prefix", action="store_false",
                    help="compute every layer for every alpha (for checking the shared lower layers)")
     p.add_argument("--report", action="store_true",

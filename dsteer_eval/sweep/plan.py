@@ -40,7 +40,7 @@ FIRST_KEYS = ("model_args", "vector_sha256", "limit", "num_fewshot", "gen_kwargs
 # ... and since fingerprint_version 2 (dsteer_eval.sweep.fingerprint): scorer, judge and reference model
 FINGERPRINT_VERSION = "2"
 FINGERPRINT_KEYS = (*FIRST_KEYS, "toxicity_scorer", "toxicity_label", "judge", "judge_base_url", "reference_model",
-                    "model_arg_secrets")
+                    "model_arg_secrets", "backend")  # backend: None for hf (so earlier sweeps resume), "vllm"
 
 
 @dataclass
@@ -65,6 +65,7 @@ class SweepConfig:
     ceiling: str | None = None  # ceiling.json for --alphas rel:... (dsteer-eval ceiling)
     controls: str | None = None  # "random:K": K norm-matched random directions beside every steered point
     base_alphas: str | None = "auto"  # the base side (adapter off): "auto", "none" or a comma list
+    backend: str = "hf"  # "hf" | "vllm" (dsteer_eval.sweep.vllm_lm: one steered-vllm engine per side)
 
 
 @dataclass
@@ -130,7 +131,13 @@ def plan_sweep(config: SweepConfig) -> Plan:
                          "--model steered ...` once per alpha and combine the folders with `dsteer-eval leaderboard` "
                          "(docs/scaling.md)")
 
+    backend = str(config.backend or "hf").strip().lower()
+    if backend not in ("hf", "vllm"):
+        raise ValueError(f"--backend {config.backend!r}: use hf or vllm")
     relative = parse_relative(config.alphas)  # rel:... or auto: multiples of the vector's strength ceiling
+    if backend == "vllm" and (config.probes or relative is not None):
+        raise ValueError("--backend vllm: --probes and --alphas rel:/auto need the HF model's own forward passes; "
+                         "run them with --backend hf")
     alphas = grid.parse_alpha_grid(config.alphas) if relative is None else None
     if relative is None and config.ceiling:
         raise ValueError("--ceiling goes with --alphas rel:... or --alphas auto")
@@ -168,6 +175,7 @@ def plan_sweep(config: SweepConfig) -> Plan:
         "apply_chat_template": config.apply_chat_template,
         "probe_data": config.probe_data,
         "model_arg_secrets": secrets or None,  # sha256 per secret key: a changed token is noticed, never stored
+        "backend": None if backend == "hf" else backend,  # vLLM's numbers differ from HF's in float rounding
     }
     settings.update(sweep_fingerprint(kwargs))
     settings["contents"].update(task_contents(tasks, task_manager))

@@ -300,6 +300,10 @@ def _load(plan: Plan):
 
     cfg = plan.config
     args = simple_parse_args_string(plan.load_args or plan.base_args)  # type-cast as `lm_eval --model_args` does
+    if plan.settings.get("backend") == "vllm":
+        from dsteer_eval.sweep.vllm_lm import VLLMSweepLM  # deferred: vLLM exists only in its own venv
+
+        return VLLMSweepLM(args, batch_size=cfg.batch_size)
     extra = {"batch_size": cfg.batch_size, "device": cfg.device, "shared_prefix": cfg.shared_prefix}
     return SweepLM(**(extra | args), layer=plan.layers[0], alpha=0.0)
 

@@ -1,0 +1,53 @@
+"""``dsteer-eval sweep --backend vllm`` gives the HF sweep's per-document numbers (within the fp32 tolerance of
+test_steered_vllm) on both sides and for the random controls, with one engine per side loaded once."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("vllm.entrypoints.llm")  # the vLLM venv only (scripts/setup_vllm.sh)
+
+from dsteer_eval.harness import plugin  # noqa: E402
+from dsteer_eval.sweep.runner import SweepConfig, run_sweep  # noqa: E402
+
+TOLERANCE = 5e-4
+
+
+def _values(out):
+    found = {}
+    for per_doc in sorted(out.glob("points/*/*/per_doc.json")):
+        task = json.loads(per_doc.read_text())["tasks"]["dsteer_refusal_ll"]
+        found[per_doc.parent.parent.name] = task["metrics"]["refusal_margin"]
+    return found
+
+
+def test_a_vllm_sweep_equals_the_hf_sweep(tmp_path, monkeypatch):
+    plugin.register()
+    from dsteer_eval.sweep import vllm_lm
+
+    started = []
+    real = vllm_lm.SteeredVLLM
+
+    def counted(**kwargs):
+        started.append(kwargs.get("peft"))
+        return real(**kwargs)
+
+    monkeypatch.setattr(vllm_lm, "SteeredVLLM", counted)
+    common = dict(alphas="-1,0", base_alphas="0,1", controls="random:1", tasks="dsteer_refusal_ll", limit=4)
+    assert run_sweep(SweepConfig(model_args="pair=refusal", output=str(tmp_path / "hf"), **common),
+                     print_fn=lambda *_: None) == 0
+    assert run_sweep(SweepConfig(model_args="pair=refusal,gpu_memory_utilization=0.15,max_model_len=1024",
+                                 output=str(tmp_path / "vllm"), backend="vllm", **common), print_fn=lambda *_: None) == 0
+    hf, vl = _values(tmp_path / "hf"), _values(tmp_path / "vllm")
+    assert sorted(hf) == sorted(vl) == ["L20_a-1", "L20_a-1_random0", "base", "base_L20_a1", "base_L20_a1_random0",
+                                        "unsteered"]
+    for point in hf:
+        assert max(abs(a - b) for a, b in zip(hf[point], vl[point])) <= TOLERANCE, point
+    assert started == [None, "none"]  # one engine per side, each loaded once
+    record = json.loads((tmp_path / "vllm" / "sweep.json").read_text())
+    assert record["settings"]["backend"] == "vllm"
+    with pytest.raises(ValueError, match="--backend vllm: --probes"):
+        run_sweep(SweepConfig(model_args="pair=refusal", output=str(tmp_path / "p"), backend="vllm", probes=True,
+                              **common))
