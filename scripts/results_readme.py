@@ -142,6 +142,47 @@ def _hh() -> list[str]:
     ]
 
 
+# the D-STEER report's committed runs (scripts/report_pipeline.sh, docs/report.md), in reading order
+REPORTS = [
+    ("main_k8", "the README's main job: refusal pair, first 100 eval documents, α = −1 / +1, K = 8"),
+    ("report_refusal_own", "refusal pair, its own v̄: dose-response on both sides (100 eval documents, K = 8)"),
+    ("report_refusal_heldout", "refusal pair: refusals in held-out phrasings (templates vs refusal)"),
+    ("report_refusal_templates_vs_heldout", "refusal pair: training templates vs held-out phrasings side by side"),
+    ("report_refusal_cross", "refusal pair steered by the HH pair's v̄ (cross-distribution)"),
+    ("report_refusal", "refusal pair: in- vs cross-distribution v̄ side by side"),
+    ("report_refusal_behaviour", "refusal pair: behaviour along the grid (generation) and both margins "
+     "on 20 harmful + 20 harmless documents"),
+    ("report_refusal_where", "refusal pair: where v̄ works (layers, the last-five-layers set, positions; chosen "
+     "on probe-part rows)"),
+    ("report_hh_own", "HH pair, its own v̄ (100 eval documents, K = 8)"),
+    ("report_hh_cross", "HH pair steered by the refusal pair's v̄ (cross-distribution)"),
+    ("report_hh", "HH pair: in- vs cross-distribution v̄ side by side"),
+]
+
+
+def _reports() -> list[str]:
+    """Per committed report: its command, the gap, and the card's rows for margins and rates (the accuracy
+    rows are in each report.md), the behaviour and where tables, all rendered from report.json."""
+    sys.path.insert(0, str(ROOT))
+    from dsteer_eval.report.render import behaviour_lines, card_lines, where_lines
+
+    out = ["## The D-STEER report (`scripts/report_pipeline.sh`, [docs/report.md](../docs/report.md))", ""]
+    for name, title in REPORTS:
+        folder = RESULTS / name
+        found = next((f for f in (folder / "report" / "report.json", folder / "report.json") if f.is_file()), None)
+        if found is None:
+            continue
+        report = json.loads(found.read_text())
+        sweep = folder / "sweep.json"
+        command = (json.loads(sweep.read_text()).get("provenance") or {}).get("command") if sweep.is_file() else None
+        card = {**report["card"], "entries": [e for e in report["card"]["entries"] if not e["metric"].endswith("acc")]}
+        out += [f"### `{name}/`: {title}", "", f"`{command}`" if command else f"from {', '.join(report['sweeps'])}",
+                "", f"Full page: [{found.relative_to(RESULTS).parent / 'report.md'}]"
+                f"({found.relative_to(RESULTS).parent / 'report.md'}).", "", *card_lines(card), ""]
+        out += behaviour_lines(report.get("behaviour") or []) + where_lines(report.get("where") or [])
+    return out
+
+
 def build() -> str:
     parts = [
         "# results/",
@@ -163,6 +204,7 @@ def build() -> str:
         *_demo(DEMO, "README command (1) — the thesis on real eval-part rows"),
         *_probe(PROBE, "the probes with their nulls (probe part, never trained on)"),
         *_hh(),
+        *_reports(),
         "## Earlier results",
         "",
         "The first HH harmless pair (`dsteer_eval/artifacts/smollm2/dpo_adapter`, LoRA r 4, 150 steps) was trained",
