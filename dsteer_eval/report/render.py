@@ -219,7 +219,7 @@ def html_page(report: dict, folder: Path) -> str:
             body.append("</table>")
             in_table = False
         if line.startswith("!["):
-            name = line[line.index("(") + 1:line.rindex(")")]
+            name = line[line.rindex("](") + 2:line.rindex(")")]  # the alt text may hold brackets of its own
             data = base64.b64encode((folder / name).read_bytes()).decode()
             body.append(f'<p><img alt="{html.escape(name)}" src="data:image/png;base64,{data}"></p>')
         elif line.startswith("#"):

@@ -121,6 +121,10 @@ def test_two_sweeps_side_by_side_keep_their_labels(tmp_path, capsys):
     by = {(e["label"], e["side"]): e for e in report["card"]["entries"]}
     assert by[("in-distribution", "dpo")]["best"]["fraction"] == pytest.approx(0.5)
     assert abs(by[("cross-distribution", "dpo")]["rows"][1]["closure"]["fraction"]) < 0.1
+    assert main(["report", str(own), str(other), "--labels", "v̄ (in-distribution),v̄ (cross)", "--out",
+                 str(tmp_path / "brackets")]) == 0  # labels with brackets: the page still finds its figures
+    assert "data:image/png;base64," in (tmp_path / "brackets" / "report.html").read_text()
+    capsys.readouterr()
     assert main(["report", str(own), str(other), "--labels", "in-distribution,cross-distribution",
                  "--out", str(tmp_path / "rep")]) == 0
     out = capsys.readouterr().out
