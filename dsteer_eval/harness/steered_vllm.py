@@ -31,7 +31,7 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.vllm_causallms import VLLM
 
 from dsteer_eval.harness.steered import interventions_for
-from dsteer_eval.models.defaults import resolve_default_pair
+from dsteer_eval.models.defaults import model_name, resolve_default_pair
 from dsteer_eval.models.embedded import resolve_pretrained
 from dsteer_eval.models.merged_checkpoint import merged_checkpoint
 from dsteer_eval.steering import engine_hooks
@@ -80,7 +80,7 @@ class SteeredVLLM(VLLM):
         self.vector_file, self.steer_args = vector_file, args
         adapter = None if chosen.peft is None or str(chosen.peft).strip().lower() == "none" else chosen.peft
         weights = merged_checkpoint(base, adapter) if adapter else base
-        self.pretrained_label = f"{pretrained or 'smollm2'}{f'+peft:{adapter}' if adapter else ''}"
+        self.pretrained_label = f"{model_name(pretrained)}{f'+peft:{adapter}' if adapter else ''}"
         os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")  # apply_model pickles the hook function
         super().__init__(pretrained=str(weights), dtype=str(dtype), enforce_eager=enforce_eager, **kwargs)
         self.set_steering(self.interventions)
