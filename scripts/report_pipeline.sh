@@ -23,6 +23,7 @@ STEP=${STEP:-all}   # all | refusal | refusal_cross | hh | hh_cross | behaviour 
 GEN_LIMIT=${GEN_LIMIT:-78}        # behaviour: dsteer_refusal_balanced alternates kinds, 78 = 39 harmful + 39 harmless
 WHERE_LIMIT=${WHERE_LIMIT:-60}    # layers/positions: documents of the eval task and of its _select task
 WHERE_LAYERS=${WHERE_LAYERS:-10,15,20,25,25+26+27+28+29}
+WHERE_BASE_ALPHAS=${WHERE_BASE_ALPHAS:-0,1}  # none: the DPO side only
 
 run() {  # name model_args tasks
   "$BIN/dsteer-eval" sweep --model-args "$2" --alphas "$ALPHAS" --base-alphas "$BASE_ALPHAS" --controls "random:$K" \
@@ -39,11 +40,11 @@ run() {  # name model_args tasks
     --output results/report_refusal_behaviour --report --no-plots
 # where: by layer (and the authors' last-five-layers set) at alpha -1 / +1, chosen on the probe-part _select rows
 [[ $STEP == all || $STEP == layers ]] && "$BIN/dsteer-eval" sweep --model-args pair=refusal --layers "$WHERE_LAYERS" \
-    --alphas -1,0 --base-alphas 0,1 --controls "random:$K" --tasks dsteer_refusal_ll,dsteer_refusal_ll_select \
+    --alphas -1,0 --base-alphas "$WHERE_BASE_ALPHAS" --controls "random:$K" --tasks dsteer_refusal_ll,dsteer_refusal_ll_select \
     --limit "$WHERE_LIMIT" --output results/report_refusal_layers --report --no-plots
 if [[ $STEP == all || $STEP == positions ]]; then
   for position in completion last; do
-    "$BIN/dsteer-eval" sweep --model-args "pair=refusal,position=$position" --layers 20 --alphas -1,0 --base-alphas 0,1 \
+    "$BIN/dsteer-eval" sweep --model-args "pair=refusal,position=$position" --layers 20 --alphas -1,0 --base-alphas "$WHERE_BASE_ALPHAS" \
         --controls "random:$K" --tasks dsteer_refusal_ll,dsteer_refusal_ll_select --limit "$WHERE_LIMIT" \
         --output "results/report_refusal_position_$position" --no-plots
   done
