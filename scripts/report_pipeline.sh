@@ -23,7 +23,7 @@ STEP=${STEP:-all}   # all | refusal | refusal_cross | hh | hh_cross | behaviour 
 GEN_LIMIT=${GEN_LIMIT:-78}        # behaviour: dsteer_refusal_balanced alternates kinds, 78 = 39 harmful + 39 harmless
 WHERE_LIMIT=${WHERE_LIMIT:-60}    # layers/positions: documents of the eval task and of its _select task
 WHERE_LAYERS=${WHERE_LAYERS:-10,15,20,25,25+26+27+28+29}
-WHERE_BASE_ALPHAS=${WHERE_BASE_ALPHAS:-0,1}  # none: the DPO side only
+WHERE_BASE_ALPHAS=${WHERE_BASE_ALPHAS:-0,1}  # 0: the DPO side only (the unsteered base gives the gap)
 
 run() {  # name model_args tasks
   "$BIN/dsteer-eval" sweep --model-args "$2" --alphas "$ALPHAS" --base-alphas "$BASE_ALPHAS" --controls "random:$K" \
