@@ -25,7 +25,6 @@ the same name once dsteer-eval is installed (see ``dsteer_eval.harness.plugin``)
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 from collections import deque
@@ -361,9 +360,7 @@ class SteeredLM(HFLM):
         same norm) with this model's other settings (``unit=``, ``mode=``); ``alpha == 0``: none."""
         if alpha == 0:
             return []
-        layers = tuple(layer) if isinstance(layer, tuple) else (layer,)  # a tuple: one α at each of its layers
-        args = dataclasses.replace(self._steer_args, layers=layers, alphas=(float(alpha),), control=control)
-        return self.build_interventions(self._vector_file, args)
+        return self.build_interventions(self._vector_file, self._steer_args.at(layer, alpha, control))
 
     def set_steering(self, interventions, **label) -> None:
         """Steer with ``interventions`` from now on; ``label`` updates the model_args errors name

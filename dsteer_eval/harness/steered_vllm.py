@@ -21,7 +21,6 @@ every worker.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from functools import partial
@@ -75,8 +74,8 @@ class SteeredVLLM(VLLM):
         chosen = resolve_default_pair(pretrained, pair=pair, vector=vector, peft=peft, vector_pair=vector_pair)
         vector_file = load_vectors(chosen.vector, argument="vector")
         base = resolve_pretrained(pretrained)
-        meta = skeleton(base, DTYPES[str(dtype)])
-        self.interventions = interventions_for(meta, resolve_parts(meta), vector_file, args)
+        self.skeleton = skeleton(base, DTYPES[str(dtype)])  # kept: every re-pointing is checked on it again
+        self.interventions = interventions_for(self.skeleton, resolve_parts(self.skeleton), vector_file, args)
         self.vector_file, self.steer_args = vector_file, args
         adapter = None if chosen.peft is None or str(chosen.peft).strip().lower() == "none" else chosen.peft
         weights = merged_checkpoint(base, adapter) if adapter else base
@@ -87,10 +86,10 @@ class SteeredVLLM(VLLM):
 
     def interventions_at(self, layer, alpha: float, control: int | None = None):
         """The interventions of ``layer`` (or a tuple of layers) at ``alpha`` with this model's other settings."""
-        layers = tuple(layer) if isinstance(layer, tuple) else (layer,)
-        args = dataclasses.replace(self.steer_args, layers=layers, alphas=(float(alpha),), control=control)
-        meta = skeleton(self.model_args["model"], DTYPES[str(self.model_args["dtype"])])
-        return [] if alpha == 0 else interventions_for(meta, resolve_parts(meta), self.vector_file, args)
+        if alpha == 0:
+            return []
+        return interventions_for(self.skeleton, resolve_parts(self.skeleton), self.vector_file,
+                                 self.steer_args.at(layer, alpha, control))
 
     def set_steering(self, interventions) -> None:
         """Steer with ``interventions`` from now on, in every worker (buffers rewritten in place)."""

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import math
 import os
-from functools import lru_cache
 
 import torch
 
 from dsteer_eval.dpo.extract import pad_batch
 from dsteer_eval.metrics.hh_preference import process_docs
+from dsteer_eval.metrics.overlap import bleu_rouge_l
 from dsteer_eval.metrics.reference_models import active_steered, load_scoring_model
 from dsteer_eval.models.embedded import DEFAULT_MODEL
 
@@ -74,16 +74,7 @@ def score_generations(resps, docs):
     return [{"text": t, "nll_sum": s, "n_tokens": n, "reference_model": label} for t, (s, n) in zip(texts, nll)]
 
 
-@lru_cache(maxsize=1)
-def _rouge():
-    from rouge_score import rouge_scorer  # deferred: only when fidelity is scored
-
-    return rouge_scorer.RougeScorer(["rougeL"])
-
-
 def process_results(doc, results) -> dict:
-    import sacrebleu  # deferred: only when fidelity is scored
-
     item = results[0]
     if not isinstance(item, dict) or "nll_sum" not in item:
         raise ValueError("fidelity: generations were not scored; the task YAML needs the score_generations filter")
@@ -92,8 +83,7 @@ def process_results(doc, results) -> dict:
     if not text:
         out.update(bleu=0.0, rougeL=0.0)
         return out
-    out["bleu"] = float(sacrebleu.sentence_bleu(text, [reference]).score)
-    out["rougeL"] = float(_rouge().score(reference, text)["rougeL"].fmeasure * 100)
+    out.update(bleu_rouge_l(text, reference))
     nll = float(item["nll_sum"])
     if not math.isfinite(nll):
         out["n_nonfinite"] = 1  # no gen_nll, no perplexity: a NaN would poison the corpus value

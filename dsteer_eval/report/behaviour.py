@@ -16,35 +16,24 @@ The random directions give a band (min–max of their means) and mean for each o
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import numpy as np
 
+from dsteer_eval.metrics.overlap import bleu_rouge_l
 from dsteer_eval.report.sweep_data import SweepData
 from dsteer_eval.stats.bootstrap import N_RESAMPLES, SEED, finite_docs, finite_number, paired_bootstrap
 
 FIDELITY = ("bleu", "rougeL")
 
 
-@lru_cache(maxsize=1)
-def _rouge():
-    from rouge_score import rouge_scorer  # deferred: only when a report has generations
-
-    return rouge_scorer.RougeScorer(["rougeL"])
-
-
 def fidelity(reply: str, unsteered: str) -> dict:
     """Sentence BLEU and ROUGE-L F1 (both 0–100) of ``reply`` against the unsteered reply; identical texts give
     100 and 100, an empty reply against a non-empty one 0 and 0."""
-    import sacrebleu  # deferred: only when a report has generations
-
     reply, unsteered = (reply or "").strip(), (unsteered or "").strip()
     if reply == unsteered:
         return {"bleu": 100.0, "rougeL": 100.0}
     if not reply or not unsteered:
         return {"bleu": 0.0, "rougeL": 0.0}
-    return {"bleu": float(sacrebleu.sentence_bleu(reply, [unsteered]).score),
-            "rougeL": float(_rouge().score(unsteered, reply)["rougeL"].fmeasure * 100)}
+    return bleu_rouge_l(reply, unsteered)
 
 
 def _mean_ci(values: list[float], n_resamples: int, seed: int) -> dict | None:

@@ -28,6 +28,14 @@ def build_report(sweeps, *, labels=None, tasks=None, metrics=None, title: str | 
         raise ValueError(f"--labels: {len(labels)} label(s) for {len(sweeps)} sweep(s); give one per sweep")
     curves, missing, layers, args, ceilings, behaviours, read = [], [], set(), [], [], [], []
     prompted = read_sweep(prompting) if prompting else None
+    computed: dict = {}
+
+    def curve(data, task, metric):  # each sweep's dose-response once, for the card and the where-table
+        key = (id(data), task, metric)
+        if key not in computed:
+            computed[key] = dose_response(data, task, metric, n_resamples=n_resamples)
+        return computed[key]
+
     for i, sweep in enumerate(sweeps):
         label = labels[i] if labels else (str(sweep) if len(sweeps) > 1 else None)
         data = read_sweep(sweep)
@@ -47,15 +55,14 @@ def build_report(sweeps, *, labels=None, tasks=None, metrics=None, title: str | 
                     missing.append(f"{label + ': ' if label else ''}{task} / {metric}: no per-document values at "
                                    f"every point (it has {', '.join(available) or 'none'})")
                     continue
-                curve = dose_response(data, task, metric, n_resamples=n_resamples)
-                curve["label"] = label
+                found = {**curve(data, task, metric), "label": label}
                 if prompted is not None:
-                    curve["prompting"] = prompting_rows(data, prompted, task, metric, n_resamples=n_resamples)
-                    if not curve["prompting"]:
+                    found["prompting"] = prompting_rows(data, prompted, task, metric, n_resamples=n_resamples)
+                    if not found["prompting"]:
                         missing.append(f"{task} / {metric}: the prompting sweep {prompting} has no "
                                        f"{task}_prompted_decline/_comply at α = 0")
-                missing += [f"{label + ': ' if label else ''}{task} / {metric}: {m}" for m in curve["missing"]]
-                curves.append(curve)
+                missing += [f"{label + ': ' if label else ''}{task} / {metric}: {m}" for m in found["missing"]]
+                curves.append(found)
         layers |= {str(p.layer) for p in data.points if p.layer is not None}
         args.append(str(data.settings.get("model_args", "")) or "(the shipped pair)")
         ceilings.append(data.ceiling)
@@ -66,7 +73,8 @@ def build_report(sweeps, *, labels=None, tasks=None, metrics=None, title: str | 
         available = set.intersection(*[set(d.metrics(task)) & set(d.metrics(select_task)) for _, d in read
                                        if task in d.tasks and select_task in d.tasks])
         for metric in sorted(available & set(metrics) if metrics else available):
-            places.append(where(read, task, select_task, metric, alphas=where_alphas, n_resamples=n_resamples))
+            places.append(where(read, task, select_task, metric, alphas=where_alphas, curve=curve,
+                                n_resamples=n_resamples))
     position = next((kv.split("=", 1)[1] for kv in args[0].split(",") if kv.startswith("position=")), "all")
     return {"format": "dsteer-eval/report", "format_version": "1", "package_version": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -14,6 +14,15 @@ def report_figures(report: dict, folder: Path) -> list[dict]:
     return dose_response_figures(report, folder) + behaviour_figures(report, folder) + where_figures(report, folder)
 
 
+def _save(plt, fig, folder: Path, name: str, title: str, section: str) -> dict:
+    """Lay out, write (the name made file-safe) and close ``fig``; its entry for the page."""
+    fig.tight_layout()
+    name = "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
+    fig.savefig(folder / name, dpi=100)
+    plt.close(fig)
+    return {"file": name, "title": title, "section": section}
+
+
 def dose_response_figures(report: dict, folder: Path) -> list[dict]:
     plt = pyplot()
     written = []
@@ -54,13 +63,9 @@ def dose_response_figures(report: dict, folder: Path) -> list[dict]:
             ax.legend(fontsize=8)
         run = f"{curve['label']}: " if curve.get("label") else ""
         fig.suptitle(f"{run}{curve['task']} / {curve['metric']}")
-        fig.tight_layout()
         prefix = f"{curve['label']}_" if curve.get("label") else ""
-        name = "".join(c if c.isalnum() or c in "._-" else "_" for c in
-                       f"dose_response_{prefix}{curve['task']}_{curve['metric']}.png")
-        fig.savefig(folder / name, dpi=100)
-        plt.close(fig)
-        written.append({"file": name, "title": f"{run}{curve['task']} / {curve['metric']}", "section": "dose_response"})
+        written.append(_save(plt, fig, folder, f"dose_response_{prefix}{curve['task']}_{curve['metric']}.png",
+                             f"{run}{curve['task']} / {curve['metric']}", "dose_response"))
     return written
 
 
@@ -114,12 +119,9 @@ def behaviour_figures(report: dict, folder: Path) -> list[dict]:
             right.legend(fontsize=7)
         run = f"{entry['label']}: " if entry.get("label") else ""
         fig.suptitle(f"{run}{entry['task']}: behaviour along the grid")
-        fig.tight_layout()
         prefix = f"{entry['label']}_" if entry.get("label") else ""
-        name = "".join(c if c.isalnum() or c in "._-" else "_" for c in f"behaviour_{prefix}{entry['task']}.png")
-        fig.savefig(folder / name, dpi=100)
-        plt.close(fig)
-        written.append({"file": name, "title": f"{run}{entry['task']}: behaviour", "section": "behaviour"})
+        written.append(_save(plt, fig, folder, f"behaviour_{prefix}{entry['task']}.png",
+                             f"{run}{entry['task']}: behaviour", "behaviour"))
     return written
 
 
@@ -164,10 +166,6 @@ def where_figures(report: dict, folder: Path) -> list[dict]:
             ax.set_title(f"{side} side, α = {found['alpha']:g} (grey bars: random directions' band)", fontsize=9)
             ax.legend(fontsize=7)
         fig.suptitle(f"{entry['task']} / {entry['metric']}: where it works")
-        fig.tight_layout()
-        name = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in
-                       f"where_{entry['task']}_{entry['metric']}.png")
-        fig.savefig(folder / name, dpi=100)
-        plt.close(fig)
-        written.append({"file": name, "title": f"{entry['task']} / {entry['metric']}: where", "section": "where"})
+        written.append(_save(plt, fig, folder, f"where_{entry['task']}_{entry['metric']}.png",
+                             f"{entry['task']} / {entry['metric']}: where", "where"))
     return written

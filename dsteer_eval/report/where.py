@@ -28,17 +28,18 @@ def selection_pairs(tasks) -> list[tuple[str, str]]:
             if t.endswith(SELECT_SUFFIX) and t[: -len(SELECT_SUFFIX)] in names]
 
 
-def where(sweeps, task: str, select_task: str, metric: str, *, alphas: dict | None = None,
+def where(sweeps, task: str, select_task: str, metric: str, *, alphas: dict | None = None, curve=None,
           n_resamples: int = N_RESAMPLES, seed: int = SEED) -> dict:
     """``sweeps``: ``[(label, SweepData)]``; every (sweep, layer) with both tasks at the side's α is a candidate
-    (module docstring)."""
+    (module docstring). ``curve(data, task, metric)``: the dose-response of a sweep's task (default: computed
+    here; the report passes the curves it already has)."""
+    if curve is None:
+        def curve(data, name, which):
+            return dose_response(data, name, which, n_resamples=n_resamples, seed=seed)
     alphas = {**DEFAULT_ALPHAS, **(alphas or {})}
     out = {"task": task, "select_task": select_task, "metric": metric, "sides": {}}
-    curves = []
-    for label, data in sweeps:
-        if task in data.tasks and select_task in data.tasks:
-            curves.append((label, dose_response(data, task, metric, n_resamples=n_resamples, seed=seed),
-                           dose_response(data, select_task, metric, n_resamples=n_resamples, seed=seed)))
+    curves = [(label, curve(data, task, metric), curve(data, select_task, metric))
+              for label, data in sweeps if task in data.tasks and select_task in data.tasks]
     for side, alpha in alphas.items():
         candidates = []
         for label, evaluated, selecting in curves:

@@ -11,7 +11,7 @@ Everything here runs before any model is loaded.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from dsteer_eval.steering.hook import MODES, POSITIONS
 
@@ -171,6 +171,12 @@ class SteerArgs:
         unit = "norm" if str(unit).strip().lower() == "norm" else parse_bool(unit, "unit")
         return cls(layers, alphas, parse_position(position), unit, mode,
                    parse_bool(norm_preserve, "norm_preserve"), parse_control(control), seed)
+
+    def at(self, layer, alpha: float, control: int | None = None) -> "SteerArgs":
+        """These settings re-pointed at ``layer`` (or a tuple of layers, each steered by its own v with the one
+        α), ``alpha`` and ``control`` (a sweep point)."""
+        layers = tuple(layer) if isinstance(layer, tuple) else (layer,)
+        return replace(self, layers=layers, alphas=(float(alpha),), control=control)
 
     def pairs(self, layers: tuple[Layer, ...]) -> list[tuple[Layer, float]]:
         alphas = self.alphas * len(layers) if len(self.alphas) == 1 else self.alphas
