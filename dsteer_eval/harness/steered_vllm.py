@@ -1,40 +1,56 @@
 """``lm_eval --model steered-vllm``: lm-eval's vLLM backend with dsteer-eval's steering.
 
 It takes the steering arguments of ``--model steered`` (``vector=``, ``layer=`` incl. several, ``alpha=``,
-``mode=add|ablate``, ``unit=true``, ``control=random:i``, ``pair=``, ``peft=``, ``vector_pair=``) and checks
-them, the vector file against the model and α·v against its dtype, *before* the engine loads: the same
-:func:`~dsteer_eval.harness.steered.interventions_for` runs on a weightless (meta-device) copy of the model.
-The shipped pair is the default, as for ``steered``; its DPO side runs as merged weights
-(:mod:`dsteer_eval.models.merged_checkpoint`, and why), ``peft=none`` is the base.
+``position=all|prompt|completion|last``, ``mode=add|ablate``, ``unit=true``, ``control=random:i``, ``pair=``,
+``peft=``, ``vector_pair=``) and checks them, the vector file against the model and α·v against its dtype,
+*before* the engine loads: the same :func:`~dsteer_eval.harness.steered.interventions_for` runs on a
+weightless (meta-device) copy of the model. The shipped pair is the default, as for ``steered``; its DPO side
+runs as merged weights (:mod:`dsteer_eval.models.merged_checkpoint`, and why), ``peft=none`` is the base.
 
-Steering runs inside the engine's worker(s): :func:`dsteer_eval.steering.engine_hooks.apply` is sent with
-``LLM.apply_model`` (vLLM pickles the function across processes, which it allows only with
-``VLLM_ALLOW_INSECURE_SERIALIZATION=1``; set here for the engine this model starts, unless already set).
-Everything else, log-likelihoods through prompt log-probs and generation, is lm-eval's ``VLLM`` unchanged.
+Steering runs inside the engine's worker(s): :func:`dsteer_eval.steering.engine_hooks.install` is sent to
+every worker with ``LLM.collective_rpc`` (vLLM pickles the function across processes, which it allows only
+with ``VLLM_ALLOW_INSECURE_SERIALIZATION=1``; set here for the engine this model starts, unless already set).
+Each request carries its prompt length (a log-likelihood request's context length: vLLM sees context and
+continuation as one prompt) and its steering slot in ``SamplingParams.extra_args``, and a prefix-cache salt
+naming the steering it ran under, so vLLM's prefix cache never serves KV computed under other steering.
+``data_parallel_size > 1`` runs that many steered engine replicas as Ray actors
+(:mod:`dsteer_eval.harness.vllm_replicas`); ``tensor_parallel_size`` reaches every rank through
+``collective_rpc``. Everything else, log-likelihoods through prompt log-probs and generation, is lm-eval's
+``VLLM``.
 
-Not in this version (each refused with the fix): ``position=`` other than ``all`` (per-token masks need the
-engine's request boundaries), ``unit=norm`` (measures the model's own states), ``norm_preserve``,
-``steer_path=``, and ``data_parallel_size > 1`` (lm-eval starts its data-parallel engines inside Ray tasks,
-which this hook does not reach yet); ``tensor_parallel_size`` works through ``apply_model``, which runs on
-every worker.
+Several settings in one engine pass (:meth:`SteeredVLLM.set_slots`, :meth:`SteeredVLLM.select_slot`):
+the first call for a batch runs it under every slot at once and keeps the other slots' answers, keyed by the
+exact tokens, prompt length and sampling parameters, for when that slot is selected (greedy requests only).
+
+Refused, each with the fix: ``unit=norm`` (measures the model's own states), ``norm_preserve``,
+``steer_path=``, and ``enforce_eager=false`` (hooks added after vLLM compiles the model or captures CUDA graphs
+may not run: a graph replay skips them, silently unsteered numbers).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+from collections import defaultdict, deque
+from dataclasses import replace
 from functools import partial
 
 import torch
 from lm_eval.api.registry import register_model
 from lm_eval.models.vllm_causallms import VLLM
+from vllm import SamplingParams, TokensPrompt
 
+from dsteer_eval.harness.lm_cache import rekey, steering_digest
 from dsteer_eval.harness.steered import interventions_for
+from dsteer_eval.harness.vllm_replicas import ReplicaPool
 from dsteer_eval.models.defaults import model_name, resolve_default_pair
 from dsteer_eval.models.embedded import resolve_pretrained
+from dsteer_eval.models.identity import content
 from dsteer_eval.models.merged_checkpoint import merged_checkpoint
 from dsteer_eval.steering import engine_hooks
-from dsteer_eval.steering.args import SteerArgs
+from dsteer_eval.steering.args import SteerArgs, parse_position
+from dsteer_eval.steering.engine_batch import PROMPT_LEN, SLOT
 from dsteer_eval.steering.sites import resolve_parts
 from dsteer_eval.vectors.formats import load_vectors
 
@@ -51,6 +67,24 @@ def skeleton(path, dtype: torch.dtype):
         return AutoModelForCausalLM.from_config(config, dtype=dtype)
 
 
+def _plan_entries(interventions) -> list:
+    return [(i.site, i.mode, float(i.alpha), i.vector.detach().float().tolist()) for i in interventions]
+
+
+def setting_key(interventions) -> tuple:
+    """A hashable identity of a steering setting (its sites, modes, α and exact vectors)."""
+    return tuple((i.site, i.mode, float(i.alpha), i.vector.detach().float().cpu().numpy().tobytes())
+                 for i in interventions)
+
+
+def _canonical(value):
+    return json.loads(json.dumps(value))
+
+
+def _truthy(value) -> bool:
+    return str(value).strip().lower() in ("1", "true", "yes")
+
+
 @register_model("steered-vllm")
 class SteeredVLLM(VLLM):
     def __init__(self, pretrained=None, vector=None, layer=None, alpha=1.0, position="all", unit=False, mode="add",
@@ -58,14 +92,13 @@ class SteeredVLLM(VLLM):
                  steer_path=None, dtype="float32", enforce_eager=True, data_parallel_size=1, **kwargs) -> None:
         args = SteerArgs.parse(layer=layer, alpha=alpha, position=position, unit=unit, mode=mode,
                                norm_preserve=norm_preserve, control=control, control_seed=control_seed)
-        refused = [(args.position != "all", f"position={args.position}: steered-vllm steers every position in this "
-                    "version; use --model steered for prompt/completion/last"),
-                   (args.unit == "norm", "unit=norm: use unit=true with steered-vllm, or --model steered"),
+        refused = [(args.unit == "norm", "unit=norm: use unit=true with steered-vllm, or --model steered"),
                    (args.norm_preserve, "norm_preserve=true: not in steered-vllm yet; use --model steered"),
                    (steer_path is not None, "steer_path=: use vector= with steered-vllm, or --model steered"),
-                   (int(data_parallel_size) > 1, "data_parallel_size>1: not in steered-vllm yet (lm-eval starts "
-                    "those engines inside Ray tasks the steering does not reach); run one process per shard "
-                    "with --limit/--samples, or tensor_parallel_size")]
+                   (not _truthy(enforce_eager), "enforce_eager=false: steered-vllm runs vLLM eagerly, because hooks "
+                    "added after vLLM compiles the model or captures CUDA graphs may not run (a graph replay "
+                    "skips them: unsteered numbers); drop enforce_eager (default true)"),
+                   (int(data_parallel_size) < 1, f"data_parallel_size={data_parallel_size}: use 1 or more")]
         for bad, message in refused:
             if bad:
                 raise ValueError(message)
@@ -75,14 +108,31 @@ class SteeredVLLM(VLLM):
         vector_file = load_vectors(chosen.vector, argument="vector")
         base = resolve_pretrained(pretrained)
         self.skeleton = skeleton(base, DTYPES[str(dtype)])  # kept: every re-pointing is checked on it again
-        self.interventions = interventions_for(self.skeleton, resolve_parts(self.skeleton), vector_file, args)
+        interventions = interventions_for(self.skeleton, resolve_parts(self.skeleton), vector_file, args)
         self.vector_file, self.steer_args = vector_file, args
         adapter = None if chosen.peft is None or str(chosen.peft).strip().lower() == "none" else chosen.peft
         weights = merged_checkpoint(base, adapter) if adapter else base
         self.pretrained_label = f"{model_name(pretrained)}{f'+peft:{adapter}' if adapter else ''}"
-        os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")  # apply_model pickles the hook function
-        super().__init__(pretrained=str(weights), dtype=str(dtype), enforce_eager=enforce_eager, **kwargs)
-        self.set_steering(self.interventions)
+        self._settings, self._slot, self._version = [list(interventions)], 0, 0
+        self._stash: dict = {}
+        self._prompt_lens: dict | None = None
+        self.replicas: ReplicaPool | None = None
+        # what, besides the steering, changes this model's numbers: keys its --use_cache entries (lm_cache)
+        self._engine_identity = {"pretrained": model_name(pretrained), "peft": adapter, "dtype": str(dtype),
+                                "model_args": {k: repr(v) for k, v in kwargs.items()
+                                               if k not in ("batch_size", "max_batch_size")}}
+        os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")  # collective_rpc pickles the hook function
+        super().__init__(pretrained=str(weights), dtype=str(dtype), enforce_eager=True,
+                         data_parallel_size=int(data_parallel_size), **kwargs)
+        if self.data_parallel_size > 1:
+            self.replicas = ReplicaPool(self.data_parallel_size, self.model_args, self._plan(self._settings),
+                                        self.tensor_parallel_size)
+        self.set_steering(interventions)
+
+    # -- steering -----------------------------------------------------------------------------------------
+    @property
+    def interventions(self) -> list:
+        return self._settings[self._slot]
 
     def interventions_at(self, layer, alpha: float, control: int | None = None):
         """The interventions of ``layer`` (or a tuple of layers) at ``alpha`` with this model's other settings."""
@@ -91,13 +141,152 @@ class SteeredVLLM(VLLM):
         return interventions_for(self.skeleton, resolve_parts(self.skeleton), self.vector_file,
                                  self.steer_args.at(layer, alpha, control))
 
+    def _plan(self, settings) -> dict:
+        return {"position": self.steer_args.position, "slots": [_plan_entries(s) for s in settings]}
+
     def set_steering(self, interventions) -> None:
-        """Steer with ``interventions`` from now on, in every worker (buffers rewritten in place)."""
-        plan = [(i.site, i.mode, float(i.alpha), i.vector.detach().float().tolist()) for i in interventions]
-        placed = self.model.apply_model(partial(engine_hooks.apply, plan=plan))
-        expected = {i.site: (i.mode, float(i.alpha)) for i in interventions}
+        """Steer with ``interventions`` from now on, in every worker of every replica (tables rewritten in
+        place)."""
+        self.set_slots([list(interventions)], 0)
+
+    def set_slots(self, settings, slot: int) -> None:
+        """Hold several steering settings (lists of interventions) at once, requests using ``settings[slot]``
+        now (:meth:`select_slot` changes it); a greedy request then runs under every setting in one pass."""
+        settings = [list(s) for s in settings]
+        if not 0 <= slot < len(settings):
+            raise ValueError(f"slot {slot}: {len(settings)} settings given")
+        plan = self._plan(settings)
+        install = partial(engine_hooks.install, plan=plan)
+        placed = self.replicas.steer(plan) if self.replicas is not None else self.model.collective_rpc(install)
+        slot0: dict = {}
+        for i in settings[0]:
+            slot0.setdefault(i.site, []).append((i.mode, float(i.alpha)))
+        expected = _canonical({"slots": len(settings), "position": plan["position"], "slot0": slot0})
         for worker in placed:
-            if worker != expected:
+            if _canonical(worker) != expected:
                 raise RuntimeError(f"steered-vllm: a worker steers {worker}, expected {expected} (internal error)")
-        self.interventions = list(interventions)
-        log.info("steered-vllm: %s", ", ".join(f"layer {i.site} alpha {i.alpha:g}" for i in interventions) or "off")
+        self._settings, self._slot = settings, slot
+        self._version += 1
+        self._stash.clear()
+        self.rekey_cache()
+        log.info("steered-vllm: %s%s", ", ".join(f"layer {i.site} alpha {i.alpha:g}" for i in self.interventions)
+                 or "off", f" (setting {slot} of {len(settings)} held)" if len(settings) > 1 else "")
+
+    def set_position(self, position: str) -> None:
+        """Steer ``position`` (all|prompt|completion|last) from now on, with the settings held now."""
+        self.steer_args = replace(self.steer_args, position=parse_position(position))
+        self.set_slots(self._settings, self._slot)
+
+    def select_slot(self, slot: int) -> None:
+        """Requests use steering slot ``slot`` from now on (answers already run under it are served kept)."""
+        if not 0 <= slot < len(self._settings):
+            raise ValueError(f"slot {slot}: the engine holds {len(self._settings)} settings")
+        self._slot = slot
+        self.rekey_cache()
+
+    # -- lm-eval's --use_cache ----------------------------------------------------------------------------
+    def cache_key(self) -> str:
+        """A digest of the model and adapter files (content hashes), dtype and other model_args, the position
+        and the steering requests use now (each intervention's site, mode, α and vector bytes)."""
+        identity = self.__dict__.get("_engine_files")
+        if identity is None:  # hashed once, when a cache first asks
+            ident = self._engine_identity
+            files = {"pretrained": content(ident["pretrained"])["sha256"]}
+            if ident["peft"] is not None:
+                files["peft"] = content(ident["peft"])["sha256"]
+            identity = self._engine_files = repr(sorted({**ident, "files": files}.items()))
+        return steering_digest(identity, ("vllm", self.steer_args.position), self.interventions)
+
+    def set_cache_hook(self, cache_hook) -> None:
+        """lm-eval's ``CachingLM`` keys entries by the request alone: re-pointed at a table per steering."""
+        super().set_cache_hook(cache_hook)
+        self.rekey_cache()
+
+    def rekey_cache(self) -> None:
+        if hasattr(self, "cache_hook"):
+            rekey(self.cache_hook, self.cache_key(), "steered-vllm")
+
+    @property
+    def held(self) -> list:
+        """:func:`setting_key` of each setting the engine holds, slot by slot."""
+        return [setting_key(s) for s in self._settings]
+
+    def slot_of(self, interventions) -> int | None:
+        """The slot holding exactly ``interventions`` (same sites, modes, α and vectors), if any."""
+        wanted = setting_key(interventions)
+        return next((k for k, key in enumerate(self.held) if key == wanted), None)
+
+    # -- requests -----------------------------------------------------------------------------------------
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False):
+        # vLLM sees context + continuation as one prompt: each input's context length travels with it
+        max_ctx = self.max_length - 1  # as lm-eval's VLLM._loglikelihood_tokens
+        lengths: dict = defaultdict(deque)
+        for _, context, continuation in sorted(requests, key=lambda x: (-len(x[1] + x[2]), tuple(x[1] + x[2]))):
+            tokens = (context + continuation)[-max_ctx:]
+            lengths[tuple(tokens)].append(len(context) - max(0, len(context) + len(continuation) - max_ctx))
+        self._prompt_lens = lengths
+        try:
+            return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm)
+        finally:
+            self._prompt_lens = None
+
+    def _prompt_len(self, tokens, generate: bool) -> int:
+        if generate:
+            return len(tokens)
+        if self._prompt_lens is None:
+            raise RuntimeError("steered-vllm: a log-likelihood batch without its context lengths (internal error)")
+        queue = self._prompt_lens.get(tuple(tokens))
+        if not queue:
+            raise RuntimeError("steered-vllm: an input that no log-likelihood request made (internal error)")
+        return queue.popleft()
+
+    def _model_generate(self, requests, generate: bool = False, sampling_params=None):
+        if not generate or sampling_params is None:
+            sampling_params = SamplingParams(temperature=0, prompt_logprobs=1, max_tokens=1, detokenize=False)
+        if not isinstance(sampling_params, list):
+            sampling_params = [sampling_params] * len(requests)
+        jobs = [(list(tokens), params, self._prompt_len(tokens, generate))
+                for tokens, params in zip(requests, sampling_params, strict=True)]
+        answers: list = [None] * len(jobs)
+        runs = []  # (job index or None, slot, job)
+        for index, job in enumerate(jobs):
+            kept = self._stash.pop(self._key(self._slot, job), None)
+            if kept is not None:
+                answers[index] = kept
+                continue
+            runs.append((index, self._slot, job))
+            if len(self._settings) > 1 and job[1].temperature == 0:  # greedy: the other slots' answers too
+                runs += [(None, slot, job) for slot in range(len(self._settings)) if slot != self._slot
+                         and self._key(slot, job) not in self._stash]
+        if runs:
+            outputs = self._run([self._prompt(slot, job) for _, slot, job in runs],
+                                [self._params(slot, job) for _, slot, job in runs])
+            for (index, slot, job), output in zip(runs, outputs, strict=True):
+                if index is None:
+                    self._stash[self._key(slot, job)] = output
+                else:
+                    answers[index] = output
+        return answers
+
+    def _key(self, slot: int, job) -> tuple:
+        tokens, params, prompt_len = job
+        return slot, tuple(tokens), prompt_len, repr(params)
+
+    def _prompt(self, slot: int, job):
+        tokens, _, prompt_len = job
+        if not any(self._settings):
+            return TokensPrompt(prompt_token_ids=tokens)
+        # the prefix cache keys blocks by their tokens: the salt keeps KV computed under other steering out
+        return TokensPrompt(prompt_token_ids=tokens, cache_salt=f"dsteer:{self._version}:{slot}:{prompt_len}")
+
+    def _params(self, slot: int, job):
+        _, params, prompt_len = job
+        params = params.clone()
+        params.extra_args = {**(params.extra_args or {}), SLOT: slot, PROMPT_LEN: prompt_len}
+        return params
+
+    def _run(self, prompts, params):
+        if self.replicas is not None:
+            return self.replicas.generate(prompts, params, self.lora_request)
+        return self.model.generate(prompts, sampling_params=params, use_tqdm=self.batch_size == "auto",
+                                   lora_request=self.lora_request)

@@ -7,19 +7,28 @@ at the same site. Sites follow :mod:`dsteer_eval.steering.sites`: 0 = the token 
 i = ``layers[i-1]``'s output, n = the final norm's output (its first element).
 
 * ``add``: the stream gains Σ α·v (summed in float32, added in the model's dtype), as ``steer`` does;
-* ``ablate``: the stream h = hidden + residual loses α·(h·v̂)·v̂ (float32), taken off ``hidden``.
+* ``ablate``: the stream h = hidden + residual loses α·(h·v̂)·v̂ (float32), taken off ``hidden``; at one
+  site ablation reads the incoming state and additions follow, as in ``steer``.
 
-One hook per site reads persistent buffers (the shift for add; α and v̂ for ablate). Re-pointing between
-sweep points (:func:`apply`) copies new values into those buffers in place (``Tensor.copy_``) when the sites
-are the same, so a captured CUDA graph, which replays fixed memory addresses, would see the new α without
-re-capture; a site in no intervention keeps a zero shift (x + 0 = x exactly). The functions here run in the
-engine's worker processes (``LLM.apply_model``), so they take plain data (lists), never tensors of the
-caller's process.
+**Slots.** The engine holds one or more steering settings ("slots": slot 0 is the model's own, further
+slots e.g. the other α points of a sweep); each request picks one (:mod:`dsteer_eval.steering.engine_batch`),
+so one engine pass can serve a whole α grid. **Positions** (``prompt``/``completion``/``last``) are a
+per-token weight from each request's prompt length. With one slot and ``position=all`` the hooks add slot 0's
+shift to every token, with no per-token work.
+
+Every site's hook reads persistent tables (``[slots, d]`` shifts, ablation α and v̂), and a pre-hook on the
+model fills two per-token buffers (slot, weight) for each step. Re-pointing (:func:`install`) copies new
+values into those tensors in place (``Tensor.copy_``) while the sites and the slot count fit, so a captured
+CUDA graph, which replays fixed addresses, sees the new α without re-capture; a site in no setting keeps a
+zero shift (x + 0 = x exactly). These functions run in the engine's worker processes (``LLM.collective_rpc``),
+so they take plain data (lists), never tensors of the caller's process.
 """
 
 from __future__ import annotations
 
 import torch
+
+from dsteer_eval.steering.engine_batch import step_layout
 
 ATTR = "_dsteer_engine_steering"
 
@@ -40,64 +49,142 @@ def _site_module(model, site: int):
     return inner.embed_tokens if site == 0 else inner.norm if site == n else inner.layers[site - 1]
 
 
-def _make_hook(buffers: dict):
+def _make_hook(state: dict, site: int, is_norm: bool):
     def hook(module, args, output):
+        tables = state["sites"][site]
         hidden = output[0] if isinstance(output, tuple) else output
-        residual = output[1] if isinstance(output, tuple) and len(output) > 1 and output[1] is not None \
-            and module is not buffers["norm"] else None
-        if buffers["mode"] == "ablate":
+        per_token = state["per_token"]
+        n = hidden.shape[0]
+        if per_token and hidden.dim() != 2:
+            raise RuntimeError(f"per-token steering expects (tokens, hidden) states, got {tuple(hidden.shape)}")
+        if tables["ablates"]:
+            residual = output[1] if isinstance(output, tuple) and len(output) > 1 and not is_norm else None
             stream = hidden.float() if residual is None else hidden.float() + residual.float()
-            u = buffers["unit"]
-            hidden = (hidden.float() - buffers["alpha"] * (stream @ u)[..., None] * u).to(hidden.dtype)
-        else:
-            hidden = hidden + buffers["shift"]
+            if per_token:
+                slot = state["slot"][:n]
+                u = tables["unit"][slot]
+                alpha = tables["alpha"][slot] * state["weight"][:n].float()
+                hidden = (hidden.float() - (alpha * (stream * u).sum(-1))[:, None] * u).to(hidden.dtype)
+            else:
+                u = tables["unit"][0]
+                hidden = (hidden.float() - tables["alpha"][0] * (stream @ u)[..., None] * u).to(hidden.dtype)
+        if tables["adds"]:
+            if per_token:
+                hidden = hidden + tables["shift"][state["slot"][:n]] * state["weight"][:n, None]
+            else:
+                hidden = hidden + tables["shift"][0]
         return (hidden,) + tuple(output[1:]) if isinstance(output, tuple) else hidden
     return hook
 
 
-def apply(model, plan: list) -> dict:
-    """Steer ``model`` with ``plan``: ``[(site, mode, alpha, vector as a list)]`` (one entry per site; an empty
-    plan steers nothing). Hooks are installed at new sites; every known site's buffers are rewritten in place.
-    Returns what is in place, ``{site: (mode, alpha)}``, for the caller to check."""
+def _make_pre_hook(state: dict):
+    def pre_hook(module, args, kwargs):
+        if not state["per_token"]:
+            return None
+        positions = kwargs.get("positions", args[1] if len(args) > 1 else None)
+        n = int(positions.shape[-1])
+        if state["runner"] is None:
+            raise RuntimeError("per-token steering needs the engine's model runner (install through collective_rpc)")
+        slots, weights = step_layout(state["runner"], n, state["position"], state["n_slots"])
+        if n > state["slot"].shape[0]:  # more tokens than ever seen: grow (eager mode only)
+            state["slot"] = torch.zeros(n, dtype=torch.long, device=state["slot"].device)
+            state["weight"] = torch.zeros(n, dtype=state["weight"].dtype, device=state["weight"].device)
+        state["slot"][:n].copy_(torch.from_numpy(slots), non_blocking=True)
+        state["weight"][:n].copy_(torch.from_numpy(weights), non_blocking=True)
+        return None
+    return pre_hook
+
+
+def _tables(size: int, slots: int, dtype, device) -> dict:
+    return {"shift": torch.zeros(slots, size, dtype=dtype, device=device),
+            "alpha": torch.zeros(slots, dtype=torch.float32, device=device),
+            "unit": torch.zeros(slots, size, dtype=torch.float32, device=device),
+            "adds": False, "ablates": False}
+
+
+def _state(model, runner) -> dict:
     state = getattr(model, ATTR, None)
     if state is None:
-        state = {}
+        param = next(model.parameters())
+        capacity = int(getattr(runner, "max_num_tokens", 0) or 8192)
+        state = {"sites": {}, "handles": [], "per_token": False, "position": "all", "n_slots": 1, "runner": runner,
+                 "slot": torch.zeros(capacity, dtype=torch.long, device=param.device),
+                 "weight": torch.zeros(capacity, dtype=param.dtype, device=param.device)}
+        state["handles"].append(model.register_forward_pre_hook(_make_pre_hook(state), with_kwargs=True))
         setattr(model, ATTR, state)
+    if runner is not None:
+        state["runner"] = runner
+    return state
+
+
+def steer(model, plan: dict, runner=None) -> dict:
+    """Steer ``model`` with ``plan`` = ``{"position": all|prompt|completion|last, "slots": [settings]}``, each
+    setting a list of ``(site, mode, alpha, vector as a list)``. Hooks are installed at new sites; every known
+    site's tables are rewritten in place. Returns what is in place, ``{"slots": n, "position": p, "slot0":
+    {site: [(mode, alpha), ...]}}``, for the caller to check."""
+    settings = plan["slots"] or [[]]
+    state = _state(model, runner)
     param = next(model.parameters())
-    wanted = {int(site): (mode, float(alpha), vector) for site, mode, alpha, vector in plan}
-    for site, (mode, alpha, vector) in wanted.items():
-        module = _site_module(model, site)
-        if site not in state:
-            size = len(vector)
-            buffers = {"mode": mode, "alpha": torch.zeros((), dtype=torch.float32, device=param.device),
-                       "unit": torch.zeros(size, dtype=torch.float32, device=param.device),
-                       "shift": torch.zeros(size, dtype=param.dtype, device=param.device),
-                       "norm": _inner(model).norm}
-            buffers["handle"] = module.register_forward_hook(_make_hook(buffers))
-            state[site] = buffers
-        buffers = state[site]
-        v = torch.tensor(vector, dtype=torch.float32)
-        buffers["mode"] = mode
-        if mode == "ablate":
-            buffers["unit"].copy_(v / v.norm())
-            buffers["alpha"].fill_(alpha)
-            buffers["shift"].zero_()
-        else:
-            buffers["shift"].copy_((alpha * v).to(buffers["shift"].dtype))
-            buffers["alpha"].zero_()
-    for site, buffers in state.items():
+    n_layers = num_layers(model)
+    wanted: dict[int, list] = {}
+    for k, setting in enumerate(settings):
+        for site, mode, alpha, vector in setting:
+            wanted.setdefault(int(site), [[] for _ in settings])[k].append((mode, float(alpha), vector))
+    for site, per_slot in wanted.items():
+        size = len(next(v for entries in per_slot for _, _, v in entries))
+        if site not in state["sites"] or state["sites"][site]["shift"].shape[0] < len(settings):
+            module = _site_module(model, site)
+            old = state["sites"].get(site)
+            state["sites"][site] = _tables(size, len(settings), param.dtype, param.device)
+            if old is None:
+                state["handles"].append(module.register_forward_hook(_make_hook(state, site, site == n_layers)))
+        tables = state["sites"][site]
+        shift = torch.zeros(tables["shift"].shape, dtype=torch.float32)
+        alpha = torch.zeros(tables["alpha"].shape, dtype=torch.float32)
+        unit = torch.zeros(tables["unit"].shape, dtype=torch.float32)
+        for k, entries in enumerate(per_slot):
+            ablations = [(a, v) for mode, a, v in entries if mode == "ablate"]
+            if len(ablations) > 1:
+                raise ValueError(f"site {site}: one ablation per site and setting (got {len(ablations)})")
+            for a, v in ablations:
+                v = torch.tensor(v, dtype=torch.float32)
+                alpha[k], unit[k] = a, v / v.norm()
+            for mode, a, v in entries:
+                if mode == "add":
+                    shift[k] += a * torch.tensor(v, dtype=torch.float32)
+                elif mode != "ablate":
+                    raise ValueError(f"mode {mode!r}: use add or ablate")
+        tables["shift"].copy_(shift.to(tables["shift"].dtype))
+        tables["alpha"].copy_(alpha)
+        tables["unit"].copy_(unit)
+        tables["adds"] = any(m == "add" for entries in per_slot for m, _, _ in entries)
+        tables["ablates"] = any(m == "ablate" for entries in per_slot for m, _, _ in entries)
+    for site, tables in state["sites"].items():
         if site not in wanted:  # steered before, not now: adds zero
-            buffers["mode"] = "add"
-            buffers["shift"].zero_()
-            buffers["alpha"].zero_()
-    return {site: (mode, alpha) for site, (mode, alpha, _) in wanted.items()}
+            tables["shift"].zero_()
+            tables["alpha"].zero_()
+            tables["adds"] = tables["ablates"] = False
+    state["position"], state["n_slots"] = plan["position"], len(settings)
+    state["per_token"] = plan["position"] != "all" or len(settings) > 1
+    if state["per_token"] and state["runner"] is None:
+        raise ValueError(f"position={plan['position']} or several slots need the engine's model runner: "
+                         "install with engine_hooks.install through LLM.collective_rpc")
+    return {"slots": len(settings), "position": plan["position"],
+            "slot0": {site: [(m, a) for m, a, _ in entries[0]] for site, entries in wanted.items() if entries[0]}}
+
+
+def install(worker, plan: dict) -> dict:
+    """:func:`steer` on a vLLM worker's model, with its model runner (for per-request positions and slots);
+    sent to every worker by ``LLM.collective_rpc(partial(install, plan=...))``."""
+    runner = worker.model_runner
+    return steer(runner.get_model(), plan, runner)
 
 
 def remove(model) -> int:
-    """Take every steering hook off ``model``; returns how many there were."""
+    """Take every steering hook off ``model``; returns how many site hooks there were."""
     state = getattr(model, ATTR, None) or {}
-    for buffers in state.values():
-        buffers["handle"].remove()
+    for handle in state.get("handles", []):
+        handle.remove()
     if hasattr(model, ATTR):
         delattr(model, ATTR)
-    return len(state)
+    return len(state.get("sites", {}))

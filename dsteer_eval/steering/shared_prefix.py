@@ -24,13 +24,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
 from torch import nn
 
+from dsteer_eval.common.env_numbers import env_number
 from dsteer_eval.steering.sites import ModelParts
 from dsteer_eval.steering.hook import NonFiniteError
 
@@ -41,14 +41,7 @@ DEFAULT_BUDGET_MB = 2048
 
 def budget_bytes() -> int:
     """Memory for stored states: ``DSTEER_SWEEP_CACHE_MB`` (default 2048; 0 turns the cache off)."""
-    raw = os.environ.get("DSTEER_SWEEP_CACHE_MB", str(DEFAULT_BUDGET_MB))
-    try:
-        mb = float(raw)
-    except ValueError:
-        raise ValueError(f"DSTEER_SWEEP_CACHE_MB={raw!r} is not a number of MiB") from None
-    if mb < 0:
-        raise ValueError(f"DSTEER_SWEEP_CACHE_MB={raw!r} must be >= 0")
-    return int(mb * 2**20)
+    return int(env_number("DSTEER_SWEEP_CACHE_MB", DEFAULT_BUDGET_MB, "MiB", whole=False) * 2**20)
 
 
 class _Replay(nn.Module):

@@ -23,21 +23,15 @@ several calls).
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 
 import torch
 
+from dsteer_eval.common.env_numbers import env_number
+
 
 def max_rows() -> int:
-    raw = os.environ.get("DSTEER_GEN_BATCH_ROWS", "256")
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"DSTEER_GEN_BATCH_ROWS={raw!r} is not a whole number of rows") from None
-    if value < 1:
-        raise ValueError(f"DSTEER_GEN_BATCH_ROWS={raw!r} must be >= 1")
-    return value
+    return env_number("DSTEER_GEN_BATCH_ROWS", 256, "rows", minimum=1)
 
 
 @dataclass(frozen=True)

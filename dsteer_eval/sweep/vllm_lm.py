@@ -2,17 +2,28 @@
 
 One :class:`~dsteer_eval.harness.steered_vllm.SteeredVLLM` engine per side of the pair (the DPO side as merged
 weights, the base as ``peft=none``), each started the first time a point of its side runs and kept for the
-rest of the sweep; between points only the steering buffers in the engine's workers are rewritten
-(:meth:`SteeredVLLM.set_steering`), never the weights. Each point is one pass over its requests: the
-α-batched group passes and the shared lower layers of the HF backend are not used here (per-request α in
-one engine batch is future work, docs/vllm.md).
+rest of the sweep; between points only the steering tables in the engine's workers are rewritten
+(:meth:`SteeredVLLM.set_steering`), never the weights.
+
+Per-request steering: the points that share a side and a layer (the runner's group, as for the HF backend's
+α-batched generation) are held by the engine at once, one setting per slot (:meth:`SteeredVLLM.set_slots`).
+The group's first point runs each greedy request (log-likelihood or generation) under every slot in one
+engine pass; the later points of the group are served those answers (keyed by exact tokens, prompt length
+and sampling parameters) and run only what they have not been given. ``DSTEER_VLLM_SLOTS`` caps the
+settings held at once (default 16; 1 turns this off). The HF backend's shared lower layers are not used here.
 """
 
 from __future__ import annotations
 
+
 from lm_eval.api.model import LM
 
-from dsteer_eval.harness.steered_vllm import SteeredVLLM
+from dsteer_eval.common.env_numbers import env_number
+from dsteer_eval.harness.steered_vllm import SteeredVLLM, setting_key
+
+
+def max_slots() -> int:
+    return env_number("DSTEER_VLLM_SLOTS", 16, "settings", minimum=1)
 
 
 class VLLMSweepLM(LM):
@@ -37,11 +48,32 @@ class VLLMSweepLM(LM):
         if side not in ("dpo", "base"):
             raise ValueError(f"side must be 'dpo' or 'base', got {side!r}")
         engine = self.engine(side)
-        engine.set_steering(engine.interventions_at(layer, alpha, control))
+        wanted = engine.interventions_at(layer, alpha, control)
+        held = engine.slot_of(wanted)
+        if held is None:
+            engine.set_steering(wanted)
+        else:  # a later point of the group the engine holds: its answers may be kept already
+            engine.select_slot(held)
         self._side = side
 
     def set_group(self, points, current: str) -> None:
-        """Nothing to group: every point is its own pass on this backend."""
+        """``points`` (``(name, layer, alpha, control)``, this side and layer, from ``current`` on): the engine
+        holds up to ``DSTEER_VLLM_SLOTS`` of them, one per slot, so each request runs under all at once."""
+        engine = self.engine(self._side)
+        points = list(points)[:max_slots()]
+        if len(points) < 2:
+            return
+        names = [name for name, *_ in points]
+        if current not in names:
+            raise ValueError(f"point {current} is not in its group (internal error)")
+        settings = {}
+        for _, layer, alpha, control in points:  # one slot per distinct setting
+            found = engine.interventions_at(layer, alpha, control)
+            settings.setdefault(setting_key(found), found)
+        if all(key in engine.held for key in settings):  # a later point of the group that is held already
+            return
+        keys = list(settings)
+        engine.set_slots(list(settings.values()), keys.index(setting_key(engine.interventions)))
 
     @property
     def interventions(self):

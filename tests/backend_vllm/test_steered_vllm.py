@@ -13,6 +13,7 @@ import pytest
 pytest.importorskip("vllm.entrypoints.llm")  # the vLLM venv only (scripts/setup_vllm.sh)
 
 from lm_eval.api.instance import Instance  # noqa: E402
+from vllm import SamplingParams, TokensPrompt  # noqa: E402
 
 from dsteer_eval.harness import plugin  # noqa: E402
 
@@ -80,6 +81,114 @@ def test_greedy_generations_equal_steered(engine):
     assert engine.generate_until(_gen_requests(), disable_tqdm=True) != got  # the steering reaches generation
 
 
+@pytest.mark.parametrize("position, other", [("prompt", "completion"), ("completion", "prompt"), ("last", "all")])
+def test_positions_equal_steered_and_another_position_does_not(engine, position, other):
+    engine.set_steering(engine.interventions_at(20, -1.0))
+    engine.set_position(position)
+    try:
+        got = _ll(engine)
+    finally:
+        engine.set_position("all")
+    assert _gap(got, _ll(_hf(layer=20, alpha=-1.0, position=position))) <= TOLERANCE
+    assert _gap(got, _ll(_hf(layer=20, alpha=-1.0, position=other))) > 100 * TOLERANCE
+
+
+@pytest.mark.parametrize("position", ["prompt", "completion"])
+def test_greedy_generations_with_positions_equal_steered(engine, position):
+    engine.set_steering(engine.interventions_at(20, 2.0))
+    engine.set_position(position)
+    try:
+        got = engine.generate_until(_gen_requests(), disable_tqdm=True)
+    finally:
+        engine.set_position("all")
+    assert got == _hf(layer=20, alpha=2.0, position=position).generate_until(_gen_requests(), disable_tqdm=True)
+    assert got != engine.generate_until(_gen_requests(), disable_tqdm=True)  # position=all writes other replies
+
+
+def test_several_settings_in_one_engine_pass_equal_separate_runs(engine, monkeypatch):
+    """Each request carries its own steering (α, or a control's vector): the first point's pass runs every
+    setting; the others are served from it, with the numbers of separate runs."""
+    settings = [engine.interventions_at(20, a, c) for a, c in ((-1.0, None), (0.0, None), (1.0, None), (-1.0, 0))]
+    separate = []
+    for setting in settings:
+        engine.set_steering(setting)
+        separate.append((_ll(engine), engine.generate_until(_gen_requests(), disable_tqdm=True)))
+    runs, real = [], engine._run
+    monkeypatch.setattr(engine, "_run", lambda prompts, params: runs.append((engine._slot, len(prompts))) or
+                        real(prompts, params))
+    engine.set_slots(settings, 0)
+    together = []
+    for slot in range(len(settings)):
+        engine.select_slot(slot)
+        together.append((_ll(engine), engine.generate_until(_gen_requests(), disable_tqdm=True)))
+    assert {slot for slot, _ in runs} == {0} and sum(n for _, n in runs) == 4 * (12 + 4)  # one pass, all settings
+    for (ll_a, gen_a), (ll_b, gen_b) in zip(separate, together):
+        assert _gap(ll_a, ll_b) <= 1e-6 and gen_a == gen_b  # measured: equal bit for bit on CPU
+    assert separate[0][0] != separate[2][0] and separate[0][0] != separate[3][0]  # the settings differ
+
+
+def test_the_prefix_cache_never_serves_kv_computed_under_other_steering(engine):
+    prompt = engine.tok_encode("Tell me a long story about a cat. " * 40)[:400]  # three full 128-token blocks
+    params = SamplingParams(temperature=0, max_tokens=8)
+
+    def steered():
+        out = engine._model_generate([prompt], True, [params])[0]
+        return list(out.outputs[0].token_ids), out.num_cached_tokens
+
+    def unsalted():  # what lm-eval's VLLM sends: the cache is keyed by tokens only
+        out = engine.model.generate([TokensPrompt(prompt_token_ids=prompt)], params, use_tqdm=False)[0]
+        return list(out.outputs[0].token_ids), out.num_cached_tokens
+
+    engine.set_steering(engine.interventions_at(20, 1.0))
+    first, again = steered(), steered()
+    assert again[0] == first[0] and again[1] > 0  # the cache is live: the same steering reuses it
+    unsalted()
+    engine.set_steering(engine.interventions_at(20, -4.0))
+    after = steered()
+    assert after[1] == 0 and after[0] != first[0]
+    stale = unsalted()  # the hazard this guards against: KV computed at alpha=+1 served at alpha=-4
+    assert stale[1] > 0 and stale[0] != after[0]
+
+
+def test_use_cache_keys_entries_by_the_steering(engine, tmp_path, monkeypatch):
+    """lm-eval's --use_cache (CachingLM) keys entries by the request alone: each steering gets its own table."""
+    from lm_eval.api.model import CachingLM
+
+    answers = {}
+    for alpha in (-1.0, 1.0):
+        engine.set_steering(engine.interventions_at(20, alpha))
+        answers[alpha] = _ll(engine)
+    cached = CachingLM(engine, str(tmp_path / "cache.db"))
+    runs, real = [], engine._run
+    monkeypatch.setattr(engine, "_run", lambda prompts, params: runs.append(len(prompts)) or real(prompts, params))
+    for alpha in (-1.0, 1.0, -1.0, 1.0):
+        engine.set_steering(engine.interventions_at(20, alpha))
+        assert [x[0] for x in cached.loglikelihood(_ll_requests())] == answers[alpha]
+    assert sum(runs) == 2 * 12  # each alpha computed once, then served from its own entries
+    assert answers[-1.0] != answers[1.0]
+
+
+def test_two_data_parallel_replicas_give_one_engines_numbers(engine):
+    ray = pytest.importorskip("ray")
+    from dsteer_eval.harness.steered_vllm import SteeredVLLM
+
+    dp = SteeredVLLM(pair="refusal", layer=20, alpha=-1.0, data_parallel_size=2,
+                     **{**ENGINE, "gpu_memory_utilization": 0.08})
+    try:
+        assert len(dp.replicas) == 2 and dp.data_parallel_size == 2
+        for alpha, position in ((-1.0, "all"), (1.0, "completion")):  # re-pointing reaches both replicas
+            for lm in (engine, dp):
+                lm.set_steering(lm.interventions_at(20, alpha))
+                lm.set_position(position)
+            assert _gap(_ll(dp), _ll(engine)) <= 1e-6  # measured: equal bit for bit on CPU
+            assert dp.generate_until(_gen_requests(), disable_tqdm=True) == \
+                engine.generate_until(_gen_requests(), disable_tqdm=True)
+    finally:
+        engine.set_position("all")
+        dp.replicas.close()
+        ray.shutdown()
+
+
 def test_ablate_equals_steered():
     from dsteer_eval.harness.steered_vllm import SteeredVLLM
 
@@ -100,8 +209,10 @@ def test_alpha_zero_is_plain_vllm_bit_for_bit(engine):
 
 
 @pytest.mark.parametrize("args, message", [
-    ({"position": "prompt"}, "position=prompt: steered-vllm steers every position"),
-    ({"data_parallel_size": 2}, "data_parallel_size>1"),
+    ({"enforce_eager": "false"}, "enforce_eager=false: steered-vllm runs vLLM eagerly"),
+    ({"unit": "norm"}, "unit=norm: use unit=true"),
+    ({"position": "middle"}, "position='middle'"),
+    ({"data_parallel_size": 0}, "data_parallel_size=0"),
     ({"layer": 99}, "out of range"),
     ({"mode": "ablate", "alpha": -1}, "mode=ablate with alpha=-1"),
 ])

@@ -1,5 +1,6 @@
 """``dsteer-eval sweep --backend vllm`` gives the HF sweep's per-document numbers (within the fp32 tolerance of
-test_steered_vllm) on both sides and for the random controls, with one engine per side loaded once."""
+test_steered_vllm) on both sides and for the random controls, with one engine per side loaded once and each
+side's points run in one pass (each request carrying its own steering)."""
 
 from __future__ import annotations
 
@@ -27,12 +28,16 @@ def test_a_vllm_sweep_equals_the_hf_sweep(tmp_path, monkeypatch):
     plugin.register()
     from dsteer_eval.sweep import vllm_lm
 
-    started = []
+    started, runs = [], []
     real = vllm_lm.SteeredVLLM
 
     def counted(**kwargs):
         started.append(kwargs.get("peft"))
-        return real(**kwargs)
+        lm = real(**kwargs)
+        inner = lm._run
+        lm._run = lambda prompts, params: runs.append((kwargs.get("peft"), lm._slot, len(prompts))) or \
+            inner(prompts, params)
+        return lm
 
     monkeypatch.setattr(vllm_lm, "SteeredVLLM", counted)
     common = dict(alphas="-1,0", base_alphas="0,1", controls="random:1", tasks="dsteer_refusal_ll", limit=4)
@@ -46,6 +51,9 @@ def test_a_vllm_sweep_equals_the_hf_sweep(tmp_path, monkeypatch):
     for point in hf:
         assert max(abs(a - b) for a, b in zip(hf[point], vl[point])) <= TOLERANCE, point
     assert started == [None, "none"]  # one engine per side, each loaded once
+    # per-request steering: each side's three points ran in the first point's passes (8 requests x 3 settings)
+    assert {slot for _, slot, _ in runs} == {0}
+    assert [sum(n for side, _, n in runs if side == s) for s in (None, "none")] == [24, 24]
     record = json.loads((tmp_path / "vllm" / "sweep.json").read_text())
     assert record["settings"]["backend"] == "vllm"
     with pytest.raises(ValueError, match="--backend vllm: --probes"):
