@@ -166,6 +166,7 @@ class SteeredVLLM(VLLM):
             if _canonical(worker) != expected:
                 raise RuntimeError(f"steered-vllm: a worker steers {worker}, expected {expected} (internal error)")
         self._settings, self._slot = settings, slot
+        self.steered_workers = len(placed)  # every tensor-parallel rank of every replica answered
         self._version += 1
         self._stash.clear()
         self.rekey_cache()

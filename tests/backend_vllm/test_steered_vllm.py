@@ -5,6 +5,7 @@ it there), skipped where vLLM is not installed."""
 
 from __future__ import annotations
 
+import gc
 import json
 from pathlib import Path
 
@@ -175,7 +176,7 @@ def test_two_data_parallel_replicas_give_one_engines_numbers(engine):
     dp = SteeredVLLM(pair="refusal", layer=20, alpha=-1.0, data_parallel_size=2,
                      **{**ENGINE, "gpu_memory_utilization": 0.08})
     try:
-        assert len(dp.replicas) == 2 and dp.data_parallel_size == 2
+        assert len(dp.replicas) == 2 and dp.data_parallel_size == 2 and dp.steered_workers == 2
         for alpha, position in ((-1.0, "all"), (1.0, "completion")):  # re-pointing reaches both replicas
             for lm in (engine, dp):
                 lm.set_steering(lm.interventions_at(20, alpha))
@@ -187,6 +188,27 @@ def test_two_data_parallel_replicas_give_one_engines_numbers(engine):
         engine.set_position("all")
         dp.replicas.close()
         ray.shutdown()
+
+
+def test_tensor_parallel_ranks_are_all_steered(monkeypatch):
+    """tensor_parallel_size=3 (SmolLM2's 9 attention and 3 KV heads split three ways; vLLM's CPU build runs
+    the ranks as processes, unbound from cores on this 2-core machine): every rank is steered and the numbers
+    are steered's within the tolerance (the ranks' partial sums change the rounding, not the result)."""
+    from dsteer_eval.harness.steered_vllm import SteeredVLLM
+
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+    lm = SteeredVLLM(pair="refusal", layer=20, alpha=-1.0, tensor_parallel_size=3,
+                     **{**ENGINE, "gpu_memory_utilization": 0.08})
+    assert lm.steered_workers == 3
+    assert _gap(_ll(lm), _ll(_hf(layer=20, alpha=-1.0))) <= TOLERANCE
+    lm.set_steering(lm.interventions_at(20, 1.0))
+    lm.set_position("completion")
+    assert lm.steered_workers == 3
+    assert _gap(_ll(lm), _ll(_hf(layer=20, alpha=1.0, position="completion"))) <= TOLERANCE
+    assert lm.generate_until(_gen_requests(), disable_tqdm=True) == \
+        _hf(layer=20, alpha=1.0, position="completion").generate_until(_gen_requests(), disable_tqdm=True)
+    del lm
+    gc.collect()  # the three rank processes go before the next engine starts
 
 
 def test_ablate_equals_steered():
