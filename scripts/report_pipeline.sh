@@ -19,7 +19,7 @@ ALPHAS=${ALPHAS:--4,-2,-1,-0.5,0}
 BASE_ALPHAS=${BASE_ALPHAS:-0,0.5,1,2}
 K=${K:-8}
 REFUSAL_TASKS=${REFUSAL_TASKS:-dsteer_refusal_ll,dsteer_refusal_ll_heldout}
-STEP=${STEP:-all}   # all | refusal | refusal_cross | hh | hh_cross | behaviour | layers | positions | reports
+STEP=${STEP:-all}   # all | refusal | refusal_cross | hh | hh_cross | behaviour | behaviour_fine | layers | positions | reports
 GEN_LIMIT=${GEN_LIMIT:-78}        # behaviour: dsteer_refusal_balanced alternates kinds, 78 = 39 harmful + 39 harmless
 WHERE_LIMIT=${WHERE_LIMIT:-60}    # layers/positions: documents of the eval task and of its _select task
 WHERE_LAYERS=${WHERE_LAYERS:-10,15,20,25,25+26+27+28+29}
@@ -38,6 +38,14 @@ run() {  # name model_args tasks
 [[ $STEP == all || $STEP == behaviour ]] && "$BIN/dsteer-eval" sweep --model-args pair=refusal --alphas "$ALPHAS" \
     --base-alphas "$BASE_ALPHAS" --controls "random:$K" --tasks dsteer_refusal_balanced,dsteer_refusal_ll_balanced --limit "$GEN_LIMIT" \
     --output results/report_refusal_behaviour --report --no-plots
+# behaviour on a finer grid, |alpha| <= 0.5 (alpha = 1 already rewrites every reply), the same 20 + 20 documents, on
+# vLLM (--backend vllm: one engine per side, each side's points in one pass with per-request steering); needs the
+# vLLM venv (scripts/setup_vllm.sh)
+VLLM_BIN=${DSTEER_VLLM_VENV:-build/vllm-venv}/bin
+[[ $STEP == behaviour_fine ]] && "$VLLM_BIN/dsteer-eval" sweep --backend vllm \
+    --model-args pair=refusal,gpu_memory_utilization=0.15,max_model_len=1024 --alphas -0.5,-0.25,0 \
+    --base-alphas 0,0.25,0.5 --controls "random:$K" --tasks dsteer_refusal_balanced,dsteer_refusal_ll_balanced \
+    --limit 40 --output results/report_refusal_behaviour_fine --report --no-plots
 # where: by layer (and the authors' last-five-layers set) at alpha -1 / +1, chosen on the probe-part _select rows
 [[ $STEP == all || $STEP == layers ]] && "$BIN/dsteer-eval" sweep --model-args pair=refusal --layers "$WHERE_LAYERS" \
     --alphas -1,0 --base-alphas "$WHERE_BASE_ALPHAS" --controls "random:$K" --tasks dsteer_refusal_ll,dsteer_refusal_ll_select \

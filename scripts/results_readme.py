@@ -152,6 +152,8 @@ REPORTS = [
     ("report_refusal", "refusal pair: in- vs cross-distribution v̄ side by side"),
     ("report_refusal_behaviour", "refusal pair: behaviour along the grid (generation) and both margins "
      "on 20 harmful + 20 harmless documents"),
+    ("report_refusal_behaviour_fine", "refusal pair: behaviour on a finer grid, |α| ≤ 0.5, the same 20 + 20 "
+     "documents (run on vLLM: `--backend vllm`)"),
     ("report_refusal_layers", "refusal pair: where v̄ works by layer and the last-five-layers set, DPO side, α = −1, "
      "50 eval + 50 selection documents, K = 8 (chosen on probe-part rows)"),
     ("report_refusal_where", "refusal pair: where v̄ works (layers, the last-five-layers set, positions; chosen "
