@@ -9,7 +9,8 @@ workers, re-pointed in place between sweep points, and given an interleaved shar
 Multi-node: start a Ray cluster (``ray start --head`` on one node, ``ray start --address=HEAD:6379`` on the
 others) and set ``RAY_ADDRESS``; the actors are placed across it (docs/scaling.md). Without a cluster
 ``ray.init()`` starts a local one. On a machine without GPUs (vLLM's CPU build) each actor asks Ray for one
-CPU instead of ``tensor_parallel_size`` GPUs.
+CPU instead of ``tensor_parallel_size`` GPUs, and the replicas start one after another (each sizes its KV
+cache from the memory free while it starts; two starting at once can both count the same memory).
 """
 
 from __future__ import annotations
@@ -57,7 +58,11 @@ class ReplicaPool:
         resources = {"num_gpus": tensor_parallel_size} if gpus else {"num_cpus": 1}
         actor = ray.remote(**resources)(EngineReplica)
         self._ray = ray
-        self.replicas = [actor.remote(model_args) for _ in range(size)]
+        self.replicas = []
+        for _ in range(size):
+            self.replicas.append(actor.remote(model_args))
+            if not gpus:  # one machine's memory: vLLM's CPU build sizes its KV cache from what is free while it
+                ray.get(self.replicas[-1].steer.remote(plan))  # starts, so replicas start one after another
         ray.get([r.steer.remote(plan) for r in self.replicas])  # every replica has started and is steered
 
     def __len__(self) -> int:

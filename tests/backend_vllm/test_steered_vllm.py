@@ -173,8 +173,9 @@ def test_two_data_parallel_replicas_give_one_engines_numbers(engine):
     ray = pytest.importorskip("ray")
     from dsteer_eval.harness.steered_vllm import SteeredVLLM
 
-    dp = SteeredVLLM(pair="refusal", layer=20, alpha=-1.0, data_parallel_size=2,
-                     **{**ENGINE, "gpu_memory_utilization": 0.08})
+    # each replica's share of memory must hold its weights as well as its KV cache (vLLM's CPU build refuses
+    # 0.08 of 23 GiB: "requested memory for kv -0.04 GiB")
+    dp = SteeredVLLM(pair="refusal", layer=20, alpha=-1.0, data_parallel_size=2, **ENGINE)
     try:
         assert len(dp.replicas) == 2 and dp.data_parallel_size == 2 and dp.steered_workers == 2
         for alpha, position in ((-1.0, "all"), (1.0, "completion")):  # re-pointing reaches both replicas
