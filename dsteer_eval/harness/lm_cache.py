@@ -11,10 +11,26 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from pathlib import Path
 
 import torch
 
+from dsteer_eval.common.hashing import sha256_file
+from dsteer_eval.models.defaults import model_name
+from dsteer_eval.models.identity import content
+
 log = logging.getLogger("dsteer_eval.lm_cache")
+
+
+def model_identity(ident: dict) -> str:
+    """``ident`` (model_args and the like) with the content hashes of the files its ``pretrained``, ``peft`` and
+    ``steer_path`` entries name, as one string (hashing reads the files: call once per model)."""
+    files = {"pretrained": content(model_name(ident["pretrained"]))["sha256"]}
+    if ident.get("peft") is not None:
+        files["peft"] = content(ident["peft"])["sha256"]
+    if ident.get("steer_path") is not None:
+        files["steer_path"] = sha256_file(Path(str(ident["steer_path"])).expanduser())
+    return repr(sorted({**ident, "files": files}.items()))
 
 
 def steering_digest(identity: str, settings: tuple, interventions) -> str:

@@ -34,7 +34,6 @@ import torch
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
-from dsteer_eval.common.hashing import sha256_file
 from dsteer_eval.common.redaction import register_model_args
 from dsteer_eval.data.preference_pairs import load_pairs
 from dsteer_eval.dpo.extract import last_token_states, unique_prompts
@@ -42,13 +41,12 @@ from dsteer_eval.harness import plugin as lm_eval_plugin
 from dsteer_eval.harness.builtin_steer_path import builtin_edits, read_builtin
 from dsteer_eval.harness import continuation_loglik
 from dsteer_eval.harness.continuation_loglik import loglikelihood_tokens
-from dsteer_eval.harness.lm_cache import rekey, steering_digest
+from dsteer_eval.harness.lm_cache import model_identity, rekey, steering_digest
 from dsteer_eval.harness.packed_contexts import PACKABLE_ATTENTION, packed_loglikelihood_tokens
 from dsteer_eval.harness.plugin import tasks_dir
 from dsteer_eval.metrics.reference_models import register_active
 from dsteer_eval.models.defaults import NoDefaultVectorError, model_name, resolve_default_pair  # noqa: F401 (re-export)
 from dsteer_eval.models.embedded import resolve_pretrained
-from dsteer_eval.models.identity import content
 from dsteer_eval.steering.args import SteerArgs, parse_bool, resolve_sites
 from dsteer_eval.steering.controls import random_direction
 from dsteer_eval.steering.guard import NonFiniteStateError, finite_guard  # noqa: F401 (NonFiniteStateError re-exported)
@@ -260,14 +258,7 @@ class SteeredLM(HFLM):
         ``norm_preserve=`` and, in a sweep, the side of the pair."""
         identity = self.__dict__.get("_cache_files")
         if identity is None:  # hashed once, when a cache first asks
-
-            ident = self._cache_identity
-            files = {"pretrained": content(model_name(ident["pretrained"]))["sha256"]}
-            if ident["peft"] is not None:
-                files["peft"] = content(ident["peft"])["sha256"]
-            if ident["steer_path"] is not None:
-                files["steer_path"] = sha256_file(Path(str(ident["steer_path"])).expanduser())
-            identity = self._cache_files = repr(sorted({**ident, "files": files}.items()))
+            identity = self._cache_files = model_identity(self._cache_identity)
         return steering_digest(identity, (str(self.model.dtype), self._position, self._steer_args.norm_preserve,
                                           self._steer_args.alphas if self._module_edits else None,
                                           getattr(self, "_side", None)), self._interventions)

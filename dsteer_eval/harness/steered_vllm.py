@@ -41,15 +41,14 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.vllm_causallms import VLLM
 from vllm import SamplingParams, TokensPrompt
 
-from dsteer_eval.harness.lm_cache import rekey, steering_digest
+from dsteer_eval.harness.lm_cache import model_identity, rekey, steering_digest
 from dsteer_eval.harness.steered import interventions_for
 from dsteer_eval.harness.vllm_replicas import ReplicaPool
 from dsteer_eval.models.defaults import model_name, resolve_default_pair
 from dsteer_eval.models.embedded import resolve_pretrained
-from dsteer_eval.models.identity import content
 from dsteer_eval.models.merged_checkpoint import merged_checkpoint
 from dsteer_eval.steering import engine_hooks
-from dsteer_eval.steering.args import SteerArgs, parse_position
+from dsteer_eval.steering.args import SteerArgs, parse_bool, parse_position
 from dsteer_eval.steering.engine_batch import PROMPT_LEN, SLOT
 from dsteer_eval.steering.sites import resolve_parts
 from dsteer_eval.vectors.formats import load_vectors
@@ -81,10 +80,6 @@ def _canonical(value):
     return json.loads(json.dumps(value))
 
 
-def _truthy(value) -> bool:
-    return str(value).strip().lower() in ("1", "true", "yes")
-
-
 @register_model("steered-vllm")
 class SteeredVLLM(VLLM):
     def __init__(self, pretrained=None, vector=None, layer=None, alpha=1.0, position="all", unit=False, mode="add",
@@ -95,7 +90,7 @@ class SteeredVLLM(VLLM):
         refused = [(args.unit == "norm", "unit=norm: use unit=true with steered-vllm, or --model steered"),
                    (args.norm_preserve, "norm_preserve=true: not in steered-vllm yet; use --model steered"),
                    (steer_path is not None, "steer_path=: use vector= with steered-vllm, or --model steered"),
-                   (not _truthy(enforce_eager), "enforce_eager=false: steered-vllm runs vLLM eagerly, because hooks "
+                   (not parse_bool(enforce_eager, "enforce_eager"), "enforce_eager=false: steered-vllm runs vLLM eagerly, because hooks "
                     "added after vLLM compiles the model or captures CUDA graphs may not run (a graph replay "
                     "skips them: unsteered numbers); drop enforce_eager (default true)"),
                    (int(data_parallel_size) < 1, f"data_parallel_size={data_parallel_size}: use 1 or more")]
@@ -125,8 +120,7 @@ class SteeredVLLM(VLLM):
         super().__init__(pretrained=str(weights), dtype=str(dtype), enforce_eager=True,
                          data_parallel_size=int(data_parallel_size), **kwargs)
         if self.data_parallel_size > 1:
-            self.replicas = ReplicaPool(self.data_parallel_size, self.model_args, self._plan(self._settings),
-                                        self.tensor_parallel_size)
+            self.replicas = ReplicaPool(self.data_parallel_size, self.model_args, self.tensor_parallel_size)
         self.set_steering(interventions)
 
     # -- steering -----------------------------------------------------------------------------------------
@@ -166,6 +160,7 @@ class SteeredVLLM(VLLM):
             if _canonical(worker) != expected:
                 raise RuntimeError(f"steered-vllm: a worker steers {worker}, expected {expected} (internal error)")
         self._settings, self._slot = settings, slot
+        self._held = [setting_key(s) for s in settings]
         self.steered_workers = len(placed)  # every tensor-parallel rank of every replica answered
         self._version += 1
         self._stash.clear()
@@ -191,11 +186,7 @@ class SteeredVLLM(VLLM):
         and the steering requests use now (each intervention's site, mode, α and vector bytes)."""
         identity = self.__dict__.get("_engine_files")
         if identity is None:  # hashed once, when a cache first asks
-            ident = self._engine_identity
-            files = {"pretrained": content(ident["pretrained"])["sha256"]}
-            if ident["peft"] is not None:
-                files["peft"] = content(ident["peft"])["sha256"]
-            identity = self._engine_files = repr(sorted({**ident, "files": files}.items()))
+            identity = self._engine_files = model_identity(self._engine_identity)
         return steering_digest(identity, ("vllm", self.steer_args.position), self.interventions)
 
     def set_cache_hook(self, cache_hook) -> None:
@@ -210,12 +201,12 @@ class SteeredVLLM(VLLM):
     @property
     def held(self) -> list:
         """:func:`setting_key` of each setting the engine holds, slot by slot."""
-        return [setting_key(s) for s in self._settings]
+        return list(self._held)
 
     def slot_of(self, interventions) -> int | None:
         """The slot holding exactly ``interventions`` (same sites, modes, α and vectors), if any."""
         wanted = setting_key(interventions)
-        return next((k for k, key in enumerate(self.held) if key == wanted), None)
+        return next((k for k, key in enumerate(self._held) if key == wanted), None)
 
     # -- requests -----------------------------------------------------------------------------------------
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False):
@@ -246,42 +237,40 @@ class SteeredVLLM(VLLM):
             sampling_params = SamplingParams(temperature=0, prompt_logprobs=1, max_tokens=1, detokenize=False)
         if not isinstance(sampling_params, list):
             sampling_params = [sampling_params] * len(requests)
-        jobs = [(list(tokens), params, self._prompt_len(tokens, generate))
-                for tokens, params in zip(requests, sampling_params, strict=True)]
+        jobs = []  # (tokens, params, prompt length, identity: what an answer kept for another slot is found by)
+        for tokens, params in zip(requests, sampling_params, strict=True):
+            prompt_len = self._prompt_len(tokens, generate)
+            jobs.append((list(tokens), params, prompt_len, (tuple(tokens), prompt_len, repr(params))))
         answers: list = [None] * len(jobs)
         runs = []  # (job index or None, slot, job)
         for index, job in enumerate(jobs):
-            kept = self._stash.pop(self._key(self._slot, job), None)
+            kept = self._stash.pop((self._slot, job[3]), None)
             if kept is not None:
                 answers[index] = kept
                 continue
             runs.append((index, self._slot, job))
             if len(self._settings) > 1 and job[1].temperature == 0:  # greedy: the other slots' answers too
                 runs += [(None, slot, job) for slot in range(len(self._settings)) if slot != self._slot
-                         and self._key(slot, job) not in self._stash]
+                         and (slot, job[3]) not in self._stash]
         if runs:
             outputs = self._run([self._prompt(slot, job) for _, slot, job in runs],
                                 [self._params(slot, job) for _, slot, job in runs])
             for (index, slot, job), output in zip(runs, outputs, strict=True):
                 if index is None:
-                    self._stash[self._key(slot, job)] = output
+                    self._stash[(slot, job[3])] = output
                 else:
                     answers[index] = output
         return answers
 
-    def _key(self, slot: int, job) -> tuple:
-        tokens, params, prompt_len = job
-        return slot, tuple(tokens), prompt_len, repr(params)
-
     def _prompt(self, slot: int, job):
-        tokens, _, prompt_len = job
+        tokens, _, prompt_len, _ = job
         if not any(self._settings):
             return TokensPrompt(prompt_token_ids=tokens)
         # the prefix cache keys blocks by their tokens: the salt keeps KV computed under other steering out
         return TokensPrompt(prompt_token_ids=tokens, cache_salt=f"dsteer:{self._version}:{slot}:{prompt_len}")
 
     def _params(self, slot: int, job):
-        _, params, prompt_len = job
+        _, params, prompt_len, _ = job
         params = params.clone()
         params.extra_args = {**(params.extra_args or {}), SLOT: slot, PROMPT_LEN: prompt_len}
         return params

@@ -38,6 +38,9 @@ class EngineReplica:
         args = {k: v for k, v in model_args.items() if k != "distributed_executor_backend"}
         self.llm = LLM(**args)
 
+    def ready(self) -> bool:
+        return True
+
     def steer(self, plan: dict) -> list:
         return self.llm.collective_rpc(partial(engine_hooks.install, plan=plan))
 
@@ -48,7 +51,7 @@ class EngineReplica:
 class ReplicaPool:
     """``size`` :class:`EngineReplica` actors; :meth:`steer` reaches every worker of every replica."""
 
-    def __init__(self, size: int, model_args: dict, plan: dict, tensor_parallel_size: int = 1) -> None:
+    def __init__(self, size: int, model_args: dict, tensor_parallel_size: int = 1) -> None:
         import ray  # deferred: data parallelism only
 
         if not ray.is_initialized():
@@ -62,8 +65,8 @@ class ReplicaPool:
         for _ in range(size):
             self.replicas.append(actor.remote(model_args))
             if not gpus:  # one machine's memory: vLLM's CPU build sizes its KV cache from what is free while it
-                ray.get(self.replicas[-1].steer.remote(plan))  # starts, so replicas start one after another
-        ray.get([r.steer.remote(plan) for r in self.replicas])  # every replica has started and is steered
+                ray.get(self.replicas[-1].ready.remote())  # starts, so replicas start one after another
+        ray.get([r.ready.remote() for r in self.replicas])  # every replica has started (steer() steers them)
 
     def __len__(self) -> int:
         return len(self.replicas)

@@ -70,7 +70,8 @@ class VLLMSweepLM(LM):
         for _, layer, alpha, control in points:  # one slot per distinct setting
             found = engine.interventions_at(layer, alpha, control)
             settings.setdefault(setting_key(found), found)
-        if all(key in engine.held for key in settings):  # a later point of the group that is held already
+        held = engine.held
+        if all(key in held for key in settings):  # a later point of the group that is held already
             return
         keys = list(settings)
         engine.set_slots(list(settings.values()), keys.index(setting_key(engine.interventions)))
