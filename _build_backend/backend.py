@@ -2,7 +2,7 @@
 
 setuptools cannot place a file at the root of site-packages, which is where a
 ``.pth`` must live; so after setuptools builds a wheel (regular or editable) we
-add the one-line ``.pth`` to it and to its RECORD.  See dsteer_eval/harness/plugin.py.
+add the one-line ``.pth`` to it and to its RECORD.  See adapters/plugin.py.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from setuptools import build_meta as _setuptools
 from setuptools.build_meta import *  # noqa: F403  (re-export the hooks we don't change)
 
 PTH_NAME = "dsteer_eval.pth"
-PTH_TEXT = "import dsteer_eval.harness.plugin as _dsteer; _dsteer.install()\n"
+PTH_TEXT = "import dsteer_eval.adapters.plugin as _dsteer; _dsteer.install()\n"
 
 
 def _add_pth(wheel_path: str) -> None:

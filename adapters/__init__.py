@@ -1,1 +1,1 @@
-"""lm-eval model adapters shipped by dsteer-eval (installed as ``dsteer_eval.harness``)."""
+"""lm-eval model adapters shipped by dsteer-eval (installed as ``dsteer_eval.adapters``)."""

@@ -8,10 +8,10 @@ to ``sys.meta_path`` (no torch, no lm_eval import); the finder acts when, and
 only when, lm-eval itself is imported:
 
 * after ``lm_eval.models`` runs, ``steered`` points (lazily) at
-  ``dsteer_eval.harness.steered:SteeredLM`` and lm-eval's original class stays
+  ``dsteer_eval.adapters.steered:SteeredLM`` and lm-eval's original class stays
   reachable as ``steered-builtin``;
 * after ``lm_eval.tasks.manager`` runs, every ``TaskManager`` that includes
-  lm-eval's own tasks also indexes ``dsteer_eval/harness/tasks`` (a user's
+  lm-eval's own tasks also indexes our ``tasks/`` (``dsteer_eval.tasks``; a user's
   ``--include_path`` is indexed after ours, so it can override our names);
 * while ``lm_eval.models.hf_steered`` runs, its ``@register_model("steered")``
   is let through and then redirected to ``steered-builtin``, so importing the
@@ -27,11 +27,11 @@ import sys
 
 from dsteer_eval.common.package_files import tasks_dir  # noqa: F401  (re-exported; the start-up hook needs it)
 
-OUR_TARGET = "dsteer_eval.harness.steered:SteeredLM"
+OUR_TARGET = "dsteer_eval.adapters.steered:SteeredLM"
 BUILTIN_TARGET = "lm_eval.models.hf_steered:SteeredModel"
 BUILTIN_ALIAS = "steered-builtin"
 OUR_ALIAS = "dsteer"  # the same model under a name lm-eval does not ship (registered by steered.py itself too)
-VLLM_ALIAS, VLLM_TARGET = "steered-vllm", "dsteer_eval.harness.steered_vllm:SteeredVLLM"  # loads only when asked for
+VLLM_ALIAS, VLLM_TARGET = "steered-vllm", "dsteer_eval.adapters.steered_vllm:SteeredVLLM"  # loads only when asked for
 
 
 def _point_registry_at_us() -> None:

@@ -2,7 +2,7 @@
 
 A strict superset of lm-eval's built-in ``steered`` model
 (``lm_eval.models.hf_steered.SteeredModel``), which this class replaces under
-the same name once dsteer-eval is installed (see ``dsteer_eval.harness.plugin``):
+the same name once dsteer-eval is installed (see ``dsteer_eval.adapters.plugin``):
 
 * ``steer_path=x.pt|x.pth``  the built-in dict format, same numbers, but read
   with ``torch.load(weights_only=True)``; ``steer_path=x.csv`` (SAE features)
@@ -18,7 +18,7 @@ the same name once dsteer-eval is installed (see ``dsteer_eval.harness.plugin``)
   the base model with the shipped v̄ instead (``alpha=1``: base + v̄).
 * ``head_positions=continuation|all``: log-likelihood requests run the LM head and
   the log-softmax only on the positions lm-eval reads (default ``continuation``;
-  :mod:`dsteer_eval.harness.continuation_loglik`, same numbers); ``all`` is
+  :mod:`dsteer_eval.adapters.continuation_loglik`, same numbers); ``all`` is
   lm-eval's own loop.
 * everything HFLM takes (``peft=``, ``dtype=``, ``batch_size=`` ...).
 """
@@ -37,13 +37,13 @@ from lm_eval.models.huggingface import HFLM
 from dsteer_eval.common.redaction import register_model_args
 from dsteer_eval.data.preference_pairs import load_pairs
 from dsteer_eval.dpo.extract import last_token_states, unique_prompts
-from dsteer_eval.harness import plugin as lm_eval_plugin
-from dsteer_eval.harness.builtin_steer_path import builtin_edits, read_builtin
-from dsteer_eval.harness import continuation_loglik
-from dsteer_eval.harness.continuation_loglik import loglikelihood_tokens
-from dsteer_eval.harness.lm_cache import model_identity, rekey, steering_digest
-from dsteer_eval.harness.packed_contexts import PACKABLE_ATTENTION, packed_loglikelihood_tokens
-from dsteer_eval.harness.plugin import tasks_dir
+from dsteer_eval.adapters import plugin as lm_eval_plugin
+from dsteer_eval.adapters.builtin_steer_path import builtin_edits, read_builtin
+from dsteer_eval.adapters import continuation_loglik
+from dsteer_eval.adapters.continuation_loglik import loglikelihood_tokens
+from dsteer_eval.adapters.lm_cache import model_identity, rekey, steering_digest
+from dsteer_eval.adapters.packed_contexts import PACKABLE_ATTENTION, packed_loglikelihood_tokens
+from dsteer_eval.adapters.plugin import tasks_dir
 from dsteer_eval.metrics.reference_models import register_active
 from dsteer_eval.models.defaults import NoDefaultVectorError, model_name, resolve_default_pair  # noqa: F401 (re-export)
 from dsteer_eval.models.embedded import resolve_pretrained
@@ -219,7 +219,7 @@ class SteeredLM(HFLM):
         if head_positions == "continuation" and not self._continuation_head:
             log.warning("steered: this model takes no logits_to_keep (or is seq2seq); log-likelihoods use "
                         "lm-eval's full-head loop")
-        # each context once for all its continuations (dsteer_eval/harness/packed_contexts.py); the first packed batch is
+        # each context once for all its continuations (adapters/packed_contexts.py); the first packed batch is
         # checked against unpacked rows and turns packing off if they differ
         self._pack_contexts = pack_contexts and self._continuation_head
         self._pack_check: dict = {}
@@ -391,7 +391,7 @@ class SteeredLM(HFLM):
 
     def packs_contexts(self, override_bs=None) -> bool:
         """Whether log-likelihood requests run packed, a context once for all its continuations
-        (:mod:`dsteer_eval.harness.packed_contexts`; the cases that do not are listed there)."""
+        (:mod:`dsteer_eval.adapters.packed_contexts`; the cases that do not are listed there)."""
 
         return (self._pack_contexts and self._position == "all" and override_bs is None
                 and isinstance(self.batch_size, int) and self.batch_size >= 1

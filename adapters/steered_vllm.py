@@ -3,7 +3,7 @@
 It takes the steering arguments of ``--model steered`` (``vector=``, ``layer=`` incl. several, ``alpha=``,
 ``position=all|prompt|completion|last``, ``mode=add|ablate``, ``unit=true``, ``control=random:i``, ``pair=``,
 ``peft=``, ``vector_pair=``) and checks them, the vector file against the model and α·v against its dtype,
-*before* the engine loads: the same :func:`~dsteer_eval.harness.steered.interventions_for` runs on a
+*before* the engine loads: the same :func:`~dsteer_eval.adapters.steered.interventions_for` runs on a
 weightless (meta-device) copy of the model. The shipped pair is the default, as for ``steered``; its DPO side
 runs as merged weights (:mod:`dsteer_eval.models.merged_checkpoint`, and why), ``peft=none`` is the base.
 
@@ -14,7 +14,7 @@ Each request carries its prompt length (a log-likelihood request's context lengt
 continuation as one prompt) and its steering slot in ``SamplingParams.extra_args``, and a prefix-cache salt
 naming the steering it ran under, so vLLM's prefix cache never serves KV computed under other steering.
 ``data_parallel_size > 1`` runs that many steered engine replicas as Ray actors
-(:mod:`dsteer_eval.harness.vllm_replicas`); ``tensor_parallel_size`` reaches every rank through
+(:mod:`dsteer_eval.adapters.vllm_replicas`); ``tensor_parallel_size`` reaches every rank through
 ``collective_rpc``. Everything else, log-likelihoods through prompt log-probs and generation, is lm-eval's
 ``VLLM``.
 
@@ -41,9 +41,9 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.vllm_causallms import VLLM
 from vllm import SamplingParams, TokensPrompt
 
-from dsteer_eval.harness.lm_cache import model_identity, rekey, steering_digest
-from dsteer_eval.harness.steered import interventions_for
-from dsteer_eval.harness.vllm_replicas import ReplicaPool
+from dsteer_eval.adapters.lm_cache import model_identity, rekey, steering_digest
+from dsteer_eval.adapters.steered import interventions_for
+from dsteer_eval.adapters.vllm_replicas import ReplicaPool
 from dsteer_eval.models.defaults import model_name, resolve_default_pair
 from dsteer_eval.models.embedded import resolve_pretrained
 from dsteer_eval.models.merged_checkpoint import merged_checkpoint

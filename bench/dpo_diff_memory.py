@@ -30,7 +30,7 @@ CHILD = r"""
 import json, resource, sys, time, torch
 from dsteer_eval.models.embedded import ensure_embedded, default_adapter
 from dsteer_eval.dpo.extract import dpo_diff, last_token_states, unique_prompts
-from dsteer_eval.harness.plugin import tasks_dir
+from dsteer_eval.adapters.plugin import tasks_dir
 from dsteer_eval.data.preference_pairs import load_pairs
 variant, n, merged, out = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 pairs = load_pairs(f"{tasks_dir()}/hh/hh_mini.jsonl")

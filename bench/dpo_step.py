@@ -48,7 +48,7 @@ def main() -> None:
 
     from dsteer_eval.dpo.training import DPOSettings, make_trainer
     from dsteer_eval.models.embedded import ensure_embedded
-    from dsteer_eval.harness.plugin import tasks_dir
+    from dsteer_eval.adapters.plugin import tasks_dir
     from dsteer_eval.data.preference_pairs import read_pairs
 
     path = ensure_embedded()

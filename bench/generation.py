@@ -29,8 +29,8 @@ from sweep import BIN, ROOT, timed  # noqa: E402
 
 
 def prompts(n: int) -> list[str]:
-    out = [json.loads(x)["prompt"] for x in (ROOT / "dsteer_eval/harness/tasks/geval/geval_mini.jsonl").read_text().splitlines() if x.strip()]
-    for line in (ROOT / "dsteer_eval/harness/tasks/refusal/refusal_eval.jsonl").read_text().splitlines():
+    out = [json.loads(x)["prompt"] for x in (ROOT / "tasks/geval/geval_mini.jsonl").read_text().splitlines() if x.strip()]
+    for line in (ROOT / "tasks/refusal/refusal_eval.jsonl").read_text().splitlines():
         row = json.loads(line)
         if row.get("kind") == "harmful" and len(out) < n:
             text = row["prompt"].rsplit("\n\nHuman:", 1)[-1].rsplit("\n\nAssistant:", 1)[0].strip()

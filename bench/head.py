@@ -88,7 +88,7 @@ def main() -> None:
     print(json.dumps(result, indent=1))
     if diff > 1e-5:
         sys.exit(f"continuation-only head differs from the full-head loop by {diff:.3g} (> 1e-5)")
-    if packed_rel > 1e-4:  # the run-time check's rule (dsteer_eval/harness/packed_contexts.py): 1e-4 x max(1, |loglik|)
+    if packed_rel > 1e-4:  # the run-time check's rule (adapters/packed_contexts.py): 1e-4 x max(1, |loglik|)
         sys.exit(f"packed contexts differ from one row per request by {packed_rel:.3g} x |loglik| (> 1e-4)")
 
 

@@ -31,7 +31,7 @@ def main() -> None:
     from dsteer_eval.sweep.sweep_lm import SweepLM
 
     art = ROOT / "dsteer_eval/artifacts/smollm2/refusal"
-    rows = [json.loads(line) for line in open(ROOT / "dsteer_eval/harness/tasks/refusal/refusal_eval.jsonl")][: args.docs]
+    rows = [json.loads(line) for line in open(ROOT / "tasks/refusal/refusal_eval.jsonl")][: args.docs]
     texts = [(r["prompt"], reply) for r in rows for reply in (r["chosen"], r["rejected"])]
     requests = [Instance("loglikelihood", {}, t, i) for i, t in enumerate(texts)]
     lms = {merge: SweepLM(pretrained="smollm2", peft=str(art / "adapter"), vector=str(art / "vector.safetensors"),

@@ -2,7 +2,7 @@
 
 Runs `python -X importtime -c pass` in this environment N times and reads the
 cumulative import time of the modules the hook loads (dsteer_eval,
-dsteer_eval.harness.plugin), against the wall time of the whole start-up.
+dsteer_eval.adapters.plugin), against the wall time of the whole start-up.
 
     python bench/startup.py [--runs 20]
 """
@@ -34,7 +34,7 @@ def main() -> None:
                 continue
             _, cumulative, name = (p.strip() for p in line[len("import time:"):].split("|"))
             imported.add(name.strip())
-            if name.strip() == "dsteer_eval.harness.plugin":
+            if name.strip() == "dsteer_eval.adapters.plugin":
                 total += int(cumulative)
             elif name.strip() == "dsteer_eval":
                 total += int(cumulative)

@@ -47,15 +47,15 @@ def hh_docs(n: int) -> tuple[list[dict], str]:
                     rows.append({"chosen": row["chosen"], "rejected": row["rejected"]})
                 if len(rows) == n:
                     return rows, f"{SHARED} (first {n} pairs of <= 1500 characters)"
-    shipped = [json.loads(x) for x in (ROOT / "dsteer_eval/harness/tasks/hh/hh_mini.jsonl").read_text().splitlines() if x.strip()]
-    return (shipped * (n // len(shipped) + 1))[:n], "dsteer_eval/harness/tasks/hh/hh_mini.jsonl repeated"
+    shipped = [json.loads(x) for x in (ROOT / "tasks/hh/hh_mini.jsonl").read_text().splitlines() if x.strip()]
+    return (shipped * (n // len(shipped) + 1))[:n], "tasks/hh/hh_mini.jsonl repeated"
 
 
 def write_task(folder: Path, docs: list[dict]) -> str:
     data = folder / "hh_bench.jsonl"
     data.write_text("".join(json.dumps(d) + "\n" for d in docs))
     (folder / "bench_hh.yaml").write_text(
-        f"include: {ROOT / 'dsteer_eval/harness/tasks/hh/_hh_template_yaml'}\n"
+        f"include: {ROOT / 'tasks/hh/_hh_template_yaml'}\n"
         "task: bench_hh\n"
         "dataset_path: json\n"
         "custom_dataset: !function dsteer_eval.metrics.samples.load_sample\n"

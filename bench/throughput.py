@@ -99,7 +99,7 @@ def main(argv=None) -> dict:
     from lm_eval.models.hf_steered import SteeredModel
     from lm_eval.models.huggingface import HFLM
 
-    from dsteer_eval.harness.steered import SteeredLM
+    from dsteer_eval.adapters.steered import SteeredLM
     from dsteer_eval.sweep.sweep_lm import SweepLM
     from dsteer_eval.vectors import save_vectors
 

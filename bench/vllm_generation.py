@@ -59,11 +59,11 @@ def main() -> None:
     from lm_eval.api.instance import Instance
     from lm_eval.models.vllm_causallms import VLLM
 
-    from dsteer_eval.harness import plugin
+    from dsteer_eval.adapters import plugin
 
     plugin.register()
-    from dsteer_eval.harness.steered import SteeredLM
-    from dsteer_eval.harness.steered_vllm import SteeredVLLM
+    from dsteer_eval.adapters.steered import SteeredLM
+    from dsteer_eval.adapters.steered_vllm import SteeredVLLM
 
     gen = {"until": ["\n\nHuman:"], "max_gen_toks": args.max_gen_toks, "do_sample": False}
     requests = lambda: [Instance("generate_until", {}, (f"\n\nHuman: {p}\n\nAssistant:", dict(gen)), idx=0)  # noqa: E731

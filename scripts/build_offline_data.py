@@ -179,7 +179,7 @@ def build(data_dir: Path, tasks: Path) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=str(REPO.parent / "shared" / "data"), help="folder of the shared data")
-    parser.add_argument("--tasks", default=str(REPO / "dsteer_eval" / "harness" / "tasks"), help="the tasks/ folder to write into")
+    parser.add_argument("--tasks", default=str(REPO / "tasks"), help="the tasks/ folder to write into")
     parser.add_argument("--check", action="store_true", help="compare with the shipped files; write nothing")
     args = parser.parse_args(argv)
     data, tasks = Path(args.data), Path(args.tasks)

@@ -17,7 +17,7 @@ bad = {k: (pins[k], got[k]) for k in pins if got[k] != pins[k]}
 assert not bad, f"floor versions not installed: {bad}"
 print("floors installed:", ", ".join(f"{k} {v}" for k, v in got.items()), "| torch", md.version("torch"))
 PY
-"$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/harness/test_adapter.py tests/harness/test_continuation_head.py \
+"$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/adapters/test_adapter.py tests/adapters/test_continuation_head.py \
     tests/sweep/test_sweep.py tests/dpo/test_dpo_training.py tests/dpo/test_dpo_gate.py tests/sweep/test_alpha_batch.py \
-    tests/vectors/test_vector_formats.py tests/sweep/test_merged_adapter.py tests/common/test_provenance.py tests/harness/test_packed_contexts.py \
+    tests/vectors/test_vector_formats.py tests/sweep/test_merged_adapter.py tests/common/test_provenance.py tests/adapters/test_packed_contexts.py \
     -k "not embedded"

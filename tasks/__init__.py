@@ -1,1 +1,1 @@
-"""lm-eval YAML tasks shipped by dsteer-eval (installed as ``dsteer_eval.harness.tasks``)."""
+"""lm-eval YAML tasks shipped by dsteer-eval (installed as ``dsteer_eval.tasks``)."""

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from dsteer_eval.harness.plugin import tasks_dir
+from dsteer_eval.adapters.plugin import tasks_dir
 from dsteer_eval.metrics.samples import sample_path
 
 

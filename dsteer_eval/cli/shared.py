@@ -6,7 +6,7 @@ import argparse
 
 
 def default_pairs() -> str:
-    from dsteer_eval.harness.plugin import tasks_dir
+    from dsteer_eval.adapters.plugin import tasks_dir
 
     return f"{tasks_dir()}/hh/hh_mini.jsonl"
 

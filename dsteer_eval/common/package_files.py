@@ -6,9 +6,10 @@ from importlib.util import find_spec
 
 
 def tasks_dir() -> str:
-    """Folder of the YAML tasks and their data shipped in the package (``dsteer_eval.harness.tasks``).
+    """Folder of the YAML tasks and their data (``dsteer_eval.tasks``: the repository's top-level ``tasks/``,
+    installed inside the package).
 
     Found by import spec, not by importing: the lm-eval start-up hook and the metrics that resolve a
-    task's relative ``sample`` path use it without loading the harness."""
-    spec = find_spec("dsteer_eval.harness.tasks")
+    task's relative ``sample`` path use it without loading the adapters."""
+    spec = find_spec("dsteer_eval.tasks")
     return list(spec.submodule_search_locations)[0]

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from dsteer_eval.harness.steered import SteeredLM
+from dsteer_eval.adapters.steered import SteeredLM
 from dsteer_eval.metrics.degeneration import degenerate
 from dsteer_eval.models.defaults import model_name, resolve_default_pair
 from dsteer_eval.steering.args import SteerArgs

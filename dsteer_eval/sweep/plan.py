@@ -17,8 +17,8 @@ from dsteer_eval.common.output_folder import atomic_write_text
 from dsteer_eval.common.redaction import redact, register_model_args
 from dsteer_eval.data.preference_pairs import load_pairs
 from dsteer_eval.dpo.extract import unique_prompts
-from dsteer_eval.harness.plugin import tasks_dir
-from dsteer_eval.harness.task_files import task_definition_files
+from dsteer_eval.adapters.plugin import tasks_dir
+from dsteer_eval.tasks.task_files import task_definition_files
 from dsteer_eval.models.defaults import resolve_default_pair
 from dsteer_eval.models.embedded import resolve_pretrained
 from dsteer_eval.steering.controls import parse_controls

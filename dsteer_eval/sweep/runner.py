@@ -43,8 +43,8 @@ from dsteer_eval.common.redaction import redact
 from dsteer_eval.dpo.extract import unique_prompts
 from dsteer_eval.dpo.model_pair import ModelPair
 from dsteer_eval.dpo.training import read_card
-from dsteer_eval.harness.plugin import tasks_dir
-from dsteer_eval.harness.task_files import task_data_files
+from dsteer_eval.adapters.plugin import tasks_dir
+from dsteer_eval.tasks.task_files import task_data_files
 from dsteer_eval.leaderboard.collect import number
 from dsteer_eval.models.defaults import model_name
 from dsteer_eval.models.identity import model_entry

@@ -9,10 +9,10 @@ import torch
 
 from lm_eval.models.huggingface import HFLM
 
-from dsteer_eval.harness.packed_contexts import PassAbandoned
-from dsteer_eval.harness.steered import SteeredLM
-from dsteer_eval.harness.continuation_loglik import loglikelihood_tokens
-from dsteer_eval.harness.packed_contexts import packed_loglikelihood_tokens
+from dsteer_eval.adapters.packed_contexts import PassAbandoned
+from dsteer_eval.adapters.steered import SteeredLM
+from dsteer_eval.adapters.continuation_loglik import loglikelihood_tokens
+from dsteer_eval.adapters.packed_contexts import packed_loglikelihood_tokens
 from dsteer_eval.steering.args import Layer, parse_bool
 from dsteer_eval.steering.hook import NonFiniteError
 from dsteer_eval.steering.row_edits import expanded_rows, repeat_layer_inputs, row_shift_edit

@@ -1,6 +1,6 @@
 """``dsteer-eval sweep --backend vllm``: the sweep's model on vLLM, loaded once per side, re-pointed in place.
 
-One :class:`~dsteer_eval.harness.steered_vllm.SteeredVLLM` engine per side of the pair (the DPO side as merged
+One :class:`~dsteer_eval.adapters.steered_vllm.SteeredVLLM` engine per side of the pair (the DPO side as merged
 weights, the base as ``peft=none``), each started the first time a point of its side runs and kept for the
 rest of the sweep; between points only the steering tables in the engine's workers are rewritten
 (:meth:`SteeredVLLM.set_steering`), never the weights.
@@ -19,7 +19,7 @@ from __future__ import annotations
 from lm_eval.api.model import LM
 
 from dsteer_eval.common.env_numbers import env_number
-from dsteer_eval.harness.steered_vllm import SteeredVLLM, setting_key
+from dsteer_eval.adapters.steered_vllm import SteeredVLLM, setting_key
 
 
 def max_slots() -> int:

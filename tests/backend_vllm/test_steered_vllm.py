@@ -16,11 +16,11 @@ pytest.importorskip("vllm.entrypoints.llm")  # the vLLM venv only (scripts/setup
 from lm_eval.api.instance import Instance  # noqa: E402
 from vllm import SamplingParams, TokensPrompt  # noqa: E402
 
-from dsteer_eval.harness import plugin  # noqa: E402
+from dsteer_eval.adapters import plugin  # noqa: E402
 
 TOLERANCE = 5e-4  # max |Δ log-likelihood| per request, fp32 (measured: about 7e-5)
 ENGINE = {"gpu_memory_utilization": 0.15, "max_model_len": 1024, "batch_size": 8}
-DOCS = Path(__file__).resolve().parents[2] / "dsteer_eval" / "harness" / "tasks" / "refusal" / "refusal_eval.jsonl"
+DOCS = Path(__file__).resolve().parents[2] / "tasks" / "refusal" / "refusal_eval.jsonl"
 
 
 def _docs(n=6):
@@ -41,13 +41,13 @@ def _gen_requests(tokens=24):
 @pytest.fixture(scope="module")
 def engine():
     plugin.register()
-    from dsteer_eval.harness.steered_vllm import SteeredVLLM
+    from dsteer_eval.adapters.steered_vllm import SteeredVLLM
 
     return SteeredVLLM(pair="refusal", layer=20, alpha=-1.0, **ENGINE)
 
 
 def _hf(**args):
-    from dsteer_eval.harness.steered import SteeredLM
+    from dsteer_eval.adapters.steered import SteeredLM
 
     return SteeredLM(pair="refusal", batch_size=4, **args)
 
@@ -171,7 +171,7 @@ def test_use_cache_keys_entries_by_the_steering(engine, tmp_path, monkeypatch):
 
 def test_two_data_parallel_replicas_give_one_engines_numbers(engine):
     ray = pytest.importorskip("ray")
-    from dsteer_eval.harness.steered_vllm import SteeredVLLM
+    from dsteer_eval.adapters.steered_vllm import SteeredVLLM
 
     # each replica's share of memory must hold its weights as well as its KV cache (vLLM's CPU build refuses
     # 0.08 of 23 GiB: "requested memory for kv -0.04 GiB")
@@ -195,7 +195,7 @@ def test_tensor_parallel_ranks_are_all_steered(monkeypatch):
     """tensor_parallel_size=3 (SmolLM2's 9 attention and 3 KV heads split three ways; vLLM's CPU build runs
     the ranks as processes, unbound from cores on this 2-core machine): every rank is steered and the numbers
     are steered's within the tolerance (the ranks' partial sums change the rounding, not the result)."""
-    from dsteer_eval.harness.steered_vllm import SteeredVLLM
+    from dsteer_eval.adapters.steered_vllm import SteeredVLLM
 
     monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "nobind")
     lm = SteeredVLLM(pair="refusal", layer=20, alpha=-1.0, tensor_parallel_size=3,
@@ -213,7 +213,7 @@ def test_tensor_parallel_ranks_are_all_steered(monkeypatch):
 
 
 def test_ablate_equals_steered():
-    from dsteer_eval.harness.steered_vllm import SteeredVLLM
+    from dsteer_eval.adapters.steered_vllm import SteeredVLLM
 
     lm = SteeredVLLM(pair="refusal", peft="none", layer=20, alpha=1.0, mode="ablate", **ENGINE)
     got = _ll(lm)
@@ -242,7 +242,7 @@ def test_alpha_zero_is_plain_vllm_bit_for_bit(engine):
 def test_bad_arguments_fail_before_the_engine_loads(args, message, monkeypatch):
     from lm_eval.models import vllm_causallms
 
-    from dsteer_eval.harness.steered_vllm import SteeredVLLM
+    from dsteer_eval.adapters.steered_vllm import SteeredVLLM
 
     monkeypatch.setattr(vllm_causallms, "LLM", lambda **_: pytest.fail("the engine was started"))
     with pytest.raises(ValueError, match=message):

@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("vllm.entrypoints.llm")  # the vLLM venv only (scripts/setup_vllm.sh)
 
-from dsteer_eval.harness import plugin  # noqa: E402
+from dsteer_eval.adapters import plugin  # noqa: E402
 from dsteer_eval.sweep.runner import SweepConfig, run_sweep  # noqa: E402
 
 TOLERANCE = 5e-4

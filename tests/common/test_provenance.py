@@ -228,7 +228,7 @@ def test_sweep_record_has_provenance_that_a_resume_does_not_compare(tiny_dir, ve
     first = json.loads(record_path.read_text())
     record = first["provenance"]
     assert record["command"] == "dsteer-eval sweep --first" and "earlier_provenance" not in first
-    from dsteer_eval.harness.plugin import tasks_dir
+    from dsteer_eval.adapters.plugin import tasks_dir
 
     hh_mini = Path(tasks_dir()) / "hh" / "hh_mini.jsonl"  # the rows the task reads, from its YAML
     assert record["data"] == [{"path": str(Path(vec).resolve()), "sha256": sha256(vec),
@@ -301,8 +301,8 @@ def test_info_reports_an_unreadable_provenance_instead_of_failing(tmp_path, caps
 
 
 def test_task_data_files_resolve_tasks_and_groups():
-    from dsteer_eval.harness.plugin import tasks_dir
-    from dsteer_eval.harness.task_files import task_data_files
+    from dsteer_eval.adapters.plugin import tasks_dir
+    from dsteer_eval.tasks.task_files import task_data_files
 
     tasks = Path(tasks_dir())
     assert task_data_files(["dsteer_refusal_ll"]) == {"dsteer_refusal_ll": tasks / "refusal" / "refusal_eval.jsonl"}

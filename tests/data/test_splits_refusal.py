@@ -23,7 +23,7 @@ from dsteer_eval.data.refusal_set import (
 from dsteer_eval.data.splits import FRACTIONS, PARTS, first_human_turn, part_of, prompt_key, select_part
 
 REPO = Path(__file__).resolve().parents[2]
-TASKS = REPO / "dsteer_eval" / "harness" / "tasks"
+TASKS = REPO / "tasks"
 SHARED = REPO.parent / "shared" / "data"
 HH = SHARED / "hh_harmless_dev.jsonl.gz"
 TQA = SHARED / "truthfulqa_dev.csv"
@@ -370,7 +370,7 @@ def _jsonl(path):
 def test_offline_tasks_load_offline_with_their_document_counts():
     from lm_eval.tasks import TaskManager, get_task_dict
 
-    from dsteer_eval.harness.plugin import tasks_dir
+    from dsteer_eval.adapters.plugin import tasks_dir
 
     manager = TaskManager()
     assert manager.task_index["dsteer_offline"].cfg["task"] == list(OFFLINE)
@@ -447,7 +447,7 @@ def test_package_data_ships_the_new_files():
     import tomllib
 
     patterns = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"][
-        "dsteer_eval.harness.tasks"]
+        "dsteer_eval.tasks"]
     shipped = [p for folder in ("hh", "truthfulqa", "refusal") for p in (TASKS / folder).iterdir()
                if p.is_file() and p.suffix != ".pyc"] + [TASKS / "dsteer_offline.yaml"]
     for path in shipped:

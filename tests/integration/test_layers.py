@@ -4,6 +4,7 @@ modules (docs/architecture.md lists the floors). Read from the source with ``ast
 from __future__ import annotations
 
 import ast
+import tomllib
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "dsteer_eval"
@@ -15,19 +16,45 @@ FLOORS = {
     "data": 2,
     "dpo": 3,
     "probes": 4, "metrics": 4,
-    "harness": 5,
+    "adapters": 5, "tasks": 5,  # top-level adapters/ and tasks/, installed as dsteer_eval.adapters / .tasks
     "sweep": 6, "leaderboard": 6, "report": 6, "describe": 6,
     "cli": 7,
 }
 
 
+def mapped_folders() -> dict[str, Path]:
+    """``{package: folder}`` for the packages pyproject installs from elsewhere (``package-dir``: the design
+    card's top-level ``adapters/`` and ``tasks/`` become ``dsteer_eval.adapters`` / ``dsteer_eval.tasks``)."""
+    pyproject = PACKAGE.parent / "pyproject.toml"
+    if not pyproject.is_file():
+        return {}
+    mapping = tomllib.loads(pyproject.read_text())["tool"]["setuptools"].get("package-dir", {})
+    return {name: PACKAGE.parent / folder for name, folder in mapping.items() if name}
+
+
+def source_files() -> list[tuple[str, Path]]:
+    """(path relative to the installed package, file) for every module of the package, mapped folders included."""
+    found = [(p.relative_to(PACKAGE).as_posix(), p) for p in PACKAGE.rglob("*.py")]
+    for name, folder in mapped_folders().items():
+        prefix = "/".join(name.split(".")[1:])
+        found += [(f"{prefix}/{p.relative_to(folder).as_posix()}", p) for p in folder.rglob("*.py")]
+    return sorted(found)
+
+
 def module_name(path: Path) -> str:
-    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+    for rel, file in source_files():
+        if file == path:
+            parts = ("dsteer_eval", *Path(rel).with_suffix("").parts)
+            return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+    raise AssertionError(f"{path} is not a module of the package")
 
 
 def modules() -> dict[str, Path]:
-    return {module_name(p): p for p in PACKAGE.rglob("*.py") if "tasks" not in p.relative_to(PACKAGE).parts}
+    out = {}
+    for rel, file in source_files():
+        parts = ("dsteer_eval", *Path(rel).with_suffix("").parts)
+        out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = file
+    return out
 
 
 def imports(name: str, path: Path, known: set[str]) -> list[tuple[str, list[str], int]]:
@@ -112,8 +139,30 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
 
 
 def test_every_package_has_a_floor():
-    for name in modules():
+    found = modules()
+    for name in found:
         floor(name)
+    # the top-level folders are read as the packages the wheel installs them as
+    assert found["dsteer_eval.adapters.steered"] == PACKAGE.parent / "adapters" / "steered.py"
+    assert found["dsteer_eval.tasks.task_files"] == PACKAGE.parent / "tasks" / "task_files.py"
+    assert floor("dsteer_eval.adapters.plugin") == floor("dsteer_eval.tasks.task_files") == 5
+
+
+def test_the_checker_follows_the_mapped_top_level_folders(tmp_path, monkeypatch):
+    """An adapter in the top-level adapters/ that imports the sweep (L6) is an upward import, and a cycle
+    through it is seen: the mapped folders are part of the graph."""
+    pkg = tmp_path / "dsteer_eval"
+    (pkg / "sweep").mkdir(parents=True)
+    (tmp_path / "adapters").mkdir()
+    for init in (pkg / "__init__.py", pkg / "sweep" / "__init__.py", tmp_path / "adapters" / "__init__.py"):
+        init.write_text("")
+    (tmp_path / "pyproject.toml").write_text('[tool.setuptools]\npackage-dir = {"dsteer_eval.adapters" = "adapters"}\n')
+    (tmp_path / "adapters" / "lm.py").write_text("from dsteer_eval.sweep.b import run\n")
+    (pkg / "sweep" / "b.py").write_text("from dsteer_eval.adapters import lm\n")
+    monkeypatch.setattr(__import__(__name__), "PACKAGE", pkg)
+    edges, upward, _ = graph()
+    assert upward == ["dsteer_eval.adapters.lm:1 imports dsteer_eval.sweep.b (floor 5 -> 6)"]
+    assert cycles(edges) == [["dsteer_eval.adapters.lm", "dsteer_eval.sweep.b"]]
 
 
 def test_no_upward_import():
@@ -155,10 +204,10 @@ HOOK_CALLS = ("register_forward_hook", "register_forward_pre_hook", "register_fu
 def hook_registrations() -> dict[str, list[int]]:
     """Module path (relative to the package) -> lines that register a forward/backward hook."""
     found: dict[str, list[int]] = {}
-    for path in PACKAGE.rglob("*.py"):
+    for rel, path in source_files():
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.Call) and getattr(node.func, "attr", None) in HOOK_CALLS:
-                found.setdefault(path.relative_to(PACKAGE).as_posix(), []).append(node.lineno)
+                found.setdefault(rel, []).append(node.lineno)
     return found
 
 
@@ -168,9 +217,9 @@ def test_only_the_steering_package_hooks_a_forward_pass():
 
 
 def steered_private_state() -> set[str]:
-    """The private attributes SteeredLM sets on itself (``self._x = ...`` in harness/steered.py)."""
+    """The private attributes SteeredLM sets on itself (``self._x = ...`` in adapters/steered.py)."""
     names = set()
-    tree = ast.parse((PACKAGE / "harness" / "steered.py").read_text())
+    tree = ast.parse((mapped_folders()["dsteer_eval.adapters"] / "steered.py").read_text())
     for node in ast.walk(tree):
         targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
             node, (ast.AugAssign, ast.AnnAssign)) else []
@@ -210,10 +259,10 @@ def test_nothing_outside_steered_writes_its_private_state():
     names = steered_private_state()
     assert {"_interventions", "_module_edits", "_label", "_steer_args"} <= names  # the checker sees them
     hits = []
-    for path in PACKAGE.rglob("*.py"):
-        if path != PACKAGE / "harness" / "steered.py":
+    for rel, path in source_files():
+        if rel != "adapters/steered.py":
             hits += writes_to(path, names)
-    assert hits == [], "SteeredLM's private state written outside harness/steered.py (use set_steering / " \
+    assert hits == [], "SteeredLM's private state written outside adapters/steered.py (use set_steering / " \
                        f"steering_replaced): {hits}"
 
 
@@ -229,19 +278,18 @@ def test_the_state_checker_sees_a_planted_write(tmp_path):
 
 # the package's modules that import an optional extra (vLLM) at their top: the only own modules a caller may
 # import inside a function (with a ``# deferred: ...`` comment), so the main venv never needs the extra
-OPTIONAL_BACKENDS = {"dsteer_eval.sweep.vllm_lm", "dsteer_eval.harness.steered_vllm"}
+OPTIONAL_BACKENDS = {"dsteer_eval.sweep.vllm_lm", "dsteer_eval.adapters.steered_vllm"}
 
 
 def deferred_imports_without_reason() -> list[str]:
     """Imports inside functions that name no reason: the package's own modules and the standard library are
     imported at the top; a third-party import (or an optional backend's module) may wait for start-up cost with
     a ``# deferred: ...`` comment. The CLI verbs (their module docstrings say why) and the lm-eval start-up
-    hook (harness/plugin.py) defer all."""
+    hook (adapters/plugin.py) defer all."""
     stdlib = set(__import__("sys").stdlib_module_names)
     found = []
-    for path in PACKAGE.rglob("*.py"):
-        rel = path.relative_to(PACKAGE).as_posix()
-        if rel.startswith("cli/") or rel == "harness/plugin.py" or "/tasks/" in rel:
+    for rel, path in source_files():
+        if rel.startswith("cli/") or rel == "adapters/plugin.py" or rel.startswith("tasks/"):
             continue
         lines = path.read_text().splitlines()
         for fn in ast.walk(ast.parse("\n".join(lines), str(path))):

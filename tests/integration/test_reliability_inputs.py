@@ -203,7 +203,7 @@ def test_fp16_overflow_of_alpha_times_v_is_refused(tiny_dir, tiny, tmp_path):
 
 
 def test_a_forward_pass_with_nan_logits_raises_instead_of_scoring(tiny_dir, tiny, tmp_path):
-    from dsteer_eval.harness.steered import NonFiniteStateError
+    from dsteer_eval.adapters.steered import NonFiniteStateError
 
     huge = tmp_path / "huge.safetensors"
     save_vectors(huge, {1: torch.full((32,), 3e38), 2: torch.full((32,), 3e38)}, model=tiny[0])  # each fits float32

@@ -23,7 +23,7 @@ def vec(tiny, tmp_path_factory):
 def task_manager():
     from lm_eval.tasks import TaskManager
 
-    from dsteer_eval.harness.plugin import tasks_dir
+    from dsteer_eval.adapters.plugin import tasks_dir
 
     return TaskManager(include_path=[tasks_dir()], include_defaults=False)
 
@@ -52,7 +52,7 @@ def _per_doc(tiny_dir, vec, task_manager, alpha, cache=None, **extra):
 @pytest.fixture
 def model_calls(monkeypatch):
     """How many times a steered model computed log-likelihoods (a cache hit computes none)."""
-    from dsteer_eval.harness.steered import SteeredLM
+    from dsteer_eval.adapters.steered import SteeredLM
 
     calls = []
     real = SteeredLM._loglikelihood_tokens
@@ -118,7 +118,7 @@ def test_sweep_points_key_the_cache_separately(tiny_dir, vec):
 
 # ------------------------------------------------------------------ 4: the message names mode=
 def test_non_finite_state_message_names_mode_unit_control_norm_preserve(tiny_dir, tiny, vec, tmp_path):
-    from dsteer_eval.harness.steered import NonFiniteStateError
+    from dsteer_eval.adapters.steered import NonFiniteStateError
 
     huge = tmp_path / "huge.safetensors"
     save_vectors(huge, {1: torch.full((32,), 3e38), 2: torch.full((32,), 3e38)}, model=tiny[0])
@@ -144,7 +144,7 @@ def test_non_finite_state_message_names_mode_unit_control_norm_preserve(tiny_dir
 def test_a_collapsed_forward_pass_raises_naming_the_arguments(tiny_dir, vec, args, named):
     """alpha*v far beyond the state's scale overflows RMSNorm's mean square: the state feeding the head is 0,
     every logit equal, and the shortest choice would win."""
-    from dsteer_eval.harness.steered import NonFiniteStateError
+    from dsteer_eval.adapters.steered import NonFiniteStateError
 
     lm = make(tiny_dir, vector=vec, layer=2, **args)
     message = r"steered model \(pretrained=.*" + named + r".*\): a forward pass collapsed: the logits of \d+ " \
@@ -181,7 +181,7 @@ def test_an_ablation_alpha_beyond_the_dtype_is_refused_at_load(tiny_dir, vec):
 
 
 def test_a_sweep_group_with_a_collapsing_alpha_raises(tiny_dir, vec):
-    from dsteer_eval.harness.steered import NonFiniteStateError
+    from dsteer_eval.adapters.steered import NonFiniteStateError
     from dsteer_eval.sweep.sweep_lm import SweepLM
 
     lm = SweepLM(pretrained=tiny_dir, vector=vec, layer=2, alpha=0.0, batch_size=2, device="cpu")
@@ -199,7 +199,7 @@ def test_a_sweep_group_with_a_collapsing_alpha_raises(tiny_dir, vec):
 def test_the_guard_leaves_normal_numbers_bit_identical(tiny_dir, vec, monkeypatch):
     from contextlib import nullcontext
 
-    from dsteer_eval.harness import steered
+    from dsteer_eval.adapters import steered
 
     for args in (dict(alpha=-1.0), dict(alpha=2.0, mode="ablate"), dict(alpha=-1.0, pack_contexts="true")):
         guarded = make(tiny_dir, vector=vec, layer=2, **args).loglikelihood(REQS)

@@ -31,7 +31,7 @@ def fast_tasks(monkeypatch):
     """lm-eval's TaskManager indexing only dsteer-eval's tasks (and --include-path): seconds faster per plan."""
     import lm_eval.tasks
 
-    from dsteer_eval.harness.plugin import tasks_dir
+    from dsteer_eval.adapters.plugin import tasks_dir
 
     real, made = lm_eval.tasks.TaskManager, {}
 
@@ -214,7 +214,7 @@ def test_full_disk_fails_the_unit_naming_the_file_then_a_rerun_completes_it(tiny
 # ------------------------------------------------------------------ 1: redaction of exception texts
 @pytest.fixture
 def key_leaking_task(tmp_path):
-    from dsteer_eval.harness.plugin import tasks_dir
+    from dsteer_eval.adapters.plugin import tasks_dir
 
     folder = tmp_path / "leak_task"
     folder.mkdir()

@@ -45,7 +45,7 @@ def lm_eval_out(tiny, tiny_dir, tmp_path_factory):
     from lm_eval.loggers import EvaluationTracker
     from lm_eval.tasks import TaskManager
 
-    from dsteer_eval.harness.plugin import tasks_dir
+    from dsteer_eval.adapters.plugin import tasks_dir
     from test_tasks import write_vector
 
     root = tmp_path_factory.mktemp("lb_real")

@@ -76,7 +76,7 @@ def test_norm_preserve_keeps_every_norm_exactly_and_only_at_steered_positions(ti
 
 
 def test_control_in_model_args_steers_with_the_seeded_random_direction(tiny_dir, tmp_path):
-    from dsteer_eval.harness.steered import SteeredLM
+    from dsteer_eval.adapters.steered import SteeredLM
     from dsteer_eval.vectors import save_vectors
 
     from transformers import AutoModelForCausalLM

@@ -67,9 +67,9 @@ def test_sweep_with_relative_alphas_uses_the_ceiling_file(tiny_dir, tmp_path, ti
 def test_unit_norm_scales_v_to_the_mean_state_norm(tiny_dir, tiny, tmp_path):
     from test_tasks import write_vector
 
-    from dsteer_eval.harness.steered import SteeredLM
+    from dsteer_eval.adapters.steered import SteeredLM
     from dsteer_eval.dpo.extract import last_token_states, unique_prompts
-    from dsteer_eval.harness.plugin import tasks_dir
+    from dsteer_eval.adapters.plugin import tasks_dir
     from dsteer_eval.data.preference_pairs import load_pairs
 
     vec = write_vector(tmp_path / "v.safetensors", tiny[0])

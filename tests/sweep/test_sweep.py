@@ -117,7 +117,7 @@ def _requests():
 
 @pytest.mark.parametrize("extra", ["", "position=prompt", "peft"])
 def test_shared_lower_layers_equal_separate_runs(tiny_dir, vec, tiny_adapter_dir, extra):
-    from dsteer_eval.harness.steered import SteeredLM
+    from dsteer_eval.adapters.steered import SteeredLM
     from dsteer_eval.sweep.sweep_lm import SweepLM
 
     kwargs = {"pretrained": tiny_dir, "vector": vec, "batch_size": 4}
@@ -145,7 +145,7 @@ def test_shared_lower_layers_equal_separate_runs(tiny_dir, vec, tiny_adapter_dir
 
 
 def test_replay_check_turns_the_cache_off_when_it_would_be_wrong(tiny_dir, vec, caplog):
-    from dsteer_eval.harness.steered import SteeredLM
+    from dsteer_eval.adapters.steered import SteeredLM
     from dsteer_eval.sweep.sweep_lm import SweepLM
 
     requests = _requests()
@@ -179,7 +179,7 @@ def test_cache_budget_zero_means_every_layer_every_time(tiny_dir, vec, monkeypat
 # ------------------------------------------------------------ a whole sweep
 @pytest.fixture(scope="module")
 def failing_task(tmp_path_factory):
-    from dsteer_eval.harness.plugin import tasks_dir
+    from dsteer_eval.adapters.plugin import tasks_dir
 
     folder = tmp_path_factory.mktemp("failing_task")
     (folder / "boom.py").write_text("def process_results(doc, results):\n    raise RuntimeError('boom')\n")

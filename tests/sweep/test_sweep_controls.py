@@ -43,7 +43,7 @@ def test_base_alphas_need_an_adapter(tiny_dir, vec, tmp_path):
 def test_base_side_and_controls_equal_separate_runs(tiny_dir, vec, tiny_adapter_dir):
     """Switching sides and controls on one loaded model, with shared lower layers, gives exactly what a
     fresh `steered` model with the point's model args gives (peft=none, control=random:i)."""
-    from dsteer_eval.harness.steered import SteeredLM
+    from dsteer_eval.adapters.steered import SteeredLM
     from dsteer_eval.sweep.sweep_lm import SweepLM
 
     kwargs = {"pretrained": tiny_dir, "vector": vec, "batch_size": 4}
@@ -71,7 +71,7 @@ def test_a_layer_set_steers_every_layer_with_one_alpha_like_steered(tiny_dir, ve
     """``--layers 1+2`` (the authors' protocol: several layers, one scalar) is one grid point whose numbers are
     exactly a fresh ``steered`` model's with ``layer=1;2`` (v̄ of each layer at its own site), controls too;
     it runs point by point (never in a one-site group) and shares the layers below its lowest site."""
-    from dsteer_eval.harness.steered import SteeredLM
+    from dsteer_eval.adapters.steered import SteeredLM
     from dsteer_eval.sweep.grid import LayerSet, Point, parse_layer_grid, points
     from dsteer_eval.sweep.sweep_lm import SweepLM
 

@@ -85,7 +85,7 @@ def test_plain_lm_eval_lists_every_task_and_group():
 
 def test_groups_list_the_builtin_truthfulqa_and_our_tasks():
     from lm_eval.tasks import TaskManager
-    from dsteer_eval.harness.plugin import tasks_dir
+    from dsteer_eval.adapters.plugin import tasks_dir
 
     index = TaskManager().task_index
     assert index["dsteer"].cfg["task"] == ["dsteer_hh", "truthfulqa_mc1", "truthfulqa_mc2", "truthfulqa_gen",

@@ -8,8 +8,8 @@ from lm_eval.api.instance import Instance
 from lm_eval.api.registry import get_model
 from lm_eval.models.huggingface import HFLM
 
-from dsteer_eval.harness import packed_contexts
-from dsteer_eval.harness.packed_contexts import batch_inputs, plan_rows
+from dsteer_eval.adapters import packed_contexts
+from dsteer_eval.adapters.packed_contexts import batch_inputs, plan_rows
 from dsteer_eval.vectors import save_vectors
 
 from test_continuation_head import PAIRS, real_hh_pairs, reqs

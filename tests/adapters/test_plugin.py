@@ -40,10 +40,10 @@ def test_lm_eval_registry_sees_our_model_and_builtin_alias():
         "from lm_eval.models import MODEL_MAPPING; print(MODEL_MAPPING['steered'])"
     )
     assert out.split() == [
-        "dsteer_eval.harness.steered",
-        "dsteer_eval.harness.steered",
+        "dsteer_eval.adapters.steered",
+        "dsteer_eval.adapters.steered",
         "lm_eval.models.hf_steered",
-        "dsteer_eval.harness.steered:SteeredLM",
+        "dsteer_eval.adapters.steered:SteeredLM",
     ]
 
 
@@ -58,7 +58,7 @@ def test_the_dsteer_alias_works_with_the_hook_and_through_the_ordinary_registry_
     code = (f"import sys; sys.path.append({site!r}); sys.path.insert(0, {str(REPO)!r})\n"  # no .pth file runs
             "import lm_eval.api.registry as registry\n"
             "print(any(type(f).__name__ == '_LmEvalFinder' for f in sys.meta_path), 'dsteer' in registry.model_registry)\n"
-            "import dsteer_eval.harness.steered as steered\n"
+            "import dsteer_eval.adapters.steered as steered\n"
             "print(registry.get_model('dsteer') is steered.SteeredLM)")
     without = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, check=True,
                              env=ENV).stdout
@@ -100,19 +100,22 @@ def test_plain_cli_runs_our_adapter_and_matches_in_process(tiny_dir, tmp_path, t
         assert got == pytest.approx(want, abs=1e-4)
 
 
-def test_wheel_ships_hook_adapters_and_tasks_and_works_installed(tmp_path):
-    """`pip install .` (not editable): build the wheel, install it into a bare venv, use it."""
+@pytest.mark.embedded
+def test_wheel_ships_hook_adapters_and_tasks_and_works_installed(tmp_path, embedded_dir):
+    """`pip install .` (not editable): build the wheel, install it into a bare venv, use it; the plain
+    ``lm_eval`` command then steers the embedded pair from a folder outside the checkout."""
     wheel_dir = tmp_path / "wheel"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheel_dir), str(REPO)],
                    check=True, capture_output=True, env=ENV)
     wheel = next(wheel_dir.glob("dsteer_eval-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     assert "dsteer_eval.pth" in names
-    assert "dsteer_eval/harness/steered.py" in names
-    assert "dsteer_eval/harness/tasks/hh/dsteer_hh_mini.yaml" in names and "dsteer_eval/harness/tasks/hh/hh_mini.jsonl" in names
-    tasks_here = sorted(str(p.relative_to(REPO / "dsteer_eval" / "harness" / "tasks")) for p in (REPO / "dsteer_eval" / "harness" / "tasks").rglob("*")
+    # the top-level adapters/ and tasks/ are installed inside the package (pyproject's package-dir)
+    assert "dsteer_eval/adapters/steered.py" in names and "dsteer_eval/adapters/plugin.py" in names
+    assert "dsteer_eval/tasks/hh/dsteer_hh_mini.yaml" in names and "dsteer_eval/tasks/hh/hh_mini.jsonl" in names
+    tasks_here = sorted(str(p.relative_to(REPO / "tasks")) for p in (REPO / "tasks").rglob("*")
                         if p.is_file() and "__pycache__" not in p.parts)
-    missing = [t for t in tasks_here if f"dsteer_eval/harness/tasks/{t}" not in names]
+    missing = [t for t in tasks_here if f"dsteer_eval/tasks/{t}" not in names]
     assert missing == [], f"task files left out of the wheel: {missing}"
     assert "dsteer_eval/metrics/perspective.py" in names
     assert not any(n.startswith(("adapters/", "tasks/")) for n in names), "claims a top-level import name"
@@ -137,4 +140,15 @@ def test_wheel_ships_hook_adapters_and_tasks_and_works_installed(tmp_path):
     )
     file, module, has_task = out.split()
     assert file.startswith(str(site)), file
-    assert module == "dsteer_eval.harness.steered" and has_task == "True"
+    assert module == "dsteer_eval.adapters.steered" and has_task == "True"
+    # the issue's done-means: plain lm_eval, the wheel's adapter, tasks and shipped pair, outside the checkout
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    done = subprocess.run([str(venv / "bin" / "python"), "-m", "lm_eval", "--model", "steered", "--model_args",
+                           "alpha=-1.0", "--tasks", "dsteer_refusal_ll", "--limit", "4", "--output_path", "out"],
+                          cwd=outside, capture_output=True, text=True, env={**ENV, "PYTHONPATH": ""}, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(next((outside / "out").rglob("results_*.json")).read_text())
+    assert results["results"]["dsteer_refusal_ll"]["refusal_acc,none"] >= 0  # a number was measured
+    assert results["config"]["model"] == "steered"
+

@@ -51,7 +51,7 @@ def make(tiny_dir, **kw):
 
 
 def test_registry_resolves_to_our_adapter():
-    from dsteer_eval.harness.steered import SteeredLM
+    from dsteer_eval.adapters.steered import SteeredLM
 
     assert get_model("steered") is SteeredLM
     from lm_eval.models.hf_steered import SteeredModel
@@ -239,7 +239,7 @@ def test_bad_vector_files(tiny_dir, tiny, tmp_path):
 
 def test_embedded_without_shipped_vector_says_so(monkeypatch):
     """If an install lacks the shipped artefacts, the error says what to pass instead."""
-    from dsteer_eval.harness.steered import NoDefaultVectorError
+    from dsteer_eval.adapters.steered import NoDefaultVectorError
     from dsteer_eval.models import defaults
 
     monkeypatch.setattr(defaults, "default_vector", lambda name, pair=None: None)

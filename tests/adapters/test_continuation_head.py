@@ -12,7 +12,7 @@ from lm_eval.api.instance import Instance
 from lm_eval.api.registry import get_model
 from lm_eval.models.huggingface import HFLM
 
-from dsteer_eval.harness import continuation_loglik
+from dsteer_eval.adapters import continuation_loglik
 from dsteer_eval.vectors import save_vectors
 
 # varied lengths and one shared context with one-token continuations (lm-eval's logits cache groups them)
@@ -120,7 +120,7 @@ def real_hh_pairs(n: int = 12) -> list[tuple[str, str]]:
 
 def test_real_rows_on_the_embedded_model(embedded_dir):
     """Real HH pairs (../shared/data) on SmolLM2: |Δ loglik| <= 1e-5 against --model hf, same greedy flags
-    (the continuation head alone, one row per request; packed contexts: tests/harness/test_packed_contexts.py)."""
+    (the continuation head alone, one row per request; packed contexts: tests/adapters/test_packed_contexts.py)."""
     pairs = real_hh_pairs()
     hf = HFLM(pretrained=embedded_dir, batch_size=4, device="cpu").loglikelihood(reqs(pairs))
     lm = get_model("steered")(pretrained="smollm2", peft="none", alpha=0.0, batch_size=4, pack_contexts=False)
