@@ -2,20 +2,26 @@
 
 lm-eval 0.4.13 has no plugin entry points, already maps ``steered`` to its own
 ``SteeredModel``, and refuses a second registration of a name.  So the wheel
-installs ``dsteer_eval.pth`` into site-packages, whose single line runs
-:func:`install` at interpreter start.  ``install`` only appends a tiny finder
-to ``sys.meta_path`` (no torch, no lm_eval import); the finder acts when, and
-only when, lm-eval itself is imported:
+installs ``dsteer_eval.pth`` into site-packages, whose single line runs the
+start-up hook (:mod:`dsteer_eval.adapters.startup_hook`, installed at the root
+of site-packages as ``_dsteer_eval_startup``): a tiny finder on ``sys.meta_path``
+that imports nothing of this package until lm-eval itself is imported, and then
+calls the functions below:
 
-* after ``lm_eval.models`` runs, ``steered`` points (lazily) at
-  ``dsteer_eval.adapters.steered:SteeredLM`` and lm-eval's original class stays
-  reachable as ``steered-builtin``;
-* after ``lm_eval.tasks.manager`` runs, every ``TaskManager`` that includes
-  lm-eval's own tasks also indexes our ``tasks/`` (``dsteer_eval.tasks``; a user's
-  ``--include_path`` is indexed after ours, so it can override our names);
-* while ``lm_eval.models.hf_steered`` runs, its ``@register_model("steered")``
-  is let through and then redirected to ``steered-builtin``, so importing the
-  built-in class (our adapter delegates to it) never raises.
+* after ``lm_eval`` runs (:func:`on_lm_eval`), the log redaction covers
+  lm-eval's and dsteer-eval's records (``common.redaction``; scoped to those
+  loggers, not to every program of the venv);
+* after ``lm_eval.models`` runs (:func:`on_models`), ``steered`` points (lazily)
+  at ``dsteer_eval.adapters.steered:SteeredLM`` and lm-eval's original class
+  stays reachable as ``steered-builtin``;
+* after ``lm_eval.tasks.manager`` runs (:func:`on_task_manager`), every
+  ``TaskManager`` that includes lm-eval's own tasks also indexes our ``tasks/``
+  (``dsteer_eval.tasks``; a user's ``--include_path`` is indexed after ours, so
+  it can override our names);
+* while ``lm_eval.models.hf_steered`` runs (:func:`around_builtin_steered`), its
+  ``@register_model("steered")`` is let through and then redirected to
+  ``steered-builtin``, so importing the built-in class (our adapter delegates
+  to it) never raises.
 
 Without the ``.pth`` (e.g. a source checkout on ``PYTHONPATH``), call
 :func:`register` before using lm-eval from Python.
@@ -25,7 +31,9 @@ from __future__ import annotations
 
 import sys
 
+from dsteer_eval.adapters import startup_hook
 from dsteer_eval.common.package_files import tasks_dir  # noqa: F401  (re-exported; the start-up hook needs it)
+from dsteer_eval.common.redaction import install_log_redaction
 
 OUR_TARGET = "dsteer_eval.adapters.steered:SteeredLM"
 BUILTIN_TARGET = "lm_eval.models.hf_steered:SteeredModel"
@@ -34,7 +42,12 @@ OUR_ALIAS = "dsteer"  # the same model under a name lm-eval does not ship (regis
 VLLM_ALIAS, VLLM_TARGET = "steered-vllm", "dsteer_eval.adapters.steered_vllm:SteeredVLLM"  # loads only when asked for
 
 
-def _point_registry_at_us() -> None:
+def on_lm_eval() -> None:
+    """lm-eval was imported: its records and ours are redacted from now on (scoped; other loggers untouched)."""
+    install_log_redaction(scope="lm_eval")
+
+
+def on_models() -> None:
     from lm_eval.api.registry import model_registry  # deferred: lm-eval internals load only when this path runs
 
     objs = model_registry._objs  # the registry has no public "replace"
@@ -54,7 +67,7 @@ def _point_registry_at_us() -> None:
         mapping[VLLM_ALIAS] = VLLM_TARGET
 
 
-def _add_our_tasks_to_task_manager() -> None:
+def on_task_manager() -> None:
     """Every TaskManager that includes lm-eval's tasks also indexes ours (user paths win)."""
     manager = sys.modules["lm_eval.tasks.manager"]
     cls = manager.TaskManager
@@ -73,7 +86,7 @@ def _add_our_tasks_to_task_manager() -> None:
     cls.__init__ = __init__
 
 
-def _around_builtin_steered(run_module) -> None:
+def around_builtin_steered(run_module) -> None:
     from lm_eval.api.registry import model_registry  # deferred: lm-eval internals load only when this path runs
 
     objs = model_registry._objs
@@ -88,57 +101,17 @@ def _around_builtin_steered(run_module) -> None:
         objs["steered"] = saved if saved is not None else OUR_TARGET
 
 
-_AFTER = {
-    "lm_eval.models": _point_registry_at_us,
-    "lm_eval.tasks.manager": _add_our_tasks_to_task_manager,
-}
-_AROUND = {"lm_eval.models.hf_steered": _around_builtin_steered}
-
-
-class _LmEvalFinder:  # a meta-path finder (importlib.abc is not imported: start-up cost)
-    """Wraps the loaders of a few lm-eval modules; finds nothing itself."""
-
-    def find_spec(self, fullname, path, target=None):
-        if fullname not in _AFTER and fullname not in _AROUND:
-            return None
-        for finder in sys.meta_path:
-            if finder is self or not hasattr(finder, "find_spec"):
-                continue
-            spec = finder.find_spec(fullname, path, target)
-            if spec is not None:
-                break
-        else:
-            return None
-        loader = spec.loader
-        if loader is None or not hasattr(loader, "exec_module"):
-            return spec
-        original = loader.exec_module
-
-        def exec_module(module, _original=original, _name=fullname):
-            if _name in _AROUND:
-                _AROUND[_name](lambda: _original(module))
-            else:
-                _original(module)
-                _AFTER[_name]()
-
-        loader.exec_module = exec_module
-        return spec
+def _after_functions():
+    return {name: globals()[function] for name, function in startup_hook.AFTER.items()}
 
 
 def install() -> None:
-    """Called from ``dsteer_eval.pth``; cheap, idempotent, never raises."""
-    try:
-        from dsteer_eval.common.redaction import install_log_redaction
-
-        install_log_redaction()  # every log record of this process, lm-eval's included
-        if any(isinstance(f, _LmEvalFinder) for f in sys.meta_path):
-            return
-        sys.meta_path.insert(0, _LmEvalFinder())
-        for name, after in _AFTER.items():  # lm-eval imported before us
-            if name in sys.modules:
-                after()
-    except Exception as exc:  # pragma: no cover - a broken hook must not break Python
-        print(f"dsteer-eval: lm_eval hook not installed: {exc}", file=sys.stderr)
+    """The start-up hook, installed from Python (the ``.pth`` does the same at interpreter start); when lm-eval
+    is already imported, its plugin functions run now. Idempotent."""
+    startup_hook.install()
+    for name, after in _after_functions().items():  # lm-eval imported before us
+        if name in sys.modules:
+            after()
 
 
 def register() -> None:
@@ -147,5 +120,5 @@ def register() -> None:
     import lm_eval.models  # noqa: F401  (runs the hook)
     import lm_eval.tasks.manager  # noqa: F401
 
-    for after in _AFTER.values():
+    for after in _after_functions().values():
         after()

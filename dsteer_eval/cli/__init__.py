@@ -62,7 +62,7 @@ def _join_list_flags(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    install_log_redaction()
+    install_log_redaction(scope="all")  # the dsteer-eval command: every record of its process is ours
     parser = build_parser()
     argv = _join_list_flags(sys.argv[1:] if argv is None else list(argv))
     args = parser.parse_args(argv)

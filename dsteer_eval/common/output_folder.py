@@ -28,6 +28,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from filelock import FileLock
+
 from dsteer_eval.common.redaction import redact
 
 log = logging.getLogger(__name__)
@@ -195,38 +197,61 @@ def _stale(lock: Path, holder: dict | None) -> str | None:
 
 
 @contextmanager
+def takeover_guard(lock: Path) -> Iterator[None]:
+    """An exclusive ``flock`` (filelock: fcntl on POSIX, msvcrt on Windows) on ``<lock>.guard`` for the short
+    check-and-create of :func:`folder_lock`; the guard file is never removed, so every process locks the same
+    inode. Held for milliseconds, never for the run."""
+    with FileLock(str(lock) + ".guard", timeout=60):
+        yield
+
+
+def lock_state(target: str | os.PathLike) -> dict | None:
+    """The holder of ``target``'s lock when a run may still hold it (a live or unreadable-but-fresh lock), else
+    None (no lock, or a stale one): what a reader uses to say "still running"."""
+    lock = lock_path(target)
+    if not lock.exists():
+        return None
+    holder = _holder(lock)
+    return None if _stale(lock, holder) is not None else (holder or {})
+
+
+@contextmanager
 def folder_lock(target: str | os.PathLike, flag: str = "--output", command: str | None = None) -> Iterator[Path]:
     """Hold ``target`` for one run: a second run into the same folder is refused with the holder named.
 
     The lock is created with ``O_CREAT | O_EXCL`` (one winner, also across processes) and records the
     holder's pid, host, start time and command; a lock whose process has ended on this host (a killed
-    run) is taken over with a warning. It is removed when the block ends."""
+    run) is taken over with a warning. Deciding that a lock is stale, removing it and creating the new one
+    happen under an exclusive ``flock`` on a guard file beside it (:func:`takeover_guard`), so two runs that
+    both see the same stale lock cannot both take it over (the later one would delete the winner's fresh
+    lock). It is removed when the block ends."""
 
     lock = lock_path(target)
     lock.parent.mkdir(parents=True, exist_ok=True)
     me = {"pid": os.getpid(), "host": socket.gethostname(),
           "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
           "command": redact(command if command is not None else " ".join(sys.argv))}
-    for _ in range(3):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            holder = _holder(lock)
-            why = _stale(lock, holder)
-            if why is None:
-                who = (f"pid {holder.get('pid')} on {holder.get('host')}, started {holder.get('started')}: "
-                       f"{holder.get('command')}") if holder else "a run that is still writing its lock"
-                raise OutputFolderError(
-                    f"{flag} {target} is in use by another run ({who}); wait for it to finish or choose another "
-                    f"{flag}. If that run is gone, delete {lock}") from None
-            log.warning("%s %s: taking over the lock %s of a run that is gone (%s)", flag, target, lock, why)
-            lock.unlink(missing_ok=True)
-            continue
-        with os.fdopen(fd, "w") as fh:
-            fh.write(json.dumps(me))
-        break
-    else:
-        raise OutputFolderError(f"{flag} {target}: could not take the lock {lock}; delete it if no run holds it")
+    with takeover_guard(lock):
+        for _ in range(3):
+            try:
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = _holder(lock)
+                why = _stale(lock, holder)
+                if why is None:
+                    who = (f"pid {holder.get('pid')} on {holder.get('host')}, started {holder.get('started')}: "
+                           f"{holder.get('command')}") if holder else "a run that is still writing its lock"
+                    raise OutputFolderError(
+                        f"{flag} {target} is in use by another run ({who}); wait for it to finish or choose "
+                        f"another {flag}. If that run is gone, delete {lock}") from None
+                log.warning("%s %s: taking over the lock %s of a run that is gone (%s)", flag, target, lock, why)
+                lock.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as fh:
+                fh.write(json.dumps(me))
+            break
+        else:
+            raise OutputFolderError(f"{flag} {target}: could not take the lock {lock}; delete it if no run holds it")
     try:
         yield lock
     finally:

@@ -354,7 +354,7 @@ def test_log_redaction_covers_messages_args_exceptions_and_stack(monkeypatch, ca
     _no_key_anywhere_of(secret, printed, caplog.text, *(r.getMessage() for r in caplog.records))
 
     # a bad format string: logging's own error path prints msg and args, so they are redacted too
-    record = logging.getLogRecordFactory()("x", logging.ERROR, __file__, 1, "bad format %d " + secret,
+    record = logging.getLogRecordFactory()("lm_eval.x", logging.ERROR, __file__, 1, "bad format %d " + secret,
                                            (secret,), None)
     assert secret not in str(record.msg) and secret not in repr(record.args)
 
@@ -418,13 +418,15 @@ def test_a_record_without_a_secret_keeps_its_arguments():
     assert record.args == (renderable,) and record.msg == "%s"
     secret = "sk-ARGSKEEPTEST0123456789"
     redaction.register(secret, "ARGS_KEY")
-    flagged = logging.getLogRecordFactory()("x", logging.ERROR, __file__, 1, "token %s", (secret,), None)
+    flagged = logging.getLogRecordFactory()("dsteer_eval.x", logging.ERROR, __file__, 1, "token %s", (secret,), None)
     assert flagged.args == () and secret not in flagged.msg and "token" in flagged.msg
 
 
 def test_pip_errors_in_the_venv_are_printed_not_crashed(tmp_path):
-    """The start-up hook installs the redaction in pip too: pip's diagnostic errors (rich renderables in
-    ``record.args``) are printed, not replaced by a crash of its log handler."""
+    """pip in the venv (where the start-up hook is installed): its diagnostic errors (rich renderables in
+    ``record.args``) are printed, not replaced by a crash of its log handler, and a ``*_KEY`` value is not
+    masked in pip's output (the redaction belongs to lm-eval's and dsteer-eval's records: it printed
+    ``<redacted>-nonexistent-pkg`` for a package name that held a key's value)."""
     import subprocess
     import sys
 
@@ -436,3 +438,11 @@ def test_pip_errors_in_the_venv_are_printed_not_crashed(tmp_path):
     assert done.returncode != 0
     assert "not enough values to unpack" not in done.stderr
     assert "It is not a list of strings" in done.stderr
+    import os
+
+    missing = subprocess.run([sys.executable, "-m", "pip", "install", "--no-index", "--no-deps",
+                              "nonexistent-pkg-zz"], capture_output=True, text=True, timeout=120,
+                             env={**os.environ, "SOME_SERVICE_KEY": "nonexistent"})
+    assert missing.returncode != 0
+    assert "<redacted>" not in missing.stdout + missing.stderr
+    assert "nonexistent-pkg-zz" in missing.stdout + missing.stderr
