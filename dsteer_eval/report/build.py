@@ -5,9 +5,11 @@ from __future__ import annotations
 import time
 
 from dsteer_eval import __version__
+from dsteer_eval.common.redaction import redact_value
 from dsteer_eval.report.behaviour import behaviour
 from dsteer_eval.report.card import verdict_card
 from dsteer_eval.report.dose_response import dose_response, prompting_rows
+from dsteer_eval.report.same_model import check_same_model, recorded
 from dsteer_eval.report.sweep_data import read_sweep
 from dsteer_eval.report.where import selection_pairs, where
 from dsteer_eval.stats.bootstrap import N_RESAMPLES
@@ -17,16 +19,24 @@ def build_report(sweeps, *, labels=None, tasks=None, metrics=None, title: str | 
                  where_alphas: dict | None = None, n_resamples: int = N_RESAMPLES) -> dict:
     """The report of one or more finished sweep folders (e.g. the in-distribution v̄ and a vector from another
     distribution on the same pair, ``labels`` naming them): every (task, metric) with per-document values at
-    every point (or the ``tasks``/``metrics`` named), both sides, v̄ against each sweep's random directions.
+    some point (or the ``tasks``/``metrics`` named), both sides, v̄ against each sweep's random directions.
     ``prompting``: a sweep of the ``<task>_prompted_decline``/``_comply`` tasks at α = 0 (the prompting
     baseline, beside the steered rows). Generation tasks also get their behaviour grid
     (:mod:`dsteer_eval.report.behaviour`). A task ``T`` run with its selection task ``T_select`` gets the
     where-table (:mod:`dsteer_eval.report.where`: by layer and sweep at ``where_alphas``, the choice made on
-    ``T_select``); ``T_select`` itself is a selection device, not a row of the card."""
+    ``T_select``); ``T_select`` itself is a selection device, not a row of the card.
+
+    A point without values is named in ``missing`` (``"<task> / <metric>: <point> (<why>)"``) and a sweep still
+    being written in the card's ``running``; every string read from the sweeps is redacted (secrets in an
+    older sweep.json's model_args never reach the report's files)."""
     sweeps = [sweeps] if isinstance(sweeps, (str, bytes)) or hasattr(sweeps, "__fspath__") else list(sweeps)
     if labels is not None and len(labels) != len(sweeps):
         raise ValueError(f"--labels: {len(labels)} label(s) for {len(sweeps)} sweep(s); give one per sweep")
-    curves, missing, layers, args, ceilings, behaviours, read = [], [], set(), [], [], [], []
+    twice = sorted({label for label in labels or [] if list(labels).count(label) > 1})
+    if twice:
+        raise ValueError(f"--labels: {', '.join(map(repr, twice))} names more than one sweep; give each sweep its own "
+                         f"label")
+    curves, missing, layers, args, ceilings, behaviours, read, running = [], [], set(), [], [], [], [], []
     prompted = read_sweep(prompting) if prompting else None
     computed: dict = {}
 
@@ -40,6 +50,14 @@ def build_report(sweeps, *, labels=None, tasks=None, metrics=None, title: str | 
         label = labels[i] if labels else (str(sweep) if len(sweeps) > 1 else None)
         data = read_sweep(sweep)
         read.append((label, data))
+        if data.running:
+            running.append(f"{label or sweep}: still running ({data.running}): its numbers are partial; report "
+                           f"again when it has finished")
+        if prompted is not None:
+            check_same_model(prompted, data)
+            if not (recorded(prompted) and recorded(data)):
+                missing.append(f"--prompting {prompting}: not checked to be the same model as {sweep} (a sweep.json "
+                               f"without model contents, written before they were recorded)")
         selecting = {t for _, t in selection_pairs(data.tasks)}
         names = [t for t in (tasks or data.tasks) if t not in selecting or tasks]
         unknown = [t for t in names if t not in data.tasks]
@@ -53,7 +71,7 @@ def build_report(sweeps, *, labels=None, tasks=None, metrics=None, title: str | 
             for metric in (list(metrics) if metrics else available):
                 if metric not in available:
                     missing.append(f"{label + ': ' if label else ''}{task} / {metric}: no per-document values at "
-                                   f"every point (it has {', '.join(available) or 'none'})")
+                                   f"any point (it has {', '.join(available) or 'none'})")
                     continue
                 found = {**curve(data, task, metric), "label": label}
                 if prompted is not None:
@@ -75,11 +93,19 @@ def build_report(sweeps, *, labels=None, tasks=None, metrics=None, title: str | 
         for metric in sorted(available & set(metrics) if metrics else available):
             places.append(where(read, task, select_task, metric, alphas=where_alphas, curve=curve,
                                 n_resamples=n_resamples))
-    position = next((kv.split("=", 1)[1] for kv in args[0].split(",") if kv.startswith("position=")), "all")
-    return {"format": "dsteer-eval/report", "format_version": "1", "package_version": __version__,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "title": title or ", ".join(map(str, sweeps)), "sweeps": [str(s) for s in sweeps],
-            "labels": labels, "model_args": args if len(args) > 1 else args[0], "layers": sorted(layers),
-            "position": position, "tasks": sorted({c["task"] for c in curves}),
-            "ceiling": ceilings if len(ceilings) > 1 else ceilings[0], "curves": curves,
-            "card": verdict_card(curves), "behaviour": behaviours, "where": places, "missing": missing}
+            for label, data in read:  # the selection rows' missing points (the eval rows' are listed above)
+                if select_task in data.tasks:
+                    missing += [f"{label + ': ' if label else ''}{select_task} / {metric}: {m}"
+                                for m in curve(data, select_task, metric)["missing"]]
+    positions = [next((kv.split("=", 1)[1].strip() for kv in a.split(",") if kv.strip().startswith("position=")),
+                      "all") for a in args]
+    card = {**verdict_card(curves), "running": running}
+    report = {"format": "dsteer-eval/report", "format_version": "1", "package_version": __version__,
+              "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "title": title or ", ".join(map(str, sweeps)), "sweeps": [str(s) for s in sweeps],
+              "labels": labels, "model_args": args if len(args) > 1 else args[0], "layers": sorted(layers),
+              "position": positions if len(positions) > 1 else positions[0],
+              "tasks": sorted({c["task"] for c in curves}),
+              "ceiling": ceilings if len(ceilings) > 1 else ceilings[0], "curves": curves,
+              "card": card, "behaviour": behaviours, "where": places, "missing": missing}
+    return redact_value(report)

@@ -4,6 +4,7 @@ marked. Behaviour: rates, degenerate share and fidelity to the unsteered replies
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from dsteer_eval.probes.figures import pyplot
@@ -14,10 +15,25 @@ def report_figures(report: dict, folder: Path) -> list[dict]:
     return dose_response_figures(report, folder) + behaviour_figures(report, folder) + where_figures(report, folder)
 
 
+def file_name(name: str, taken=()) -> str:
+    """``name`` (``stem.png``) made file-safe: kept when it already is; else every other character becomes
+    ``_`` and a short hash of the exact name is added, so that two names that slug alike (``v̄ (own)`` and
+    ``v̄ [own]``, ``runs/a`` and ``runs_a``) get two files. A name already ``taken`` (compared without case,
+    for case-insensitive file systems) gets the hash too, then a counter."""
+    stem, dot, ext = name.rpartition(".")
+    stem, ext = (stem, f".{ext}") if dot else (name, "")
+    slug = "".join(c if c.isalnum() or c in "._-" else "_" for c in stem)
+    hashed = f"{slug}_{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+    used = {t.lower() for t in taken}
+    candidates = ([slug] if slug == stem else []) + [hashed] + [f"{hashed}_{i}" for i in range(2, len(used) + 3)]
+    return next(c + ext for c in candidates if (c + ext).lower() not in used)
+
+
 def _save(plt, fig, folder: Path, name: str, title: str, section: str) -> dict:
-    """Lay out, write (the name made file-safe) and close ``fig``; its entry for the page."""
+    """Lay out, write (the name made file-safe and unique in ``folder``) and close ``fig``; its entry for the
+    page."""
     fig.tight_layout()
-    name = "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
+    name = file_name(name, [p.name for p in folder.iterdir()])
     fig.savefig(folder / name, dpi=100)
     plt.close(fig)
     return {"file": name, "title": title, "section": section}

@@ -1,15 +1,16 @@
 """The report's page: the verdict card, one table and one figure per (task, metric), in Markdown (figures as
-PNG files beside it) and in one self-contained HTML file (figures embedded), plus ``report.json``."""
+PNG files beside it) and in one self-contained HTML file (figures embedded), plus ``report.json``. Both pages
+are written from the same structured blocks (:mod:`dsteer_eval.report.page`)."""
 
 from __future__ import annotations
 
-import base64
 import html
 import json
 import math
 from pathlib import Path
 
 from dsteer_eval.common.output_folder import atomic_write_text, check_free, staged_folder
+from dsteer_eval.report.page import html_lines, markdown_lines
 
 REPORT_JSON, REPORT_MD, REPORT_HTML = "report.json", "report.md", "report.html"
 
@@ -30,32 +31,67 @@ def _rank(rank) -> str:
     return f"{rank['rank']} of {rank['k'] + 1}, p = {rank['p_value']:.3f}"
 
 
-def card_lines(card: dict) -> list[str]:
-    """The verdict card as Markdown lines (also what ``dsteer-eval report`` prints)."""
-    lines = ["| task / metric | side | point | gap closed by v̄ [95 % CI] | random band (mean) | v̄'s rank | "
-             "moved the wrong way (random) | degenerate | moves | ≥ half | vs random |",
-             "| --- | --- | --- | --- | --- | --- | --- | ---: | --- | --- | --- |"]
+def _docs(row: dict, gap: dict | None) -> str:
+    """The documents a row uses, said where they are fewer than the gap's (`` (110 documents; random
+    directions compared on 90)``), else nothing."""
+    n, shared, whole = row.get("documents"), row.get("random_documents"), (gap or {}).get("n")
+    parts = []
+    if n is not None and n != whole:
+        parts.append(f"{n} documents")
+    if shared is not None and shared != n:
+        parts.append(f"random directions compared on {shared}" + ("" if parts else " documents"))
+    return f" ({'; '.join(parts)})" if parts else ""
+
+
+CARD_HEADER = ["task / metric", "side", "point", "gap closed by v̄ [95 % CI]", "random band (mean)", "v̄'s rank",
+               "moved the wrong way (random)", "degenerate", "moves", "≥ half", "vs random"]
+CARD_ALIGN = ["---", "---", "---", "---", "---", "---", "---", "---:", "---", "---", "---"]
+
+
+def card_rows(card: dict) -> list[list[str]]:
+    """The verdict card's table rows (cells as plain text), one per side and steered point."""
+    rows = []
     for e in card["entries"]:
+        run = f"{e['label']}: " if e.get("label") else ""
         for r in e["rows"]:
             band = r["random_band"]
             band_text = "—" if band is None else f"{_pct(band[0])} … {_pct(band[1])} ({_pct(r['random_mean'])})"
             flag = " (beyond ceiling)" if r["beyond_ceiling"] else ""
             v = r["verdicts"]
-            run = f"{e['label']}: " if e.get("label") else ""
-            lines.append(f"| {run}{e['task']} / {e['metric']} | {e['side']} | {r['point']}{flag} | {_ci(r['closure'])} | "
-                         f"{band_text} | {_rank(r['rank'])} | {_pct(r['per_document']['wrong_way'])} "
-                         f"({_pct(r['random_wrong_way'])}) | {_pct(r['degeneration_rate'])} | **{v['moves']}** | "
-                         f"**{v['half']}** | **{v['vs_random']}** |")
+            rows.append([f"{run}{e['task']} / {e['metric']}", e["side"], f"{r['point']}{_docs(r, e['gap'])}{flag}",
+                         _ci(r["closure"]),
+                         band_text, _rank(r["rank"]),
+                         f"{_pct(r['per_document']['wrong_way'])} ({_pct(r['random_wrong_way'])})",
+                         _pct(r["degeneration_rate"]), f"**{v['moves']}**", f"**{v['half']}**",
+                         f"**{v['vs_random']}**"])
         p = e.get("prompting")
         if p:
-            lines.append(f"| {run}{e['task']} / {e['metric']} | {e['side']} | prompting: {p['instruction']} instruction "
-                         f"(reference) | {_ci(p['closure'])} | — | — | {_pct(p['per_document']['wrong_way'])} | — | "
-                         f"**{p['verdicts']['moves']}** | **{p['verdicts']['half']}** | — |")
+            rows.append([f"{run}{e['task']} / {e['metric']}", e["side"],
+                         f"prompting: {p['instruction']} instruction (reference){_docs(p, e['gap'])}",
+                         _ci(p["closure"]), "—", "—", _pct(p["per_document"]["wrong_way"]), "—",
+                         f"**{p['verdicts']['moves']}**", f"**{p['verdicts']['half']}**", "—"])
+    return rows
+
+
+def card_blocks(card: dict) -> list[tuple]:
+    """The card: a line per sweep still running, then its table."""
+    return [("para", f"**still running**: {line}") for line in card.get("running") or []] + \
+        [("table", CARD_HEADER, CARD_ALIGN, card_rows(card))]
+
+
+def card_lines(card: dict) -> list[str]:
+    """The verdict card as Markdown lines (also what ``dsteer-eval report`` prints)."""
+    return _trimmed(markdown_lines(card_blocks(card)))
+
+
+def _trimmed(lines: list[str]) -> list[str]:
+    while lines and not lines[-1]:
+        lines = lines[:-1]
     return lines
 
 
-def _gap_lines(card: dict) -> list[str]:
-    lines, seen = [], set()
+def _gap_bullets(card: dict) -> list[tuple]:
+    out, seen = [], set()
     for e in card["entries"]:
         key = (e.get("label"), e["task"], e["metric"])
         if key in seen or not e["gap"]:
@@ -63,67 +99,86 @@ def _gap_lines(card: dict) -> list[str]:
         seen.add(key)
         g = e["gap"]
         run = f"{e['label']}: " if e.get("label") else ""
-        lines.append(f"* {run}{e['task']} / {e['metric']}: DPO {g['dpo_mean']:.4g}, base {g['base_mean']:.4g}, "
-                     f"DPO − base {g['mean']:+.4g} [{g['low']:+.4g}, {g['high']:+.4g}] over {g['n']} documents "
-                     f"({'gap shown' if e['gap_shown'] else 'gap NOT shown: fractions of it are meaningless'})")
-    return lines
+        out.append(("bullet", f"{run}{e['task']} / {e['metric']}: DPO {g['dpo_mean']:.4g}, base {g['base_mean']:.4g}, "
+                    f"DPO − base {g['mean']:+.4g} [{g['low']:+.4g}, {g['high']:+.4g}] over {g['n']} documents (a card "
+                    f"row that uses fewer names its own) "
+                    f"({'gap shown' if e['gap_shown'] else 'gap NOT shown: fractions of it are meaningless'})"))
+    return out
 
 
-def _args(model_args, labels) -> str:
+def _names(report: dict, count: int) -> list[str]:
+    return report.get("labels") or [f"sweep {i + 1}" for i in range(count)]
+
+
+def _args(report: dict) -> str:
+    model_args = report["model_args"]
     if isinstance(model_args, str):
         return f"`{model_args}`"
-    names = labels or [f"sweep {i + 1}" for i in range(len(model_args))]
-    return "; ".join(f"{name}: `{args}`" for name, args in zip(names, model_args))
+    return "; ".join(f"{name}: `{args}`" for name, args in zip(_names(report, len(model_args)), model_args))
 
 
-def markdown(report: dict) -> str:
+def _position(report: dict) -> str:
+    position = report["position"]
+    if isinstance(position, str):
+        return f"position `{position}`"
+    return "position: " + "; ".join(f"{name}: `{p}`" for name, p in zip(_names(report, len(position)), position))
+
+
+RULES = ("Rules: **moves** = the CI of the fraction closed lies above 0; **≥ half** = it lies at or above {half}; "
+         "**vs random** = no one of K norm-matched random directions closes as much as v̄ (rank 1, p = 1/(K + 1); "
+         "K < {min_random}: underpowered). Fraction of the gap: mean(moved − start) / mean(target − start) per side "
+         "(docs/report.md); a point past the measured strength ceiling is flagged only on the layer and side the "
+         "ceiling was measured for.")
+
+
+def report_blocks(report: dict) -> list[tuple]:
+    """The whole page as blocks (:mod:`dsteer_eval.report.page`)."""
     card = report["card"]
-    out = [f"# D-STEER report: {report['title']}", "",
-           f"Generated by dsteer-eval {report['package_version']} from {', '.join(f'`{s}`' for s in report['sweeps'])}; every number and "
-           "verdict is computed from the sweep's per-document values (none typed).", "",
-           f"Model args: {_args(report['model_args'], report.get('labels'))}. Steered at layer(s) {', '.join(report['layers'])}, "
-           f"position `{report['position']}`; data: the tasks' documents ({', '.join(report['tasks'])}).", "",
-           "## The gap", ""] + _gap_lines(card) + ["", "## Verdict card", ""] + card_lines(card) + [""]
+    blocks = [("heading", 1, f"D-STEER report: {report['title']}"),
+              ("para", f"Generated by dsteer-eval {report['package_version']} from "
+                       f"{', '.join(f'`{s}`' for s in report['sweeps'])}; every number and verdict is computed from "
+                       "the sweep's per-document values (none typed)."),
+              ("para", f"Model args: {_args(report)}. Steered at layer(s) {', '.join(report['layers'])}, "
+                       f"{_position(report)}; data: the tasks' documents ({', '.join(report['tasks'])})."),
+              ("heading", 2, "The gap")] + _gap_bullets(card) + [("heading", 2, "Verdict card")] + card_blocks(card)
+    blocks += [("bullet", f"not measured: {m}") for m in report.get("missing") or []]
     for e in card["entries"]:
         if e["best"]:
             b = e["best"]
             run = f"{e['label']}: " if e.get("label") else ""
-            out.append(f"* best point, {run}{e['task']} / {e['metric']}, {e['side']} side: {b['point']} closes "
-                       f"{_pct(b['fraction'])} [{_pct(b['low'])}, {_pct(b['high'])}] ({b['note']})")
-    out += ["", "Rules: **moves** = the CI of the fraction closed lies above 0; **≥ half** = it lies at or above "
-            f"{card['rules']['half']}; **vs random** = no one of K norm-matched random directions closes as much as v̄ "
-            f"(rank 1, p = 1/(K + 1); K < {card['rules']['min_random']}: underpowered). Fraction of the gap: "
-            "mean(moved − start) / mean(target − start) per side (docs/report.md).", "",
-            "## The authors' revised numbers (reference, not our measurements)", "",
-            f"Source: {card['authors']['source']}", "", "| what | value |", "| --- | ---: |"]
-    out += [f"| {r['what']} | {_pct(r['value'])} |" for r in card["authors"]["rows"]]
-    out += ["", "## Dose-response", ""]
-    out += _figures(report, "dose_response")
+            blocks.append(("bullet", f"best point, {run}{e['task']} / {e['metric']}, {e['side']} side: {b['point']} "
+                                     f"closes {_pct(b['fraction'])} [{_pct(b['low'])}, {_pct(b['high'])}] ({b['note']})"))
+    blocks += [("para", RULES.format(**card["rules"])),
+               ("heading", 2, "The authors' revised numbers (reference, not our measurements)"),
+               ("para", f"Source: {card['authors']['source']}"),
+               ("table", ["what", "value"], ["---", "---:"], [[r["what"], _pct(r["value"])]
+                                                              for r in card["authors"]["rows"]]),
+               ("heading", 2, "Dose-response")] + _figures(report, "dose_response")
     if report.get("behaviour"):
-        out += ["## Behaviour along the grid", "",
-                "Rates over the documents with a usable reply (degenerate replies screened out and counted), "
-                "mean [95 % bootstrap CI], Δ = paired change from the same side's α = 0 [CI]; fidelity = BLEU / "
-                "ROUGE-L (0–100) of each reply against the same side's α = 0 reply, over every document; "
-                "random = the K norm-matched random directions' band (min … max of their means).", ""]
-        out += behaviour_lines(report["behaviour"]) + _figures(report, "behaviour")
+        blocks += [("heading", 2, "Behaviour along the grid"),
+                   ("para", "Rates over the documents with a usable reply (degenerate replies screened out and counted), "
+                            "mean [95 % bootstrap CI], Δ = paired change from the same side's α = 0 [CI]; fidelity = "
+                            "BLEU / ROUGE-L (0–100) of each reply against the same side's α = 0 reply, over every "
+                            "document; random = the K norm-matched random directions' band (min … max of their means).")]
+        blocks += behaviour_blocks(report["behaviour"]) + _figures(report, "behaviour")
     if report.get("where"):
-        out += ["## Where it works: by layer and position", "",
-                "At one α per side (v̄ of each layer is that layer's own mean DPO − base difference, so α = ±1 is one "
-                "full mean shift at any layer). The layer, layer set or sweep is **chosen** on the selection "
-                "documents (probe part, never the eval rows) and reported on the eval documents; the best on the "
-                "eval documents is shown for reference only (chosen on the rows it is reported on: optimistic).", ""]
-        out += where_lines(report["where"]) + _figures(report, "where")
-    if report.get("missing"):
-        out += ["## Not measured", ""] + [f"* {m}" for m in report["missing"]] + [""]
-    return "\n".join(out) + "\n"
+        blocks += [("heading", 2, "Where it works: by layer and position"),
+                   ("para", "At one α per side (v̄ of each layer is that layer's own mean DPO − base difference, so α = "
+                            "±1 is one full mean shift at any layer). The layer, layer set or sweep is **chosen** on "
+                            "the selection documents (probe part, never the eval rows) and reported on the eval "
+                            "documents; the best on the eval documents is shown for reference only (chosen on the rows "
+                            "it is reported on: optimistic).")]
+        blocks += where_blocks(report["where"]) + _figures(report, "where")
+    return blocks
 
 
-def _figures(report: dict, section: str) -> list[str]:
-    out = []
-    for fig in report.get("figures", []):
-        if fig.get("section", "dose_response") == section:
-            out += [f"![{fig['title']}]({fig['file']})", ""]
-    return out
+def markdown(report: dict) -> str:
+    return "\n".join(_trimmed(markdown_lines(report_blocks(report)))) + "\n"
+
+
+def _figures(report: dict, section: str) -> list[tuple]:
+    return [("figure", fig["title"], fig["file"]) for fig in report.get("figures", [])
+            if fig.get("section", "dose_response") == section]
 
 
 def _num(cell, pct: bool) -> str:
@@ -140,17 +195,17 @@ def _band_text(band, pct: bool) -> str:
     return f"; random {f(band['low'])} … {f(band['high'])}"
 
 
-def behaviour_lines(entries: list[dict]) -> list[str]:
+def behaviour_blocks(entries: list[dict]) -> list[tuple]:
     """One table per generation task and side: rates (in %), degenerate share, fidelity to the unsteered
     replies, each v̄ number beside the random directions' band."""
     out = []
     for e in entries:
         run = f"{e['label']}: " if e.get("label") else ""
         for side, found in e["sides"].items():
-            out += [f"**{run}{e['task']}, {side} side** (" + ("DPO − |α|·v̄" if side == "dpo" else "base + α·v̄") + ")",
-                    "", "| point | α | " + " | ".join(f"{m} % (Δ)" for m in e["rates"]) +
-                    " | degenerate | BLEU vs unsteered | ROUGE-L vs unsteered |",
-                    "| --- | ---: | " + " | ".join("---" for _ in e["rates"]) + " | --- | --- | --- |"]
+            header = ["point", "α"] + [f"{m} % (Δ)" for m in e["rates"]] + \
+                ["degenerate", "BLEU vs unsteered", "ROUGE-L vs unsteered"]
+            align = ["---", "---:"] + ["---" for _ in e["rates"]] + ["---", "---", "---"]
+            rows = []
             for r in found["rows"]:
                 rnd = r.get("random") or {}
                 cells = []
@@ -165,84 +220,61 @@ def behaviour_lines(entries: list[dict]) -> list[str]:
                 fid = [_num(r["fidelity"].get(n), False) + _band_text((rnd.get("fidelity") or {}).get(n), False)
                        for n in ("bleu", "rougeL")]
                 k = f" (K = {rnd['k']})" if rnd else ""
-                out.append(f"| {r['point']}{k} | {r['alpha']:g} | " + " | ".join(cells) + f" | {degen} | "
-                           + " | ".join(fid) + " |")
-            out.append("")
+                rows.append([f"{r['point']}{k}", f"{r['alpha']:g}"] + cells + [degen] + fid)
+            out += [("para", f"**{run}{e['task']}, {side} side** ("
+                             + ("DPO − |α|·v̄" if side == "dpo" else "base + α·v̄") + ")"),
+                    ("table", header, align, rows)]
     return out
 
 
-def where_lines(entries: list[dict]) -> list[str]:
+def behaviour_lines(entries: list[dict]) -> list[str]:
+    return markdown_lines(behaviour_blocks(entries))
+
+
+WHERE_HEADER = ["sweep", "layer", "selection rows: gap closed", "eval rows: gap closed [95 % CI]",
+                "random band (mean)", "v̄'s rank", "vs random"]
+
+
+def where_blocks(entries: list[dict]) -> list[tuple]:
     out = []
     for e in entries:
         for side, found in e["sides"].items():
             if not found["candidates"]:
                 continue
-            out += [f"**{e['task']} / {e['metric']}, {side} side, α = {found['alpha']:g}** (chosen on "
-                    f"{e['select_task']})", "",
-                    "| sweep | layer | selection rows: gap closed | eval rows: gap closed [95 % CI] | random band "
-                    "(mean) | v̄'s rank | vs random |", "| --- | --- | --- | --- | --- | --- | --- |"]
+            rows = []
             for c in found["candidates"]:
                 band = c["random_band"]
                 band_text = "—" if band is None else f"{_pct(band[0])} … {_pct(band[1])} ({_pct(c['random_mean'])})"
                 mark = " **← chosen**" if c["chosen"] else ""
-                out.append(f"| {c['label'] or '—'} | {c['layer']}{mark} | {_pct(c['select']['fraction'])} | "
-                           f"{_ci(c['eval'])} | {band_text} | {_rank(c['rank'])} | {c['verdicts']['vs_random']} |")
+                rows.append([c["label"] or "—", f"{c['layer']}{mark}", _pct(c["select"]["fraction"]), _ci(c["eval"]),
+                             band_text, _rank(c["rank"]), c["verdicts"]["vs_random"]])
+            out += [("para", f"**{e['task']} / {e['metric']}, {side} side, α = {found['alpha']:g}** (chosen on "
+                             f"{e['select_task']})"),
+                    ("table", WHERE_HEADER, ["---"] * len(WHERE_HEADER), rows)]
             ch, best = found["chosen"], found["best_on_eval"]
             if ch:
-                out += ["", f"* chosen ({e['select_task']}): {ch['label'] + ', ' if ch['label'] else ''}layer "
-                        f"{ch['layer']} closes {_ci(ch['eval'])} of the eval gap, {_rank(ch['rank'])} "
-                        f"(moves: **{ch['verdicts']['moves']}**, ≥ half: **{ch['verdicts']['half']}**, vs random: "
-                        f"**{ch['verdicts']['vs_random']}**)"]
+                out.append(("bullet", f"chosen ({e['select_task']}): {ch['label'] + ', ' if ch['label'] else ''}layer "
+                                      f"{ch['layer']} closes {_ci(ch['eval'])} of the eval gap, {_rank(ch['rank'])} "
+                                      f"(moves: **{ch['verdicts']['moves']}**, ≥ half: **{ch['verdicts']['half']}**, "
+                                      f"vs random: **{ch['verdicts']['vs_random']}**)"))
             if best:
-                out.append(f"* best on the eval rows (optimistic): {best['label'] + ', ' if best['label'] else ''}"
-                           f"layer {best['layer']}, {_ci(best['eval'])}")
-            out.append("")
+                out.append(("bullet", f"best on the eval rows (optimistic): "
+                                      f"{best['label'] + ', ' if best['label'] else ''}layer {best['layer']}, "
+                                      f"{_ci(best['eval'])}"))
     return out
 
 
+def where_lines(entries: list[dict]) -> list[str]:
+    return markdown_lines(where_blocks(entries))
+
+
 def html_page(report: dict, folder: Path) -> str:
-    """One self-contained page: the Markdown's content as simple HTML, figures embedded as base64 PNG."""
-    body = []
-    in_table = False
-    for line in markdown(report).splitlines():
-        if line.startswith("|"):
-            cells = [c.strip() for c in line.strip("|").split("|")]
-            if set("".join(cells)) <= set("-: "):
-                continue
-            tag = "th" if not in_table else "td"
-            if not in_table:
-                body.append("<table>")
-                in_table = True
-            body.append("<tr>" + "".join(f"<{tag}>{_inline(c)}</{tag}>" for c in cells) + "</tr>")
-            continue
-        if in_table:
-            body.append("</table>")
-            in_table = False
-        if line.startswith("!["):
-            name = line[line.rindex("](") + 2:line.rindex(")")]  # the alt text may hold brackets of its own
-            data = base64.b64encode((folder / name).read_bytes()).decode()
-            body.append(f'<p><img alt="{html.escape(name)}" src="data:image/png;base64,{data}"></p>')
-        elif line.startswith("#"):
-            level = len(line) - len(line.lstrip("#"))
-            body.append(f"<h{level}>{_inline(line.lstrip('#').strip())}</h{level}>")
-        elif line.startswith("* "):
-            body.append(f"<p>• {_inline(line[2:])}</p>")
-        elif line.strip():
-            body.append(f"<p>{_inline(line)}</p>")
-    if in_table:
-        body.append("</table>")
+    """One self-contained page from the same blocks as the Markdown, figures embedded as base64 PNG."""
     style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto}table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:3px 6px;font-size:90%}img{max-width:100%}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(report['title'])}</title>"
-            f"<style>{style}</style></head><body>" + "\n".join(body) + "</body></html>\n")
-
-
-def _inline(text: str) -> str:
-    out = html.escape(text)
-    parts = out.split("**")
-    out = "".join(f"<b>{p}</b>" if i % 2 else p for i, p in enumerate(parts))
-    parts = out.split("`")
-    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+            f"<style>{style}</style></head><body>" + "\n".join(html_lines(report_blocks(report), folder))
+            + "</body></html>\n")
 
 
 def write_report(report: dict, out, *, draw, overwrite: bool = False) -> Path:
