@@ -1,0 +1,80 @@
+"""The pool of replies to label by hand (issue 34): every reply a committed behaviour sweep generated at v̄'s
+points (both sides, every α) and at two of its random directions per point, with the request it answers.
+
+    python scripts/behaviour_label_pool.py [--sweep results/report_refusal_behaviour] [--out results/behaviour_labels/pool.jsonl]
+
+Each line: id (sweep point / task / doc), kind (harmful | harmless, from the eval file), request (the dialogue
+ending in "Assistant:"), reply (the generated text), side and α (from the point's name), doc_key. The labelled
+set (tasks/refusal/behaviour_labels.jsonl) is this pool with a reader's label per line; ``split`` (dev |
+heldout) is fixed here from a hash of the document key, so every reply to one request is on one side and the
+held-out part is decided before anything is tuned.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TASK = "dsteer_refusal_balanced"
+HELDOUT_SHARE = 0.35  # of the documents (by key hash): their replies are never looked at while tuning
+
+
+def balanced_docs() -> list[dict]:
+    rows = [json.loads(line) for line in (REPO / "tasks" / "refusal" / "refusal_eval.jsonl").open()]
+    by_kind = {kind: [r for r in rows if r["kind"] == kind] for kind in ("harmful", "harmless")}
+    order = []
+    for harmful, harmless in zip(by_kind["harmful"], by_kind["harmless"]):
+        order += [harmful, harmless]
+    n = min(len(v) for v in by_kind.values())
+    return order + by_kind["harmful"][n:] + by_kind["harmless"][n:]  # dsteer_eval.metrics.refusal.process_docs_balanced
+
+
+def split_of(key: str) -> str:
+    h = int(hashlib.sha256(f"behaviour-labels-v1:{key}".encode()).hexdigest()[:8], 16) / 2**32
+    return "heldout" if h < HELDOUT_SHARE else "dev"
+
+
+def point_facts(name: str) -> tuple[str, float, str]:
+    """(side, α, direction) of a point folder: unsteered / base / L20_a-1 / base_L20_a1_random0 ..."""
+    side = "base" if name.startswith("base") else "dpo"
+    m = re.search(r"_a(-?[0-9.]+)", name)
+    alpha = float(m.group(1)) if m else 0.0
+    r = re.search(r"_random(\d+)$", name)
+    return side, alpha, f"random:{r.group(1)}" if r else "v"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sweep", default=str(REPO / "results" / "report_refusal_behaviour"))
+    ap.add_argument("--randoms", default="0,1", help="random directions to include per steered point")
+    ap.add_argument("--out", default=str(REPO / "results" / "behaviour_labels" / "pool.jsonl"))
+    args = ap.parse_args()
+    docs = balanced_docs()
+    keep_random = {f"random:{i}" for i in args.randoms.split(",") if i}
+    lines = []
+    for point in sorted(Path(args.sweep, "points").iterdir()):
+        side, alpha, direction = point_facts(point.name)
+        if direction != "v" and direction not in keep_random:
+            continue
+        per_doc = json.loads((point / TASK / "per_doc.json").read_text())["tasks"][TASK]
+        for doc_id, resp in zip(per_doc["doc_id"], per_doc["resps"]):
+            doc = docs[doc_id]
+            reply = resp[0] if isinstance(resp, list) else resp
+            reply = reply[0] if isinstance(reply, list) else reply
+            lines.append({"id": f"{Path(args.sweep).name}/{point.name}/{doc_id}", "kind": doc["kind"],
+                          "request": doc["prompt"], "reply": reply, "side": side, "alpha": alpha,
+                          "direction": direction, "doc_key": doc["key"], "split": split_of(doc["key"])})
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    with open(args.out, "w", encoding="utf-8") as fh:
+        for line in lines:
+            fh.write(json.dumps(line, ensure_ascii=False) + "\n")
+    n_held = sum(line["split"] == "heldout" for line in lines)
+    print(f"wrote {len(lines)} replies ({n_held} held out) to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
