@@ -2,6 +2,10 @@
 points (both sides, every α) and at two of its random directions per point, with the request it answers.
 
     python scripts/behaviour_label_pool.py [--sweep results/report_refusal_behaviour] [--out results/behaviour_labels/pool.jsonl]
+    # part 2: replies to 80 further documents, DPO and base at alpha 0 (lm_eval --model steered --tasks
+    # dsteer_refusal_balanced --limit 120 --log_samples, with alpha=0 and alpha=0,peft=none), held out whole:
+    python scripts/behaviour_label_pool.py --samples dpo=DPO_SAMPLES.jsonl base=BASE_SAMPLES.jsonl \
+        --out results/behaviour_labels/pool2.jsonl
 
 Each line: id (sweep point / task / doc), kind (harmful | harmless, from the eval file), request (the dialogue
 ending in "Assistant:"), reply (the generated text), side and α (from the point's name), doc_key. The labelled
@@ -47,12 +51,42 @@ def point_facts(name: str) -> tuple[str, float, str]:
     return side, alpha, f"random:{r.group(1)}" if r else "v"
 
 
+def from_samples(specs: list[str], skip_docs: int, split: str) -> list[dict]:
+    """Replies from lm-eval ``--log_samples`` files of ``dsteer_refusal_balanced`` (``side=FILE`` at α = 0),
+    documents from ``skip_docs`` on (the first ones are already in the pool): a later labelled part."""
+    lines = []
+    for spec in specs:
+        side, path = spec.split("=", 1)
+        for raw in open(path, encoding="utf-8"):
+            sample = json.loads(raw)
+            if sample["doc_id"] < skip_docs:
+                continue
+            doc = sample["doc"]
+            reply = sample["resps"][0][0]
+            lines.append({"id": f"gen-{side}-a0/{sample['doc_id']}", "kind": doc["kind"], "request": doc["prompt"],
+                          "reply": reply, "side": side, "alpha": 0.0, "direction": "v", "doc_key": doc["key"],
+                          "split": split})
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sweep", default=str(REPO / "results" / "report_refusal_behaviour"))
     ap.add_argument("--randoms", default="0,1", help="random directions to include per steered point")
     ap.add_argument("--out", default=str(REPO / "results" / "behaviour_labels" / "pool.jsonl"))
+    ap.add_argument("--samples", nargs="*", default=None,
+                    help="side=samples_dsteer_refusal_balanced_*.jsonl (lm_eval --log_samples at alpha 0): a later "
+                         "part of the pool from these instead of --sweep")
+    ap.add_argument("--skip-docs", type=int, default=40, help="with --samples: documents before this are in part 1")
+    ap.add_argument("--split", default="heldout2", help="with --samples: the split of every line")
     args = ap.parse_args()
+    if args.samples:
+        lines = from_samples(args.samples, args.skip_docs, args.split)
+        with open(args.out, "w", encoding="utf-8") as fh:
+            for line in lines:
+                fh.write(json.dumps(line, ensure_ascii=False) + "\n")
+        print(f"wrote {len(lines)} replies ({args.split}) to {args.out}")
+        return
     docs = balanced_docs()
     keep_random = {f"random:{i}" for i in args.randoms.split(",") if i}
     lines = []

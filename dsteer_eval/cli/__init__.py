@@ -13,6 +13,7 @@ from dsteer_eval import __version__
 from dsteer_eval.cli import (
     build_refusal,
     ceiling,
+    classify,
     convert,
     dpo_gate,
     extract,
@@ -23,6 +24,7 @@ from dsteer_eval.cli import (
     report,
     sweep,
     train_dpo,
+    validate_classifier,
     winrate,
 )
 from dsteer_eval.cli.errors import os_error_message
@@ -30,7 +32,7 @@ from dsteer_eval.common.redaction import install_log_redaction, redact
 
 # in the order `dsteer-eval --help` lists them
 VERBS = (model_path, extract, convert, train_dpo, dpo_gate, build_refusal, sweep, ceiling, leaderboard, info,
-         probe, winrate, report)
+         probe, winrate, report, classify, validate_classifier)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -142,6 +142,13 @@ class _Judge:
         """P(response 1 is better) per pairwise prompt."""
         return self._judge(prompts, (1, 2), _first_of_two)
 
+    def choose(self, prompts, n_options: int) -> list[Judgement]:
+        """The most probable of the options 1..n per prompt (``score`` = its number, ``mass`` = the
+        probability on all n): a judge's label for a multiple-choice question."""
+        if not 2 <= n_options <= 9:
+            raise ValueError(f"choose: n_options must be 2..9 (single-digit answers), got {n_options}")
+        return self._judge(prompts, tuple(range(1, n_options + 1)), _most_likely)
+
 
 class LocalJudge(_Judge):
     def __init__(self, model, tokenizer, label: str, batch_size: int = 4):
@@ -193,6 +200,13 @@ class LocalJudge(_Judge):
             value, mass = combine(per_label)
             out.append(Judgement(value, mass, None if value is not None else "no probability on the answer tokens"))
         return out
+
+
+def _most_likely(probs: dict) -> tuple[float | None, float]:
+    mass = float(sum(probs.values()))
+    if not mass > 0:
+        return None, 0.0
+    return float(max(probs, key=lambda k: probs[k])), mass
 
 
 def _first_of_two(probs: dict) -> tuple[float | None, float]:
