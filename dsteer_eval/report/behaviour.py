@@ -92,7 +92,9 @@ def behaviour(data: SweepData, task: str, *, n_resamples: int = N_RESAMPLES, see
     rates = rate_metrics(data, task)
     if "answer_rate" in rates and "over_refusal_rate" in rates:
         rates.remove("over_refusal_rate")  # the refusal tasks: 1 − answer_rate, document by document
-    out = {"task": task, "rates": rates, "fidelity": list(FIDELITY), "sides": {}}
+    twins = data.same_as(task, sorted(rates, key=lambda m: (m != "noncomply_rate", m)))
+    rates = [m for m in rates if m not in twins]  # a rate equal to another at every document is shown once
+    out = {"task": task, "rates": rates, "same_as": twins, "fidelity": list(FIDELITY), "sides": {}}
     for side in ("dpo", "base"):
         start = data.find(side, 0.0)
         if start is None or (start.name, task) not in data.values:

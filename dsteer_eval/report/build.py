@@ -11,7 +11,7 @@ from dsteer_eval.report.card import verdict_card
 from dsteer_eval.report.dose_response import dose_response, prompting_rows
 from dsteer_eval.report.same_model import check_same_model, recorded
 from dsteer_eval.report.sweep_data import read_sweep
-from dsteer_eval.report.where import selection_pairs, where
+from dsteer_eval.report.where import continuous, selection_pairs, where
 from dsteer_eval.stats.bootstrap import N_RESAMPLES
 
 
@@ -68,7 +68,11 @@ def build_report(sweeps, *, labels=None, tasks=None, metrics=None, title: str | 
             if grid is not None:
                 behaviours.append({**grid, "label": label})
             available = data.metrics(task)
-            for metric in (list(metrics) if metrics else available):
+            twins = {} if metrics else data.same_as(task, _headline_first(task, available))
+            if twins:
+                missing += [f"{label + ': ' if label else ''}{task} / {m}: identical to {twin} on every document of "
+                            f"every point: shown once, as {twin}" for m, twin in sorted(twins.items())]
+            for metric in (list(metrics) if metrics else [m for m in available if m not in twins]):
                 if metric not in available:
                     missing.append(f"{label + ': ' if label else ''}{task} / {metric}: no per-document values at "
                                    f"any point (it has {', '.join(available) or 'none'})")
@@ -91,6 +95,8 @@ def build_report(sweeps, *, labels=None, tasks=None, metrics=None, title: str | 
         available = set.intersection(*[set(d.metrics(task)) & set(d.metrics(select_task)) for _, d in read
                                        if task in d.tasks and select_task in d.tasks])
         for metric in sorted(available & set(metrics) if metrics else available):
+            if not all(continuous(d, select_task, metric) for _, d in read if select_task in d.tasks):
+                continue  # where-tables choose on continuous metrics only (where.py)
             places.append(where(read, task, select_task, metric, alphas=where_alphas, curve=curve,
                                 n_resamples=n_resamples))
             for label, data in read:  # the selection rows' missing points (the eval rows' are listed above)
@@ -109,3 +115,8 @@ def build_report(sweeps, *, labels=None, tasks=None, metrics=None, title: str | 
               "ceiling": ceilings if len(ceilings) > 1 else ceilings[0], "curves": curves,
               "card": card, "behaviour": behaviours, "where": places, "missing": missing}
     return redact_value(report)
+
+
+def _headline_first(task: str, metrics: list[str]) -> list[str]:
+    """The metrics with the continuous margins first, so a twin is shown under the more informative name."""
+    return sorted(metrics, key=lambda m: (not m.endswith("margin"), m))

@@ -10,7 +10,8 @@ side gets the fraction of the base–DPO gap it closes (:func:`dsteer_eval.stats
 
 Beside it, each of the K random directions of the same norm at the same layer and α (``--controls random:K``)
 gets the same fraction on the same documents: their band (min–max), their mean, and v̄'s rank among them
-with the empirical p-value (:func:`dsteer_eval.stats.gap.rank_among`).  Generation tasks add the
+with the empirical p-value, ranked by distance to the target |1 − f| (an overshoot is not more;
+:func:`dsteer_eval.stats.gap_verdicts.rank_by_distance`).  Generation tasks add the
 degeneration rate of the point (mean of ``n_degenerate``: outputs screened out as empty, garbled or
 looping), and a measured ceiling (``ceiling.json``) marks the points beyond it, on the layer and side it was
 measured for only (:func:`ceiling_scope`).  Every number is computed on the documents with a finite value at
@@ -22,7 +23,8 @@ from __future__ import annotations
 
 from dsteer_eval.report.sweep_data import SweepData
 from dsteer_eval.stats.bootstrap import N_RESAMPLES, SEED, finite_docs, finite_number, paired_bootstrap
-from dsteer_eval.stats.gap import gap_closure, rank_among
+from dsteer_eval.stats.gap import gap_closure
+from dsteer_eval.stats.gap_verdicts import rank_by_distance
 
 SIDES = {"dpo": ("base", "−v̄ on the DPO model: fraction of the gap taken back toward the base"),
          "base": ("dpo", "+v̄ on the base model: fraction of the gap installed toward DPO")}
@@ -164,7 +166,7 @@ def _row(data: SweepData, point, task: str, metric: str, s: dict, t: dict, missi
         r = gap_closure(pick(cm, shared), pick(s, shared), pick(t, shared), n_resamples=n_resamples, seed=seed)
         randoms.append({"control": c.control, "fraction": r.fraction})
     fractions = [r["fraction"] for r in randoms if r["fraction"] is not None]
-    rank = (rank_among(compared.fraction, fractions).as_dict()
+    rank = (rank_by_distance(compared.fraction, fractions).as_dict()
             if compared.fraction is not None and fractions else None)
     random_wrong = [per_document(pick(cm, shared), pick(s, shared), pick(t, shared))["wrong_way"] for _, cm in cmaps]
     return {

@@ -26,9 +26,19 @@ def _ci(c: dict) -> str:
 
 
 def _rank(rank) -> str:
+    """v̄'s rank by distance to the target among the random directions, its p-value and z-score."""
     if not rank:
         return "—"
-    return f"{rank['rank']} of {rank['k'] + 1}, p = {rank['p_value']:.3f}"
+    label = rank.get("label") or f"{rank['rank']} of {rank['k'] + 1}"
+    z = rank.get("z")
+    return f"{label}, p = {rank['p_value']:.3f}" + ("" if z is None else f", z = {z:+.1f}")
+
+
+def _shown_ci(c: dict, verdicts: dict) -> str:
+    """The fraction and its CI, or nothing where the gap is not shown; '(unstable gap)' where it is wide."""
+    if not verdicts.get("fraction_shown", True):
+        return "— (gap not shown)"
+    return _ci(c) + (" (unstable gap)" if verdicts.get("unstable") else "")
 
 
 def _docs(row: dict, gap: dict | None) -> str:
@@ -55,12 +65,13 @@ def card_rows(card: dict) -> list[list[str]]:
         run = f"{e['label']}: " if e.get("label") else ""
         for r in e["rows"]:
             band = r["random_band"]
-            band_text = "—" if band is None else f"{_pct(band[0])} … {_pct(band[1])} ({_pct(r['random_mean'])})"
-            flag = " (beyond ceiling)" if r["beyond_ceiling"] else ""
             v = r["verdicts"]
+            band_text = "—" if band is None or not v.get("fraction_shown", True) else \
+                f"{_pct(band[0])} … {_pct(band[1])} ({_pct(r['random_mean'])})"
+            flag = " (beyond ceiling)" if r["beyond_ceiling"] else ""
             rows.append([f"{run}{e['task']} / {e['metric']}", e["side"], f"{r['point']}{_docs(r, e['gap'])}{flag}",
-                         _ci(r["closure"]),
-                         band_text, _rank(r["rank"]),
+                         _shown_ci(r["closure"], v),
+                         band_text, _rank(r["rank"]) if v.get("fraction_shown", True) else "—",
                          f"{_pct(r['per_document']['wrong_way'])} ({_pct(r['random_wrong_way'])})",
                          _pct(r["degeneration_rate"]), f"**{v['moves']}**", f"**{v['half']}**",
                          f"**{v['vs_random']}**"])
@@ -68,7 +79,7 @@ def card_rows(card: dict) -> list[list[str]]:
         if p:
             rows.append([f"{run}{e['task']} / {e['metric']}", e["side"],
                          f"prompting: {p['instruction']} instruction (reference){_docs(p, e['gap'])}",
-                         _ci(p["closure"]), "—", "—", _pct(p["per_document"]["wrong_way"]), "—",
+                         _shown_ci(p["closure"], p["verdicts"]), "—", "—", _pct(p["per_document"]["wrong_way"]), "—",
                          f"**{p['verdicts']['moves']}**", f"**{p['verdicts']['half']}**", "—"])
     return rows
 
@@ -124,11 +135,15 @@ def _position(report: dict) -> str:
     return "position: " + "; ".join(f"{name}: `{p}`" for name, p in zip(_names(report, len(position)), position))
 
 
-RULES = ("Rules: **moves** = the CI of the fraction closed lies above 0; **≥ half** = it lies at or above {half}; "
-         "**vs random** = no one of K norm-matched random directions closes as much as v̄ (rank 1, p = 1/(K + 1); "
-         "K < {min_random}: underpowered). Fraction of the gap: mean(moved − start) / mean(target − start) per side "
-         "(docs/report.md); a point past the measured strength ceiling is flagged only on the layer and side the "
-         "ceiling was measured for.")
+RULES = ("Rules (computed, docs/report.md): a fraction is printed only where the gap's CI excludes 0 (*unstable* "
+         "where its bound nearest 0 is below half the estimate); **moves** = the fraction's CI lies above 0 (*wrong "
+         "way*: below 0); **≥ half** = it lies at or above {half} (*overshoot*: above 1, never 'more'); **vs random** "
+         "= decided only when v̄ moves toward the target and K ≥ {min_random} (else *not decided* / *underpowered*): "
+         "supported when v̄'s empirical p ≤ 0.05, v̄ ranked among K norm-matched random directions by distance to "
+         "the target |1 − f| (ties shown as ties; z = (mean random distance − v̄'s) / SD). Fraction of the gap: "
+         "mean(moved − start) / mean(target − start) per side; a point past the measured strength ceiling is flagged "
+         "only on the layer and side the ceiling was measured for. Best point: nearest the target among points that "
+         "move toward it, within the ceiling, at most {max_degenerate:.0%} degenerate.")
 
 
 def report_blocks(report: dict) -> list[tuple]:
@@ -146,8 +161,11 @@ def report_blocks(report: dict) -> list[tuple]:
         if e["best"]:
             b = e["best"]
             run = f"{e['label']}: " if e.get("label") else ""
-            blocks.append(("bullet", f"best point, {run}{e['task']} / {e['metric']}, {e['side']} side: {b['point']} "
-                                     f"closes {_pct(b['fraction'])} [{_pct(b['low'])}, {_pct(b['high'])}] ({b['note']})"))
+            which = " and ".join(b["points"]) + " (a tie)" if b.get("tie") else b["point"]
+            blocks.append(("bullet", f"best point, {run}{e['task']} / {e['metric']}, {e['side']} side: {which} "
+                                     f"closes {_pct(b['fraction'])} [{_pct(b['low'])}, {_pct(b['high'])}] of the gap "
+                                     f"{e['gap']['mean']:+.4g} [{e['gap']['low']:+.4g}, {e['gap']['high']:+.4g}]"
+                                     f"{' (unstable gap)' if b.get('unstable') else ''} ({b['note']})"))
     blocks += [("para", RULES.format(**card["rules"])),
                ("heading", 2, "The authors' revised numbers (reference, not our measurements)"),
                ("para", f"Source: {card['authors']['source']}"),
@@ -245,22 +263,33 @@ def where_blocks(entries: list[dict]) -> list[tuple]:
             for c in found["candidates"]:
                 band = c["random_band"]
                 band_text = "—" if band is None else f"{_pct(band[0])} … {_pct(band[1])} ({_pct(c['random_mean'])})"
-                mark = " **← chosen**" if c["chosen"] else ""
-                rows.append([c["label"] or "—", f"{c['layer']}{mark}", _pct(c["select"]["fraction"]), _ci(c["eval"]),
-                             band_text, _rank(c["rank"]), c["verdicts"]["vs_random"]])
+                mark = " **← chosen**" if c["chosen"] else (f" (not eligible: {c['excluded']})" if c.get("excluded")
+                                                             else "")
+                rows.append([c["label"] or "—", f"{c['layer']}{mark}", _pct(c["select"]["fraction"]),
+                             _shown_ci(c["eval"], c["verdicts"]), band_text, _rank(c["rank"]),
+                             c["verdicts"]["vs_random"]])
             out += [("para", f"**{e['task']} / {e['metric']}, {side} side, α = {found['alpha']:g}** (chosen on "
                              f"{e['select_task']})"),
                     ("table", WHERE_HEADER, ["---"] * len(WHERE_HEADER), rows)]
-            ch, best = found["chosen"], found["best_on_eval"]
+            ch, best, runner = found["chosen"], found["best_on_eval"], found.get("runner_up")
             if ch:
-                out.append(("bullet", f"chosen ({e['select_task']}): {ch['label'] + ', ' if ch['label'] else ''}layer "
-                                      f"{ch['layer']} closes {_ci(ch['eval'])} of the eval gap, {_rank(ch['rank'])} "
+                out.append(("bullet", f"chosen ({e['select_task']}, nearest the target): "
+                                      f"{ch['label'] + ', ' if ch['label'] else ''}layer "
+                                      f"{ch['layer']} closes {_shown_ci(ch['eval'], ch['verdicts'])} of the eval gap, "
+                                      f"{_rank(ch['rank'])} "
                                       f"(moves: **{ch['verdicts']['moves']}**, ≥ half: **{ch['verdicts']['half']}**, "
                                       f"vs random: **{ch['verdicts']['vs_random']}**)"))
+            if runner:
+                d = runner.get("difference")
+                diff = "—" if not d else f"{_pct(d['mean'])} [{_pct(d['low'])}, {_pct(d['high'])}]"
+                verdict = "resolved" if runner["resolved"] else "**choice not resolved** (the CI contains 0)"
+                out.append(("bullet", f"runner-up: {runner['label'] + ', ' if runner['label'] else ''}layer "
+                                      f"{runner['layer']} ({_pct(runner['select_fraction'])} on the selection rows); "
+                                      f"the chosen one is nearer the target by {diff} of the gap: {verdict}"))
             if best:
                 out.append(("bullet", f"best on the eval rows (optimistic): "
                                       f"{best['label'] + ', ' if best['label'] else ''}layer {best['layer']}, "
-                                      f"{_ci(best['eval'])}"))
+                                      f"{_shown_ci(best['eval'], best['verdicts'])}"))
     return out
 
 

@@ -51,6 +51,18 @@ class SweepData:
                       if not m.startswith("n_") and any(finite_number(v) for v in vals.values())}
         return sorted(found)
 
+    def same_as(self, task: str, metrics: list[str]) -> dict[str, str]:
+        """``{metric: an earlier metric of the list}`` for each metric whose per-document values equal the earlier
+        one's at every point (``acc`` = ``refusal_acc`` when every document is harmful): shown once."""
+        found = {}
+        for i, metric in enumerate(metrics):
+            for earlier in metrics[:i]:
+                if earlier not in found and all(self.metric(p.name, task, metric) == self.metric(p.name, task, earlier)
+                                                for p in self.points):
+                    found[metric] = earlier
+                    break
+        return found
+
     def why_missing(self, point: str, task: str, metric: str) -> str | None:
         """Why ``point`` has no finite per-document ``metric`` of ``task`` (None when it has one)."""
         if (point, task) in self.absent:

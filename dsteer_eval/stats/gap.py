@@ -111,3 +111,51 @@ def rank_among(value: float, population: Sequence[float], *, higher: bool = True
     at_least = sum(sign * r >= sign * value for r in pop)
     k = len(pop)
     return Rank(float(value), k, 1 + above, at_least, (1 + at_least) / (k + 1), k < MIN_RANDOM)
+
+
+@dataclass(frozen=True)
+class DistanceDifference:
+    """How much nearer the target (f = 1) candidate A is than candidate B: mean |1 − f_B| − |1 − f_A| with a
+    paired bootstrap CI (positive = A nearer); ``resolved`` when the CI excludes 0."""
+    n: int
+    mean: float
+    low: float
+    high: float
+
+    @property
+    def resolved(self) -> bool:
+        return self.low > 0 or self.high < 0
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "resolved": self.resolved}
+
+
+def distance_difference(a: tuple, b: tuple, *, n_resamples: int = N_RESAMPLES, seed: int = SEED,
+                        confidence: float = CONFIDENCE) -> DistanceDifference | None:
+    """``a``, ``b``: (moved, start, target) arrays of two candidates on the same documents (paired, finite). Each
+    resample draws one set of document indices for both (module docstring of :func:`gap_closure`); resamples
+    where a gap mean is 0 are dropped. None when the point estimates are undefined."""
+    arrays = [np.asarray(x, dtype=np.float64) for x in (*a, *b)]
+    n = len(arrays[0])
+    if any(x.shape != (n,) for x in arrays) or n < 2:
+        raise ValueError("distance_difference: six paired 1-D arrays of at least 2 documents are needed")
+    ma, sa, ta, mb, sb, tb = arrays
+
+    def distances(idx):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            fa = (ma[idx] - sa[idx]).mean(axis=-1) / (ta[idx] - sa[idx]).mean(axis=-1)
+            fb = (mb[idx] - sb[idx]).mean(axis=-1) / (tb[idx] - sb[idx]).mean(axis=-1)
+        return np.abs(1 - fb) - np.abs(1 - fa)
+
+    point = float(distances(np.arange(n)))
+    if not math.isfinite(point):
+        return None
+    rng = np.random.default_rng(seed)
+    diffs = np.empty(n_resamples)
+    for first in range(0, n_resamples, CHUNK):
+        k = min(CHUNK, n_resamples - first)
+        diffs[first:first + k] = distances(rng.integers(0, n, size=(k, n)))
+    diffs = diffs[np.isfinite(diffs)]
+    tail = (1 - confidence) / 2
+    low, high = (float(x) for x in np.quantile(diffs, [tail, 1 - tail]))
+    return DistanceDifference(n, point, low, high)

@@ -120,7 +120,7 @@ def gap_verdicts(*, gap_mean: float, gap_low: float, gap_high: float, fraction: 
     if low > TARGET:
         half, reasons["half"] = OVERSHOOT, "the fraction's CI lies above 1: past the target, not more of it"
     else:
-        h = _side_of(low, high, HALF) if low != HALF else 1
+        h = 1 if low >= HALF - 1e-12 else _side_of(low, high, HALF)  # "at or above", up to float rounding
         half = {1: SUPPORTED, -1: CONTRADICTED, 0: NOT_SHOWN}[h]
         reasons["half"] = {1: "the fraction's CI lies at or above ½", -1: "the fraction's CI lies below ½",
                            0: "the fraction's CI contains ½"}[h]

@@ -12,7 +12,7 @@ from dsteer_eval.cli import main
 from dsteer_eval.report.build import build_report
 from dsteer_eval.sweep.plan import FORMAT as SWEEP_FORMAT
 
-N_DOCS, K = 120, 8
+N_DOCS, K = 120, 20  # K >= 19: the empirical p can reach 0.05
 
 
 def _write_point(folder, name, values, degenerate=None):
@@ -86,19 +86,26 @@ def test_a_null_direction_is_not_told_apart_from_random_ones(tmp_path):
         c = row["closure"]
         assert c["low"] < 0.15 and abs(c["fraction"]) < 0.1  # moves no real share of the gap
         assert row["verdicts"]["half"] == "contradicted"
-        assert row["verdicts"]["vs_random"] in ("not shown", "supported")
+        assert row["verdicts"]["vs_random"] in ("not shown", "not decided")  # never supported
     assert all(0.3 < row["per_document"]["wrong_way"] < 0.7 for row in rows.values())
     ranks = [row["rank"]["rank"] for row in rows.values()]
     assert max(ranks) > 1  # somewhere a random direction does at least as well
 
 
-def test_fewer_than_eight_random_directions_are_underpowered_and_the_cli_prints_the_card(tmp_path, capsys):
+def test_k8_is_underpowered_k20_supports_and_the_cli_prints_the_card(tmp_path, capsys):
+    """The same planted v̄, rank 1 either way: with K = 8 p = 1/9 can never reach 0.05 (underpowered, as the
+    committed K = 8 runs are now labelled); with K = 20 it is 1/21 and the verdict is supported."""
+    _, eight = _rows(build_report(make_sweep(tmp_path / "k8", planted=True, k=8)), "dpo")
+    assert eight[-1.0]["rank"]["rank"] == 1 and eight[-1.0]["rank"]["p_value"] == pytest.approx(1 / 9)
+    assert eight[-1.0]["verdicts"]["vs_random"] == "underpowered (K = 8 < 19)"
+    _, twenty = _rows(build_report(make_sweep(tmp_path / "k20", planted=True, k=20)), "dpo")
+    assert twenty[-1.0]["verdicts"]["vs_random"] == "supported"
     sweep = make_sweep(tmp_path / "s", planted=True, k=3)
     _, rows = _rows(build_report(sweep), "dpo")
-    assert rows[-1.0]["verdicts"]["vs_random"] == "underpowered (K = 3 < 8)" and rows[-1.0]["rank"]["k"] == 3
+    assert rows[-1.0]["verdicts"]["vs_random"] == "underpowered (K = 3 < 19)" and rows[-1.0]["rank"]["k"] == 3
     assert main(["report", str(sweep), "--out", str(tmp_path / "rep")]) == 0
     out = capsys.readouterr().out
-    assert "| toy_task / margin | dpo | L2_a-1 | 50.0 % [50.0 %, 50.0 %]" in out and "underpowered (K = 3 < 8)" in out
+    assert "| toy_task / margin | dpo | L2_a-1 | 50.0 % [50.0 %, 50.0 %]" in out and "underpowered (K = 3 < 19)" in out
     page = (tmp_path / "rep" / "report.html").read_text()
     assert "data:image/png;base64," in page and "<table>" in page
     md = (tmp_path / "rep" / "report.md").read_text()

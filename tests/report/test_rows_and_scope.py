@@ -73,7 +73,8 @@ def test_the_ceiling_holds_for_its_layer_and_the_side_it_was_measured_on(tmp_pat
     _ceiling(sweep, layer="3", peft="/models/adapter", negative={"ceiling": 0.25}, positive={"ceiling": 0.25})
     entry, rows = _rows(build_report(sweep), "dpo")
     assert [rows[a]["beyond_ceiling"] for a in (-0.5, -1.0, -2.0)] == [None, None, None]
-    assert entry["best"]["alpha"] == -2.0 and entry["best"]["fraction"] == pytest.approx(1.0)
+    # no ceiling at layer 2 now; α = −2 reaches the target exactly but every output is degenerate: not eligible
+    assert rows[-2.0]["degeneration_rate"] == 1.0 and entry["best"]["alpha"] == -1.0
 
 
 def test_a_ceiling_measured_without_the_adapter_holds_for_the_base_side(tmp_path):
