@@ -17,12 +17,14 @@ def add(verbs) -> None:
         "the classifier's agreement per kind: per-class precision and recall on the rates' groups (does not "
         "comply / complies / off; answers / does not answer / off), Cohen's kappa, and whether it is "
         "validated (precision and recall >= 0.8 on the rate's class). Without LABELS: the project's labelled "
-        "set, held-out part.",
+        "set (tasks/refusal/behaviour_labels.jsonl), the part the rule was never written on.",
     )
     p.add_argument("labels", nargs="?", default=None, help="labelled JSONL (default: the shipped labelled set)")
     p.add_argument("--judge", default=None, help="hf:<path> | openai:<model> | smollm2 (default: the rule)")
     p.add_argument("--split", default=None,
-                   help="only lines of this split (dev | heldout; default: heldout for the shipped set, all otherwise)")
+                   help="only lines of this split (dev | heldout1 | heldout2 | heldout3; a prefix such as 'heldout' takes "
+                        "every part it starts; default: for the shipped set the part the current rule version was "
+                        "never written on, otherwise all lines)")
     p.add_argument("--out", default=None, help="also write the table as JSON")
     p.set_defaults(func=run)
 
@@ -31,10 +33,11 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from dsteer_eval.common.output_folder import atomic_write_text
+    from dsteer_eval.metrics.behaviour import VALIDATION_SPLIT
     from dsteer_eval.metrics.behaviour_validation import classify_lines, labelled_set_path, markdown, read_lines, validate
 
     path = args.labels or labelled_set_path()
-    split = args.split if args.split is not None else (None if args.labels else "heldout")
+    split = args.split if args.split is not None else (None if args.labels else VALIDATION_SPLIT)
     lines = read_lines(path, labelled=True)
     judge = None
     if args.judge:

@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from dsteer_eval.metrics.behaviour import VALIDATION_SPLIT, VERSION
+from dsteer_eval.metrics.behaviour_validation import (BehaviourInputError, classify_lines, labelled_set_path,
+                                                      read_lines, validate)
 from dsteer_eval.metrics.overlap import bleu_rouge_l
 from dsteer_eval.report.sweep_data import SweepData
 from dsteer_eval.stats.bootstrap import N_RESAMPLES, SEED, finite_docs, finite_number, paired_bootstrap
@@ -77,6 +80,23 @@ def _point_numbers(data: SweepData, point: str, start: str, task: str, rates, n_
     return out
 
 
+CLASSIFIED_RATES = {"noncomply_rate": "harmful", "refusal_rate": "harmful", "answer_rate": "harmless",
+                    "over_refusal_rate": "harmless"}
+
+
+def classifier_validation() -> dict:
+    """The behaviour classifier's agreement with the shipped labelled set's part it was never written on
+    (:mod:`dsteer_eval.metrics.behaviour_validation`), and per kind whether it is validated."""
+    lines = read_lines(labelled_set_path(), labelled=True)
+    labels, name, failed = classify_lines(lines)
+    try:
+        table = validate(lines, labels, classifier=name, failed=failed, split=VALIDATION_SPLIT)
+    except BehaviourInputError:
+        return {"classifier": VERSION, "split": VALIDATION_SPLIT, "kinds": {},
+                "note": f"no labelled replies in {VALIDATION_SPLIT} yet: {VERSION} is unvalidated"}
+    return table
+
+
 def _band(numbers: list[dict], pick) -> dict | None:
     values = [v for v in (pick(n) for n in numbers) if v is not None]
     if not values:
@@ -95,6 +115,11 @@ def behaviour(data: SweepData, task: str, *, n_resamples: int = N_RESAMPLES, see
     twins = data.same_as(task, sorted(rates, key=lambda m: (m != "noncomply_rate", m)))
     rates = [m for m in rates if m not in twins]  # a rate equal to another at every document is shown once
     out = {"task": task, "rates": rates, "same_as": twins, "fidelity": list(FIDELITY), "sides": {}}
+    if any(m in CLASSIFIED_RATES for m in rates):
+        check = classifier_validation()
+        out["classifier"] = check
+        out["unvalidated"] = sorted(m for m in rates if m in CLASSIFIED_RATES and not
+                                    (check["kinds"].get(CLASSIFIED_RATES[m]) or {}).get("validated"))
     for side in ("dpo", "base"):
         start = data.find(side, 0.0)
         if start is None or (start.name, task) not in data.values:

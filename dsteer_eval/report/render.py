@@ -219,8 +219,12 @@ def behaviour_blocks(entries: list[dict]) -> list[tuple]:
     out = []
     for e in entries:
         run = f"{e['label']}: " if e.get("label") else ""
+        unvalidated = set(e.get("unvalidated") or [])
+        if e.get("classifier"):
+            out += _classifier_blocks(e["classifier"], unvalidated)
         for side, found in e["sides"].items():
-            header = ["point", "α"] + [f"{m} % (Δ)" for m in e["rates"]] + \
+            header = ["point", "α"] + [f"{m} % (Δ)" + (" — unvalidated" if m in unvalidated else "")
+                                       for m in e["rates"]] + \
                 ["degenerate", "BLEU vs unsteered", "ROUGE-L vs unsteered"]
             align = ["---", "---:"] + ["---" for _ in e["rates"]] + ["---", "---", "---"]
             rows = []
@@ -243,6 +247,29 @@ def behaviour_blocks(entries: list[dict]) -> list[tuple]:
                              + ("DPO − |α|·v̄" if side == "dpo" else "base + α·v̄") + ")"),
                     ("table", header, align, rows)]
     return out
+
+
+def _classifier_blocks(check: dict, unvalidated: set) -> list[tuple]:
+    """The behaviour classifier's agreement with readers' held-out labels, as the rates' reader needs it."""
+    pct = lambda x: "—" if x is None else f"{100 * x:.1f} %"  # noqa: E731
+    head = (f"The rates are labelled by the behaviour classifier **{check['classifier']}** "
+            "(docs/behaviour-labels.md). Its agreement with readers' labels on the labelled set's part "
+            f"`{check['split']}`, never read while it was written (validated = precision and recall ≥ 0.8 on the "
+            "rate's class):")
+    if not check.get("kinds"):
+        return [("para", head + f" {check.get('note', 'not measured')}. Every classified rate below is "
+                                "**unvalidated**.")]
+    rows = []
+    for kind, k in check["kinds"].items():
+        c = next(x for x in k["grouped"]["classes"] if x["label"] == k["headline"])
+        rows.append([kind, k["headline"], str(k["n"]), pct(c["precision"]), pct(c["recall"]),
+                     "—" if k["grouped"]["kappa"] is None else f"{k['grouped']['kappa']:.2f}",
+                     f"{pct(k['reader_rate'])} / {pct(k['classifier_rate'])}",
+                     "**yes**" if k["validated"] else "**no**"])
+    tail = ("" if not unvalidated else f" Rates marked *unvalidated* below: {', '.join(sorted(unvalidated))}.")
+    return [("para", head + tail),
+            ("table", ["kind", "class", "replies", "precision", "recall", "κ (groups)", "rate: readers / classifier",
+                       "validated"], ["---", "---", "---:", "---:", "---:", "---:", "---", "---"], rows)]
 
 
 def behaviour_lines(entries: list[dict]) -> list[str]:
