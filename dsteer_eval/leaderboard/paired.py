@@ -16,14 +16,15 @@ For every metric that lm-eval aggregates as a plain mean, per-document values co
 * ``conditioned``: ``vs_ref`` over the documents where the base and DPO α=0 rows differ
   (:mod:`dsteer_eval.stats.conditioned`), with their count.
 
-Then the D-STEER claims, with verdicts computed by :mod:`dsteer_eval.stats.verdicts` (never typed):
-(a) base and DPO differ; (b) DPO − α·v (α < 0) moves the metric back toward the base by at least half the
-gap; (c) base + α·v (α > 0) moves it toward DPO; (d) v moves it toward its target more than the
-norm-matched random directions at the same layer and α: the paired CI against the controls' per-document
-mean, and v's rank among the K directions by mean movement toward the target with the empirical p-value
-(1 + #{random ≥ v})/(K + 1) (:func:`dsteer_eval.stats.gap.rank_among`). (d) is *supported* only when the CI
-says so and no random direction moves as far (rank 1); with K < 8 it is labelled *underpowered* (one random
-direction is an anecdote), whatever the CI says.
+Then the D-STEER claims, with verdicts computed (never typed) by the same rules and words as the report's
+verdict card (:mod:`dsteer_eval.stats.gap_verdicts`): (a) base and DPO differ (the gap's CI excludes 0);
+(b) DPO − α·v (α < 0) moves the metric back toward the base, and (b½) by at least half the gap; (c) base + α·v
+(α > 0) moves it toward DPO, and (c½) by at least half; (d) v does so more than the norm-matched random
+directions at the same layer and α. (b)/(c) are *supported* when the CI of the fraction of the gap closed lies
+above 0 (*wrong way* below it); (b½)/(c½) when it lies at or above ½ (*contradicted* below, *overshoot* above
+1); (d) is decided only for a v that moves toward the target and with K ≥ 19 random directions (else *not
+decided* / *underpowered*), by v's rank by distance to the target among them (empirical p ≤ 0.05), the paired
+CI against the controls' per-document mean beside it.
 """
 
 from __future__ import annotations
@@ -35,10 +36,10 @@ from pathlib import Path
 
 from dsteer_eval.stats.bootstrap import PairedDelta, finite_docs, finite_pairs, paired_bootstrap
 from dsteer_eval.stats.conditioned import conditioned_docs
-from dsteer_eval.stats.gap import MIN_RANDOM, rank_among
+from dsteer_eval.stats.gap import gap_closure
+from dsteer_eval.stats.gap_verdicts import MIN_RANDOM_P05, gap_verdicts, rank_by_distance
 from dsteer_eval.stats.verdicts import NOT_SHOWN, Verdict, verdict
 
-AT_LEAST = 0.5  # claim (b): the fraction of the DPO−base gap that −v must take back
 
 
 @dataclass(frozen=True)
@@ -216,46 +217,49 @@ def _claims(column, key, r: Role, item: PairedRow, base0, dpo0, values) -> list[
         return [Verdict(f"{claim} layer {key.layer}, α={key.alpha:g} on {column.task}/{column.metric}",
                         _mean(values[key]), None, item.vs_ref.as_dict(), "higher", NOT_SHOWN,
                         "no significant base–DPO gap (claim a) to move along")]
-    toward_base = "higher" if gap.mean > 0 else "lower"
-    toward_dpo = "lower" if gap.mean > 0 else "higher"
     metric = f"{column.task}/{column.metric}"
     where = f"layer {key.layer}, α={key.alpha:g}"
-    out = []
     if r.side == "dpo" and key.alpha < 0:
-        fraction = item.vs_ref.mean / gap.mean
-        out.append(verdict(f"(b) DPO {where} moves {metric} back toward the base (≥ half the gap)",
-                           _mean(values[key]), _mean(values[dpo0]), item.vs_ref, toward_base,
-                           fraction=fraction, at_least=AT_LEAST))
-        if item.vs_control is not None:
-            out.append(_vs_random(verdict(f"(d) at DPO {where}, v moves {metric} toward the base more than random "
-                                          f"directions", _mean(values[key]), item.controls.get("mean"),
-                                          item.vs_control, toward_base), values, key, dpo0, item, toward_base))
-    if r.side == "base" and key.alpha > 0:
-        out.append(verdict(f"(c) base {where} moves {metric} toward DPO", _mean(values[key]),
-                           _mean(values[base0]), item.vs_ref, toward_dpo))
-        if item.vs_control is not None:
-            out.append(_vs_random(verdict(f"(d) at base {where}, v moves {metric} toward DPO more than random "
-                                          f"directions", _mean(values[key]), item.controls.get("mean"),
-                                          item.vs_control, toward_dpo), values, key, base0, item, toward_dpo))
+        start, target, name, goal = dpo0, base0, f"(b) DPO {where} moves {metric} back toward the base", "the base"
+    elif r.side == "base" and key.alpha > 0:
+        start, target, name, goal = base0, dpo0, f"(c) base {where} moves {metric} toward DPO", "DPO"
+    else:
+        return []
+    expect = "higher" if (_mean(values[target]) or 0) > (_mean(values[start]) or 0) else "lower"
+    docs = finite_docs([values[key], values[start], values[target]])
+    if len(docs) < 2:
+        return []
+    pick = lambda m, among=docs: [m[d] for d in among]  # noqa: E731
+    closure = gap_closure(pick(values[key]), pick(values[start]), pick(values[target]))
+    rank, shared = None, docs
+    if item.control_keys:
+        shared = finite_docs([values[key], values[start], values[target]] + [values[k] for k in item.control_keys])
+        if len(shared) >= 2:
+            compared = gap_closure(pick(values[key], shared), pick(values[start], shared), pick(values[target], shared))
+            fractions = [gap_closure(pick(values[k], shared), pick(values[start], shared),
+                                     pick(values[target], shared)).fraction for k in item.control_keys]
+            fractions = [f for f in fractions if f is not None]
+            if compared.fraction is not None and fractions:
+                rank = rank_by_distance(compared.fraction, fractions)
+    g = closure.gap
+    words = gap_verdicts(gap_mean=g.mean, gap_low=g.low, gap_high=g.high, fraction=closure.fraction,
+                         low=closure.low, high=closure.high, rank=rank)
+    frac = "—" if closure.fraction is None else \
+        f"{closure.fraction:.2f} [{closure.low:.2f}, {closure.high:.2f}] of the gap"
+    effect, control = _mean(values[key]), _mean(values[start])
+    out = [replace(verdict(name, effect, control, item.vs_ref, expect), verdict=words.moves,
+                   note=f"fraction {frac}"),
+           replace(verdict(f"{name[:3]}½ {name[4:]} by at least half the gap", effect, control, item.vs_ref, expect),
+                   verdict=words.half, note=f"fraction {frac}: {words.reasons['half']}")]
+    if item.vs_control is not None:
+        label = "—" if rank is None else f"rank {rank.label} by distance to the target, p = {rank.p_value:.3f}" + \
+            ("" if rank.z is None else f", z = {rank.z:+.1f}")
+        vs = words.vs_random if words.vs_random != "underpowered" else \
+            f"underpowered (K = {rank.k} < {MIN_RANDOM_P05})"
+        out.append(replace(verdict(f"(d) at {'DPO' if r.side == 'dpo' else 'base'} {where}, v moves {metric} toward "
+                                   f"{goal} more than random directions", effect, item.controls.get("mean"),
+                                   item.vs_control, expect), verdict=vs, note=f"{label}; {words.reasons['vs_random']}"))
     return out
-
-
-def _vs_random(found: Verdict, values, key, start, item: PairedRow, expect: str) -> Verdict:
-    """Claim (d) with v's rank among its K random directions (mean movement from ``start`` toward the
-    target, on the documents every one of them has): rank 1 needed for *supported*; K < MIN_RANDOM is
-    *underpowered*."""
-    docs = finite_docs([values[key], values[start]] + [values[k] for k in item.control_keys])
-    if not docs:
-        return found
-    move = lambda m: sum(m[d] - values[start][d] for d in docs) / len(docs)  # noqa: E731
-    rank = rank_among(move(values[key]), [move(values[k]) for k in item.control_keys], higher=expect == "higher")
-    note = f"rank {rank.rank} of {rank.k + 1}, p = {rank.p_value:.3f}"
-    if rank.underpowered:
-        return replace(found, verdict="underpowered", note=f"K = {rank.k} < {MIN_RANDOM} random directions; "
-                                                            f"the CI alone says {found.verdict}; {note}")
-    if found.verdict == "supported" and rank.at_least > 0:
-        return replace(found, verdict=NOT_SHOWN, note=f"{note}: a random direction moves as far")
-    return replace(found, note=note)
 
 
 def _with_gap_claim(column, roles, values, claims) -> list[Verdict]:

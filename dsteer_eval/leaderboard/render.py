@@ -108,7 +108,7 @@ def paired_markdown(board: Leaderboard) -> list[str]:
         lines += ["", PAIRED_NOTE]
     if board.claims:
         lines += ["", "D-STEER claims (verdicts computed from the paired CIs: supported / contradicted / not shown; "
-                  "'partly' = right direction but less than half the gap):", "", verdict_table(board.claims).rstrip()]
+                  "the same rules and words as the report's verdict card: '½' = by at least half the gap, 'overshoot' = past it; (d) decided only for a v moving toward the target, with K ≥ 19):", "", verdict_table(board.claims).rstrip()]
     return lines
 
 

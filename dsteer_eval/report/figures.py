@@ -51,16 +51,18 @@ def dose_response_figures(report: dict, folder: Path) -> list[dict]:
             rows = sorted(found["rows"], key=lambda r: abs(r["alpha"]))
             for layer in sorted({str(r["layer"]) for r in rows}):
                 mine = [r for r in rows if str(r["layer"]) == layer and r["closure"]["fraction"] is not None]
-                x = [abs(r["alpha"]) for r in mine]
-                ax.plot(x, [r["closure"]["fraction"] for r in mine], "o-", label=f"v̄, layer {layer}")
-                ax.fill_between(x, [r["closure"]["low"] for r in mine], [r["closure"]["high"] for r in mine],
-                                alpha=0.25)
+                # every curve starts at α = 0, where the fraction closed is 0 by definition: a one-α grid is a
+                # line from the origin, not a lone dot on an axis zoomed to it
+                x = [0.0] + [abs(r["alpha"]) for r in mine]
+                ax.plot(x, [0.0] + [r["closure"]["fraction"] for r in mine], "o-", label=f"v̄, layer {layer}")
+                ax.fill_between(x, [0.0] + [r["closure"]["low"] for r in mine],
+                                [0.0] + [r["closure"]["high"] for r in mine], alpha=0.25)
                 banded = [r for r in mine if r["random_band"]]
-                if banded:
+                if banded:  # the random directions at each α: a bar from the lowest to the highest, their mean
                     bx = [abs(r["alpha"]) for r in banded]
-                    ax.fill_between(bx, [r["random_band"][0] for r in banded], [r["random_band"][1] for r in banded],
-                                    color="grey", alpha=0.25, label=f"random directions (K = {len(banded[0]['random'])})")
-                    ax.plot(bx, [r["random_mean"] for r in banded], "--", color="grey")
+                    ax.vlines(bx, [r["random_band"][0] for r in banded], [r["random_band"][1] for r in banded],
+                              color="grey", lw=6, alpha=0.5, label=f"random directions (K = {len(banded[0]['random'])})")
+                    ax.plot(bx, [r["random_mean"] for r in banded], "_", color="k", ms=14)
                 beyond = [abs(r["alpha"]) for r in mine if r["beyond_ceiling"]]
                 if beyond:
                     ax.axvline(min(beyond), color="C3", ls=":", label="beyond the ceiling")
@@ -73,6 +75,8 @@ def dose_response_figures(report: dict, folder: Path) -> list[dict]:
                     twin.set_ylim(0, 1)
             ax.axhline(0, color="k", lw=0.8)
             ax.axhline(1, color="k", lw=0.8, ls="--")
+            low, high = ax.get_ylim()
+            ax.set_ylim(min(low, -0.1), max(high, 1.1))  # 0 (no change) and 1 (the other side) always in view
             ax.set_xlabel("|α| (" + ("DPO − |α|·v̄" if side == "dpo" else "base + α·v̄") + ")")
             ax.set_ylabel("fraction of the base–DPO gap closed")
             ax.set_title(found["meaning"], fontsize=9)
@@ -177,6 +181,8 @@ def where_figures(report: dict, folder: Path) -> list[dict]:
                     ax.plot([xi], [c["eval"]["fraction"]], "o", ms=14, mfc="none", color="C3", label="chosen")
             ax.axhline(0, color="k", lw=0.8)
             ax.axhline(1, color="k", lw=0.8, ls="--")
+            low, high = ax.get_ylim()
+            ax.set_ylim(min(low, -0.1), max(high, 1.1))  # 0 (no change) and 1 (the other side) always in view
             ax.set_xticks(x, names, rotation=30, fontsize=8)
             ax.set_ylabel("fraction of the base–DPO gap closed")
             ax.set_title(f"{side} side, α = {found['alpha']:g} (grey bars: random directions' band)", fontsize=9)

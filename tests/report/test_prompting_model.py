@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
-from test_report import N_DOCS, make_sweep
+from test_report import make_sweep, write_prompting_sweep
 
 from dsteer_eval.cli import main
 from dsteer_eval.report.build import build_report
-from dsteer_eval.sweep.plan import FORMAT as SWEEP_FORMAT
 
 PRETRAINED = {"sha256": "a" * 64, "path": "/models/base"}
 ADAPTER = {"sha256": "b" * 64, "path": "/models/adapter"}
@@ -33,20 +31,7 @@ def _record(folder, settings, provenance):
 
 
 def make_prompting_sweep(folder, **model):
-    rng = np.random.default_rng(0)  # the same documents as make_sweep's seed 0
-    base = rng.normal(0, 1, N_DOCS)
-    dpo = base + 2.0 + rng.normal(0, 0.3, N_DOCS)
-    points = [{"name": "unsteered", "side": "dpo", "layer": None, "alpha": 0.0, "control": None},
-              {"name": "base", "side": "base", "layer": None, "alpha": 0.0, "control": None}]
-    for point, values, task in (("base", base + 0.25 * (dpo - base), "toy_task_prompted_decline"),
-                                ("unsteered", dpo, "toy_task_prompted_comply")):
-        unit = folder / "points" / point / task
-        unit.mkdir(parents=True)
-        unit.joinpath("results_2026-12-04T00-00-00.json").write_text("{}")
-        unit.joinpath("per_doc.json").write_text(json.dumps({"tasks": {task: {
-            "doc_id": list(range(N_DOCS)), "metrics": {"margin": [float(v) for v in values]}}}}))
-    (folder / "sweep.json").write_text(json.dumps({"format": SWEEP_FORMAT, "points": points, "settings": {},
-                                                   "tasks": ["toy_task_prompted_decline", "toy_task_prompted_comply"]}))
+    write_prompting_sweep(folder)
     _record(folder, *_settings(**model))
     return folder
 

@@ -142,14 +142,12 @@ def test_two_sweeps_side_by_side_keep_their_labels(tmp_path, capsys):
         build_report([own, other], labels=["one"])
 
 
-def test_the_prompting_baseline_stands_beside_the_steered_rows(tmp_path, capsys):
-    """A prompting sweep (α = 0 on both sides, the instructed tasks): the decline instruction on the base closes
-    exactly a quarter of the gap, the comply instruction on DPO nothing."""
-    main_sweep = make_sweep(tmp_path / "s", planted=True)
+def write_prompting_sweep(folder):
+    """A prompting sweep on make_sweep's documents (seed 0): α = 0 on both sides of the instructed tasks, the
+    decline instruction closing exactly a quarter of the gap on the base, the comply instruction nothing."""
     rng = np.random.default_rng(0)  # the same documents as make_sweep's seed 0
     base = rng.normal(0, 1, N_DOCS)
     dpo = base + 2.0 + rng.normal(0, 0.3, N_DOCS)
-    folder = tmp_path / "p"
     points = [{"name": "unsteered", "side": "dpo", "layer": None, "alpha": 0.0, "control": None},
               {"name": "base", "side": "base", "layer": None, "alpha": 0.0, "control": None}]
     for point, values, task in (("base", base + 0.25 * (dpo - base), "toy_task_prompted_decline"),
@@ -161,6 +159,14 @@ def test_the_prompting_baseline_stands_beside_the_steered_rows(tmp_path, capsys)
             "doc_id": list(range(N_DOCS)), "metrics": {"margin": [float(v) for v in values]}}}}))
     (folder / "sweep.json").write_text(json.dumps({"format": SWEEP_FORMAT, "points": points, "settings": {},
                                                    "tasks": ["toy_task_prompted_decline", "toy_task_prompted_comply"]}))
+    return folder
+
+
+def test_the_prompting_baseline_stands_beside_the_steered_rows(tmp_path, capsys):
+    """A prompting sweep (α = 0 on both sides, the instructed tasks): the decline instruction on the base closes
+    exactly a quarter of the gap, the comply instruction on DPO nothing."""
+    main_sweep = make_sweep(tmp_path / "s", planted=True)
+    folder = write_prompting_sweep(tmp_path / "p")
     report = build_report(main_sweep, prompting=folder)
     by = {e["side"]: e["prompting"] for e in report["card"]["entries"]}
     assert by["base"]["closure"]["fraction"] == pytest.approx(0.25) and by["base"]["instruction"] == "decline"
