@@ -3,7 +3,8 @@
 lm-eval's ``--model vllm`` with ``data_parallel_size=N`` starts N Ray *tasks* per request batch, each building
 a fresh ``LLM`` that no steering hook reaches. Here each replica is a long-lived Ray *actor* holding one engine
 (``tensor_parallel_size`` GPUs each): it is started once, steered through ``collective_rpc`` on every one of its
-workers, re-pointed in place between sweep points, and given an interleaved share of each request batch
+workers (methods called by name on the engine's ``worker_extension_cls``: nothing pickled), re-pointed in place
+between sweep points, its finite guard read after each call, and given an interleaved share of each request batch
 (lm-eval's own ``distribute`` / ``undistribute``, so the answers come back in request order).
 
 Multi-node: start a Ray cluster (``ray start --head`` on one node, ``ray start --address=HEAD:6379`` on the
@@ -16,12 +17,11 @@ cache from the memory free while it starts; two starting at once can both count 
 from __future__ import annotations
 
 import os
-from functools import partial
 
 from lm_eval.models.utils import undistribute
 from more_itertools import distribute
 
-from dsteer_eval.steering import engine_hooks
+from dsteer_eval.steering.engine_hooks import guard_counts, sum_counts
 
 _DP_ENV = ("VLLM_DP_RANK", "VLLM_DP_RANK_LOCAL", "VLLM_DP_SIZE", "VLLM_DP_MASTER_IP", "VLLM_DP_MASTER_PORT")
 
@@ -32,7 +32,6 @@ class EngineReplica:
     def __init__(self, model_args: dict) -> None:
         from vllm import LLM  # deferred: runs inside the actor's process
 
-        os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
         for key in _DP_ENV:  # as lm-eval's replicas do: driver-side DP settings must not leak into a DP=1 engine
             os.environ.pop(key, None)
         args = {k: v for k, v in model_args.items() if k != "distributed_executor_backend"}
@@ -42,7 +41,10 @@ class EngineReplica:
         return True
 
     def steer(self, plan: dict) -> list:
-        return self.llm.collective_rpc(partial(engine_hooks.install, plan=plan))
+        return self.llm.collective_rpc("dsteer_install", args=(plan,))
+
+    def guard(self) -> list:
+        return self.llm.collective_rpc("dsteer_guard")
 
     def generate(self, prompts: list, params: list, lora_request=None) -> list:
         return self.llm.generate(prompts, sampling_params=params, use_tqdm=False, lora_request=lora_request)
@@ -55,8 +57,7 @@ class ReplicaPool:
         import ray  # deferred: data parallelism only
 
         if not ray.is_initialized():
-            ray.init(address=os.environ.get("RAY_ADDRESS") or None, ignore_reinit_error=True,
-                     runtime_env={"env_vars": {"VLLM_ALLOW_INSECURE_SERIALIZATION": "1"}})
+            ray.init(address=os.environ.get("RAY_ADDRESS") or None, ignore_reinit_error=True)
         gpus = ray.cluster_resources().get("GPU", 0)
         resources = {"num_gpus": tensor_parallel_size} if gpus else {"num_cpus": 1}
         actor = ray.remote(**resources)(EngineReplica)
@@ -75,6 +76,11 @@ class ReplicaPool:
         """Each worker's answer, replica after replica."""
         answers = self._ray.get([r.steer.remote(plan) for r in self.replicas])
         return [worker for replica in answers for worker in replica]
+
+    def guard(self) -> list:
+        """The finite guard's counts per slot since the last read, over every replica
+        (:func:`dsteer_eval.steering.engine_hooks.read_guard`)."""
+        return sum_counts(guard_counts(ranks) for ranks in self._ray.get([r.guard.remote() for r in self.replicas]))
 
     def generate(self, prompts: list, params: list, lora_request=None) -> list:
         shards = [list(x) for x in distribute(len(self.replicas), prompts)]

@@ -20,8 +20,15 @@ Every site's hook reads persistent tables (``[slots, d]`` shifts, ablation α an
 model fills two per-token buffers (slot, weight) for each step. Re-pointing (:func:`install`) copies new
 values into those tensors in place (``Tensor.copy_``) while the sites and the slot count fit, so a captured
 CUDA graph, which replays fixed addresses, sees the new α without re-capture; a site in no setting keeps a
-zero shift (x + 0 = x exactly). These functions run in the engine's worker processes (``LLM.collective_rpc``),
-so they take plain data (lists), never tensors of the caller's process.
+zero shift (x + 0 = x exactly). These functions run in the engine's worker processes, called by name through
+``LLM.collective_rpc`` on :class:`SteeringWorker` (vLLM's ``worker_extension_cls``: nothing is pickled), so
+they take plain data (lists), never tensors of the caller's process.
+
+**The finite guard.** A hook on the final norm (after any steering there: the LM head's input) counts, per
+steering slot, the real tokens of each step (padding excluded) whose state holds NaN/inf or is all zero (α·v
+overflowing a norm's mean square: every logit equal, the shortest choice would win). Tensor ops only, on the
+device: no sync per layer or step. :meth:`SteeringWorker.dsteer_guard` reads and clears the counts once per
+engine call; the driver raises (:func:`guard_error`, :class:`~dsteer_eval.steering.guard.NonFiniteStateError`).
 """
 
 from __future__ import annotations
@@ -29,8 +36,10 @@ from __future__ import annotations
 import torch
 
 from dsteer_eval.steering.engine_batch import step_layout
+from dsteer_eval.steering.guard import NonFiniteStateError
 
 ATTR = "_dsteer_engine_steering"
+NONFINITE, COLLAPSED = 0, 1  # the guard's two counts per slot
 
 
 def _inner(model):
@@ -77,8 +86,33 @@ def _make_hook(state: dict, site: int, is_norm: bool):
     return hook
 
 
+def _make_guard(state: dict):
+    def guard(module, args, output):
+        hidden = output[0] if isinstance(output, tuple) else output
+        flat = hidden.detach().reshape(-1, hidden.shape[-1])
+        n = flat.shape[0] if state["n_real"] is None else min(state["n_real"], flat.shape[0])
+        if n == 0:
+            return None
+        lo, hi = torch.aminmax(flat[:n], dim=-1)  # per token; NaN propagates to both
+        flags = torch.stack((~(torch.isfinite(lo) & torch.isfinite(hi)), (lo == 0) & (hi == 0)), -1).long()
+        if state["per_token"]:
+            state["guard"].index_add_(0, state["slot"][:n], flags)
+        else:
+            state["guard"][0].add_(flags.sum(0))
+        return None
+    return guard
+
+
+def _real_tokens(runner) -> int | None:
+    """How many tokens of the runner's current step belong to requests (the rest is padding)."""
+    if runner is None:
+        return None
+    return int(runner.query_start_loc.np[runner.input_batch.num_reqs])
+
+
 def _make_pre_hook(state: dict):
     def pre_hook(module, args, kwargs):
+        state["n_real"] = _real_tokens(state["runner"])
         if not state["per_token"]:
             return None
         positions = kwargs.get("positions", args[1] if len(args) > 1 else None)
@@ -109,8 +143,11 @@ def _state(model, runner) -> dict:
         capacity = int(getattr(runner, "max_num_tokens", 0) or 8192)
         state = {"sites": {}, "handles": [], "per_token": False, "position": "all", "n_slots": 1, "runner": runner,
                  "slot": torch.zeros(capacity, dtype=torch.long, device=param.device),
-                 "weight": torch.zeros(capacity, dtype=param.dtype, device=param.device)}
+                 "weight": torch.zeros(capacity, dtype=param.dtype, device=param.device),
+                 "guard": torch.zeros(1, 2, dtype=torch.long, device=param.device), "n_real": None}
         state["handles"].append(model.register_forward_pre_hook(_make_pre_hook(state), with_kwargs=True))
+        # the LM head's input: the final norm's output, after a steering hook there (those are prepended)
+        state["handles"].append(_inner(model).norm.register_forward_hook(_make_guard(state)))
         setattr(model, ATTR, state)
     if runner is not None:
         state["runner"] = runner
@@ -136,8 +173,9 @@ def steer(model, plan: dict, runner=None) -> dict:
             module = _site_module(model, site)
             old = state["sites"].get(site)
             state["sites"][site] = _tables(size, len(settings), param.dtype, param.device)
-            if old is None:
-                state["handles"].append(module.register_forward_hook(_make_hook(state, site, site == n_layers)))
+            if old is None:  # prepended: at the final norm the guard (registered first) reads the steered state
+                state["handles"].append(module.register_forward_hook(_make_hook(state, site, site == n_layers),
+                                                                     prepend=True))
         tables = state["sites"][site]
         shift = torch.zeros(tables["shift"].shape, dtype=torch.float32)
         alpha = torch.zeros(tables["alpha"].shape, dtype=torch.float32)
@@ -165,6 +203,9 @@ def steer(model, plan: dict, runner=None) -> dict:
             tables["alpha"].zero_()
             tables["adds"] = tables["ablates"] = False
     state["position"], state["n_slots"] = plan["position"], len(settings)
+    if state["guard"].shape[0] < len(settings):
+        state["guard"] = torch.zeros(len(settings), 2, dtype=torch.long, device=param.device)
+    state["guard"].zero_()  # counts belong to the settings held: none yet
     state["per_token"] = plan["position"] != "all" or len(settings) > 1
     if state["per_token"] and state["runner"] is None:
         raise ValueError(f"position={plan['position']} or several slots need the engine's model runner: "
@@ -174,10 +215,73 @@ def steer(model, plan: dict, runner=None) -> dict:
 
 
 def install(worker, plan: dict) -> dict:
-    """:func:`steer` on a vLLM worker's model, with its model runner (for per-request positions and slots);
-    sent to every worker by ``LLM.collective_rpc(partial(install, plan=...))``."""
+    """:func:`steer` on a vLLM worker's model, with its model runner (for per-request positions and slots)."""
     runner = worker.model_runner
     return steer(runner.get_model(), plan, runner)
+
+
+def read_guard(model) -> list:
+    """``[[non-finite, collapsed], ...]`` real tokens per slot held since the last read (then cleared)."""
+    state = getattr(model, ATTR, None)
+    if state is None:
+        return []
+    counts = state["guard"][: state["n_slots"]].tolist()  # the one sync: once per engine call
+    state["guard"].zero_()
+    return counts
+
+
+class SteeringWorker:
+    """vLLM's ``worker_extension_cls`` (:data:`EXTENSION`): mixed into every worker, so the driver calls these by
+    name, ``LLM.collective_rpc("dsteer_install", args=(plan,))``, and vLLM serialises plain data only."""
+
+    def dsteer_install(self, plan: dict) -> dict:
+        return install(self, plan)
+
+    def dsteer_guard(self) -> list:
+        return read_guard(self.model_runner.get_model())
+
+
+EXTENSION = f"{SteeringWorker.__module__}.{SteeringWorker.__qualname__}"
+
+
+def _combine(answers, how) -> list:
+    total: list = []
+    for answer in answers:
+        for slot, counts in enumerate(answer):
+            if slot == len(total):
+                total.append([0, 0])
+            total[slot] = [how(a, int(b)) for a, b in zip(total[slot], counts)]
+    return total
+
+
+def guard_counts(ranks) -> list:
+    """One engine's counts from its workers' :func:`read_guard` answers: its tensor-parallel ranks all see the same
+    tokens (the largest count per slot)."""
+    return _combine(ranks, max)
+
+
+def sum_counts(engines) -> list:
+    """Several engines' :func:`guard_counts` (data-parallel replicas: each ran its own requests), summed."""
+    return _combine(engines, lambda a, b: a + b)
+
+
+def guard_error(label: str, counts) -> NonFiniteStateError | None:
+    """The error for one slot's ``[non-finite, collapsed]`` token counts (None when both are 0); ``label``: the
+    model args that steered it, as ``k=v, ...``."""
+    if counts[NONFINITE]:
+        return NonFiniteStateError(
+            f"steered model ({label}): a forward pass gave NaN/inf states at the LM head's input "
+            f"({counts[NONFINITE]} token(s)); log-likelihoods and generations from it would be meaningless, so "
+            f"the run stops instead of scoring them. Use a smaller alpha, dtype=float32 (float16 overflows above "
+            f"65504), or check the vector")
+    if counts[COLLAPSED]:
+        return NonFiniteStateError(
+            f"steered model ({label}): a forward pass collapsed: the state feeding the LM head is all zero for "
+            f"{counts[COLLAPSED]} token(s) (their logits are the same for every vocabulary entry), as when "
+            f"alpha*v overflows the model's normalisation; every choice would score alike and the shortest would "
+            f"win, so the run stops instead of scoring them. Use a much smaller alpha (|alpha*v| well below the "
+            f"hidden-state norm), or check the vector")
+    return None
 
 
 def remove(model) -> int:

@@ -11,6 +11,11 @@ The group's first point runs each greedy request (log-likelihood or generation) 
 engine pass; the later points of the group are served those answers (keyed by exact tokens, prompt length
 and sampling parameters) and run only what they have not been given. ``DSTEER_VLLM_SLOTS`` caps the
 settings held at once (default 16; 1 turns this off). The HF backend's shared lower layers are not used here.
+
+A point whose steering breaks the model (NaN/inf, or a collapsed state: the engine's finite guard) raises
+:class:`~dsteer_eval.steering.guard.NonFiniteStateError` from its requests, as on the HF backend, so the runner
+records it as failed (``failed.json``), never as a finished unit; a broken setting held in a slot raises when its
+point is run (its kept answers are never served), and the group's other points keep theirs.
 """
 
 from __future__ import annotations

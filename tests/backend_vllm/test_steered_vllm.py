@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -17,8 +18,11 @@ from lm_eval.api.instance import Instance  # noqa: E402
 from vllm import SamplingParams, TokensPrompt  # noqa: E402
 
 from dsteer_eval.adapters import plugin  # noqa: E402
+from dsteer_eval.common.redaction import redact  # noqa: E402
+from dsteer_eval.steering.guard import NonFiniteStateError  # noqa: E402
 
 TOLERANCE = 5e-4  # max |Δ log-likelihood| per request, fp32 (measured: about 7e-5)
+COLLAPSING = -6.23e28  # alpha*v fits float32, but overflows RMSNorm's mean square: every logit equal
 ENGINE = {"gpu_memory_utilization": 0.15, "max_model_len": 1024, "batch_size": 8}
 DOCS = Path(__file__).resolve().parents[2] / "tasks" / "refusal" / "refusal_eval.jsonl"
 
@@ -247,3 +251,143 @@ def test_bad_arguments_fail_before_the_engine_loads(args, message, monkeypatch):
     monkeypatch.setattr(vllm_causallms, "LLM", lambda **_: pytest.fail("the engine was started"))
     with pytest.raises(ValueError, match=message):
         SteeredVLLM(pair="refusal", **{"alpha": -1.0, **args}, **ENGINE)
+
+
+class _EngineStarted(Exception):
+    pass
+
+
+def _no_engine(monkeypatch, seen=None):
+    """vLLM's LLM replaced: records the arguments it was given, then stops the construction."""
+    from lm_eval.models import vllm_causallms
+
+    def start(**kwargs):
+        if seen is not None:
+            seen.append(kwargs)
+        raise _EngineStarted
+
+    monkeypatch.setattr(vllm_causallms, "LLM", start)
+
+
+def test_a_collapsed_forward_pass_raises_as_steered_does(engine):
+    """alpha*v fits float32 but collapses the state (the final norm's input overflows: LM-head input all zero,
+    every logit equal, log-likelihoods exactly -n log V): steered-vllm raises steered's NonFiniteStateError for
+    log-likelihood and generation requests, naming alpha and dtype, instead of scoring the shortest choice."""
+    with pytest.raises(NonFiniteStateError, match="a forward pass collapsed"):
+        _ll(_hf(layer=20, alpha=COLLAPSING))  # steered, the same arguments
+    label = r"steered model \(peft=.*, vector=.*, layer=20, alpha=-6\.23e\+28, mode=add, position=all, dtype=float32\)"
+    for run in (_ll, lambda lm: lm.generate_until(_gen_requests(), disable_tqdm=True)):
+        engine.set_steering(engine.interventions_at(20, COLLAPSING))  # re-pointed: the guard starts afresh
+        with pytest.raises(NonFiniteStateError, match=label + r": a forward pass collapsed: the state feeding "
+                                                              r"the LM head is all zero for \d+ token\(s\)"):
+            run(engine)
+    engine.set_steering(engine.interventions_at(20, -1.0))
+    assert _gap(_ll(engine), _ll(_hf(layer=20, alpha=-1.0))) <= TOLERANCE  # re-pointed: working again
+
+
+def test_a_collapsed_slot_raises_for_its_own_requests_only(engine, monkeypatch):
+    """Two settings in one engine pass, one collapsing: the other's answers are served (separate runs' numbers);
+    selecting the collapsed one raises, from its kept answers too, without another pass."""
+    engine.set_steering(engine.interventions_at(20, -1.0))
+    alone = _ll(engine)
+    runs, real = [], engine._run
+    monkeypatch.setattr(engine, "_run", lambda prompts, params: runs.append(len(prompts)) or real(prompts, params))
+    engine.set_slots([engine.interventions_at(20, -1.0), engine.interventions_at(20, COLLAPSING, 0)], 0)
+    assert _gap(_ll(engine), alone) <= 1e-6 and sum(runs) == 2 * 12  # 12 requests x 2 slots
+    engine.select_slot(1)
+    with pytest.raises(NonFiniteStateError, match=r"layer=20, alpha=-6\.23e\+28, mode=add, position=all, "
+                                                  r"control=random:0, dtype=float32\): a forward pass collapsed"):
+        _ll(engine)
+    assert sum(runs) == 2 * 12  # its answers were computed (and found broken) in slot 0's pass
+    engine.set_steering(engine.interventions_at(20, -1.0))
+
+
+def test_nothing_is_pickled_to_the_workers(engine):
+    """The steering and the guard reach the workers as method names on vLLM's worker_extension_cls, so the
+    process never allows vLLM's pickle fallback (VLLM_ALLOW_INSECURE_SERIALIZATION): a function is refused."""
+    from dsteer_eval.steering.engine_hooks import EXTENSION
+
+    assert "VLLM_ALLOW_INSECURE_SERIALIZATION" not in os.environ
+    assert engine.model.llm_engine.vllm_config.parallel_config.worker_extension_cls == EXTENSION
+    with pytest.raises(TypeError, match="is not serializable"):
+        engine.model.collective_rpc(lambda worker: 1)
+    engine.set_steering(engine.interventions_at(20, 1.0))
+    assert engine.steered_workers == 1
+    assert _gap(_ll(engine), _ll(_hf(layer=20, alpha=1.0))) <= TOLERANCE
+
+
+@pytest.mark.parametrize("fails_at", ["arguments", "engine"])
+def test_model_arg_secrets_are_registered_at_construction(fails_at, monkeypatch):
+    """As steered: token=, api_key= ... are masked in every log record and error from construction on, whether
+    construction fails at the argument checks or after them (the engine start)."""
+    from dsteer_eval.adapters.steered_vllm import SteeredVLLM
+
+    _no_engine(monkeypatch)
+    secret = f"hf_dsteerVllm{fails_at}Secret42"
+    refused = {"unit": "norm"} if fails_at == "arguments" else {}
+    with pytest.raises(ValueError if refused else _EngineStarted):
+        SteeredVLLM(pair="refusal", alpha=-1.0, token=secret, **refused, **ENGINE)
+    assert redact(f"the engine said {secret}.") == "the engine said <model_args token>."
+
+
+def _base_in(dtype: str, folder: Path) -> tuple[str, dict]:
+    """The embedded base model with a config that names ``dtype`` (weights linked), and the shipped pair's vector
+    and adapter for it."""
+    from dsteer_eval.models.defaults import resolve_default_pair
+    from dsteer_eval.models.embedded import resolve_pretrained
+
+    base = Path(resolve_pretrained(None))
+    folder.mkdir()
+    for item in base.iterdir():
+        (folder / item.name).symlink_to(item)
+    config = json.loads((base / "config.json").read_text())
+    (folder / "config.json").unlink()
+    (folder / "config.json").write_text(json.dumps({**config, "dtype": dtype, "torch_dtype": dtype}))
+    shipped = resolve_default_pair(None, pair="refusal")
+    return str(folder), {"vector": shipped.vector, "peft": shipped.peft}
+
+
+def test_dtype_auto_runs_the_base_config_dtype_on_both_sides(monkeypatch, tmp_path):
+    """dtype=auto: both sides run the base model's config dtype, passed to vLLM explicitly. The merged DPO
+    checkpoint is saved in float32, so vLLM's own auto would resolve it apart from the base (here a float16
+    base: float16 for the base side, the platform's preferred bfloat16 for the merged DPO side)."""
+    from transformers import AutoConfig
+
+    from dsteer_eval.adapters import steered_vllm
+    from dsteer_eval.models.defaults import resolve_default_pair
+    from dsteer_eval.models.embedded import resolve_pretrained
+    from dsteer_eval.models.merged_checkpoint import merged_checkpoint
+
+    merged = merged_checkpoint(resolve_pretrained(None), resolve_default_pair(None, pair="refusal").peft)
+    monkeypatch.setattr(steered_vllm, "merged_checkpoint", lambda base, adapter: merged)  # the shipped merge
+    for dtype, pretrained, pair in (("float32", None, {"pair": "refusal"}),
+                                    ("float16", *_base_in("float16", tmp_path / "fp16"))):
+        seen = []
+        _no_engine(monkeypatch, seen)
+        for side in ({}, {"peft": "none"}):
+            with pytest.raises(_EngineStarted):
+                steered_vllm.SteeredVLLM(pretrained=pretrained, alpha=-1.0, dtype="auto", **{**pair, **side},
+                                         layer=20, **ENGINE)
+        assert [kwargs["dtype"] for kwargs in seen] == [dtype, dtype]  # DPO side, base side
+        assert str(AutoConfig.from_pretrained(seen[0]["model"]).dtype) == "torch.float32"  # the merged weights
+        assert str(AutoConfig.from_pretrained(seen[1]["model"]).dtype) == f"torch.{dtype}"  # the base
+
+
+def test_dtype_auto_checks_alpha_v_against_the_dtype_the_engine_runs(monkeypatch, tmp_path):
+    """A bfloat16 config and alpha*v between bfloat16's largest value and float32's: it fits the float32 skeleton
+    dtype=auto used to be checked on, and overflows the bfloat16 the engine runs: refused before it starts."""
+    import torch
+
+    from dsteer_eval.adapters.steered_vllm import SteeredVLLM
+    from dsteer_eval.vectors.formats import load_vectors
+
+    _no_engine(monkeypatch)
+    pretrained, pair = _base_in("bfloat16", tmp_path / "bf16")
+    v = load_vectors(pair["vector"], argument="vector").vector(20, argument="vector").float()
+    alpha = 3.4e38 / float(v.abs().max())
+    assert torch.isfinite(alpha * v).all() and not torch.isfinite((alpha * v).bfloat16()).all()
+    with pytest.raises(ValueError, match=r"alpha=.* \(layer 20\) in the model's dtype: .* beyond the largest "
+                                         r"bfloat16 value"):
+        SteeredVLLM(pretrained=pretrained, **pair, layer=20, alpha=alpha, dtype="auto", **ENGINE)
+    with pytest.raises(_EngineStarted):  # float32 holds it
+        SteeredVLLM(pretrained=pretrained, **pair, layer=20, alpha=alpha, dtype="float32", **ENGINE)

@@ -59,3 +59,26 @@ def test_a_vllm_sweep_equals_the_hf_sweep(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="--backend vllm: --probes"):
         run_sweep(SweepConfig(model_args="pair=refusal", output=str(tmp_path / "p"), backend="vllm", probes=True,
                               **common))
+
+
+def test_a_collapsed_point_fails_and_is_not_a_finished_unit(tmp_path):
+    """One point of a held group collapses (alpha*v fits float32, the state does not): it is recorded as failed
+    (failed.json, NonFiniteStateError, as the HF sweep records it) and is not a finished unit, so a resume
+    redoes it; the group's other points, run in the same engine pass, finish with their own numbers."""
+    from dsteer_eval.sweep.units import unit_done
+
+    plugin.register()
+    out = tmp_path / "vllm"
+    config = SweepConfig(model_args="pair=refusal,gpu_memory_utilization=0.15,max_model_len=1024", output=str(out),
+                         backend="vllm", alphas="-1,-6.23e28,0", base_alphas="none", tasks="dsteer_refusal_ll",
+                         limit=4)
+    assert run_sweep(config, print_fn=lambda *_: None) == 1
+    units = {p.name: p / "dsteer_refusal_ll" for p in (out / "points").iterdir()}
+    assert sorted(units) == ["L20_a-1", "L20_a-6.23e+28", "unsteered"]
+    assert [name for name, unit in sorted(units.items()) if unit_done(unit)] == ["L20_a-1", "unsteered"]
+    failed = json.loads((units["L20_a-6.23e+28"] / "failed.json").read_text())
+    assert failed["error"].startswith("NonFiniteStateError: steered model (")
+    assert "alpha=-6.23e+28" in failed["error"] and "a forward pass collapsed" in failed["error"]
+    assert not list(units["L20_a-6.23e+28"].glob("results_*.json"))
+    margins = _values(out)
+    assert sorted(margins) == ["L20_a-1", "unsteered"] and margins["L20_a-1"] != margins["unsteered"]
