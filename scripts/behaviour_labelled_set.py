@@ -6,7 +6,9 @@
 Part 1 (results/behaviour_labels/pool.jsonl, reader 1): 440 replies of the committed behaviour sweep, split by
 request into ``dev`` (read while the rules were written) and ``heldout1`` (scored once, for rules-v1, and read
 for rules-v2). Part 2 (pool2.jsonl, reader 2, labelled without seeing part 1 or the classifier): 160 replies
-to 80 further requests at α = 0 on both sides, ``heldout2``: never read while any rule was written.
+to 80 further requests at α = 0 on both sides, ``heldout2`` (scored once, for rules-v2; read for rules-v3).
+Part 3 (pool3.jsonl, reader 3): 80 replies to 40 further harmful requests at α = 0 on both sides, ``heldout3``:
+labelled after rules-v3 was frozen, never read while any rule was written.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ ROOT = Path(__file__).resolve().parent.parent
 LABELS = ROOT / "results" / "behaviour_labels"
 OUT = ROOT / "tasks" / "refusal" / "behaviour_labels.jsonl"
 PARTS = (("pool.jsonl", "labels_reader1.jsonl", "reader1", {"dev": "dev", "heldout": "heldout1"}),
-         ("pool2.jsonl", "labels2_reader2.jsonl", "reader2", {"heldout2": "heldout2"}))
+         ("pool2.jsonl", "labels2_reader2.jsonl", "reader2", {"heldout2": "heldout2"}),
+         ("pool3.jsonl", "labels3_reader3.jsonl", "reader3", {"heldout3": "heldout3"}))
 FIELDS = ("id", "kind", "request", "reply", "label", "benign_request", "note", "split", "labeller", "side", "alpha",
           "direction", "doc_key")
 
