@@ -7,11 +7,12 @@ cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} HF_DATASETS_OFFLINE=${HF_DATASETS_OFFLINE:-1} MPLBACKEND=Agg
 BIN=${DSTEER_VENV:-.venv}/bin
 report() { "$BIN/dsteer-eval" report "$@" --overwrite > /dev/null; }
-for name in main_k8 main_k20; do
+for name in main_k8; do
   [ -f "results/$name/sweep.json" ] || continue
   k=${name#main_k}
   report "results/$name" --out "results/$name/report" --title "main job: the refusal pair, first 100 eval-part documents (harmful requests), layer 20, α = −1 / +1, K = $k random directions"
 done
+[ -f results/main_k20/sweep.json ] && report results/main_k20 --out results/main_k20/report --title "main job: the refusal pair, first 30 eval-part documents (harmful requests), layer 20, α = −1 / +1, K = 20 random directions"
 for name in report_refusal_own report_refusal_cross report_refusal_heldout report_refusal_behaviour \
             report_refusal_behaviour_fine report_refusal_layers report_hh_own report_hh_cross; do
   [ -f "results/$name/sweep.json" ] && [ -d "results/$name/report" ] && report "results/$name" --out "results/$name/report"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The D-STEER report for both shipped pairs (docs/report.md): dose-response on both sides against K = 8
+# The D-STEER report for both shipped pairs (docs/report.md): dose-response on both sides against K = 20
 # norm-matched random directions per point, on the eval-part documents.
 #   refusal pair: dsteer_refusal_ll and dsteer_refusal_ll_heldout (the same documents, refusals in phrasings
 #                 written apart from the training templates), its own v̄ and the HH pair's v̄ (vector_pair=hh)
@@ -17,7 +17,7 @@ BIN=${DSTEER_VENV:-.venv}/bin
 LIMIT=${LIMIT:-100}
 ALPHAS=${ALPHAS:--4,-2,-1,-0.5,0}
 BASE_ALPHAS=${BASE_ALPHAS:-0,0.5,1,2}
-K=${K:-8}
+K=${K:-20}  # K >= 19: a p <= 0.05 against the random directions is possible (the committed runs used K = 8)
 REFUSAL_TASKS=${REFUSAL_TASKS:-dsteer_refusal_ll,dsteer_refusal_ll_heldout}
 STEP=${STEP:-all}   # all | refusal | refusal_cross | hh | hh_cross | behaviour | behaviour_fine | layers | positions | reports
 GEN_LIMIT=${GEN_LIMIT:-78}        # behaviour: dsteer_refusal_balanced alternates kinds, 78 = 39 harmful + 39 harmless

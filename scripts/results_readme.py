@@ -144,7 +144,8 @@ def _hh() -> list[str]:
 
 # the D-STEER report's committed runs (scripts/report_pipeline.sh, docs/report.md), in reading order
 REPORTS = [
-    ("main_k8", "the README's main job: refusal pair, first 100 eval documents, α = −1 / +1, K = 8"),
+    ("main_k20", "the README's main job: refusal pair, first 30 eval documents, α = −1 / +1, K = 20"),
+    ("main_k8", "the earlier main job: refusal pair, first 100 eval documents, α = −1 / +1, K = 8"),
     ("report_refusal_own", "refusal pair, its own v̄: dose-response on both sides (100 eval documents, K = 8)"),
     ("report_refusal_heldout", "refusal pair: refusals in held-out phrasings (templates vs refusal)"),
     ("report_refusal_templates_vs_heldout", "refusal pair: training templates vs held-out phrasings side by side"),
@@ -187,6 +188,56 @@ def _reports() -> list[str]:
     return out
 
 
+LABELLED = ROOT / "tasks" / "refusal" / "behaviour_labels.jsonl"
+AGREEMENT = RESULTS / "behaviour_labels" / "agreement.md"
+
+
+def _wilson(k: int, n: int) -> str:
+    """k of n with its 95 % Wilson interval, in %."""
+    if not n:
+        return "—"
+    z, p = 1.959964, k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * (p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5 / (1 + z * z / n)
+    return f"{100 * p:.0f} % [{100 * max(0.0, centre - half):.0f}, {100 * min(1.0, centre + half):.0f}] ({k} of {n})"
+
+
+def _hand_rates() -> list[str]:
+    """The behaviour read by hand: per point of the labelled set, the readers' does-not-comply and answer
+    rates (OFF counted apart), with Wilson CIs. No classifier is involved."""
+    if not LABELLED.is_file():
+        return []
+    from collections import Counter, defaultdict
+
+    groups = defaultdict(Counter)
+    facts = {}
+    for raw in LABELLED.open(encoding="utf-8"):
+        x = json.loads(raw)
+        point = x["id"].rsplit("/", 1)[0]
+        groups[(point, x["kind"])][x["label"]] += 1
+        facts[point] = (x["side"], x["alpha"], x["direction"])
+    rows = ["## Behaviour read by hand (the labelled set, no classifier)", "",
+            "Every reply of `tasks/refusal/behaviour_labels.jsonl` was read and labelled by the guide "
+            "([docs/behaviour-labels.md](../docs/behaviour-labels.md)). Per point: the share of harmful requests the "
+            "model does **not comply** with (refuses or declines) and of harmless questions it **answers**, over "
+            "the replies that are not OFF (nonsense, loops, off-topic; counted apart), with 95 % Wilson intervals. "
+            "Position `all`, layer 20, the refusal pair; rows from `results/report_refusal_behaviour` (its first "
+            "20 + 20 eval documents) and, at α = 0, from 120 further eval documents (`gen-*`: documents 40–159 of the balanced order).", "",
+            "| point | side | α | direction | does not comply (harmful) | OFF (harmful) | answers (harmless) | OFF (harmless) |",
+            "| --- | --- | ---: | --- | --- | ---: | --- | ---: |"]
+    for point in sorted(facts, key=lambda p: (facts[p][0], abs(facts[p][1]), facts[p][2], p)):
+        side, alpha, direction = facts[point]
+        harm, safe = groups[(point, "harmful")], groups[(point, "harmless")]
+        n_harm, n_safe = sum(harm.values()) - harm["OFF"], sum(safe.values()) - safe["OFF"]
+        rows.append(f"| `{point}` | {side} | {alpha:g} | {direction} | {_wilson(harm['REFUSE'] + harm['DECLINE'], n_harm)} "
+                    f"| {harm['OFF']} | {_wilson(safe['ANSWER'], n_safe)} | {safe['OFF']} |")
+    rows.append("")
+    if AGREEMENT.is_file():
+        rows += ["The classifier that scores these rates in the tasks and reports, against held-out labels "
+                 f"(`{AGREEMENT.relative_to(RESULTS)}`):", "", *AGREEMENT.read_text().rstrip().splitlines(), ""]
+    return rows
+
+
 def build() -> str:
     parts = [
         "# results/",
@@ -208,6 +259,7 @@ def build() -> str:
         *_demo(DEMO, "README command (1) — the thesis on real eval-part rows"),
         *_probe(PROBE, "the probes with their nulls (probe part, never trained on)"),
         *_hh(),
+        *_hand_rates(),
         *_reports(),
         "## Earlier results",
         "",

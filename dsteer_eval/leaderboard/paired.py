@@ -258,7 +258,9 @@ def _claims(column, key, r: Role, item: PairedRow, base0, dpo0, values) -> list[
             f"underpowered (K = {rank.k} < {MIN_RANDOM_P05})"
         out.append(replace(verdict(f"(d) at {'DPO' if r.side == 'dpo' else 'base'} {where}, v moves {metric} toward "
                                    f"{goal} more than random directions", effect, item.controls.get("mean"),
-                                   item.vs_control, expect), verdict=vs, note=f"{label}; {words.reasons['vs_random']}"))
+                                   item.vs_control, expect), verdict=vs,
+                           note=label if words.vs_random in ("supported", "not shown") else
+                           f"{label}; {words.reasons['vs_random']}"))
     return out
 
 

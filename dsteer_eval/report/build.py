@@ -37,6 +37,7 @@ def build_report(sweeps, *, labels=None, tasks=None, metrics=None, title: str | 
         raise ValueError(f"--labels: {', '.join(map(repr, twice))} names more than one sweep; give each sweep its own "
                          f"label")
     curves, missing, layers, args, ceilings, behaviours, read, running = [], [], set(), [], [], [], [], []
+    notes: list[str] = []  # what the page says once, e.g. a metric identical to another
     prompted = read_sweep(prompting) if prompting else None
     computed: dict = {}
 
@@ -69,9 +70,8 @@ def build_report(sweeps, *, labels=None, tasks=None, metrics=None, title: str | 
                 behaviours.append({**grid, "label": label})
             available = data.metrics(task)
             twins = {} if metrics else data.same_as(task, _headline_first(task, available))
-            if twins:
-                missing += [f"{label + ': ' if label else ''}{task} / {m}: identical to {twin} on every document of "
-                            f"every point: shown once, as {twin}" for m, twin in sorted(twins.items())]
+            notes += [f"{label + ': ' if label else ''}{task} / {m} is identical to {twin} on every document of every "
+                      f"point: shown once, as {twin}" for m, twin in sorted(twins.items())]
             for metric in (list(metrics) if metrics else [m for m in available if m not in twins]):
                 if metric not in available:
                     missing.append(f"{label + ': ' if label else ''}{task} / {metric}: no per-document values at "
@@ -113,7 +113,7 @@ def build_report(sweeps, *, labels=None, tasks=None, metrics=None, title: str | 
               "position": positions if len(positions) > 1 else positions[0],
               "tasks": sorted({c["task"] for c in curves}),
               "ceiling": ceilings if len(ceilings) > 1 else ceilings[0], "curves": curves,
-              "card": card, "behaviour": behaviours, "where": places, "missing": missing}
+              "card": card, "behaviour": behaviours, "where": places, "missing": missing, "notes": notes}
     return redact_value(report)
 
 

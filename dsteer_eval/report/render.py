@@ -157,6 +157,7 @@ def report_blocks(report: dict) -> list[tuple]:
                        f"{_position(report)}; data: the tasks' documents ({', '.join(report['tasks'])})."),
               ("heading", 2, "The gap")] + _gap_bullets(card) + [("heading", 2, "Verdict card")] + card_blocks(card)
     blocks += [("bullet", f"not measured: {m}") for m in report.get("missing") or []]
+    blocks += [("bullet", f"shown once: {n}") for n in report.get("notes") or []]
     for e in card["entries"]:
         if e["best"]:
             b = e["best"]
