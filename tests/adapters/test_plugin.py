@@ -16,8 +16,8 @@ BIN = Path(sys.executable).parent
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
 
 
-def run_py(code: str, python=sys.executable) -> str:
-    return subprocess.run([python, "-c", code], capture_output=True, text=True, check=True, env=ENV).stdout
+def run_py(code: str, python=sys.executable, cwd=None) -> str:
+    return subprocess.run([python, "-c", code], capture_output=True, text=True, check=True, env=ENV, cwd=cwd).stdout
 
 
 def test_startup_imports_neither_torch_nor_lm_eval():
@@ -136,7 +136,7 @@ def test_wheel_ships_hook_adapters_and_tasks_and_works_installed(tmp_path, embed
         "from lm_eval.tasks import TaskManager; tm = TaskManager()\n"
         "print(all(t in tm.all_tasks for t in ('dsteer_hh_mini', 'dsteer_mini', 'dsteer_toxicity_mini')))\n"
         "tm.load(['dsteer_hh_mini'])",
-        python=str(venv / "bin" / "python"),
+        python=str(venv / "bin" / "python"), cwd=tmp_path,  # outside the checkout: a checkout's cwd would win
     )
     file, module, has_task = out.split()
     assert file.startswith(str(site)), file

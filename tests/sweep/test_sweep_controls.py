@@ -188,13 +188,14 @@ def _unit(folder, model_args, values, resps=None):
 
 
 @pytest.mark.parametrize("restore, verdicts", [
-    # -v takes back 80 % of the gap, +v reproduces it, random directions do nothing; one random direction
-    # per point: (d) is underpowered whatever its CI says (the note keeps what the CI says)
-    (0.8, ["supported", "supported", "underpowered:supported", "supported", "underpowered:supported"]),
-    # -v takes back only 30 %: (b) partly
-    (0.3, ["supported", "partly", "underpowered:supported", "supported", "underpowered:supported"]),
-    # -v moves the metric away from the base: (b) contradicted, and the CI of (d) too
-    (-0.5, ["supported", "contradicted", "underpowered:contradicted", "supported", "underpowered:supported"]),
+    # -v takes back 80 % of the gap, +v installs 90 %, random directions do nothing; one random direction per
+    # point: (d) is underpowered (K = 1 < 19)
+    (0.8, ["supported", "supported", "supported", "underpowered", "supported", "supported", "underpowered"]),
+    # -v takes back only 30 %: it moves (b), but less than half (b½ contradicted)
+    (0.3, ["supported", "supported", "contradicted", "underpowered", "supported", "supported", "underpowered"]),
+    # -v moves the metric away from the base: (b) wrong way, (d) not decided (doing less damage than a random
+    # direction says nothing)
+    (-0.5, ["supported", "wrong way", "contradicted", "not decided", "supported", "supported", "underpowered"]),
 ])
 def test_claims_are_computed_from_the_numbers(tmp_path, restore, verdicts):
     from dsteer_eval.leaderboard import build_leaderboard
@@ -210,21 +211,22 @@ def test_claims_are_computed_from_the_numbers(tmp_path, restore, verdicts):
     _unit(tmp_path / "e", "pretrained=m,peft=none,layer=2,alpha=1", [b + 0.9 + e / 5 for b, e in zip(base, noise)])
     _unit(tmp_path / "f", "pretrained=m,peft=none,layer=2,alpha=1,control=random:0", [b - e / 5 for b, e in zip(base, noise)])
     board = build_leaderboard([tmp_path])
-    assert [c.claim[:3] for c in board.claims] == ["(a)", "(b)", "(d)", "(c)", "(d)"]
-    got = [c.verdict if c.verdict != "underpowered" else
-           "underpowered:" + c.note.split("the CI alone says ")[1].split(";")[0] for c in board.claims]
+    assert [c.claim[:4] for c in board.claims] == ["(a) ", "(b) ", "(b)½", "(d) ", "(c) ", "(c)½", "(d) "]
+    got = [c.verdict.split(" (")[0] for c in board.claims]
     assert got == verdicts
-    assert all("K = 1 < 8 random directions" in c.note and "of 2, p = " in c.note for c in board.claims
-               if c.verdict == "underpowered")
-    b = board.claims[1]
-    assert b.note == f"fraction {restore:.2f} (needs ≥ 0.50)"
+    assert all("K = 1 < 19" in c.verdict for c in board.claims if c.verdict.startswith("underpowered"))
+    b = board.claims[1]  # the fraction of the gap closed, per document paired: restore + noise/5 exactly
+    fraction = restore - sum(noise) / n / 5
+    assert b.note.startswith(f"fraction {fraction:.2f} [")
     assert b.delta["mean"] == pytest.approx(-restore + sum(noise) / n / 5)
 
 
-@pytest.mark.parametrize("strong_random, verdict, rank", [(False, "supported", "rank 1 of 9, p = 0.111"),
-                                                         (True, "not shown", "rank 2 of 9, p = 0.222")])
-def test_claim_d_with_eight_random_directions_needs_rank_one(tmp_path, strong_random, verdict, rank):
-    """K = 8: (d) is supported only when the CI says so and no random direction moves as far toward the base."""
+@pytest.mark.parametrize("strong_random, verdict, rank", [
+    (False, "supported", "rank 1 of 21 by distance to the target, p = 0.048"),
+    (True, "not shown", "rank 2 of 21 by distance to the target, p = 0.095")])
+def test_claim_d_with_twenty_random_directions_needs_the_nearest(tmp_path, strong_random, verdict, rank):
+    """K = 20: (d) is supported only when v is nearer the base than every random direction (p = 1/21); one
+    random direction that lands nearer makes it not shown. With eight it could never be (p >= 1/9)."""
     from dsteer_eval.leaderboard import build_leaderboard
 
     n = 40
@@ -232,7 +234,7 @@ def test_claim_d_with_eight_random_directions_needs_rank_one(tmp_path, strong_ra
     dpo = [1.0 + e for e in noise]
     _unit(tmp_path / "a", "pretrained=m,peft=/a,alpha=0", dpo)
     _unit(tmp_path / "b", "pretrained=m,peft=/a,layer=2,alpha=-1", [d - 0.8 + e / 5 for d, e in zip(dpo, noise)])
-    for i in range(8):  # random directions move 0 .. 0.07 toward the base; with strong_random one moves 0.9
+    for i in range(20):  # random directions move 0 .. 0.19 toward the base; with strong_random one moves 0.9
         shift = 0.9 if strong_random and i == 3 else 0.01 * i
         _unit(tmp_path / f"c{i}", f"pretrained=m,peft=/a,layer=2,alpha=-1,control=random:{i}",
               [d - shift + e / 7 for d, e in zip(dpo, noise)])
@@ -314,6 +316,6 @@ def test_report_on_the_tiny_sweep_matches_its_per_doc_values(controlled, tiny_di
     (row,) = [r for e in report["card"]["entries"] if e["side"] == "dpo" and e["metric"] == "logprob_margin"
               for r in e["rows"] if r["alpha"] == -1.0]
     assert row["closure"]["fraction"] == pytest.approx(expected, rel=1e-9) and row["documents"] == 24
-    assert row["verdicts"]["vs_random"] == "underpowered (K = 1 < 8)" and row["rank"]["k"] == 1
+    assert row["verdicts"]["vs_random"] == "underpowered (K = 1 < 19)" and row["rank"]["k"] == 1
     assert "| dsteer_hh_mini / logprob_margin | dpo | L2_a-1 |" in printed
     assert not list(controlled.parent.glob(".out.lock"))  # the CLI's lock over sweep, leaderboard and report is gone
