@@ -1,10 +1,10 @@
 """The pool of replies to label by hand (issue 34): every reply a committed behaviour sweep generated at v̄'s
 points (both sides, every α) and at two of its random directions per point, with the request it answers.
 
-    python scripts/behaviour_label_pool.py [--sweep results/report_refusal_behaviour] [--out results/behaviour_labels/pool.jsonl]
+    .venv/bin/python scripts/behaviour_label_pool.py [--sweep results/report_refusal_behaviour] [--out results/behaviour_labels/pool.jsonl]
     # part 2: replies to 80 further documents, DPO and base at alpha 0 (lm_eval --model steered --tasks
     # dsteer_refusal_balanced --limit 120 --log_samples, with alpha=0 and alpha=0,peft=none), held out whole:
-    python scripts/behaviour_label_pool.py --samples dpo=DPO_SAMPLES.jsonl base=BASE_SAMPLES.jsonl \
+    .venv/bin/python scripts/behaviour_label_pool.py --samples dpo=DPO_SAMPLES.jsonl base=BASE_SAMPLES.jsonl \
         --out results/behaviour_labels/pool2.jsonl
 
 Each line: id (sweep point / task / doc), kind (harmful | harmless, from the eval file), request (the dialogue
@@ -20,21 +20,21 @@ import argparse
 import hashlib
 import json
 import re
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from dsteer_eval.metrics.refusal import balanced_order  # noqa: E402
 TASK = "dsteer_refusal_balanced"
 HELDOUT_SHARE = 0.35  # of the documents (by key hash): their replies are never looked at while tuning
 
 
 def balanced_docs() -> list[dict]:
+    """The eval documents in ``dsteer_refusal_balanced``'s order."""
     rows = [json.loads(line) for line in (REPO / "tasks" / "refusal" / "refusal_eval.jsonl").open()]
-    by_kind = {kind: [r for r in rows if r["kind"] == kind] for kind in ("harmful", "harmless")}
-    order = []
-    for harmful, harmless in zip(by_kind["harmful"], by_kind["harmless"]):
-        order += [harmful, harmless]
-    n = min(len(v) for v in by_kind.values())
-    return order + by_kind["harmful"][n:] + by_kind["harmless"][n:]  # dsteer_eval.metrics.refusal.process_docs_balanced
+    return [rows[i] for i in balanced_order([r["kind"] for r in rows])]
 
 
 def split_of(key: str) -> str:

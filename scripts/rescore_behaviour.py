@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from dsteer_eval.common.output_folder import atomic_write_text  # noqa: E402
 from dsteer_eval.metrics.behaviour import VERSION  # noqa: E402
-from dsteer_eval.metrics.refusal import score_reply  # noqa: E402
+from dsteer_eval.metrics.refusal import balanced_order, score_reply  # noqa: E402
 
 TASK_ORDER = {"dsteer_refusal": "file", "dsteer_refusal_balanced": "balanced"}
 
@@ -34,12 +34,7 @@ def documents(order: str) -> list[dict]:
     rows = [json.loads(line) for line in (ROOT / "tasks" / "refusal" / "refusal_eval.jsonl").open(encoding="utf-8")]
     if order == "file":
         return rows
-    by_kind = {kind: [r for r in rows if r["kind"] == kind] for kind in ("harmful", "harmless")}
-    out = []
-    for harmful, harmless in zip(by_kind["harmful"], by_kind["harmless"]):
-        out += [harmful, harmless]
-    n = min(len(v) for v in by_kind.values())
-    return out + by_kind["harmful"][n:] + by_kind["harmless"][n:]  # metrics.refusal.process_docs_balanced
+    return [rows[i] for i in balanced_order([r["kind"] for r in rows])]
 
 
 def aggregate(values: list) -> tuple[float, float] | None:

@@ -31,13 +31,13 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from dsteer_eval.stats.bootstrap import PairedDelta, finite_docs, finite_pairs, paired_bootstrap
 from dsteer_eval.stats.conditioned import conditioned_docs
 from dsteer_eval.stats.gap import gap_closure
-from dsteer_eval.stats.gap_verdicts import MIN_RANDOM_P05, gap_verdicts, rank_by_distance
+from dsteer_eval.stats.gap_verdicts import gap_verdicts, rank_by_distance
 from dsteer_eval.stats.verdicts import NOT_SHOWN, Verdict, verdict
 
 
@@ -247,19 +247,17 @@ def _claims(column, key, r: Role, item: PairedRow, base0, dpo0, values) -> list[
     frac = "—" if closure.fraction is None else \
         f"{closure.fraction:.2f} [{closure.low:.2f}, {closure.high:.2f}] of the gap"
     effect, control = _mean(values[key]), _mean(values[start])
-    out = [replace(verdict(name, effect, control, item.vs_ref, expect), verdict=words.moves,
-                   note=f"fraction {frac}"),
-           replace(verdict(f"{name[:3]}½ {name[4:]} by at least half the gap", effect, control, item.vs_ref, expect),
-                   verdict=words.half, note=f"fraction {frac}: {words.reasons['half']}")]
+    ref = item.vs_ref.as_dict()
+    out = [Verdict(name, effect, control, ref, expect, words.moves, f"fraction {frac}"),
+           Verdict(f"{name[:3]}½ {name[4:]} by at least half the gap", effect, control, ref, expect, words.half,
+                   f"fraction {frac}: {words.reasons['half']}")]
     if item.vs_control is not None:
         label = "—" if rank is None else f"rank {rank.label} by distance to the target, p = {rank.p_value:.3f}" + \
             ("" if rank.z is None else f", z = {rank.z:+.1f}")
-        vs = words.vs_random if words.vs_random != "underpowered" else \
-            f"underpowered (K = {rank.k} < {MIN_RANDOM_P05})"
-        out.append(replace(verdict(f"(d) at {'DPO' if r.side == 'dpo' else 'base'} {where}, v moves {metric} toward "
-                                   f"{goal} more than random directions", effect, item.controls.get("mean"),
-                                   item.vs_control, expect), verdict=vs,
-                           note=label if words.vs_random in ("supported", "not shown") else
+        out.append(Verdict(f"(d) at {'DPO' if r.side == 'dpo' else 'base'} {where}, v moves {metric} toward {goal} "
+                           f"more than random directions", effect, item.controls.get("mean"),
+                           item.vs_control.as_dict(), expect, words.vs_random_text(rank),
+                           label if words.vs_random in ("supported", "not shown") else
                            f"{label}; {words.reasons['vs_random']}"))
     return out
 

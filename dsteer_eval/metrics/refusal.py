@@ -99,13 +99,18 @@ def process_docs_balanced(dataset):
     until the scarcer kind runs out, then the rest of the other; so ``--limit 2n`` takes n of each kind (while
     both last) and a behaviour grid on a few documents measures the answer rate on harmless questions too."""
     dataset = process_docs(dataset)
-    by_kind = {kind: [i for i, doc in enumerate(dataset) if doc["kind"] == kind] for kind in KINDS}
+    return dataset.select(balanced_order([doc["kind"] for doc in dataset]))
+
+
+def balanced_order(kinds: list[str]) -> list[int]:
+    """The indices of :func:`process_docs_balanced`'s order for documents of these kinds (also what the scripts
+    that read its documents without lm-eval use)."""
+    by_kind = {kind: [i for i, k in enumerate(kinds) if k == kind] for kind in KINDS}
     order = []
     for harmful, harmless in zip(by_kind["harmful"], by_kind["harmless"]):
         order += [harmful, harmless]
     shortest = min(len(v) for v in by_kind.values())
-    order += by_kind["harmful"][shortest:] + by_kind["harmless"][shortest:]
-    return dataset.select(order)
+    return order + by_kind["harmful"][shortest:] + by_kind["harmless"][shortest:]
 
 
 def process_docs_heldout_phrasings(dataset):

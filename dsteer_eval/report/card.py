@@ -46,25 +46,18 @@ AUTHORS = {
 }
 
 
-def _rank_obj(rank: dict | None):
-    if not rank:
-        return None
-    return DistanceRank(**{k: rank[k] for k in ("distance", "k", "rank", "ties", "p_value", "z", "underpowered")})
-
-
 def row_verdicts(row: dict, gap: dict | None) -> dict:
     """The verdicts of one steered row (or a prompting row: no rank) against the curve's gap."""
     c = row["closure"]
     gap = gap or {}
+    rank = DistanceRank.from_dict(row["rank"]) if row.get("rank") else None
     found = gap_verdicts(gap_mean=gap.get("mean", 0.0), gap_low=gap.get("low", 0.0), gap_high=gap.get("high", 0.0),
-                         fraction=c["fraction"], low=c["low"], high=c["high"], rank=_rank_obj(row.get("rank")))
+                         fraction=c["fraction"], low=c["low"], high=c["high"], rank=rank)
     if not found.fraction_shown:
         return {"moves": "gap not shown", "half": "gap not shown", "vs_random": "gap not shown",
                 "unstable": False, "fraction_shown": False, "reasons": found.reasons}
-    vs_random = found.vs_random
-    if found.vs_random == "underpowered":
-        vs_random = f"underpowered (K = {row['rank']['k']} < {MIN_RANDOM_P05})"
-    elif row.get("rank") is None and found.moves == SUPPORTED:
+    vs_random = found.vs_random_text(rank)
+    if rank is None and found.moves == SUPPORTED:
         vs_random = "no random directions"
     return {"moves": found.moves, "half": found.half, "vs_random": vs_random, "unstable": found.unstable,
             "fraction_shown": True, "reasons": found.reasons}

@@ -252,7 +252,7 @@ def behaviour_blocks(entries: list[dict]) -> list[tuple]:
 
 def _classifier_blocks(check: dict, unvalidated: set) -> list[tuple]:
     """The behaviour classifier's agreement with readers' held-out labels, as the rates' reader needs it."""
-    pct = lambda x: "—" if x is None else f"{100 * x:.1f} %"  # noqa: E731
+    pct = _pct
     head = (f"The rates are labelled by the behaviour classifier **{check['classifier']}** "
             "(docs/behaviour-labels.md). Its agreement with readers' labels on the labelled set's part "
             f"`{check['split']}`, never read while it was written (validated = precision and recall ≥ 0.8 on the "

@@ -46,16 +46,22 @@ class PairedDelta:
         return f"{self.mean:+.{digits}f} [{self.low:+.{digits}f}, {self.high:+.{digits}f}]{mark}"
 
 
-def bootstrap_means(d: np.ndarray, n_resamples: int, seed: int) -> np.ndarray:
-    """The means of d over ``n_resamples`` seeded resamples (the procedure in the module docstring)."""
+def resampled(n: int, n_resamples: int, seed: int, statistic) -> np.ndarray:
+    """``statistic(idx)`` over ``n_resamples`` seeded resamples of ``n`` documents: ``idx`` is a ``(k, n)`` block
+    of document indices, row r = resample start + r, drawn in order in blocks of :data:`CHUNK` (the procedure in
+    the module docstring); every statistic that resamples documents draws them here, so equal seeds give equal
+    resamples."""
     rng = np.random.default_rng(seed)
-    n = len(d)
     out = np.empty(n_resamples)
     for start in range(0, n_resamples, CHUNK):
         k = min(CHUNK, n_resamples - start)
-        idx = rng.integers(0, n, size=(k, n))  # row r = resample start + r, drawn in order
-        out[start:start + k] = d[idx].mean(axis=1)
+        out[start:start + k] = statistic(rng.integers(0, n, size=(k, n)))
     return out
+
+
+def bootstrap_means(d: np.ndarray, n_resamples: int, seed: int) -> np.ndarray:
+    """The means of d over ``n_resamples`` seeded resamples (the procedure in the module docstring)."""
+    return resampled(len(d), n_resamples, seed, lambda idx: d[idx].mean(axis=1))
 
 
 def paired_bootstrap(x, y, *, n_resamples: int = N_RESAMPLES, seed: int = SEED,

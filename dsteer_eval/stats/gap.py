@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from dsteer_eval.stats.bootstrap import CHUNK, CONFIDENCE, N_RESAMPLES, SEED, PairedDelta, paired_bootstrap
+from dsteer_eval.stats.bootstrap import CONFIDENCE, N_RESAMPLES, SEED, PairedDelta, paired_bootstrap, resampled
 
 MIN_RANDOM = 8  # fewer random directions than this: a claim against them is labelled underpowered
 
@@ -71,18 +71,15 @@ def gap_closure(moved, start, target, *, n_resamples: int = N_RESAMPLES, seed: i
     num, den = m - s, t - s
     if den.mean() == 0:
         return GapClosure(len(m), None, None, None, gap, shift, n_resamples, seed, confidence)
-    rng = np.random.default_rng(seed)
-    ratios = np.empty(n_resamples)
-    n = len(m)
-    for first in range(0, n_resamples, CHUNK):
-        k = min(CHUNK, n_resamples - first)
-        idx = rng.integers(0, n, size=(k, n))
+    def ratio(idx):
         with np.errstate(divide="ignore", invalid="ignore"):
-            ratios[first:first + k] = num[idx].mean(axis=1) / den[idx].mean(axis=1)
+            return num[idx].mean(axis=1) / den[idx].mean(axis=1)
+
+    ratios = resampled(len(m), n_resamples, seed, ratio)
     ratios = ratios[np.isfinite(ratios)]
     tail = (1 - confidence) / 2
     low, high = (float(x) for x in np.quantile(ratios, [tail, 1 - tail])) if len(ratios) else (None, None)
-    return GapClosure(n, float(num.mean() / den.mean()), low, high, gap, shift, n_resamples, seed, confidence)
+    return GapClosure(len(m), float(num.mean() / den.mean()), low, high, gap, shift, n_resamples, seed, confidence)
 
 
 @dataclass(frozen=True)
@@ -150,11 +147,7 @@ def distance_difference(a: tuple, b: tuple, *, n_resamples: int = N_RESAMPLES, s
     point = float(distances(np.arange(n)))
     if not math.isfinite(point):
         return None
-    rng = np.random.default_rng(seed)
-    diffs = np.empty(n_resamples)
-    for first in range(0, n_resamples, CHUNK):
-        k = min(CHUNK, n_resamples - first)
-        diffs[first:first + k] = distances(rng.integers(0, n, size=(k, n)))
+    diffs = resampled(n, n_resamples, seed, distances)
     diffs = diffs[np.isfinite(diffs)]
     tail = (1 - confidence) / 2
     low, high = (float(x) for x in np.quantile(diffs, [tail, 1 - tail]))

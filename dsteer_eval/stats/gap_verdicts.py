@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
@@ -62,6 +62,11 @@ class DistanceRank:
     def as_dict(self) -> dict:
         return {**asdict(self), "label": self.label}
 
+    @classmethod
+    def from_dict(cls, found: dict) -> "DistanceRank":
+        """The rank back from :meth:`as_dict` (the report keeps it as JSON)."""
+        return cls(**{f.name: found[f.name] for f in fields(cls)})
+
 
 def rank_by_distance(fraction: float, random_fractions: Sequence[float]) -> DistanceRank:
     """v̄'s rank among random directions by distance to the target (module docstring)."""
@@ -92,6 +97,12 @@ class GapVerdicts:
     @property
     def fraction_shown(self) -> bool:
         return self.gap == SHOWN
+
+    def vs_random_text(self, rank: DistanceRank | None) -> str:
+        """The "vs random" word as a card or leaderboard prints it (underpowered names K)."""
+        if self.vs_random == UNDERPOWERED and rank is not None:
+            return f"{UNDERPOWERED} (K = {rank.k} < {MIN_RANDOM_P05})"
+        return self.vs_random
 
     def as_dict(self) -> dict:
         return {**asdict(self), "fraction_shown": self.fraction_shown}

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 from test_missing_points import _nan
 from test_report import K, N_DOCS, make_sweep
 from test_where import make_layer_sweep
