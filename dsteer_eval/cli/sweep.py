@@ -48,6 +48,10 @@ def add(verbs) -> None:
                    help="random[:K]: beside every steered point, K seeded random directions with exactly v's norm "
                    "at the same layer and alpha (control=random:<i> in their model args); the leaderboard shows "
                    "each effect beside the controls' with a paired CI")
+    p.add_argument("--control-seed", type=int, default=None,
+                   help="the random directions' seed (recorded in sweep.json); default: the resumed sweep's, else "
+                   "derived from this sweep's settings and grid, so each sweep draws its own K directions and the "
+                   "same sweep elsewhere draws the same ones (control_seed= in --model-args also works)")
     p.add_argument("--base-alphas", default="auto",
                    help="alphas for the base side (the PEFT adapter switched off, peft=none): 'auto' (default) = 0 "
                    "and the grid's positive alphas when the model has an adapter, 'none', or a comma list")

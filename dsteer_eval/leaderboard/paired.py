@@ -44,7 +44,7 @@ from dsteer_eval.stats.verdicts import NOT_SHOWN, Verdict, verdict
 
 @dataclass(frozen=True)
 class Role:
-    family: tuple  # model args without peft/control: a DPO row and its base/control rows share it
+    family: tuple  # model args without peft/control/control_seed: a DPO row and its base/control rows share it
     side: str  # "dpo" | "base"
     control: str | None  # "random:<i>" or None
 
@@ -52,6 +52,7 @@ class Role:
 def role(key) -> Role:
     args = dict(key.identity)
     control = args.pop("control", None)
+    args.pop("control_seed", None)  # a random control's seed (the sweep's, dsteer_eval.sweep.control_seed)
     side = "base" if str(args.get("peft", "")).lower() == "none" else "dpo"
     args.pop("peft", None)
     return Role((key.source, tuple(sorted(args.items()))), side, control)

@@ -84,7 +84,7 @@ def _model_text(k: RowKey, keys: list[RowKey]) -> str:
     common = set.intersection(*(set(i) for i in same))
     parts = []
     for name, value in k.identity:
-        if (name, value) in common:
+        if (name, value) in common or name == "control_seed":  # the seed: the sweep's, shown with its controls
             continue
         if name == "peft":
             parts.append("base (peft=none)" if value.lower() == "none" else f"DPO (peft={Path(value).name or value})")
@@ -99,7 +99,7 @@ def model_label(identity) -> str:
     """What a row's model is when no model arg tells it from its neighbours: the shipped DPO pair only when
     nothing else was named (no ``peft=``, ``vector=``, ``steer_path=`` or other ``pretrained=``); a named
     adapter is a DPO side; anything else is the model itself, never called DPO."""
-    args = {name: value for name, value in identity if name != "control"}
+    args = {name: value for name, value in identity if name not in ("control", "control_seed")}
     peft, pretrained = args.get("peft"), args.get("pretrained")
     if peft and peft.lower() != "none":
         return f"DPO (peft={Path(peft).name or peft})"

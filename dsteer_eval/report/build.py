@@ -37,6 +37,7 @@ def build_report(sweeps, *, labels=None, tasks=None, metrics=None, title: str | 
         raise ValueError(f"--labels: {', '.join(map(repr, twice))} names more than one sweep; give each sweep its own "
                          f"label")
     curves, missing, layers, args, ceilings, behaviours, read, running = [], [], set(), [], [], [], [], []
+    controls = []
     notes: list[str] = []  # what the page says once, e.g. a metric identical to another
     prompted = read_sweep(prompting) if prompting else None
     computed: dict = {}
@@ -87,6 +88,7 @@ def build_report(sweeps, *, labels=None, tasks=None, metrics=None, title: str | 
                 curves.append(found)
         layers |= {str(p.layer) for p in data.points if p.layer is not None}
         args.append(str(data.settings.get("model_args", "")) or "(the shipped pair)")
+        controls.append(control_population(data, label))
         ceilings.append(data.ceiling)
     places = []
     for task, select_task in selection_pairs({t for _, d in read for t in d.tasks}):
@@ -113,8 +115,19 @@ def build_report(sweeps, *, labels=None, tasks=None, metrics=None, title: str | 
               "position": positions if len(positions) > 1 else positions[0],
               "tasks": sorted({c["task"] for c in curves}),
               "ceiling": ceilings if len(ceilings) > 1 else ceilings[0], "curves": curves,
+              "controls": [c for c in controls if c is not None],
               "card": card, "behaviour": behaviours, "where": places, "missing": missing, "notes": notes}
     return redact_value(report)
+
+
+def control_population(data, label) -> dict | None:
+    """The sweep's random directions: K per steered point and their seed (``sweep.json``; a sweep written before
+    seeds were drawn per sweep used 0), or None without controls."""
+    k = len({p.control for p in data.points if p.control is not None})
+    if not k:
+        return None
+    seed = data.settings.get("control_seed")
+    return {"label": label, "k": k, "seed": 0 if seed is None else seed, "per_sweep": seed is not None}
 
 
 def _headline_first(task: str, metrics: list[str]) -> list[str]:

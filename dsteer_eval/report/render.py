@@ -135,6 +135,19 @@ def _position(report: dict) -> str:
     return "position: " + "; ".join(f"{name}: `{p}`" for name, p in zip(_names(report, len(position)), position))
 
 
+def _controls(report: dict) -> list[tuple]:
+    """Which random directions the verdicts rest on: K and the seed per sweep (dsteer_eval.sweep.control_seed)."""
+    found = report.get("controls") or []
+    if not found:
+        return []
+    parts = [f"{c['label'] + ': ' if c.get('label') else ''}K = {c['k']}, seed {c['seed']}"
+             + ("" if c.get("per_sweep") else " (written before each sweep drew its own seed: the population every "
+                                                "such sweep shares)") for c in found]
+    return [("para", "Random directions: " + "; ".join(parts) + ". Within a sweep the same K directions serve every "
+                     "α and both sides (one curve per direction), so ranks at several α of one sweep are not "
+                     "independent draws.")]
+
+
 RULES = ("Rules (computed, docs/report.md): a fraction is printed only where the gap's CI excludes 0 (*unstable* "
          "where its bound nearest 0 is below half the estimate); **moves** = the fraction's CI lies above 0 (*wrong "
          "way*: below 0); **≥ half** = it lies at or above {half} (*overshoot*: above 1, never 'more'); **vs random** "
@@ -155,7 +168,7 @@ def report_blocks(report: dict) -> list[tuple]:
                        "the sweep's per-document values (none typed)."),
               ("para", f"Model args: {_args(report)}. Steered at layer(s) {', '.join(report['layers'])}, "
                        f"{_position(report)}; data: the tasks' documents ({', '.join(report['tasks'])})."),
-              ("heading", 2, "The gap")] + _gap_bullets(card) + [("heading", 2, "Verdict card")] + card_blocks(card)
+              *_controls(report), ("heading", 2, "The gap")] + _gap_bullets(card) + [("heading", 2, "Verdict card")] + card_blocks(card)
     blocks += [("bullet", f"not measured: {m}") for m in report.get("missing") or []]
     blocks += [("bullet", f"shown once: {n}") for n in report.get("notes") or []]
     for e in card["entries"]:

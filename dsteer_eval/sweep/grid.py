@@ -54,9 +54,10 @@ class Point:
             return "base" if self.alpha == 0 else f"base_{core}"
         return core
 
-    def model_args(self, base: str) -> str:
+    def model_args(self, base: str, control_seed: int | None = None) -> str:
         """``base`` model_args plus this point's ``layer=``/``alpha=`` (as a plain lm_eval run would have),
-        ``peft=none`` on the base side and ``control=random:<i>`` for a control."""
+        ``peft=none`` on the base side and ``control=random:<i>`` for a control (``control_seed=`` too when given
+        and ``base`` lacks it)."""
         kept = [item for item in base.split(",") if item.strip()]
         if self.side == "base":
             kept = [item for item in kept if item.partition("=")[0].strip() != "peft"] + ["peft=none"]
@@ -64,6 +65,8 @@ class Point:
         extra = ["alpha=0"] if self.alpha == 0 else [f"layer={layer}", f"alpha={alpha_text(self.alpha)}"]
         if self.control is not None:
             extra.append(f"control=random:{self.control}")
+            if control_seed is not None and not any(i.partition("=")[0].strip() == "control_seed" for i in kept):
+                extra.append(f"control_seed={control_seed}")
         return ",".join(kept + extra)
 
 

@@ -22,7 +22,7 @@ from dsteer_eval.tasks.task_files import task_definition_files
 from dsteer_eval.models.defaults import resolve_default_pair
 from dsteer_eval.models.embedded import resolve_pretrained
 from dsteer_eval.steering.controls import parse_controls
-from dsteer_eval.sweep import fingerprint, grid
+from dsteer_eval.sweep import control_seed, fingerprint, grid
 from dsteer_eval.sweep.ceiling import (
     FORMAT as CEILING_FORMAT,
     ceiling_for,
@@ -64,6 +64,7 @@ class SweepConfig:
     overwrite: bool = False
     ceiling: str | None = None  # ceiling.json for --alphas rel:... (dsteer-eval ceiling)
     controls: str | None = None  # "random:K": K norm-matched random directions beside every steered point
+    control_seed: int | None = None  # the controls' seed; None: the resumed sweep's, else derived (control_seed.py)
     base_alphas: str | None = "auto"  # the base side (adapter off): "auto", "none" or a comma list
     backend: str = "hf"  # "hf" | "vllm" (dsteer_eval.sweep.vllm_lm: one steered-vllm engine per side)
 
@@ -84,6 +85,12 @@ class Plan:
     settings: dict
     task_manager: object = field(repr=False, default=None)
     load_args: str = field(repr=False, default="")  # the model args the model is built from (secrets in clear)
+    control_seed_source: str | None = None  # where settings["control_seed"] came from (control_seed.resolve)
+
+    def point_args(self, point) -> str:
+        """``point``'s model args as a plain ``lm_eval --model steered`` run would take them (a control's seed
+        included)."""
+        return point.model_args(self.base_args, control_seed=self.settings.get("control_seed"))
 
 
 def split_model_args(text: str) -> tuple[str, dict, str | None]:
@@ -180,9 +187,20 @@ def plan_sweep(config: SweepConfig) -> Plan:
     settings.update(sweep_fingerprint(kwargs))
     settings["contents"].update(task_contents(tasks, task_manager))
     out = Path(config.output)
+    controls = parse_controls(config.controls)
+    settings["control_seed"], seed_source = None, None
+    if controls:
+        settings["control_seed"], seed_source = control_seed.resolve(
+            model_arg=kwargs.get("control_seed"), flag=config.control_seed,
+            recorded=None if config.overwrite else control_seed.recorded_seed(read_record(out)),
+            derive=lambda: control_seed.derived_seed(
+                settings, tasks=tasks, layers=layers, alphas=config.alphas if alphas is None else alphas,
+                base_alphas=config.base_alphas if alphas is None else base_side_alphas(config.base_alphas, alphas, kwargs),
+                controls=controls))
+        if "control_seed" not in kwargs:
+            load_args = ",".join(x for x in (load_args, f"control_seed={settings['control_seed']}") if x)
     check_output(out, settings, config.overwrite)
 
-    controls = parse_controls(config.controls)
     if relative is not None:
         if len(layers) != 1:
             raise ValueError("--alphas rel:/auto: the ceiling belongs to one layer; give one --layers value")
@@ -191,7 +209,7 @@ def plan_sweep(config: SweepConfig) -> Plan:
     base_alphas = base_side_alphas(config.base_alphas, alphas, kwargs)
     points = grid.points(layers, alphas, base_alphas=base_alphas, controls=controls)
     return Plan(config, base_args, kwargs, layers, alphas, tasks, points, str(vector), out, settings, task_manager,
-                load_args)
+                load_args, seed_source)
 
 
 def ceiling_of(config: SweepConfig, kwargs: dict, layer, out: Path) -> dict:
@@ -283,19 +301,29 @@ def changed_task_files(name: str, then: dict, now: dict) -> str:
     return f"{name}: {', '.join(parts) or 'its files changed'}"
 
 
-def check_output(out: Path, settings: dict, overwrite: bool) -> None:
+def read_record(out: Path) -> dict | None:
+    """The earlier run's ``sweep.json`` in ``out`` (None when the folder is new or empty); an unreadable one
+    raises, naming the file and the way out."""
     record = out / "sweep.json"
-    if overwrite or not out.exists() or not any(out.iterdir()):
-        return
+    if not out.exists() or not any(out.iterdir()):
+        return None
     if not record.is_file():
         raise ValueError(f"--output {out} exists and is not a sweep folder; choose a new folder or pass --overwrite")
     try:
-        previous = json.loads(record.read_text())["settings"]
-        if not isinstance(previous, dict):
+        data = json.loads(record.read_text())
+        if not isinstance(data, dict) or not isinstance(data["settings"], dict):
             raise TypeError("'settings' is not an object")
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"--output {out}: cannot read {record} ({exc}); choose a new folder or pass "
                          f"--overwrite") from None
+    return data
+
+
+def check_output(out: Path, settings: dict, overwrite: bool) -> None:
+    full = None if overwrite else read_record(out)
+    if full is None:
+        return
+    previous = full["settings"]
     # a sweep.json written before fingerprint_version 2 lacks the newer keys: they are taken as unchanged
     legacy = "fingerprint_version" not in previous
     changed = [f"{k}: {previous.get(k)!r} then, {settings.get(k)!r} now" for k in FINGERPRINT_KEYS
@@ -310,6 +338,9 @@ def check_output(out: Path, settings: dict, overwrite: bool) -> None:
                 continue
             where = field_of(now.get(name), "path") or field_of(then.get(name), "path")
             changed.append(f"the contents of {name} ({where}) changed: sha256 {old[:16]} then, {new[:16]} now")
+    was, now = control_seed.recorded_seed(full), settings.get("control_seed")
+    if was is not None and now is not None and was != now:
+        changed.append(f"control_seed: {was} then, {now} now (other random directions)")
     if legacy:
         log.warning("sweep: %s was written before the scorer/judge/model-contents fingerprint; resuming on the "
                     "assumption that they did not change", record)

@@ -49,7 +49,6 @@ from dsteer_eval.leaderboard.collect import number
 from dsteer_eval.models.defaults import model_name
 from dsteer_eval.models.identity import model_entry
 from dsteer_eval.probes.report import run_probes, write_report
-from dsteer_eval.steering.controls import DEFAULT_SEED
 from dsteer_eval.sweep.plan import (  # noqa: F401 (the sweep's public names, re-exported)
     FINGERPRINT_KEYS,
     FINGERPRINT_VERSION,
@@ -88,8 +87,9 @@ def run_provenance(plan: Plan) -> dict:
         models.append(model_entry("adapter", adapter))
     seeds = {f"lm_eval_{name}": p.default for name, p in inspect.signature(lm_eval.simple_evaluate).parameters.items()
              if name.endswith("seed")}
-    if any(p.control is not None for p in plan.points):
-        seeds["controls"] = DEFAULT_SEED
+    if plan.settings.get("control_seed") is not None:
+        seeds["controls"] = plan.settings["control_seed"]
+        seeds["controls_source"] = plan.control_seed_source
     return provenance.collect(data=data, models=models, seeds=seeds)
 
 
@@ -136,7 +136,7 @@ def _evaluate_unit(lm, plan: Plan, point, task: str, folder: Path) -> dict:
     with staged_folder(folder) as tmp:
         tracker = EvaluationTracker(output_path=str(tmp / "results.json"))
         results = lm_eval.simple_evaluate(
-            model=lm, model_args=point.model_args(plan.base_args), tasks=[task], limit=cfg.limit,
+            model=lm, model_args=plan.point_args(point), tasks=[task], limit=cfg.limit,
             batch_size=cfg.batch_size, device=cfg.device, num_fewshot=cfg.num_fewshot, gen_kwargs=cfg.gen_kwargs,
             apply_chat_template=cfg.apply_chat_template, log_samples=True, evaluation_tracker=tracker,
             task_manager=plan.task_manager,
@@ -199,7 +199,7 @@ def _response(x):
 def _record_failure(plan: Plan, point, task: str, folder: Path, exc: BaseException) -> None:
     """``failed.json`` with the error and traceback, secrets redacted; never raises (a full disk)."""
     text = json.dumps({
-        "format": "dsteer-eval/failed-task", "task": task, "model_args": point.model_args(plan.base_args),
+        "format": "dsteer-eval/failed-task", "task": task, "model_args": plan.point_args(point),
         "error": redact(f"{type(exc).__name__}: {exc}"),
         "traceback": redact("".join(traceback.format_exception(exc))),
     }, indent=1) + "\n"
@@ -266,7 +266,7 @@ def _run_locked(config: SweepConfig, print_fn) -> int:
                 bar.update(1)
             if wants_probe:
                 bar.set_postfix_str(f"{point.name} probes")
-                result = point_probes.measure(lm.interventions, point.model_args(plan.base_args))
+                result = point_probes.measure(lm.interventions, plan.point_args(point))
                 atomic_write_text(plan.out / "points" / point.name / "probes.json", json.dumps(result, indent=1) + "\n")
                 bar.update(1)
     finally:

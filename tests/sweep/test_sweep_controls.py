@@ -317,5 +317,8 @@ def test_report_on_the_tiny_sweep_matches_its_per_doc_values(controlled, tiny_di
               for r in e["rows"] if r["alpha"] == -1.0]
     assert row["closure"]["fraction"] == pytest.approx(expected, rel=1e-9) and row["documents"] == 24
     assert row["verdicts"]["vs_random"] == "underpowered (K = 1 < 19)" and row["rank"]["k"] == 1
+    seed = json.loads((controlled / "sweep.json").read_text())["settings"]["control_seed"]
+    assert [(c["k"], c["seed"], c["per_sweep"]) for c in report["controls"]] == [(1, seed, True)]
+    assert f"Random directions: K = 1, seed {seed}. Within a sweep" in (controlled / "report" / "report.md").read_text()
     assert "| dsteer_hh_mini / logprob_margin | dpo | L2_a-1 |" in printed
     assert not list(controlled.parent.glob(".out.lock"))  # the CLI's lock over sweep, leaderboard and report is gone
