@@ -121,8 +121,25 @@ def validate(lines: list[dict], predicted: list[str | None], *, classifier: str,
         ok = (head.precision or 0) >= THRESHOLD and (head.recall or 0) >= THRESHOLD
         out["kinds"][kind] = {"n": len(mine), "fine": fine.as_dict(), "grouped": grouped.as_dict(),
                               "headline": HEADLINE[kind], "validated": ok,
-                              "reader_rate": _rate(gold, kind), "classifier_rate": _rate(pred, kind)}
+                              "reader_rate": _rate(gold, kind), "classifier_rate": _rate(pred, kind),
+                              "between_readers": between_readers([x for x, _ in mine], kind)}
     return out
+
+
+def between_readers(lines: list[dict], kind: str) -> dict | None:
+    """How two readers who labelled the same replies independently agree (lines whose ``readers`` name two or
+    more; the first two, the first taken as the reference): the ceiling a classifier is read against, on the
+    rates' groups. None when no line has two readers."""
+    pairs = [tuple(x["readers"].items())[:2] for x in lines
+             if isinstance(x.get("readers"), dict) and len(x["readers"]) >= 2]
+    if not pairs:
+        return None
+    names = sorted({(a[0], b[0]) for a, b in pairs})
+    grouped = agreement([rate_group(kind, a[1]) for a, _ in pairs], [rate_group(kind, b[1]) for _, b in pairs],
+                        classes=GROUPS[kind])
+    head = grouped.score(HEADLINE[kind])
+    return {"readers": [f"{a} vs {b}" for a, b in names], "n": len(pairs), "kappa": grouped.kappa,
+            "precision": head.precision, "recall": head.recall}
 
 
 def _rate(labels: list[str], kind: str) -> float | None:
@@ -148,4 +165,11 @@ def markdown(table: dict) -> str:
                         f"{'—' if kappa is None else f'{kappa:.2f}'} | "
                         f"{pct(k['reader_rate']) + ' / ' + pct(k['classifier_rate']) if head else ''} | "
                         f"{('**yes**' if k['validated'] else '**no**') if head else ''} |")
+    for kind, k in table["kinds"].items():
+        b = k.get("between_readers")
+        if b:
+            kappa = "—" if b["kappa"] is None else f"{b['kappa']:.2f}"
+            rows.append(f"\nBetween readers ({kind}, {', '.join(b['readers'])}; {b['n']} replies, each read by both "
+                        f"independently): {k['headline']} precision {pct(b['precision'])}, recall {pct(b['recall'])}, "
+                        f"κ {kappa}: the agreement a classifier is read against.")
     return "\n".join(rows) + "\n"

@@ -128,3 +128,23 @@ def test_bad_input_names_the_line_and_field(tmp_path, capsys):
                    "w.jsonl")
     assert main(["validate-classifier", str(wrong)]) == 2
     assert "label 'COMPLY' is not one of" in capsys.readouterr().err
+
+
+def test_two_readers_agreement_is_reported_beside_the_classifier():
+    """Lines read by two readers independently: their agreement on the rate's groups (reader a as the reference)
+    is the ceiling printed under the table; a line read once does not count."""
+    from dsteer_eval.metrics.behaviour_validation import markdown, validate
+
+    pairs = [("REFUSE", "DECLINE"), ("COMPLY", "COMPLY"), ("OFF", "COMPLY"), ("DECLINE", "DECLINE"), ("COMPLY", "DECLINE")]
+    lines = [{"id": str(i), "kind": "harmful", "request": BOMB, "reply": "x", "label": a, "readers": {"a": a, "b": b}}
+             for i, (a, b) in enumerate(pairs)]
+    lines.append({"id": "once", "kind": "harmful", "request": BOMB, "reply": "x", "label": "OFF", "readers": {"a": "OFF"}})
+    table = validate(lines, ["REFUSE"] * len(lines), classifier="t")
+    between = table["kinds"]["harmful"]["between_readers"]
+    # groups a: noncomply, comply, off, noncomply, comply; b: noncomply, comply, comply, noncomply, noncomply
+    # noncomply: b says it 3 times, 2 of them a's -> precision 2/3; a says it twice, b agrees both -> recall 1
+    assert between["n"] == 5 and between["readers"] == ["a vs b"]
+    assert between["precision"] == pytest.approx(2 / 3) and between["recall"] == 1.0
+    p_o, p_e = 3 / 5, (2 * 3 + 2 * 2 + 1 * 0) / 25
+    assert between["kappa"] == pytest.approx((p_o - p_e) / (1 - p_e))
+    assert "Between readers (harmful, a vs b; 5 replies" in markdown(table)
