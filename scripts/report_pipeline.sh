@@ -42,9 +42,11 @@ run() {  # name model_args tasks
 # vLLM (--backend vllm: one engine per side, each side's points in one pass with per-request steering); needs the
 # vLLM venv (scripts/setup_vllm.sh)
 VLLM_BIN=${DSTEER_VLLM_VENV:-build/vllm-venv}/bin
+# (v̄ only: a generation point took ~9 min on 2 shared cores with vLLM, so K = 20 random directions would take ~13 h;
+# FINE_CONTROLS=random:20 adds them where there is the time)
 [[ $STEP == behaviour_fine ]] && "$VLLM_BIN/dsteer-eval" sweep --backend vllm \
     --model-args pair=refusal,gpu_memory_utilization=0.15,max_model_len=1024 --alphas -0.5,-0.25,0 \
-    --base-alphas 0,0.25,0.5 --controls "random:$K" --tasks dsteer_refusal_balanced,dsteer_refusal_ll_balanced \
+    --base-alphas 0,0.25,0.5 --controls "${FINE_CONTROLS:-none}" --tasks dsteer_refusal_balanced,dsteer_refusal_ll_balanced \
     --limit 40 --output results/report_refusal_behaviour_fine --report --no-plots
 # where: by layer (and the authors' last-five-layers set) at alpha -1 / +1, chosen on the probe-part _select rows
 [[ $STEP == all || $STEP == layers ]] && "$BIN/dsteer-eval" sweep --model-args pair=refusal --layers "$WHERE_LAYERS" \
