@@ -112,3 +112,20 @@ def check_prompts(dataset):
                 f"toxicity row {index}: needs a non-empty 'prompt': {{'text': ...}} (RealToxicityPrompts schema)"
             )
     return dataset
+
+
+def eval_part(dataset):
+    """Only the rows of the eval part of the file-level split (``part == "eval"``; dsteer_eval.data.splits): the
+    offline RealToxicityPrompts task reads them, the probe and the DPO pairs the other parts."""
+    return check_prompts(_part(dataset, "eval"))
+
+
+def probe_part(dataset):
+    """Only the rows of the probe part (``part == "probe"``): never trained on, not the eval rows."""
+    return check_prompts(_part(dataset, "probe"))
+
+
+def _part(dataset, part: str):
+    if "part" not in dataset.column_names:
+        raise ValueError(f"the {part!r}-part filter needs a 'part' field in every row (dsteer_eval.data.splits)")
+    return dataset.filter(lambda doc: doc["part"] == part)
