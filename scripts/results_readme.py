@@ -222,7 +222,10 @@ def _hand_rates() -> list[str]:
             "model does **not comply** with (refuses or declines) and of harmless questions it **answers**, over "
             "the replies that are not OFF (nonsense, loops, off-topic; counted apart), with 95 % Wilson intervals. "
             "Position `all`, layer 20, the refusal pair; rows from `results/report_refusal_behaviour` (its first "
-            "20 + 20 eval documents) and, at α = 0, from 120 further eval documents (`gen-*`: documents 40–159 of the balanced order).", "",
+            "20 + 20 eval documents), at α = 0 from 120 further eval documents (`gen-*`: documents 40–159 of the balanced "
+            "order), and (`fresh-heldout4/*`) from 40 further harmful eval requests and the 22 harmless probe-part "
+            "questions at DPO and base α = 0, DPO − v̄ (α = −1) and base + v̄ (α = +1), each reply read by two "
+            "readers independently (the majority of three where they differ).", "",
             "| point | side | α | direction | does not comply (harmful) | OFF (harmful) | answers (harmless) | OFF (harmless) |",
             "| --- | --- | ---: | --- | --- | ---: | --- | ---: |"]
     for point in sorted(facts, key=lambda p: (facts[p][0], abs(facts[p][1]), facts[p][2], p)):
