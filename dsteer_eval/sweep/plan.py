@@ -343,7 +343,7 @@ def check_output(out: Path, settings: dict, overwrite: bool) -> None:
         changed.append(f"control_seed: {was} then, {now} now (other random directions)")
     if legacy:
         log.warning("sweep: %s was written before the scorer/judge/model-contents fingerprint; resuming on the "
-                    "assumption that they did not change", record)
+                    "assumption that they did not change", out / "sweep.json")
     if changed:
         raise ValueError(f"--output {out} holds a sweep with other settings ({'; '.join(changed)}); resuming would "
                          f"mix incomparable results. Choose a new folder (--output) or pass --overwrite to start over")
