@@ -56,7 +56,12 @@ def snapshot(model):
 
 
 def no_hooks_left(model) -> bool:
-    return all(not (m._forward_hooks or m._forward_pre_hooks) for m in model.modules())
+    """No hook of ours is left. transformers (5.x) installs persistent output-capturing hooks of its own the first
+    time a model is asked for hidden states (any earlier test on the shared model may have done so): not ours."""
+    def ours(hooks):
+        return [h for h in hooks.values() if "output_capturing_hook" not in getattr(h, "__qualname__", "")]
+
+    return all(not ours(m._forward_hooks) and not ours(m._forward_pre_hooks) for m in model.modules())
 
 
 def same_weights(model, snap) -> bool:
