@@ -11,6 +11,23 @@ from test_sweep import config
 from test_tasks import write_vector
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_task_index():
+    """Every plan here indexes the same tasks: build lm-eval's task index once (it takes seconds), not per plan."""
+    import lm_eval.tasks
+
+    real, built = lm_eval.tasks.TaskManager, {}
+
+    def shared(include_path=None, **kwargs):
+        if include_path not in built:
+            built[include_path] = real(include_path=include_path, **kwargs)
+        return built[include_path]
+
+    lm_eval.tasks.TaskManager = shared
+    yield
+    lm_eval.tasks.TaskManager = real
+
+
 @pytest.fixture(scope="module")
 def vec(tiny, tmp_path_factory):
     return write_vector(tmp_path_factory.mktemp("seedvec") / "v.safetensors", tiny[0])
