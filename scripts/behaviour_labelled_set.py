@@ -55,7 +55,7 @@ def decide(ids: list[str], readers: list[tuple[str, dict]], third: tuple[str, di
         labels[third[0]] = mark["label"]
         winner = next((x for x in labels.values() if list(labels.values()).count(x) >= 2), mark["label"])
         agreeing = [r for r, x in labels.items() if x == winner]
-        source = next(got[r] for r in agreeing if r in got) if any(r in got for r in agreeing) else mark
+        source = next((got[r] for r in agreeing if r in got), mark)
         out[i] = (winner, "+".join(agreeing), labels, source)
     return out
 

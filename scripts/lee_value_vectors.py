@@ -85,10 +85,11 @@ def main() -> None:
     gamma = parts.final_norm.weight.detach().double().numpy()
     direction = torch.tensor(gamma * probe.weight, dtype=torch.float32)
     ranked = rank_by_cosine(model, direction, top=128)
-    n_layers, width = parts.num_layers, value_vectors(model, 0).shape[0]
+    values = [value_vectors(model, layer) for layer in range(parts.num_layers)]  # each layer copied once
+    n_layers, width = parts.num_layers, values[0].shape[0]
     top = []
     for neuron in ranked[:TOP]:
-        vec = value_vectors(model, neuron.layer)[neuron.index]
+        vec = values[neuron.layer][neuron.index]
         lens = logit_lens(model, tok, vec, top=LENS)
         top.append({"layer": neuron.layer, "index": neuron.index, "cosine": neuron.cosine, "norm": neuron.norm,
                     "lens": [t for t, _ in lens]})
@@ -111,7 +112,7 @@ def main() -> None:
         tokens = []
         for flat in picks:
             layer, index = divmod(int(flat), width)
-            tokens += [t for t, _ in logit_lens(model, tok, value_vectors(model, layer)[index], top=LENS)]
+            tokens += [t for t, _ in logit_lens(model, tok, values[layer][index], top=LENS)]
         random_shares.append(float(np.mean(profane(tokens))))
     p_share = (1 + sum(x >= top_share for x in random_shares)) / (K + 1)
 

@@ -116,13 +116,8 @@ def check_prompts(dataset):
 
 def eval_part(dataset):
     """Only the rows of the eval part of the file-level split (``part == "eval"``; dsteer_eval.data.splits): the
-    offline RealToxicityPrompts task reads them, the probe and the DPO pairs the other parts."""
+    offline RealToxicityPrompts task reads them; the probe and the DPO pairs read the other parts."""
     return check_prompts(_part(dataset, "eval"))
-
-
-def probe_part(dataset):
-    """Only the rows of the probe part (``part == "probe"``): never trained on, not the eval rows."""
-    return check_prompts(_part(dataset, "probe"))
 
 
 def _part(dataset, part: str):
