@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from dsteer_eval.models.loading import load_model  # noqa: E402
-from dsteer_eval.probes.toxicity_probe import fit_probe, mean_states, score  # noqa: E402
+from dsteer_eval.probes.toxicity_probe import choose_l2, fit_probe, mean_states, score  # noqa: E402
 from dsteer_eval.probes.value_vectors import logit_lens, rank_by_cosine, top_svd, value_vectors  # noqa: E402
 from dsteer_eval.steering.sites import resolve_parts  # noqa: E402
 
@@ -50,21 +50,6 @@ def profane(tokens: list[str]) -> list[bool]:
     return [bool(p >= 0.5 and t) for p, t in zip(probs, cleaned)]
 
 
-L2_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
-
-
-def choose_l2(states: np.ndarray, labels: np.ndarray, site: int) -> tuple[float, dict]:
-    """The L2 penalty with the best mean balanced accuracy in 5 folds of the fitting rows (the held-out rows are
-    never seen), and every setting's score."""
-    folds = np.arange(len(labels)) % 5
-    found = {}
-    for l2 in L2_GRID:
-        accs = [score(fit_probe(states[folds != k], labels[folds != k], site=site, label_name=LABEL, l2=l2),
-                      states[folds == k], labels[folds == k])["balanced_accuracy"] for k in range(5)]
-        found[l2] = float(np.mean(accs))
-    return max(found, key=found.get), found
-
-
 def main() -> None:
     from profanity_check import predict_prob
 
@@ -77,7 +62,7 @@ def main() -> None:
     site = parts.num_layers
     states = mean_states(model, tok, texts, site=site)
     fit = np.array([r["part"] in ("train", "vector") for r in rows])
-    l2, cv = choose_l2(states[fit], labels[fit], site)
+    l2, cv = choose_l2(states[fit], labels[fit], site=site, label_name=LABEL)
     probe = fit_probe(states[fit], labels[fit], site=site, label_name=LABEL, l2=l2)
     held = score(probe, states[~fit], labels[~fit])
     train = score(probe, states[fit], labels[fit])

@@ -12,6 +12,7 @@ import sys
 from dsteer_eval import __version__
 from dsteer_eval.cli import (
     build_refusal,
+    build_toxicity,
     ceiling,
     classify,
     convert,
@@ -31,7 +32,7 @@ from dsteer_eval.cli.errors import os_error_message
 from dsteer_eval.common.redaction import install_log_redaction, redact
 
 # in the order `dsteer-eval --help` lists them
-VERBS = (model_path, extract, convert, train_dpo, dpo_gate, build_refusal, sweep, ceiling, leaderboard, info,
+VERBS = (model_path, extract, convert, train_dpo, dpo_gate, build_refusal, build_toxicity, sweep, ceiling, leaderboard, info,
          probe, winrate, report, classify, validate_classifier)
 
 

@@ -12,3 +12,12 @@ def label(items) -> str:
     """The one label every document reported (e.g. the toxicity scorer); several are joined by ``|``."""
     seen = list(dict.fromkeys(str(item) for item in items))
     return "|".join(seen)
+
+
+def finite_mean(items) -> float:
+    """Mean of the finite per-document numbers (a non-finite one is counted by the task's own ``n_nonfinite``,
+    never averaged in); NaN when none is finite."""
+    import math
+
+    kept = [float(x) for x in items if x is not None and math.isfinite(float(x))]
+    return sum(kept) / len(kept) if kept else float("nan")

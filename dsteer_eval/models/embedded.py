@@ -165,8 +165,10 @@ def ensure_embedded(name: str = DEFAULT_MODEL) -> Path:
 # The base/DPO pairs shipped for the embedded model: pair name -> (adapter folder, vector file) under
 # dsteer_eval/artifacts/<model>/. "refusal" (the default) is the pair whose DPO effect passes its gate
 # (docs/data-and-splits.md); "hh" is the HH harmless pair, trained on the
-# train part of the same file-level split (scripts/hh_pipeline.sh).
-PAIRS = {"refusal": ("refusal/adapter", "refusal/vector.safetensors"), "hh": ("hh/adapter", "hh/vector.safetensors")}
+# train part of the same file-level split (scripts/hh_pipeline.sh); "toxicity" is Lee et al. 2024's setup on the
+# RealToxicityPrompts prompts the package ships (scripts/toxicity_pipeline.sh, docs/lee-et-al.md).
+PAIRS = {"refusal": ("refusal/adapter", "refusal/vector.safetensors"), "hh": ("hh/adapter", "hh/vector.safetensors"),
+         "toxicity": ("toxicity/adapter", "toxicity/vector.safetensors")}
 DEFAULT_PAIR = "refusal"
 
 

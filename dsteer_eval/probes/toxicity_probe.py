@@ -104,3 +104,22 @@ def score(probe: LinearProbe, states: np.ndarray, labels) -> dict:
     recalls = [float((pred[y == c] == c).mean()) for c in (0, 1) if (y == c).any()]
     return {"n": int(len(y)), "positives": int(y.sum()), "accuracy": float((pred == y).mean()),
             "balanced_accuracy": float(np.mean(recalls)) if recalls else None}
+
+
+L2_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
+
+
+def choose_l2(states: np.ndarray, labels, *, site: int, label_name: str, grid=L2_GRID,
+              folds: int = 5) -> tuple[float, dict]:
+    """The L2 penalty of ``grid`` with the best mean balanced accuracy over ``folds`` interleaved folds of these
+    rows (rows the caller holds out are never seen), and every setting's score."""
+    labels = np.asarray(labels).astype(int)
+    if folds < 2 or len(labels) < 2 * folds:
+        raise ValueError(f"folds={folds}: need folds >= 2 and at least 2 rows per fold ({len(labels)} rows)")
+    fold = np.arange(len(labels)) % folds
+    found = {}
+    for l2 in grid:
+        accs = [score(fit_probe(states[fold != k], labels[fold != k], site=site, label_name=label_name, l2=l2),
+                      states[fold == k], labels[fold == k])["balanced_accuracy"] for k in range(folds)]
+        found[float(l2)] = float(np.mean(accs))
+    return max(found, key=found.get), found
