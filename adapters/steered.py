@@ -45,12 +45,18 @@ from dsteer_eval.adapters.lm_cache import model_identity, rekey, steering_digest
 from dsteer_eval.adapters.packed_contexts import PACKABLE_ATTENTION, packed_loglikelihood_tokens
 from dsteer_eval.adapters.plugin import tasks_dir
 from dsteer_eval.metrics.reference_models import register_active
-from dsteer_eval.models.defaults import NoDefaultVectorError, model_name, resolve_default_pair  # noqa: F401 (re-export)
+from dsteer_eval.models.defaults import (  # noqa: F401 (NoDefaultVectorError re-exported)
+    NoDefaultVectorError,
+    model_name,
+    resolve_default_pair,
+    resolve_key_neurons,
+)
 from dsteer_eval.models.embedded import resolve_pretrained
 from dsteer_eval.steering.args import SteerArgs, parse_bool, resolve_sites
 from dsteer_eval.steering.controls import random_direction
 from dsteer_eval.steering.guard import NonFiniteStateError, finite_guard  # noqa: F401 (NonFiniteStateError re-exported)
 from dsteer_eval.steering.hook import Intervention, check_fits_dtype, direction_norm, steer
+from dsteer_eval.steering.key_scaling import check_factor, key_scale_edits
 from dsteer_eval.steering.sites import ModelParts, resolve_parts
 from dsteer_eval.vectors import VectorFile, check_compatible, load_vectors
 
@@ -142,6 +148,8 @@ class SteeredLM(HFLM):
         pair: str | None = None,
         vector_pair: str | None = None,
         steer_path: str | None = None,
+        scale_keys: str | None = None,
+        key_factor=10.0,
         device: str | None = None,
         head_positions: str = "continuation",
         pack_contexts=False,
@@ -158,6 +166,8 @@ class SteeredLM(HFLM):
             raise ValueError(f"head_positions={head_positions!r}: use continuation (the LM head only where "
                              f"log-likelihoods are read; the default) or all (lm-eval's own loop)")
         pack_contexts = parse_bool(pack_contexts, "pack_contexts")
+        key_neurons = None if scale_keys is None else resolve_key_neurons(pretrained, scale_keys)
+        key_factor = check_factor(key_factor)
         builtin = None
         vector_file: VectorFile | None = None
         if steer_path is not None:
@@ -186,6 +196,7 @@ class SteeredLM(HFLM):
                        "dtype": kwargs.get("dtype")}
         # what, besides the steering itself, changes this model's numbers: keys its --use_cache entries
         self._cache_identity = {"pretrained": pretrained, "peft": kwargs.get("peft"), "steer_path": steer_path,
+                                "scale_keys": None if key_neurons is None else [key_neurons, key_factor],
                                 "model_args": {k: repr(v) for k, v in kwargs.items() if k not in _CACHE_NEUTRAL}}
         if str(kwargs.get("peft", "")).strip().lower() == "none":
             kwargs.pop("peft")  # peft=none: the base model itself
@@ -203,6 +214,11 @@ class SteeredLM(HFLM):
         self._position = args.position
         self._interventions: list[Intervention] = []
         self._module_edits: list = []
+        # scale_keys=: a fixed change of the model (Lee et al.'s un-aligning), at every position of every pass,
+        # kept when a sweep re-points the steering
+        self._model_edits = [] if key_neurons is None else key_scale_edits(self._parts, key_neurons, key_factor)
+        if key_neurons is not None:
+            self._label.update(scale_keys=scale_keys, key_factor=key_factor)
         if builtin is not None:
             self._module_edits = builtin_edits(self.model, self.device, builtin, args.alphas,
                                               where=f"steer_path={builtin_path}")
@@ -359,7 +375,7 @@ class SteeredLM(HFLM):
         Every forward pass inside it has its logits checked: NaN/inf raises
         :class:`NonFiniteStateError` instead of being scored (argmax over NaN picks choice 0)."""
         parts = parts or self._parts
-        with steer(
+        with steer(self.model, module_edits=self._model_edits, parts=self._parts), steer(
             self.model,
             self._interventions,
             position=self._position,

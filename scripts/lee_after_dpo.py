@@ -63,6 +63,8 @@ from dsteer_eval.vectors import load_vectors  # noqa: E402
 OUT = ROOT / "results" / "lee_smollm2"
 PAIRS = ROOT / "results" / "toxicity_pair" / "toxicity_pairs.jsonl.gz"
 K, TOP, FEW, SEED = 20, 128, 5, 0
+ART = ROOT / "dsteer_eval" / "artifacts" / "smollm2" / "toxicity"
+SITE = 29  # where Table 2's directions are subtracted
 LABEL = "rejected (probe-steered, scored toxic) vs chosen (unsteered, scored non-toxic) continuation"
 
 
@@ -155,6 +157,7 @@ def main() -> None:
     values = {n.layer: value_vectors(base, n.layer) for n in ranked[:10]}
     top10 = [{"layer": n.layer, "index": n.index, "cosine": n.cosine,
               "lens": [t for t, _ in logit_lens(base, tok, values[n.layer][n.index], top=10)]} for n in ranked[:10]]
+    write_directions(base, path, direction, ranked)
     gen = torch.Generator().manual_seed(SEED)
     random_best = [rank_by_cosine(base, torch.randn(d, generator=gen), top=1)[0].cosine for _ in range(K)]
     p_best = (1 + sum(x >= ranked[0].cosine for x in random_best)) / (K + 1)
@@ -280,6 +283,30 @@ def main() -> None:
     (OUT / "after_dpo.json").write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
     (OUT / "after_dpo.md").write_text(markdown(result), encoding="utf-8")
     print(markdown(result))
+
+
+def write_directions(base, path, direction, ranked) -> None:
+    """What Table 2's interventions subtract, as steering-vector files at site 29 (the residual entering the last
+    block: the deepest pre-norm state a steering hook reaches), each of unit norm: the probe moved through the final
+    norm (γ ⊙ w), the top toxic value vector, SVD.U[0] of the top 128 (signed to point along the probe); and the
+    ranked neurons for ``steered`` ``scale_keys=toxic:K`` (Table 4)."""
+    from dsteer_eval.probes.value_vectors import top_svd
+    from dsteer_eval.vectors import save_vectors
+
+    unit = direction / direction.norm()
+    top = value_vectors(base, ranked[0].layer)[ranked[0].index]
+    u0 = top_svd(base, ranked, k=1)[0]
+    u0 = u0 if float(u0 @ unit) >= 0 else -u0
+    for name, vec, what in (("probe_final", unit, "toxicity probe (site 30) moved through the final norm"),
+                            ("value_top1", top / top.norm(), f"value vector L{ranked[0].layer}.{ranked[0].index}"),
+                            ("svd_u0", u0 / u0.norm(), f"SVD.U[0] of the top {len(ranked)} toxic value vectors")):
+        save_vectors(ART / f"{name}.safetensors", {SITE: vec.float()}, model=base, model_id=path,
+                     method=f"lee-{name.replace('_', '-')}", extra={"what": what, "unit": True,
+                                                                    "written_by": "scripts/lee_after_dpo.py"})
+    (ART / "toxic_neurons.json").write_text(json.dumps({
+        "what": "value vectors of the base model ranked by cos with the toxicity probe moved through the final norm "
+                "(scripts/lee_after_dpo.py); for steered scale_keys=toxic:K",
+        "neurons": [[n.layer, n.index] for n in ranked], "cosines": [n.cosine for n in ranked]}, indent=1) + "\n")
 
 
 def figures(fig5, offset, pb, pd, ab, ad, top) -> None:

@@ -15,9 +15,18 @@ once:
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
-from dsteer_eval.models.embedded import DEFAULT_MODEL, check_pair, default_adapter, default_vector, is_embedded_name
+from dsteer_eval.steering.key_scaling import parse_neurons
+from dsteer_eval.models.embedded import (
+    DEFAULT_MODEL,
+    check_pair,
+    default_adapter,
+    default_vector,
+    is_embedded_name,
+    shipped_file,
+)
 
 
 class NoDefaultVectorError(ValueError):
@@ -120,3 +129,29 @@ def resolve_dpo_side(pretrained=None, *, dpo=None, peft=None) -> dict:
     if adapter is not None:
         return {"adapter": adapter}
     raise ValueError("this method needs the DPO model: pass --dpo CHECKPOINT or --peft ADAPTER_FOLDER")
+
+
+# the ranked toxic neurons of the toxicity pair's base model (written by scripts/lee_after_dpo.py: value vectors
+# by cosine with the toxicity probe moved through the final norm), for scale_keys=toxic:K
+TOXIC_NEURONS = "toxicity/toxic_neurons.json"
+
+
+def resolve_key_neurons(pretrained, spec) -> list[tuple[int, int]]:
+    """``scale_keys=`` as a list of (layer, index): ``toxic:K`` = the top K toxic neurons the package ships for the
+    embedded model (its toxicity pair), or neurons named ``L.j`` joined by ``+``."""
+    text = str(spec).strip()
+    if not text.lower().startswith("toxic:"):
+        return parse_neurons(text)
+    try:
+        k = int(text.split(":", 1)[1])
+    except ValueError:
+        raise ValueError(f"scale_keys={spec!r}: toxic:K needs a whole number K >= 1, e.g. scale_keys=toxic:7") from None
+    key = _embedded_key(pretrained)
+    found = shipped_file(key, TOXIC_NEURONS) if key else None
+    if found is None:
+        raise ValueError(f"scale_keys={spec!r}: the package ships toxic neurons only for the embedded model's "
+                         f"toxicity pair ({TOXIC_NEURONS}); name neurons as LAYER.INDEX joined by '+'")
+    ranked = [tuple(n) for n in json.loads(found.read_text(encoding="utf-8"))["neurons"]]
+    if not 1 <= k <= len(ranked):
+        raise ValueError(f"scale_keys={spec!r}: K must be in 1..{len(ranked)} (the shipped ranking's length)")
+    return ranked[:k]

@@ -187,6 +187,12 @@ def default_vector(name: str = DEFAULT_MODEL, pair: str | None = None) -> Path |
     return Path(str(resource)) if resource.is_file() else None
 
 
+def shipped_file(name: str, relative: str) -> Path | None:
+    """A file the package ships under ``artifacts/<name>/`` (e.g. ``toxicity/toxic_neurons.json``), if present."""
+    resource = files("dsteer_eval") / "artifacts" / name / relative
+    return Path(str(resource)) if resource.is_file() else None
+
+
 def default_adapter(name: str = DEFAULT_MODEL, pair: str | None = None) -> Path | None:
     """The DPO LoRA adapter the package ships for an embedded model's ``pair``, if any."""
 
