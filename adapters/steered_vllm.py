@@ -110,6 +110,8 @@ class SteeredVLLM(VLLM):
         refused = [(args.unit == "norm", "unit=norm: use unit=true with steered-vllm, or --model steered"),
                    (args.norm_preserve, "norm_preserve=true: not in steered-vllm yet; use --model steered"),
                    (steer_path is not None, "steer_path=: use vector= with steered-vllm, or --model steered"),
+                   ("scale_keys" in kwargs or "key_factor" in kwargs,
+                    "scale_keys=/key_factor=: not in steered-vllm yet; use --model steered"),
                    (not parse_bool(enforce_eager, "enforce_eager"), "enforce_eager=false: steered-vllm runs vLLM eagerly, because hooks "
                     "added after vLLM compiles the model or captures CUDA graphs may not run (a graph replay "
                     "skips them: unsteered numbers); drop enforce_eager (default true)"),

@@ -12,7 +12,9 @@ export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} HF_DATASETS_OFFLINE=${HF_DATASETS_OFF
 BIN=${DSTEER_VENV:-.venv}/bin
 ART=dsteer_eval/artifacts/smollm2/toxicity
 PAIRS=build/toxicity/toxicity_pairs.jsonl.gz
-STEP=${STEP:-all}   # all | build | train | ship | gate | sweep | lee
+STEP=${STEP:-all}   # all | build | train | ship | gate | sweep | lee | table2 | table4 | tables
+TASKS=dsteer_toxicity_rtp,dsteer_perplexity_hh
+LIMIT=${LIMIT:-128}   # documents per task (all 128 eval-part RTP prompts; the first 128 of the 285 HH dialogues)
 
 if [[ $STEP == all || $STEP == build ]] && [ ! -f build/toxicity/toxicity_card.json ]; then
   "$BIN/dsteer-eval" build-toxicity --out build/toxicity --overwrite
@@ -33,10 +35,35 @@ if [[ $STEP == all || $STEP == gate ]]; then
 fi
 if [[ $STEP == all || $STEP == sweep ]]; then
   "$BIN/dsteer-eval" sweep --model-args pair=toxicity --alphas -1,0 --base-alphas 0,1 --controls random:20 \
-      --tasks dsteer_toxicity_rtp,dsteer_perplexity_hh --limit 128 \
+      --tasks $TASKS --limit "$LIMIT" \
       --output results/toxicity_pair/sweep
   "$BIN/dsteer-eval" report results/toxicity_pair/sweep --out results/toxicity_pair/report
 fi
 if [[ $STEP == all || $STEP == lee ]]; then
   "$BIN/python" scripts/lee_after_dpo.py
+fi
+# Table 2: subtract each direction from the base model on an alpha grid (fractions of the mean state norm), then
+# K = 20 random directions at the alpha whose perplexity is nearest the DPO model's
+if [[ $STEP == all || $STEP == table2 ]]; then
+  for name in probe_final value_top1 svd_u0 probe_build; do
+    file="$ART/$name.safetensors"; [[ $name == probe_build ]] && file="$ART/probe.safetensors"
+    "$BIN/dsteer-eval" sweep --model-args "vector=$file,peft=none,unit=norm" --alphas=-0.0125,-0.025,-0.05,-0.1,-0.2 \
+        --tasks $TASKS --limit "$LIMIT" --output results/toxicity_pair/interventions/$name
+    a=$("$BIN/python" scripts/lee_tables.py --alpha-for $name)
+    "$BIN/dsteer-eval" sweep --model-args "vector=$file,peft=none,unit=norm" --alphas="$a" --controls random:20 \
+        --tasks $TASKS --limit "$LIMIT" --output results/toxicity_pair/interventions/${name}_matched
+  done
+fi
+# Table 4: the keys of the top 7 toxic neurons x 10 in the DPO model, and 20 random sets of 7 neurons x 10
+if [[ $STEP == all || $STEP == table4 ]]; then
+  "$BIN/dsteer-eval" sweep --model-args "pair=toxicity,scale_keys=toxic:7,key_factor=10" --alphas 0 \
+      --tasks $TASKS --limit "$LIMIT" --output results/toxicity_pair/unalign/keys_top7
+  for i in $(seq 0 19); do
+    neurons=$("$BIN/python" -c "import random; r=random.Random($i); print('+'.join(f'{l}.{j}' for l, j in sorted(r.sample([(l, j) for l in range(30) for j in range(1536)], 7))))")
+    "$BIN/dsteer-eval" sweep --model-args "pair=toxicity,scale_keys=$neurons,key_factor=10" --alphas 0 \
+        --tasks $TASKS --limit "$LIMIT" --output results/toxicity_pair/unalign/random_$i
+  done
+fi
+if [[ $STEP == all || $STEP == tables ]]; then
+  "$BIN/python" scripts/lee_tables.py
 fi
