@@ -89,12 +89,12 @@ PRESETS = {
     "hh": {"part": "train", "settings": dict(
         beta=0.1, learning_rate=5e-4, epochs=1.0, batch_size=4, warmup_steps=10, lora_r=16, lora_alpha=32,
         lora_targets="all-linear")},
-    # the toxicity pair (Lee et al. 2024 on the embedded model): build-toxicity's toxicity_pairs.jsonl.gz, 2 epochs
+    # the toxicity pair (Lee et al. 2024 on the embedded model): build-toxicity's toxicity_pairs.jsonl.gz, 1 epoch
     # over the train part; beta 0.1 as the paper (which trained every weight with RMSprop at lr 1e-6); LoRA r 16 on
     # every linear layer, so the MLP value vectors (down_proj) and keys (gate/up) can change. No hparam sweep: the
     # other presets' learning rate. Prompts and continuations are short (20 tokens), hence the short max lengths.
     "toxicity": {"part": "train", "settings": dict(
-        beta=0.1, learning_rate=5e-4, epochs=2.0, batch_size=4, warmup_steps=10, lora_r=16, lora_alpha=32,
+        beta=0.1, learning_rate=5e-4, epochs=1.0, batch_size=4, warmup_steps=10, lora_r=16, lora_alpha=32,
         lora_targets="all-linear", max_length=96, max_prompt_length=64)},
 }
 

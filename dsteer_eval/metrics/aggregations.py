@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 
 def total(items) -> int:
     """Sum of per-document counts (skipped pairs, failed scorer calls, ...)."""
@@ -17,7 +19,5 @@ def label(items) -> str:
 def finite_mean(items) -> float:
     """Mean of the finite per-document numbers (a non-finite one is counted by the task's own ``n_nonfinite``,
     never averaged in); NaN when none is finite."""
-    import math
-
     kept = [float(x) for x in items if x is not None and math.isfinite(float(x))]
     return sum(kept) / len(kept) if kept else float("nan")

