@@ -30,7 +30,7 @@ def _shipped(pair: str):
 def test_shipped_pair_is_trained_on_train_and_extracted_on_vector(pair):
     card, meta = _shipped(pair)
     assert card["data"]["part"] == "train" and card["data"]["eval_part"] == "eval"
-    assert card["gate"]["pairs"] >= 128 and isinstance(card["gate"]["passed"], bool)
+    assert card["gate"]["pairs"] >= (112 if pair == "toxicity" else 128) and isinstance(card["gate"]["passed"], bool)
     if pair == "toxicity":  # no hparam sweep: the preset's settings (docs/lee-et-al.md)
         assert "hparam_choice" not in card and card["preset"] == "toxicity"
     else:
