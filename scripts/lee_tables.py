@@ -1,11 +1,12 @@
 """Lee et al.'s Table 2 and Table 4 on the embedded model, beside D-STEER's ±v̄, from the toxicity pair's sweeps
-(scripts/toxicity_pipeline.sh steps sweep, table2, table4). Writes results/lee_smollm2/tables.{json,md}.
+(scripts/toxicity_pipeline.sh steps sweep, table2, table4; perplexity from results/toxicity_pair/sweep_ppl). Writes results/lee_smollm2/tables.{json,md}.
 
     .venv/bin/python scripts/lee_tables.py
 
 Data: the eval part of the offline RTP prompts (dsteer_toxicity_rtp: 20 greedy tokens, offline alt-profanity-check,
 degenerate continuations counted and never scored) and the first documents of the held-out HH dialogues
-(dsteer_perplexity_hh), the same documents at every point. Toxicity is the mean per-prompt score; perplexity is
+(dsteer_perplexity_hh), the same documents at every point (Tables 2 and 4: the first 64 of each, paired with the main sweep's base and DPO
+points on the same document ids). Toxicity is the mean per-prompt score; perplexity is
 the corpus word perplexity and, per document, bits per byte (what the paired CIs use).
 
 Table 2 (subtract a direction from the base model): for each direction, the alpha of its grid whose mean bits per
@@ -39,7 +40,6 @@ DIRECTIONS = {  # sweep folder -> what it subtracts
     "svd_u0": "SVD.U[0] of the top-128 toxic value vectors, at site 29",
     "probe_build": "the site-15 probe that built the rejected continuations, at site 15",
 }
-GRID = "-0.0125,-0.025,-0.05,-0.1,-0.2"  # unit=norm: fractions of the mean state norm at the site
 
 
 def per_doc(sweep: Path, point: str, task: str, metric: str) -> dict[int, float]:
@@ -128,7 +128,7 @@ def table4(dpo_tox, base_tox) -> dict:
 
 def alpha_for(name: str) -> float:
     """The alpha of direction ``name``'s grid whose mean bits per byte is nearest the DPO model's."""
-    target = float(np.mean(list(per_doc(PAIR / "sweep", "unsteered", PPL, "doc_bits_per_byte").values())))
+    target = float(np.mean(list(per_doc(PAIR / "sweep_ppl", "unsteered", PPL, "doc_bits_per_byte").values())))
     sweep = PAIR / "interventions" / name
     grid = [(p["alpha"], float(np.mean(list(per_doc(sweep, p["name"], PPL, "doc_bits_per_byte").values()))))
             for p in points(sweep) if p["control"] is None and p["layer"] is not None]
@@ -139,24 +139,24 @@ def main() -> None:
     if len(sys.argv) == 3 and sys.argv[1] == "--alpha-for":
         print(f"{alpha_for(sys.argv[2]):g}")
         return
-    main_sweep = PAIR / "sweep"
+    main_sweep, ppl_sweep = PAIR / "sweep", PAIR / "sweep_ppl"
     dpo_tox = per_doc(main_sweep, "unsteered", TOX, "toxicity")
     base_tox = per_doc(main_sweep, "base", TOX, "toxicity")
-    dpo_bpb = per_doc(main_sweep, "unsteered", PPL, "doc_bits_per_byte")
-    base_bpb = per_doc(main_sweep, "base", PPL, "doc_bits_per_byte")
+    dpo_bpb = per_doc(ppl_sweep, "unsteered", PPL, "doc_bits_per_byte")
+    base_bpb = per_doc(ppl_sweep, "base", PPL, "doc_bits_per_byte")
     dsteer = {}
     for name, start, target, label in (("L20_a-1", dpo_tox, base_tox, "−v̄ on the DPO model (takes back)"),
                                        ("base_L20_a1", base_tox, dpo_tox, "+v̄ on the base (installs)")):
         moved = per_doc(main_sweep, name, TOX, "toxicity")
         dsteer[name] = {"what": label, "closure": closure(moved, start, target),
                         "toxicity": float(np.mean(list(moved.values()))),
-                        "word_perplexity": corpus(main_sweep, name, PPL, "word_perplexity")}
+                        "word_perplexity": corpus(ppl_sweep, name, PPL, "word_perplexity")}
     result = {
         "base": {"toxicity": float(np.mean(list(base_tox.values()))), "bits_per_byte": float(np.mean(list(base_bpb.values()))),
-                 "word_perplexity": corpus(main_sweep, "base", PPL, "word_perplexity"),
+                 "word_perplexity": corpus(ppl_sweep, "base", PPL, "word_perplexity"),
                  "n_degenerate": corpus(main_sweep, "base", TOX, "n_degenerate")},
         "dpo": {"toxicity": float(np.mean(list(dpo_tox.values()))), "bits_per_byte": float(np.mean(list(dpo_bpb.values()))),
-                "word_perplexity": corpus(main_sweep, "unsteered", PPL, "word_perplexity"),
+                "word_perplexity": corpus(ppl_sweep, "unsteered", PPL, "word_perplexity"),
                 "n_degenerate": corpus(main_sweep, "unsteered", TOX, "n_degenerate")},
         "dpo_vs_base": closure(dpo_tox, base_tox, dpo_tox)["gap"],
         "dsteer": dsteer, "table2": table2(dpo_tox, base_tox, dpo_bpb, base_bpb), "table4": table4(dpo_tox, base_tox),

@@ -160,6 +160,8 @@ REPORTS = [
     ("report_refusal_where", "refusal pair: where v̄ works (layers, the last-five-layers set, positions; chosen "
      "on probe-part rows)"),
     ("report_hh_own", "HH pair, its own v̄ (100 eval documents, K = 8)"),
+    ("toxicity_pair", "toxicity pair (Lee et al.'s setup): toxicity on the 128 eval-part RTP prompts and held-out "
+     "perplexity, α = −1 / +1, K = 20"),
     ("report_hh_cross", "HH pair steered by the refusal pair's v̄ (cross-distribution)"),
     ("report_hh", "HH pair: in- vs cross-distribution v̄ side by side"),
 ]
@@ -186,6 +188,26 @@ def _reports() -> list[str]:
                 f"({found.relative_to(RESULTS).parent / 'report.md'}).", "", *card_lines(card), ""]
         out += behaviour_lines(report.get("behaviour") or []) + where_lines(report.get("where") or [])
     return out
+
+
+TOXICITY_CARD = ROOT / "dsteer_eval" / "artifacts" / "smollm2" / "toxicity" / "adapter" / "dpo_card.json"
+LEE = RESULTS / "lee_smollm2"
+
+
+def _toxicity() -> list[str]:
+    """The toxicity pair (Lee et al.'s setup): its card, its report and the Lee pages."""
+    if not TOXICITY_CARD.is_file():
+        return []
+    out = ["## The toxicity pair (`pair=toxicity`, `scripts/toxicity_pipeline.sh`, [docs/lee-et-al.md](../docs/lee-et-al.md))",
+           "", "SmolLM2-135M-Instruct + a LoRA adapter trained with DPO on `build-toxicity`'s train part "
+           "(`toxicity_pair/toxicity_pairs.jsonl.gz`, `toxicity_pair/toxicity_card.json`):", "", _card(TOXICITY_CARD), ""]
+    pages = [(LEE / name, title) for name, title in (
+        ("value_vectors.md", "part 1: the toxicity probe and the toxic value vectors of the base model"),
+        ("after_dpo.md", "part 2: what DPO changed (weights, activations, the offset)"),
+        ("tables.md", "Table 2 and Table 4: subtracting directions, un-aligning by key scaling"),
+        ("bypass.md", "encoded prompts and earlier turns against the DPO offset"))]
+    out += [f"* [{p.relative_to(RESULTS)}]({p.relative_to(RESULTS)}): {title}" for p, title in pages if p.is_file()]
+    return out + [""]
 
 
 LABELLED = ROOT / "tasks" / "refusal" / "behaviour_labels.jsonl"
@@ -262,6 +284,7 @@ def build() -> str:
         *_demo(DEMO, "README command (1) — the thesis on real eval-part rows"),
         *_probe(PROBE, "the probes with their nulls (probe part, never trained on)"),
         *_hh(),
+        *_toxicity(),
         *_hand_rates(),
         *_reports(),
         "## Earlier results",

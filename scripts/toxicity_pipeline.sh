@@ -5,7 +5,7 @@
 # gate/up/down), v-bar on the vector part, the held-out reward gate on the eval part, then the toxicity and
 # perplexity sweep (-v-bar on DPO, +v-bar on the base, K = 20 random directions) and Lee's weight/activation analyses.
 # Re-creates dsteer_eval/artifacts/smollm2/toxicity/, results/toxicity_pair/ and results/lee_smollm2/after_dpo.*
-# About 1.5 hours on 2 CPU cores. Resumable: re-run the same command (finished steps are kept). STEP=<name> runs one.
+# About 2.5 hours on 2 CPU cores (the pairs 25 min, DPO 5 min, the sweeps the rest). Resumable: re-run the same command (finished steps are kept). STEP=<name> runs one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} HF_DATASETS_OFFLINE=${HF_DATASETS_OFFLINE:-1} HF_HUB_DISABLE_TELEMETRY=1
@@ -14,7 +14,8 @@ ART=dsteer_eval/artifacts/smollm2/toxicity
 PAIRS=build/toxicity/toxicity_pairs.jsonl.gz
 STEP=${STEP:-all}   # all | build | train | ship | gate | sweep | lee | table2 | table4 | tables
 TASKS=dsteer_toxicity_rtp,dsteer_perplexity_hh
-LIMIT=${LIMIT:-128}   # documents per task (all 128 eval-part RTP prompts; the first 128 of the 285 HH dialogues)
+LIMIT=${LIMIT:-64}    # documents per task: the first 64 of the 128 eval-part RTP prompts and of the 285 HH dialogues
+TLIMIT=${TLIMIT:-$LIMIT}  # Tables 2 and 4 (paired with the main sweep's documents on the same ids)
 
 if [[ $STEP == all || $STEP == build ]] && [ ! -f build/toxicity/toxicity_card.json ]; then
   "$BIN/dsteer-eval" build-toxicity --out build/toxicity --overwrite
@@ -33,35 +34,40 @@ fi
 if [[ $STEP == all || $STEP == gate ]]; then
   "$BIN/dsteer-eval" dpo-gate "$ART/adapter" --data "$PAIRS" --part eval --write-card
 fi
+# D-STEER on the toxicity pair: toxicity with K = 20 random directions on both sides; perplexity at the same alphas
+# (its own sweep, no random directions: perplexity is the cost column, not a claim)
 if [[ $STEP == all || $STEP == sweep ]]; then
   "$BIN/dsteer-eval" sweep --model-args pair=toxicity --alphas -1,0 --base-alphas 0,1 --controls random:20 \
-      --tasks $TASKS --limit "$LIMIT" \
-      --output results/toxicity_pair/sweep
-  "$BIN/dsteer-eval" report results/toxicity_pair/sweep --out results/toxicity_pair/report
+      --tasks dsteer_toxicity_rtp --limit "$LIMIT" --output results/toxicity_pair/sweep
+  "$BIN/dsteer-eval" sweep --model-args pair=toxicity --alphas -1,0 --base-alphas 0,1 \
+      --tasks dsteer_perplexity_hh --limit "$LIMIT" --output results/toxicity_pair/sweep_ppl
+  "$BIN/dsteer-eval" report results/toxicity_pair/sweep --metrics toxicity,toxicity_probability \
+      --title "toxicity pair (Lee et al.): toxicity on eval-part RTP prompts" --out results/toxicity_pair/report --overwrite
 fi
 if [[ $STEP == all || $STEP == lee ]]; then
   "$BIN/python" scripts/lee_after_dpo.py
 fi
 # Table 2: subtract each direction from the base model on an alpha grid (fractions of the mean state norm), then
-# K = 20 random directions at the alpha whose perplexity is nearest the DPO model's
+# K = 20 random directions at the alpha whose perplexity is nearest the DPO model's (toxicity only: the alpha is
+# already matched)
 if [[ $STEP == all || $STEP == table2 ]]; then
   for name in probe_final value_top1 svd_u0 probe_build; do
     file="$ART/$name.safetensors"; [[ $name == probe_build ]] && file="$ART/probe.safetensors"
-    "$BIN/dsteer-eval" sweep --model-args "vector=$file,peft=none,unit=norm" --alphas=-0.0125,-0.025,-0.05,-0.1,-0.2 \
-        --tasks $TASKS --limit "$LIMIT" --output results/toxicity_pair/interventions/$name
+    "$BIN/dsteer-eval" sweep --model-args "vector=$file,peft=none,unit=norm" --alphas=-0.025,-0.05,-0.1 \
+        --tasks $TASKS --limit "$TLIMIT" --output results/toxicity_pair/interventions/$name
     a=$("$BIN/python" scripts/lee_tables.py --alpha-for $name)
     "$BIN/dsteer-eval" sweep --model-args "vector=$file,peft=none,unit=norm" --alphas="$a" --controls random:20 \
-        --tasks $TASKS --limit "$LIMIT" --output results/toxicity_pair/interventions/${name}_matched
+        --tasks dsteer_toxicity_rtp --limit "$TLIMIT" --output results/toxicity_pair/interventions/${name}_matched
   done
 fi
-# Table 4: the keys of the top 7 toxic neurons x 10 in the DPO model, and 20 random sets of 7 neurons x 10
+# Table 4: the keys of the top 7 toxic neurons x 10 in the DPO model, and 20 random sets of 7 neurons x 10 (toxicity)
 if [[ $STEP == all || $STEP == table4 ]]; then
   "$BIN/dsteer-eval" sweep --model-args "pair=toxicity,scale_keys=toxic:7,key_factor=10" --alphas 0 \
-      --tasks $TASKS --limit "$LIMIT" --output results/toxicity_pair/unalign/keys_top7
+      --tasks $TASKS --limit "$TLIMIT" --output results/toxicity_pair/unalign/keys_top7
   for i in $(seq 0 19); do
     neurons=$("$BIN/python" -c "import random; r=random.Random($i); print('+'.join(f'{l}.{j}' for l, j in sorted(r.sample([(l, j) for l in range(30) for j in range(1536)], 7))))")
     "$BIN/dsteer-eval" sweep --model-args "pair=toxicity,scale_keys=$neurons,key_factor=10" --alphas 0 \
-        --tasks $TASKS --limit "$LIMIT" --output results/toxicity_pair/unalign/random_$i
+        --tasks dsteer_toxicity_rtp --limit "$TLIMIT" --output results/toxicity_pair/unalign/random_$i
   done
 fi
 if [[ $STEP == all || $STEP == tables ]]; then
