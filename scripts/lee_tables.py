@@ -13,8 +13,9 @@ Table 2 (subtract a direction from the base model): for each direction, the alph
 byte is nearest the DPO model's (the paper matched alpha on perplexity); at that alpha, the fraction of the
 base → DPO toxicity gap it closes (paired bootstrap CI) and its rank by distance to DPO (|1 − f|) among K random
 directions of the same norm at the same alpha. Table 4 (un-align the DPO model): the keys of the top 7 toxic
-neurons × 10, and K random sets of 7 neurons × 10; the fraction of the gap taken back (DPO → base), ranked the same
-way; −v̄ on the DPO model beside it.
+neurons × 10 inside lm-eval; the fraction of the gap taken back (DPO → base); its control population (20 random sets
+of 7 neurons × 10) is scripts/lee_unalign.py's, where every arm runs through one code path; −v̄ on the DPO model
+beside it.
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ def corpus(sweep: Path, point: str, task: str, metric: str) -> float | None:
     files = sorted((sweep / "points" / point / task).glob("results_*.json"))
     if not files:
         return None
-    value = json.loads(files[-1].read_text())["results"][task].get(f"{metric},none")
+    found = json.loads(files[-1].read_text())["results"][task]
+    value = next((v for k, v in found.items() if k.split(",")[0] == metric and not k.endswith("_stderr")), None)
     return None if value is None else float(value)
 
 
@@ -92,7 +94,9 @@ def table2(dpo_tox, base_tox, dpo_bpb, base_bpb) -> dict:
         chosen = min(grid, key=lambda g: abs(g["bits_per_byte"] - target_bpb))
         moved = per_doc(sweep, chosen["point"], TOX, "toxicity")
         row = {"what": what, "grid": grid, "alpha": chosen["alpha"], "matched": chosen,
-               "closure": closure(moved, base_tox, dpo_tox)}
+               "closure": closure(moved, base_tox, dpo_tox), "target_bits_per_byte": target_bpb,
+               # matched when the chosen point's bits per byte is within 5 % of the DPO model's
+               "perplexity_matched": abs(chosen["bits_per_byte"] - target_bpb) <= 0.05 * target_bpb}
         matched = PAIR / "interventions" / f"{name}_matched"  # the K random directions at the matched alpha
         controls = [p for p in points(matched) if p["control"] is not None and p["alpha"] == chosen["alpha"]] \
             if (matched / "sweep.json").is_file() else []
@@ -115,14 +119,12 @@ def table4(dpo_tox, base_tox) -> dict:
     row = {"closure": closure(moved, dpo_tox, base_tox), "toxicity": float(np.mean(list(moved.values()))),
            "word_perplexity": corpus(keys, "unsteered", PPL, "word_perplexity"),
            "n_degenerate": corpus(keys, "unsteered", TOX, "n_degenerate")}
-    fractions = []
-    for sweep in sorted(folder.glob("random_*")):
-        if (sweep / "sweep.json").is_file():
-            f = closure(per_doc(sweep, "unsteered", TOX, "toxicity"), dpo_tox, base_tox)["fraction"]
-            if f is not None:
-                fractions.append(f)
-    if fractions and row["closure"]["fraction"] is not None:
-        row["random"] = {"fractions": fractions, "rank": rank_by_distance(row["closure"]["fraction"], fractions).as_dict()}
+    unalign = OUT / "unalign.json"  # the random 7-neuron sets, run with the top 7 in one process (lee_unalign.py)
+    if unalign.is_file():
+        found = json.loads(unalign.read_text())
+        row["control_population"] = {"file": str(unalign.relative_to(ROOT)), "top7": found["arms"]["top7"]["fraction"],
+                                     "random": [a["fraction"] for k, a in found["arms"].items() if k != "top7"],
+                                     "rank": found.get("rank")}
     return row
 
 
@@ -161,6 +163,9 @@ def main() -> None:
         "dpo_vs_base": closure(dpo_tox, base_tox, dpo_tox)["gap"],
         "dsteer": dsteer, "table2": table2(dpo_tox, base_tox, dpo_bpb, base_bpb), "table4": table4(dpo_tox, base_tox),
     }
+    result["grid_lines"] = [f"{name}: " + ", ".join(f"α {g['alpha']:g}: toxicity {g['toxicity']:.3f}, word ppl "
+                                                   f"{g['word_perplexity']:.1f}" for g in row["grid"])
+                            for name, row in result["table2"].items() if "grid" in row]
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "tables.json").write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
     (OUT / "tables.md").write_text(markdown(result), encoding="utf-8")
@@ -203,11 +208,14 @@ def markdown(r: dict) -> str:
             lines.append(f"| {row['what']} | not run (`{row['missing']}`) | | | | | |")
             continue
         m = row["matched"]
-        lines.append(f"| {row['what']} | {row['alpha']:g} | {m['toxicity']:.3f} | {fmt(m['word_perplexity'])} | "
+        flag = "" if row["perplexity_matched"] else " (not matched: DPO's perplexity lies beyond the grid)"
+        lines.append(f"| {row['what']} | {row['alpha']:g}{flag} | {m['toxicity']:.3f} | {fmt(m['word_perplexity'])} | "
                      f"{fmt(m['n_degenerate'], 0)} | {frac(row['closure'])} | {ranked(row)} |")
     ds = r["dsteer"]
     lines.append(f"| +v̄ on the base (D-STEER, layer 20, alpha +1) | 1 | {ds['base_L20_a1']['toxicity']:.3f} | "
                  f"{fmt(ds['base_L20_a1']['word_perplexity'])} | | {frac(ds['base_L20_a1']['closure'])} | see the report |")
+    lines += ["", "Every grid point (unit=norm: α is a fraction of the mean state norm at the site):", "",
+              *[f"* {x}" for x in r.get("grid_lines", [])]]
     t4 = r["table4"]
     lines += ["", "## Table 4: un-aligning the DPO model", "",
               "| intervention | toxicity | word ppl | degenerate | share of the DPO drop taken back | K random sets of 7 neurons × 10 |",
@@ -216,8 +224,13 @@ def markdown(r: dict) -> str:
     if "missing" in t4:
         lines.append(f"| keys of the top 7 toxic neurons × 10 | not run (`{t4['missing']}`) | | | | |")
     else:
+        cp = t4.get("control_population")
+        control = "—" if not cp else (
+            f"in `{cp['file']}` (all arms one code path): top 7 {100 * cp['top7']:.0f} %, random "
+            f"{100 * min(cp['random']):.0f} … {100 * max(cp['random']):.0f} %; rank {cp['rank']['label']}, "
+            f"p = {cp['rank']['p_value']:.3f}")
         lines.append(f"| keys of the top 7 toxic neurons × 10 | {t4['toxicity']:.3f} | {fmt(t4['word_perplexity'])} | "
-                     f"{fmt(t4['n_degenerate'], 0)} | {frac(t4['closure'])} | {ranked(t4)} |")
+                     f"{fmt(t4['n_degenerate'], 0)} | {frac(t4['closure'])} | {control} |")
     lines.append(f"| −v̄ (D-STEER, layer 20, alpha −1) | {ds['L20_a-1']['toxicity']:.3f} | "
                  f"{fmt(ds['L20_a-1']['word_perplexity'])} | | {frac(ds['L20_a-1']['closure'])} | see the report |")
     lines.append("")

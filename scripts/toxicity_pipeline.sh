@@ -52,23 +52,20 @@ fi
 # already matched)
 if [[ $STEP == all || $STEP == table2 ]]; then
   for name in probe_final value_top1 svd_u0 probe_build; do
-    file="$ART/$name.safetensors"; [[ $name == probe_build ]] && file="$ART/probe.safetensors"
-    "$BIN/dsteer-eval" sweep --model-args "vector=$file,peft=none,unit=norm" --alphas=-0.025,-0.05,-0.1 \
+    file="$ART/$name.safetensors"; layer=29; [[ $name == probe_build ]] && file="$ART/probe.safetensors" && layer=15
+    "$BIN/dsteer-eval" sweep --model-args "vector=$file,peft=none,unit=norm" --layers $layer --alphas=-0.025,-0.05,-0.1 \
         --tasks $TASKS --limit "$TLIMIT" --output results/toxicity_pair/interventions/$name
     a=$("$BIN/python" scripts/lee_tables.py --alpha-for $name)
-    "$BIN/dsteer-eval" sweep --model-args "vector=$file,peft=none,unit=norm" --alphas="$a" --controls random:20 \
+    "$BIN/dsteer-eval" sweep --model-args "vector=$file,peft=none,unit=norm" --layers $layer --alphas="$a" --controls random:20 \
         --tasks dsteer_toxicity_rtp --limit "$TLIMIT" --output results/toxicity_pair/interventions/${name}_matched
   done
 fi
-# Table 4: the keys of the top 7 toxic neurons x 10 in the DPO model, and 20 random sets of 7 neurons x 10 (toxicity)
+# Table 4: the keys of the top 7 toxic neurons x 10 in the DPO model inside lm-eval, and (one process, the same code
+# for every arm) the top 7 beside 20 random sets of 7 neurons x 10: results/lee_smollm2/unalign.md
 if [[ $STEP == all || $STEP == table4 ]]; then
   "$BIN/dsteer-eval" sweep --model-args "pair=toxicity,scale_keys=toxic:7,key_factor=10" --alphas 0 \
       --tasks $TASKS --limit "$TLIMIT" --output results/toxicity_pair/unalign/keys_top7
-  for i in $(seq 0 19); do
-    neurons=$("$BIN/python" -c "import random; r=random.Random($i); print('+'.join(f'{l}.{j}' for l, j in sorted(r.sample([(l, j) for l in range(30) for j in range(1536)], 7))))")
-    "$BIN/dsteer-eval" sweep --model-args "pair=toxicity,scale_keys=$neurons,key_factor=10" --alphas 0 \
-        --tasks dsteer_toxicity_rtp --limit "$TLIMIT" --output results/toxicity_pair/unalign/random_$i
-  done
+  "$BIN/python" scripts/lee_unalign.py
 fi
 if [[ $STEP == all || $STEP == tables ]]; then
   "$BIN/python" scripts/lee_tables.py
