@@ -56,7 +56,6 @@ from dsteer_eval.probes.value_vectors import (  # noqa: E402
 )
 from dsteer_eval.stats.bootstrap import paired_bootstrap  # noqa: E402
 from dsteer_eval.steering.capture import record  # noqa: E402
-from dsteer_eval.steering.hook import steer  # noqa: E402
 from dsteer_eval.steering.sites import resolve_parts  # noqa: E402
 from dsteer_eval.vectors import load_vectors  # noqa: E402
 
@@ -240,23 +239,10 @@ def main() -> None:
     _, _, vt = np.linalg.svd(np.concatenate([xb, xd]) - centre, full_matrices=False)
     pb, pd = (xb - centre) @ vt[:2].T, (xd - centre) @ vt[:2].T
 
-    def neuron_act(model_, texts):
-        out = []
-        for text in texts:
-            enc = tok(text, return_tensors="pt")
-            seen = {}
-            m = resolve_parts(model_).layers[top_layer].mlp
-
-            def grab(which):
-                def edit(h):
-                    seen[which] = h[0, :, top_index].detach()
-                    return h
-                return edit
-
-            with torch.no_grad(), steer(model_, module_edits=[(m.gate_proj, grab("g")), (m.up_proj, grab("u"))]):
-                model_(**enc)
-            out.append((m.act_fn(seen["g"]) * seen["u"]).double().numpy())
-        return np.concatenate(out)
+    def neuron_act(model_, texts):  # the top neuron's activation at every token, the PCA's tokens in order
+        return np.concatenate([neuron_activations(model_, enc.input_ids, enc.attention_mask, [(top_layer, top_index)],
+                                                  per_token=True)[:, 0].double().numpy()
+                               for enc in (tok(text, return_tensors="pt") for text in texts)])
 
     ab, ad = neuron_act(base, pca_texts), neuron_act(dpo, pca_texts)
     figures(fig5, offset, pb, pd, ab, ad, (top_layer, top_index))

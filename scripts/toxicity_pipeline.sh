@@ -48,12 +48,13 @@ if [[ $STEP == all || $STEP == lee ]]; then
   "$BIN/python" scripts/lee_after_dpo.py
 fi
 # Table 2: subtract each direction from the base model on an alpha grid (fractions of the mean state norm), then
-# K = 20 random directions at the alpha whose perplexity is nearest the DPO model's (toxicity only: the alpha is
+# K = 20 random directions at the alpha whose perplexity is nearest the DPO model's (the grid runs to alpha = -1, a whole
+# mean state norm, so that it can reach it; toxicity only: the alpha is
 # already matched)
 if [[ $STEP == all || $STEP == table2 ]]; then
   for name in probe_final value_top1 svd_u0 probe_build; do
     file="$ART/$name.safetensors"; layer=29; [[ $name == probe_build ]] && file="$ART/probe.safetensors" && layer=15
-    "$BIN/dsteer-eval" sweep --model-args "vector=$file,peft=none,unit=norm" --layers $layer --alphas=-0.025,-0.05,-0.1 \
+    "$BIN/dsteer-eval" sweep --model-args "vector=$file,peft=none,unit=norm" --layers $layer --alphas=-0.025,-0.05,-0.1,-0.25,-0.5,-1 \
         --tasks $TASKS --limit "$TLIMIT" --output results/toxicity_pair/interventions/$name
     a=$("$BIN/python" scripts/lee_tables.py --alpha-for $name)
     "$BIN/dsteer-eval" sweep --model-args "vector=$file,peft=none,unit=norm" --layers $layer --alphas="$a" --controls random:20 \

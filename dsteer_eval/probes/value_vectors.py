@@ -368,8 +368,10 @@ def weight_change(base_model: nn.Module, dpo_model: nn.Module, neurons) -> list[
 
 @torch.no_grad()
 def neuron_activations(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                       neurons) -> torch.Tensor:
-    """Mean activation of each of ``neurons`` over the batch's non-padding positions: ``[len(neurons)]``.
+                       neurons, per_token: bool = False) -> torch.Tensor:
+    """Mean activation of each of ``neurons`` over the batch's non-padding positions: ``[len(neurons)]``;
+    with ``per_token=True`` every non-padding position's activation instead, ``[positions, len(neurons)]``
+    (row-major over the batch: all kept positions of row 0, then of row 1, ...).
 
     The activation of neuron ``(layer, j)`` at a position is entry ``j`` of the input of that layer's
     ``mlp.down_proj``, ``act_fn(gate_proj(x))[j] * up_proj(x)[j]``. One forward pass
@@ -385,6 +387,8 @@ def neuron_activations(model: nn.Module, input_ids: torch.Tensor, attention_mask
     """
     parts = _parts(model)
     pairs = _as_pairs(parts, neurons)
+    if not isinstance(per_token, bool):
+        raise ValueError(f"per_token must be True or False, got {per_token!r}")
     input_ids, attention_mask = _check_batch(input_ids, attention_mask)
     by_layer: dict[int, list[int]] = {}
     for layer, index in pairs:
@@ -408,13 +412,14 @@ def neuron_activations(model: nn.Module, input_ids: torch.Tensor, attention_mask
     means = {}
     for layer in by_layer:
         act = _mlp(parts, layer).act_fn(seen[(layer, "gate")]) * seen[(layer, "up")]
-        means[layer] = _masked_mean(act, attention_mask).cpu()
+        kept = act[attention_mask.to(act.device) != 0].float().cpu() if per_token else None
+        means[layer] = kept if per_token else _masked_mean(act, attention_mask).cpu()
     position = {layer: 0 for layer in by_layer}
     out = []
     for layer, _ in pairs:
-        out.append(means[layer][position[layer]])
+        out.append(means[layer][..., position[layer]])
         position[layer] += 1
-    return torch.stack(out)
+    return torch.stack(out, dim=-1)
 
 
 @torch.no_grad()

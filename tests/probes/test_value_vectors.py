@@ -210,6 +210,32 @@ def test_neuron_activations_match_a_computation_by_hand_over_non_padding_positio
     assert no_hooks_left(model)
 
 
+def test_neuron_activations_per_token_are_what_down_proj_receives_at_each_kept_position(model, tok):
+    ids, mask = batch(tok)
+    neurons = [Neuron(1, 7), Neuron(3, 0), Neuron(1, 2)]
+    down_inputs = {}
+    handles = [mlp(model, layer).down_proj.register_forward_pre_hook(
+        lambda m, a, layer=layer: down_inputs.__setitem__(layer, a[0].detach())) for layer in (1, 3)]
+    try:
+        with torch.no_grad():
+            model(input_ids=ids, attention_mask=mask)
+    finally:
+        for h in handles:
+            h.remove()
+    got = neuron_activations(model, ids, mask, neurons, per_token=True)
+    kept = int(mask.sum())
+    assert got.shape == (kept, 3) and got.dtype == torch.float32
+    for col, n in enumerate(neurons):  # row-major over the batch: row 0's kept positions, then row 1's
+        expected = [float(down_inputs[n.layer][b, t, n.index]) for b in range(ids.shape[0])
+                    for t in range(ids.shape[1]) if mask[b, t]]
+        assert got[:, col].tolist() == pytest.approx(expected, abs=1e-7)
+    # the mean mode is the mean of the per-token mode
+    assert neuron_activations(model, ids, mask, neurons).tolist() == pytest.approx(got.mean(0).tolist(), abs=1e-6)
+    with pytest.raises(ValueError, match="per_token"):
+        neuron_activations(model, ids, mask, neurons, per_token="yes")
+    assert no_hooks_left(model)
+
+
 def test_hooks_are_removed_when_the_forward_pass_raises(model, tok):
     ids, mask = batch(tok)
     bad = ids.clone()
