@@ -1,0 +1,365 @@
+"""Fit one steering vector at one site through two frozen models (issue 36): how much of DPO one vector can do.
+
+Two estimators beside D-STEER's mean difference v̄ (:func:`dsteer_eval.dpo.extract.dpo_diff`):
+
+* **distilled** (:func:`fit_distilled`): ``install`` finds v* minimising the mean next-token
+  KL(π_DPO ‖ π_base + v) over the completion tokens of prompt+chosen and prompt+rejected texts;
+  ``undo`` finds u* minimising KL(π_base ‖ π_DPO + u). The teacher runs without gradients; only the
+  d-vector is trained (Adam), every model weight frozen.
+* **DPO-trained** (:func:`fit_dpo_vector`, as in bi-directional preference optimisation, Cao et al.
+  2024): v_DPO at the site trained with the DPO loss −log σ(β[(log π_v(c) − log π_ref(c)) −
+  (log π_v(r) − log π_ref(r))]), π_v = the base + v, π_ref = the base, on the pairs given (the
+  adapter's train part).
+
+The vector is added at hidden-state site ``site`` (:mod:`dsteer_eval.steering.sites`) at ``position``
+(``all``, ``prompt``, ``completion`` or ``last``, as :func:`dsteer_eval.steering.steer` reads them) with
+:func:`dsteer_eval.steering.adding`, the hook that carries gradients; ``steered`` adds it back the same
+way (``vector=FILE,layer=site,alpha=1,position=...``). It is parametrised as ``scale · w`` with ``scale``
+= the mean state norm at the site over the fitting texts / √d, so Adam's step size means the same at
+every layer.
+
+:func:`measure` reads, per pair, what a vector does on held-out rows: the KL to the target model before
+and after, and the implicit reward margin relative to the base, m(π) = [log π(c) − log π_base(c)] −
+[log π(r) − log π_base(r)] (summed over completion tokens), for the base, the DPO model and the
+steered model — the numbers behind "gap installed / taken back".
+
+Both models come from one :class:`dsteer_eval.dpo.model_pair.ModelPair` (or anything with
+``side(which)`` and ``tokenizer``): the adapter is toggled, so memory stays at one model.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from dsteer_eval.steering.hook import POSITIONS, adding
+from dsteer_eval.steering.sites import resolve_parts
+
+DIRECTIONS = ("install", "undo")
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One text: its token ids and how many of them are the prompt."""
+
+    ids: tuple[int, ...]
+    prompt_len: int
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor  # (B, T), right-padded
+    attention_mask: torch.Tensor  # (B, T)
+    prompt_lengths: torch.Tensor  # (B,)
+    target: torch.Tensor  # (B, T) bool: positions t whose next token t+1 is a completion token
+    labels: torch.Tensor  # (B, T) the next token (0 where not a target)
+
+
+def encode(tokenizer, prompt: str, completion: str, *, max_prompt: int = 128, max_completion: int = 64) -> Encoded:
+    """``prompt`` (its last ``max_prompt`` tokens, a leading BOS kept) followed by ``completion`` (its first
+    ``max_completion`` tokens, no special tokens)."""
+    p = list(tokenizer(prompt, add_special_tokens=True).input_ids)
+    c = list(tokenizer(completion, add_special_tokens=False).input_ids)[:max_completion]
+    if not p or not c:
+        raise ValueError(f"a text needs a prompt and a completion token; got {len(p)} and {len(c)} "
+                         f"(prompt {prompt[:40]!r}, completion {completion[:40]!r})")
+    if len(p) > max_prompt:
+        bos = getattr(tokenizer, "bos_token_id", None)
+        p = ([p[0]] + p[len(p) - max_prompt + 1:]) if bos is not None and p[0] == bos else p[-max_prompt:]
+    return Encoded(tuple(p + c), len(p))
+
+
+def encode_pairs(tokenizer, pairs: Sequence, **limits) -> list[tuple[Encoded, Encoded]]:
+    """``(prompt + chosen, prompt + rejected)`` for each pair (objects with prompt/chosen/rejected)."""
+    return [(encode(tokenizer, p.prompt, p.chosen, **limits), encode(tokenizer, p.prompt, p.rejected, **limits))
+            for p in pairs]
+
+
+def collate(texts: Sequence[Encoded], pad_id: int, device=None) -> Batch:
+    width = max(len(t.ids) for t in texts)
+    ids = torch.full((len(texts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(texts), width), dtype=torch.long)
+    target = torch.zeros((len(texts), width), dtype=torch.bool)
+    labels = torch.zeros((len(texts), width), dtype=torch.long)
+    for row, t in enumerate(texts):
+        n = len(t.ids)
+        ids[row, :n] = torch.tensor(t.ids)
+        mask[row, :n] = 1
+        target[row, t.prompt_len - 1:n - 1] = True
+        labels[row, :n - 1] = torch.tensor(t.ids[1:])
+    labels[~target] = 0
+    lengths = torch.tensor([t.prompt_len for t in texts])
+    dev = device or "cpu"
+    return Batch(ids.to(dev), mask.to(dev), lengths.to(dev), target.to(dev), labels.to(dev))
+
+
+def position_mask(batch: Batch, position: str) -> torch.Tensor:
+    """(B, T, 1) float: where a vector is added at ``position`` (every position for ``all``)."""
+    if position not in POSITIONS:
+        raise ValueError(f"position must be one of {', '.join(POSITIONS)}; got {position!r}")
+    t = torch.arange(batch.input_ids.shape[1], device=batch.input_ids.device)[None, :]
+    p = batch.prompt_lengths[:, None]
+    keep = {"all": torch.ones_like(t, dtype=torch.bool).expand(batch.input_ids.shape[0], -1),
+            "prompt": t < p, "completion": t >= p, "last": t == p - 1}[position]
+    return keep[..., None].float()
+
+
+def target_logprobs(model, batch: Batch, *, site: int | None = None, vector: torch.Tensor | None = None,
+                    position: str = "all") -> torch.Tensor:
+    """Log-softmax (float32) of the next-token distribution at the batch's target positions, ``(N, vocab)``
+    in row-major order; ``vector`` (may require grad) added at ``site`` and ``position`` when given."""
+    parts = resolve_parts(model)
+    shifts = {}
+    if vector is not None:
+        shift = vector if position == "all" else position_mask(batch, position).to(vector.dtype) * vector
+        shifts[parts.site_module(site)] = shift
+    with adding(shifts):
+        hidden = parts.decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask)[0]
+    return F.log_softmax(parts.lm_head(hidden[batch.target]).float(), dim=-1)
+
+
+def sequence_logps(logp: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """(B,) summed log-probability of each text's completion tokens, from :func:`target_logprobs`."""
+    picked = logp.gather(1, batch.labels[batch.target][:, None])[:, 0]
+    rows = torch.arange(batch.input_ids.shape[0], device=picked.device)[:, None].expand_as(batch.target)[batch.target]
+    return torch.zeros(batch.input_ids.shape[0], device=picked.device, dtype=picked.dtype).index_add(0, rows, picked)
+
+
+def kl_per_text(teacher: torch.Tensor, student: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """(B,) mean over each text's target positions of KL(teacher ‖ student) (log-prob inputs, nats)."""
+    per_pos = (teacher.exp() * (teacher - student)).sum(-1)
+    rows = torch.arange(batch.input_ids.shape[0], device=per_pos.device)[:, None].expand_as(batch.target)[batch.target]
+    total = torch.zeros(batch.input_ids.shape[0], device=per_pos.device, dtype=per_pos.dtype).index_add(0, rows, per_pos)
+    return total / batch.target.sum(1).clamp(min=1)
+
+
+@contextmanager
+def frozen(model):
+    """Every parameter's requires_grad off inside the block (restored after): only the vector trains."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+@torch.no_grad()
+def state_scale(pair, texts: Sequence[Encoded], site: int, side: str, pad_id: int, device=None) -> float:
+    """Mean ‖h‖ at ``site`` over the texts' non-padding positions, / √d: the unit of the fitted w."""
+    from dsteer_eval.steering.capture import record
+
+    total, count = 0.0, 0
+    with pair.side(side) as model:
+        parts = resolve_parts(model)
+        with record(model, [site], parts=parts) as seen:
+            for start in range(0, len(texts), 16):
+                batch = collate(texts[start:start + 16], pad_id, device)
+                model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+                norms = seen[site].float().norm(dim=-1)[batch.attention_mask.bool()]
+                total, count = total + float(norms.sum()), count + norms.numel()
+    return total / count / math.sqrt(parts.hidden_size)
+
+
+@dataclass
+class Fit:
+    """A fitted vector and how it was fitted (saved as the vector file's provenance)."""
+
+    vector: torch.Tensor
+    method: str
+    site: int
+    position: str
+    steps: int
+    losses: list[float] = field(default_factory=list)
+    scale: float = 1.0
+    seconds: float = 0.0
+    rows: int = 0
+    settings: dict = field(default_factory=dict)
+
+    def record(self) -> dict:
+        every = max(1, len(self.losses) // 20)
+        return {"method": self.method, "site": self.site, "position": self.position, "steps": self.steps,
+                "rows": self.rows, "final_loss": self.losses[-1] if self.losses else None,
+                "first_loss": self.losses[0] if self.losses else None, "loss_every": every,
+                "loss_history": self.losses[::every], "scale": self.scale, "seconds": round(self.seconds, 1),
+                "norm": float(self.vector.norm()), **self.settings}
+
+
+def _check(site, pair, position, steps, lr, batch_size) -> int:
+    with pair.side("base") as model:
+        parts = resolve_parts(model)
+    if isinstance(site, bool) or not isinstance(site, int) or not 0 <= site <= parts.num_layers:
+        raise ValueError(f"site must be an int in 0 … {parts.num_layers}, got {site!r}")
+    if position not in POSITIONS:
+        raise ValueError(f"position must be one of {', '.join(POSITIONS)}; got {position!r}")
+    if steps < 1 or batch_size < 1 or not lr > 0:
+        raise ValueError(f"steps ({steps}) and batch_size ({batch_size}) must be >= 1 and lr ({lr}) > 0")
+    return parts.hidden_size
+
+
+def _optimiser(w: torch.Tensor, lr: float, steps: int):
+    """Adam on ``w`` with the step size decayed linearly from ``lr`` to ``lr / 10`` over the steps."""
+    opt = torch.optim.Adam([w], lr=lr)
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0 - 0.9 * min(step, steps) / steps)
+
+
+def _minibatches(n: int, batch_size: int, steps: int, seed: int):
+    order: list[int] = []
+    rng = random.Random(seed)
+    for _ in range(steps):
+        if len(order) < batch_size:
+            fresh = list(range(n))
+            rng.shuffle(fresh)
+            order += fresh
+        yield order[:batch_size]
+        del order[:batch_size]
+
+
+def fit_distilled(pair, pairs: Sequence, site: int, *, direction: str = "install", position: str = "all",
+                  steps: int = 150, lr: float = 0.05, batch_size: int = 8, seed: int = 0, limits: dict | None = None,
+                  on_step: Callable[[int, float], None] | None = None) -> Fit:
+    """v* (``install``: student = base + v, teacher = DPO) or u* (``undo``: student = DPO + u, teacher = base):
+    Adam (step size decayed linearly to a tenth) on the mean next-token KL(teacher ‖ student) over the completion tokens of both texts of each pair."""
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be 'install' or 'undo', got {direction!r}")
+    d = _check(site, pair, position, steps, lr, batch_size)
+    if not pairs:
+        raise ValueError("pairs: no rows to fit on")
+    tok = pair.tokenizer
+    texts = [t for two in encode_pairs(tok, pairs, **(limits or {})) for t in two]
+    teacher, student = ("dpo", "base") if direction == "install" else ("base", "dpo")
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    scale = state_scale(pair, texts, site, student, pad)
+    w = torch.zeros(d, requires_grad=True)
+    opt, schedule = _optimiser(w, lr, steps)
+    losses, started = [], time.perf_counter()
+    for step, index in enumerate(_minibatches(len(texts), batch_size, steps, seed)):
+        batch = collate([texts[i] for i in index], pad)
+        with torch.no_grad(), pair.side(teacher) as model:
+            target = target_logprobs(model, batch)
+        with pair.side(student) as model, frozen(model):
+            got = target_logprobs(model, batch, site=site, vector=scale * w, position=position)
+        loss = kl_per_text(target, got, batch).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        schedule.step()
+        losses.append(float(loss.detach()))
+        if on_step:
+            on_step(step, losses[-1])
+    return Fit((scale * w).detach().clone(), f"distill-{direction}", site, position, steps, losses, scale,
+               time.perf_counter() - started, len(pairs),
+               {"lr": lr, "batch_size": batch_size, "seed": seed, "teacher": teacher, "student": student,
+                "objective": f"mean next-token KL({teacher} || {student} + v) over completion tokens"})
+
+
+@torch.no_grad()
+def _reference_logps(pair, texts, pad, batch_size: int = 16) -> torch.Tensor:
+    out = []
+    with pair.side("base") as model:
+        for start in range(0, len(texts), batch_size):
+            batch = collate(texts[start:start + batch_size], pad)
+            out.append(sequence_logps(target_logprobs(model, batch), batch))
+    return torch.cat(out)
+
+
+def fit_dpo_vector(pair, pairs: Sequence, site: int, *, beta: float = 0.1, position: str = "all", steps: int = 150,
+                   lr: float = 0.05, batch_size: int = 8, seed: int = 0, limits: dict | None = None,
+                   on_step: Callable[[int, float], None] | None = None) -> Fit:
+    """v_DPO: the DPO loss on ``pairs`` with the policy = the base + v at ``site``, the reference = the base
+    (frozen). Only v trains; the DPO side of ``pair`` is not used."""
+    d = _check(site, pair, position, steps, lr, batch_size)
+    if not beta > 0:
+        raise ValueError(f"beta must be > 0, got {beta}")
+    if not pairs:
+        raise ValueError("pairs: no rows to fit on")
+    tok = pair.tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    encoded = encode_pairs(tok, pairs, **(limits or {}))
+    flat = [t for two in encoded for t in two]
+    ref = _reference_logps(pair, flat, pad).view(-1, 2)
+    scale = state_scale(pair, flat, site, "base", pad)
+    w = torch.zeros(d, requires_grad=True)
+    opt, schedule = _optimiser(w, lr, steps)
+    losses, started = [], time.perf_counter()
+    for step, index in enumerate(_minibatches(len(encoded), max(1, batch_size // 2), steps, seed)):
+        batch = collate([t for i in index for t in encoded[i]], pad)
+        with pair.side("base") as model, frozen(model):
+            logps = sequence_logps(target_logprobs(model, batch, site=site, vector=scale * w, position=position),
+                                   batch).view(-1, 2)
+        ratio = logps - ref[index]
+        loss = -F.logsigmoid(beta * (ratio[:, 0] - ratio[:, 1])).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        schedule.step()
+        losses.append(float(loss.detach()))
+        if on_step:
+            on_step(step, losses[-1])
+    return Fit((scale * w).detach().clone(), "dpo-vector", site, position, steps, losses, scale,
+               time.perf_counter() - started, len(pairs),
+               {"lr": lr, "batch_size": batch_size, "seed": seed, "beta": beta,
+                "objective": "DPO loss, policy = base + v, reference = base"})
+
+
+@dataclass
+class Measured:
+    """Per-pair numbers on held-out rows (numpy-ready lists, one entry per pair)."""
+
+    margin_base: torch.Tensor  # 0 by definition (kept for shape checks)
+    margin_dpo: torch.Tensor
+    kl_dpo_base: torch.Tensor  # mean over the pair's two texts of KL(π_DPO ‖ π_base): install's "before"
+    kl_base_dpo: torch.Tensor  # KL(π_base ‖ π_DPO): undo's "before"
+    steered: dict = field(default_factory=dict)  # name -> {"side", "margin", "kl_to_target"}
+
+
+@torch.no_grad()
+def measure(pair, pairs: Sequence, site: int, vectors: dict[str, tuple[str, torch.Tensor]], *,
+            position: str = "all", batch_size: int = 16, limits: dict | None = None) -> Measured:
+    """For each named ``(side, vector)`` (side: the model the vector is added to, ``base`` or ``dpo``), per pair:
+    the implicit reward margin relative to the base and the KL to the *other* model (the target: DPO for a vector
+    on the base, the base for one on DPO), each text's mean over its completion tokens, averaged over the two."""
+    tok = pair.tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    encoded = encode_pairs(tok, pairs, **(limits or {}))
+    out_margin = {k: [] for k in vectors}
+    out_kl = {k: [] for k in vectors}
+    margin_dpo, kl_db, kl_bd = [], [], []
+    for start in range(0, len(encoded), batch_size):
+        chunk = encoded[start:start + batch_size]
+        batch = collate([t for two in chunk for t in two], pad)
+        with pair.side("base") as model:
+            lp_base = target_logprobs(model, batch)
+            steered_base = {k: target_logprobs(model, batch, site=site, vector=v, position=position)
+                            for k, (side, v) in vectors.items() if side == "base"}
+        with pair.side("dpo") as model:
+            lp_dpo = target_logprobs(model, batch)
+            steered_dpo = {k: target_logprobs(model, batch, site=site, vector=v, position=position)
+                           for k, (side, v) in vectors.items() if side == "dpo"}
+        seq_base = sequence_logps(lp_base, batch).view(-1, 2)
+
+        def margin(lp):
+            r = sequence_logps(lp, batch).view(-1, 2) - seq_base
+            return r[:, 0] - r[:, 1]
+
+        margin_dpo.append(margin(lp_dpo))
+        kl_db.append(kl_per_text(lp_dpo, lp_base, batch).view(-1, 2).mean(1))
+        kl_bd.append(kl_per_text(lp_base, lp_dpo, batch).view(-1, 2).mean(1))
+        for k, (side, _) in vectors.items():
+            lp = (steered_base if side == "base" else steered_dpo)[k]
+            target = lp_dpo if side == "base" else lp_base
+            out_margin[k].append(margin(lp))
+            out_kl[k].append(kl_per_text(target, lp, batch).view(-1, 2).mean(1))
+    m_dpo = torch.cat(margin_dpo)
+    return Measured(torch.zeros_like(m_dpo), m_dpo, torch.cat(kl_db), torch.cat(kl_bd),
+                    {k: {"side": vectors[k][0], "margin": torch.cat(out_margin[k]), "kl_to_target": torch.cat(out_kl[k])}
+                     for k in vectors})

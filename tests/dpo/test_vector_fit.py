@@ -1,0 +1,181 @@
+"""dsteer_eval.dpo.vector_fit on the tiny random Llama, with planted answers: a 'DPO' model that is the base plus a
+known vector at a site (the distilled vectors recover it, both ways, and close all of the gap), a 'DPO' model that
+differs by a scaled MLP (no vector closes it), the DPO loss at v = 0 (exactly log 2), and the steered forward pass
+equal to dsteer_eval.steering.steer's at every position."""
+
+from __future__ import annotations
+
+import copy
+import math
+from contextlib import contextmanager
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dsteer_eval.data.preference_pairs import PreferencePair
+from dsteer_eval.dpo.vector_fit import (
+    collate,
+    encode,
+    encode_pairs,
+    fit_distilled,
+    fit_dpo_vector,
+    measure,
+    sequence_logps,
+    target_logprobs,
+)
+from dsteer_eval.steering.hook import Intervention, steer
+
+SITE = 2
+PROMPTS = ["How do I bake bread?", "What is the capital of France?", "Tell me a joke.", "Say something nice.",
+           "Where is the river?", "Name a colour.", "Who wrote this book?", "When does the shop open?"]
+REPLIES = [(" Mix flour and water.", " I will not help."), (" Paris.", " Rome, I think."),
+           (" A dog walks in.", " No jokes today."), (" You did well.", " Go away."),
+           (" It runs north.", " Nowhere at all."), (" Blue.", " I refuse."),
+           (" A famous author.", " Nobody knows that."), (" At nine.", " Never, sorry.")]
+
+
+def pairs(n=8):
+    return [PreferencePair(f"\n\nHuman: {p}\n\nAssistant:", c, r) for p, (c, r) in zip(PROMPTS[:n], REPLIES[:n])]
+
+
+class PlantedPair:
+    """base = the tiny model; dpo = the same model with ``vector`` added at ``site`` (every position), or
+    ``other`` (a separate model) when given."""
+
+    def __init__(self, model, tokenizer, vector=None, other=None):
+        self.model, self.tokenizer, self.vector, self.other = model, tokenizer, vector, other
+
+    @contextmanager
+    def side(self, which):
+        if which == "base":
+            yield self.model
+        elif self.other is not None:
+            yield self.other
+        else:
+            with steer(self.model, [Intervention(SITE, self.vector, 1.0)]):
+                yield self.model
+
+
+@pytest.fixture()
+def model(tiny):
+    return copy.deepcopy(tiny[0]).eval()
+
+
+@pytest.fixture()
+def tok(tiny):
+    tok = copy.deepcopy(tiny[1])
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def planted_vector(model, tok, seed=0):
+    """A random direction as long as the mean state norm at SITE."""
+    enc = tok(PROMPTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        h = model(**enc, output_hidden_states=True).hidden_states[SITE]
+    norm = float(h[enc.attention_mask.bool()].norm(dim=-1).mean())
+    v = torch.randn(h.shape[-1], generator=torch.Generator().manual_seed(seed))
+    return norm * v / v.norm()
+
+
+def cos(a, b):
+    return float(F.cosine_similarity(a, b, dim=0))
+
+
+@pytest.mark.parametrize("position", ["all", "prompt", "completion", "last"])
+def test_the_trainable_shift_is_the_steering_hook_at_every_position(model, tok, position):
+    enc = encode_pairs(tok, pairs(3))
+    texts = [t for two in enc for t in two]
+    batch = collate(texts, tok.pad_token_id)
+    v = torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        got = target_logprobs(model, batch, site=SITE, vector=v, position=position)
+    with torch.no_grad(), steer(model, [Intervention(SITE, v, 1.0)], position=position,
+                                prompt_lengths=batch.prompt_lengths):
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    expected = F.log_softmax(logits[batch.target].float(), -1)
+    assert torch.allclose(got, expected, atol=1e-5)
+    # and the summed completion log-probability is the labels' entries of it, by hand
+    seq = sequence_logps(got, batch)
+    for row, t in enumerate(texts):
+        by_hand = sum(float(F.log_softmax(logits[row, i].float(), -1)[t.ids[i + 1]])
+                      for i in range(t.prompt_len - 1, len(t.ids) - 1))
+        assert float(seq[row]) == pytest.approx(by_hand, abs=1e-4)
+
+
+def test_encode_keeps_the_prompt_end_and_the_completion_start(tok):
+    long = " ".join(["word"] * 300)
+    e = encode(tok, long, " a b c d e f", max_prompt=16, max_completion=3)
+    assert e.prompt_len == 16 and len(e.ids) == 19
+    assert list(e.ids[-3:]) == tok(" a b c d e f", add_special_tokens=False).input_ids[:3]
+    with pytest.raises(ValueError, match="completion"):
+        encode(tok, "prompt", "")
+
+
+def test_distilled_vectors_recover_a_planted_vector_both_ways_and_close_the_whole_gap(model, tok):
+    v_true = planted_vector(model, tok)
+    pair = PlantedPair(model, tok, vector=v_true)
+    fit_rows, held = pairs(6), pairs(8)[6:]
+    v_star = fit_distilled(pair, fit_rows, SITE, direction="install", steps=120, lr=0.3, batch_size=6)
+    u_star = fit_distilled(pair, fit_rows, SITE, direction="undo", steps=120, lr=0.3, batch_size=6)
+    assert v_star.losses[-1] < 1e-3 * v_star.losses[0]
+    assert cos(v_star.vector, v_true) > 0.99 and cos(u_star.vector, -v_true) > 0.99
+    assert float(v_star.vector.norm()) == pytest.approx(float(v_true.norm()), rel=0.02)
+    m = measure(pair, held, SITE, {"v*": ("base", v_star.vector), "u*": ("dpo", u_star.vector),
+                                   "zero": ("base", torch.zeros_like(v_true))})
+    assert bool((m.kl_dpo_base > 1e-3).all())  # the planted change is visible on held-out rows
+    for name, before in (("v*", m.kl_dpo_base), ("u*", m.kl_base_dpo)):
+        explained = 1 - float(m.steered[name]["kl_to_target"].mean()) / float(before.mean())
+        assert explained > 0.99, name
+    # the margin relative to the base: installed all the way by v*, taken all the way back by u*
+    share_in = float(m.steered["v*"]["margin"].mean()) / float(m.margin_dpo.mean())
+    share_back = 1 - float(m.steered["u*"]["margin"].mean()) / float(m.margin_dpo.mean())
+    assert share_in == pytest.approx(1.0, abs=0.02) and share_back == pytest.approx(1.0, abs=0.02)
+    # a zero vector on the base is the base: margin 0 exactly, KL to DPO = the unsteered KL
+    assert torch.equal(m.steered["zero"]["margin"], torch.zeros_like(m.margin_dpo))
+    assert torch.allclose(m.steered["zero"]["kl_to_target"], m.kl_dpo_base)
+    assert v_star.record()["method"] == "distill-install" and v_star.record()["rows"] == 6
+
+
+def test_no_vector_closes_a_non_additive_change(model, tok):
+    other = copy.deepcopy(model)
+    with torch.no_grad():  # the MLPs after the site scaled: an input-dependent change, not a shift
+        for layer in other.model.layers[SITE:]:
+            layer.mlp.down_proj.weight.mul_(4.0)
+            layer.mlp.up_proj.weight.mul_(-1.0)
+    pair = PlantedPair(model, tok, other=other)
+    fit_rows, held = pairs(6), pairs(8)[6:]
+    v_star = fit_distilled(pair, fit_rows, SITE, direction="install", steps=120, lr=0.3, batch_size=6)
+    m = measure(pair, held, SITE, {"v*": ("base", v_star.vector)})
+    explained = 1 - float(m.steered["v*"]["kl_to_target"].mean()) / float(m.kl_dpo_base.mean())
+    assert explained < 0.5  # a vector cannot be a scaled, sign-flipped MLP
+
+
+def test_the_dpo_vector_starts_at_log_two_and_learns_the_preference(model, tok):
+    pair = PlantedPair(model, tok, vector=torch.zeros(model.config.hidden_size))  # the DPO side is never used
+    rows = pairs(8)
+    fit = fit_dpo_vector(pair, rows, SITE, beta=0.5, steps=60, lr=0.3, batch_size=8)
+    assert fit.losses[0] == pytest.approx(math.log(2), abs=1e-6)  # v = 0: the policy is the reference
+    assert fit.losses[-1] < 0.8 * math.log(2)
+    # on its own rows the chosen replies now beat the rejected ones relative to the reference, on average and in
+    # most pairs (one vector in a 4-layer random model cannot order every pair)
+    planted = PlantedPair(model, tok, vector=fit.vector)
+    m = measure(planted, rows, SITE, {"v": ("base", fit.vector)})
+    assert float(m.steered["v"]["margin"].mean()) > 0 and float((m.steered["v"]["margin"] > 0).float().mean()) >= 0.75
+    assert torch.allclose(m.steered["v"]["margin"], m.margin_dpo, atol=1e-4)  # the same model both ways
+
+
+def test_bad_arguments_are_refused_by_name(model, tok):
+    pair = PlantedPair(model, tok, vector=torch.zeros(model.config.hidden_size))
+    with pytest.raises(ValueError, match="site"):
+        fit_distilled(pair, pairs(2), 99)
+    with pytest.raises(ValueError, match="direction"):
+        fit_distilled(pair, pairs(2), SITE, direction="sideways")
+    with pytest.raises(ValueError, match="position"):
+        fit_distilled(pair, pairs(2), SITE, position="middle")
+    with pytest.raises(ValueError, match="beta"):
+        fit_dpo_vector(pair, pairs(2), SITE, beta=0)
+    with pytest.raises(ValueError, match="pairs"):
+        fit_dpo_vector(pair, [], SITE)
