@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from dsteer_eval.cli import extract_fit
 from dsteer_eval.cli.shared import (
     add_pair_args,
     default_pairs,
@@ -28,17 +29,21 @@ def add(verbs) -> None:
         "vector file (safetensors with metadata). dpo-diff compares a base/DPO pair; with --peft the "
         "DPO side is the adapter, toggled on one model in memory.",
     )
-    p.add_argument("--method", choices=["dpo-diff", "preference", "caa"], default="dpo-diff",
+    p.add_argument("--method", choices=["dpo-diff", "preference", "caa", "distill", "dpo-vector"], default="dpo-diff",
                    help="dpo-diff: mean h_dpo - h_base at the last prompt token (D-STEER's v); "
                    "preference: mean W_U[y_w] - W_U[y_l] at the first divergent reply token (final site only); "
-                   "caa: mean h(prompt+chosen) - h(prompt+rejected) at the last reply token")
+                   "caa: mean h(prompt+chosen) - h(prompt+rejected) at the last reply token; "
+                   "distill: the vector minimising next-token KL to the other model (--direction install/undo); "
+                   "dpo-vector: the vector trained with the DPO loss on the base (bi-directional preference "
+                   "optimisation); both fitted per --layers through the frozen pair")
     add_pair_args(p)
-    p.add_argument("--part", choices=["train", "vector", "probe", "eval", "all"], default="all",
+    p.add_argument("--part", choices=["train", "vector", "probe", "eval", "all"], default=None,
                    help="use only the pairs/prompts of this part of the file-level split (dsteer_eval.data.splits; "
-                   "v-bar is extracted on 'vector'); default: all")
+                   "v-bar is extracted on 'vector'); default: all (distill: vector, dpo-vector: train)")
     p.add_argument("--default-layer", default=None,
                    help="record the layer used when layer= is omitted (int, negative, or final)")
     p.add_argument("--out", required=True, help="output .safetensors path")
+    extract_fit.add_flags(p)
     p.set_defaults(func=run)
 
 
@@ -53,6 +58,10 @@ def run(args: argparse.Namespace) -> int:
     if Path(args.out).expanduser().is_dir():
         raise ValueError(f"--out {args.out} is a folder; give the path of the .safetensors file to write")
     check_writable(args.out)  # before any data or model loads
+    if args.method in ("distill", "dpo-vector"):
+        return extract_fit.run_fit(args)
+    if args.part is None:
+        args.part = "all"
     stats: dict = {}
     if args.method == "dpo-diff":
         from dsteer_eval.dpo.model_pair import ModelPair

@@ -6,6 +6,7 @@ equal to dsteer_eval.steering.steer's at every position."""
 from __future__ import annotations
 
 import copy
+import json
 import math
 from contextlib import contextmanager
 
@@ -179,3 +180,39 @@ def test_bad_arguments_are_refused_by_name(model, tok):
         fit_dpo_vector(pair, pairs(2), SITE, beta=0)
     with pytest.raises(ValueError, match="pairs"):
         fit_dpo_vector(pair, [], SITE)
+
+
+def test_cli_fits_per_layer_saves_a_loadable_file_and_resumes_the_missing_layers(tiny_dir, tiny_adapter_dir,
+                                                                                  short_pairs_file, tmp_path,
+                                                                                  monkeypatch, capsys):
+    from dsteer_eval.cli import main
+    from dsteer_eval.dpo import vector_fit
+    from dsteer_eval.vectors import load_vectors
+
+    out = tmp_path / "v.safetensors"
+    args = ["extract", "--method", "distill", "--direction", "undo", "--pretrained", tiny_dir, "--peft",
+            tiny_adapter_dir, "--data", short_pairs_file, "--part", "all", "--layers", "1,3", "--steps", "3",
+            "--batch-size", "4", "--out", str(out)]
+    real, fitted = vector_fit.fit_distilled, []
+
+    def failing_at_3(pair, pairs_, site, **kw):
+        if site == 3:
+            raise KeyboardInterrupt  # the run stops after layer 1
+        fitted.append(site)
+        return real(pair, pairs_, site, **kw)
+
+    monkeypatch.setattr(vector_fit, "fit_distilled", failing_at_3)
+    with pytest.raises(KeyboardInterrupt):
+        main(args)
+    sidecar = tmp_path / "v.safetensors.fits.json"
+    assert fitted == [1] and sidecar.is_file() and not out.exists()
+    fitted.clear()
+    monkeypatch.setattr(vector_fit, "fit_distilled", lambda *a, **kw: (fitted.append(a[2]), real(*a, **kw))[1])
+    assert main(args) == 0
+    assert fitted == [3] and not sidecar.exists()  # only the missing layer was fitted
+    vf = load_vectors(out)
+    assert sorted(vf.vectors) == [1, 3] and vf.metadata["method"] == "distill-undo"
+    fit = json.loads(vf.metadata["fit"])
+    assert fit["1"]["steps"] == 3 and fit["3"]["student"] == "dpo" and vf.metadata["fit_position"] == "all"
+    assert main([*args[:-6], "--steps", "0", "--batch-size", "4", "--out", str(tmp_path / "x.safetensors")]) == 2
+    assert "--steps (0)" in capsys.readouterr().err

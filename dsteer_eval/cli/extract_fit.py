@@ -1,0 +1,116 @@
+"""``dsteer-eval extract --method distill|dpo-vector``: fit one steering vector per layer through the frozen
+base/DPO pair (:mod:`dsteer_eval.dpo.vector_fit`) and save them as a vector file ``steered`` loads.
+
+Resumable: every finished layer is kept in ``OUT.fits.json`` (its vector and fit record); a re-run of the same
+command fits only the missing layers, and the sidecar is removed once the vector file is written.
+Library imports sit inside the functions: deferred so that ``dsteer-eval --help`` starts without torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from dsteer_eval.cli.shared import pair_models, peak_rss_mib, provenance_record
+
+DEFAULT_PART = {"distill": "vector", "dpo-vector": "train"}
+
+
+def add_flags(p) -> None:
+    g = p.add_argument_group("fitted vectors (--method distill / dpo-vector)")
+    g.add_argument("--direction", choices=["install", "undo"], default="install",
+                   help="distill: install = v* minimising KL(DPO || base + v); undo = u* minimising "
+                   "KL(base || DPO + u)")
+    g.add_argument("--layers", default=None,
+                   help="sites to fit, comma-separated (e.g. 10,15,20); default: --default-layer, else 20")
+    g.add_argument("--position", choices=["all", "prompt", "completion", "last"], default="all",
+                   help="positions the vector is added at while fitting (steer with the same position=)")
+    g.add_argument("--steps", type=int, default=150, help="optimiser steps per layer (default 150)")
+    g.add_argument("--lr", type=float, default=0.1,
+                   help="Adam step size in units of the mean state norm / sqrt(d) (default 0.1, decayed to a tenth)")
+    g.add_argument("--beta", type=float, default=None,
+                   help="dpo-vector: the DPO beta (default: the adapter card's, else 0.1)")
+    g.add_argument("--seed", type=int, default=0, help="minibatch order seed")
+    g.add_argument("--max-prompt-tokens", type=int, default=128, help="prompts keep their last N tokens (128)")
+    g.add_argument("--max-completion-tokens", type=int, default=64, help="replies keep their first N tokens (64)")
+
+
+def card_beta(pair) -> float | None:
+    card = Path(str(pair.dpo_id)) / "dpo_card.json"
+    if pair.uses_adapter and card.is_file():
+        return float(json.loads(card.read_text())["hyperparameters"]["beta"])
+    return None
+
+
+def run_fit(args: argparse.Namespace) -> int:
+    import torch
+
+    from dsteer_eval.cli.shared import pairs_from_args
+    from dsteer_eval.dpo.model_pair import ModelPair
+    from dsteer_eval.dpo.vector_fit import fit_distilled, fit_dpo_vector
+    from dsteer_eval.models.defaults import model_name, resolve_dpo_side
+    from dsteer_eval.steering.args import parse_layers, resolve_site
+    from dsteer_eval.steering.sites import resolve_parts
+    from dsteer_eval.vectors import save_vectors
+
+    if args.steps < 1 or not args.lr > 0 or args.batch_size < 1:
+        raise ValueError(f"--steps ({args.steps}) and --batch-size ({args.batch_size}) must be >= 1, --lr ({args.lr}) > 0")
+    if args.part is None:
+        args.part = DEFAULT_PART[args.method]
+    if args.method == "dpo-vector" and args.part != "train":
+        print(f"note: --part {args.part}: the DPO-trained vector is usually fitted on the adapter's train part")
+    pairs = pairs_from_args(args)  # fail on bad data before loading models
+    if not pairs:
+        raise ValueError(f"--data {args.data}: no usable pair in part {args.part!r}")
+    pair = ModelPair.load(args.pretrained, **resolve_dpo_side(args.pretrained, dpo=args.dpo, peft=args.peft),
+                          device="cpu" if not torch.cuda.is_available() else None)
+    n_layers = resolve_parts(pair.base).num_layers
+    spec = args.layers or args.default_layer or "20"
+    sites = [resolve_site(x, n_layers) for x in parse_layers(str(spec).replace(",", ";"))]
+    limits = {"max_prompt": args.max_prompt_tokens, "max_completion": args.max_completion_tokens}
+    beta = args.beta if args.beta is not None else (card_beta(pair) or 0.1)
+    settings = {"method": args.method, "direction": args.direction if args.method == "distill" else None,
+                "position": args.position, "steps": args.steps, "lr": args.lr, "batch_size": args.batch_size,
+                "seed": args.seed, "limits": limits, "data": str(pairs.source), "part": args.part, "pairs": len(pairs),
+                "beta": beta if args.method == "dpo-vector" else None, "dpo": pair.dpo_id}
+    sidecar = Path(str(args.out) + ".fits.json")
+    done: dict = {}
+    if sidecar.is_file():
+        kept = json.loads(sidecar.read_text())
+        if kept.get("settings") == settings:
+            done = kept["layers"]
+            print(f"resuming: layers {', '.join(done)} already fitted ({sidecar})")
+        else:
+            print(f"{sidecar}: fitted with other settings; starting again")
+    for site in sites:
+        if str(site) in done:
+            continue
+
+        def progress(step, loss, site=site):
+            if step % 25 == 0 or step == args.steps - 1:
+                print(f"layer {site} step {step + 1}/{args.steps}: loss {loss:.5f}", flush=True)
+
+        common = dict(position=args.position, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
+                      seed=args.seed, limits=limits, on_step=progress)
+        fit = (fit_distilled(pair, pairs, site, direction=args.direction, **common) if args.method == "distill"
+               else fit_dpo_vector(pair, pairs, site, beta=beta, **common))
+        done[str(site)] = {"vector": fit.vector.tolist(), "record": fit.record()}
+        sidecar.write_text(json.dumps({"settings": settings, "layers": done}) + "\n")
+    vectors = {int(s): torch.tensor(done[str(s)]["vector"]) for s in sites}
+    method = args.method if args.method == "dpo-vector" else f"distill-{args.direction}"
+    extra = {"data": pairs.source, "part": args.part, "fit": {s: done[str(s)]["record"] for s in map(str, sites)},
+             "fit_position": args.position, "dpo": pair.dpo_id, "dpo_is_adapter": pair.uses_adapter,
+             "peak_rss_mib": round(peak_rss_mib())}
+    if len(sites) == 1 or args.default_layer is not None:
+        extra["default_layer"] = str(sites[0] if args.default_layer is None else
+                                     resolve_site(parse_layers(args.default_layer)[0], n_layers))
+    record = provenance_record(args, data=[args.data], models=pair_models(pair), seeds={"seed": args.seed})
+    out = save_vectors(args.out, vectors, model=pair.base, model_id=model_name(args.pretrained), method=method,
+                       n_examples=len(pairs), extra=extra, provenance=record)
+    sidecar.unlink(missing_ok=True)
+    summary = ", ".join(f"{s}: |v| {float(v.norm()):.3g}, loss {done[str(s)]['record']['first_loss']:.4g} -> "
+                        f"{done[str(s)]['record']['final_loss']:.4g}" for s, v in vectors.items())
+    print(f"wrote {out} ({method}, position={args.position}, {len(pairs)} pairs of part {args.part}): {summary}; "
+          f"steer with vector={out},position={args.position}")
+    return 0
