@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from dsteer_eval.steering.hook import POSITIONS, adding
+from dsteer_eval.steering.resume_forward import run_from_site, run_to_site
 from dsteer_eval.steering.sites import resolve_parts
 
 DIRECTIONS = ("install", "undo")
@@ -123,6 +124,25 @@ def target_logprobs(model, batch: Batch, *, site: int | None = None, vector: tor
     with adding(shifts):
         hidden = parts.decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask)[0]
     return F.log_softmax(parts.lm_head(hidden[batch.target]).float(), dim=-1)
+
+
+class Steerer:
+    """Log-probs at a batch's target positions with a vector added at ``site``: the layers below the site run once
+    per (model side, batch) and are kept (:mod:`dsteer_eval.steering.resume_forward`), so each further vector costs
+    only the layers above it. Sites 0 and ``num_layers`` fall back to a full pass (:func:`target_logprobs`)."""
+
+    def __init__(self, site: int, position: str = "all"):
+        self.site, self.position, self.kept = site, position, {}
+
+    def __call__(self, model, batch: Batch, vector: torch.Tensor, key) -> torch.Tensor:
+        parts = resolve_parts(model)
+        if not 1 <= self.site < parts.num_layers:
+            return target_logprobs(model, batch, site=self.site, vector=vector, position=self.position)
+        if key not in self.kept:
+            self.kept[key] = run_to_site(model, batch.input_ids, batch.attention_mask, self.site, parts=parts)
+        shift = vector if self.position == "all" else position_mask(batch, self.position).to(vector.dtype) * vector
+        hidden = run_from_site(model, self.kept[key], shift, parts=parts)
+        return F.log_softmax(parts.lm_head(hidden[batch.target]).float(), dim=-1)
 
 
 def sequence_logps(logp: torch.Tensor, batch: Batch) -> torch.Tensor:
@@ -212,16 +232,21 @@ def _optimiser(w: torch.Tensor, lr: float, steps: int):
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0 - 0.9 * min(step, steps) / steps)
 
 
-def _minibatches(n: int, batch_size: int, steps: int, seed: int):
-    order: list[int] = []
-    rng = random.Random(seed)
+def _fixed_batches(n: int, batch_size: int, seed: int) -> list[list[int]]:
+    """Items cut once into batches after a seeded shuffle (so each batch's lower layers run once and are kept)."""
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+
+
+def _schedule(n_batches: int, steps: int, seed: int):
+    """Batch indices for ``steps`` steps: every batch once per epoch, epochs in a seeded order."""
+    rng, order = random.Random(seed + 1), []
     for _ in range(steps):
-        if len(order) < batch_size:
-            fresh = list(range(n))
-            rng.shuffle(fresh)
-            order += fresh
-        yield order[:batch_size]
-        del order[:batch_size]
+        if not order:
+            order = list(range(n_batches))
+            rng.shuffle(order)
+        yield order.pop()
 
 
 def fit_distilled(pair, pairs: Sequence, site: int, *, direction: str = "install", position: str = "all",
@@ -242,12 +267,17 @@ def fit_distilled(pair, pairs: Sequence, site: int, *, direction: str = "install
     w = torch.zeros(d, requires_grad=True)
     opt, schedule = _optimiser(w, lr, steps)
     losses, started = [], time.perf_counter()
-    for step, index in enumerate(_minibatches(len(texts), batch_size, steps, seed)):
-        batch = collate([texts[i] for i in index], pad)
-        with torch.no_grad(), pair.side(teacher) as model:
-            target = target_logprobs(model, batch)
+    batches = [collate([texts[i] for i in index], pad) for index in _fixed_batches(len(texts), batch_size, seed)]
+    with torch.no_grad(), pair.side(teacher) as model:  # the teacher's post-norm states, kept: log-probs per step
+        parts = resolve_parts(model)
+        kept = [parts.decoder(input_ids=b.input_ids, attention_mask=b.attention_mask)[0][b.target] for b in batches]
+    steer_at = Steerer(site, position)
+    for step, which in enumerate(_schedule(len(batches), steps, seed)):
+        batch = batches[which]
+        with torch.no_grad():
+            target = F.log_softmax(parts.lm_head(kept[which]).float(), dim=-1)
         with pair.side(student) as model, frozen(model):
-            got = target_logprobs(model, batch, site=site, vector=scale * w, position=position)
+            got = steer_at(model, batch, scale * w, which)
         loss = kl_per_text(target, got, batch).mean()
         opt.zero_grad()
         loss.backward()
@@ -291,11 +321,13 @@ def fit_dpo_vector(pair, pairs: Sequence, site: int, *, beta: float = 0.1, posit
     w = torch.zeros(d, requires_grad=True)
     opt, schedule = _optimiser(w, lr, steps)
     losses, started = [], time.perf_counter()
-    for step, index in enumerate(_minibatches(len(encoded), max(1, batch_size // 2), steps, seed)):
-        batch = collate([t for i in index for t in encoded[i]], pad)
+    groups = _fixed_batches(len(encoded), max(1, batch_size // 2), seed)
+    batches = [collate([t for i in index for t in encoded[i]], pad) for index in groups]
+    steer_at = Steerer(site, position)
+    for step, which in enumerate(_schedule(len(batches), steps, seed)):
+        batch, index = batches[which], groups[which]
         with pair.side("base") as model, frozen(model):
-            logps = sequence_logps(target_logprobs(model, batch, site=site, vector=scale * w, position=position),
-                                   batch).view(-1, 2)
+            logps = sequence_logps(steer_at(model, batch, scale * w, which), batch).view(-1, 2)
         ratio = logps - ref[index]
         loss = -F.logsigmoid(beta * (ratio[:, 0] - ratio[:, 1])).mean()
         opt.zero_grad()
@@ -337,13 +369,14 @@ def measure(pair, pairs: Sequence, site: int, vectors: dict[str, tuple[str, torc
     for start in range(0, len(encoded), batch_size):
         chunk = encoded[start:start + batch_size]
         batch = collate([t for two in chunk for t in two], pad)
+        steer_at = Steerer(site, position)
         with pair.side("base") as model:
             lp_base = target_logprobs(model, batch)
-            steered_base = {k: target_logprobs(model, batch, site=site, vector=v, position=position)
+            steered_base = {k: steer_at(model, batch, v, "base")
                             for k, (side, v) in vectors.items() if side == "base"}
         with pair.side("dpo") as model:
             lp_dpo = target_logprobs(model, batch)
-            steered_dpo = {k: target_logprobs(model, batch, site=site, vector=v, position=position)
+            steered_dpo = {k: steer_at(model, batch, v, "dpo")
                            for k, (side, v) in vectors.items() if side == "dpo"}
         seq_base = sequence_logps(lp_base, batch).view(-1, 2)
 

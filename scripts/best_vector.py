@@ -1,0 +1,240 @@
+"""How much of DPO can one vector do? (issue 36) v̄ beside the distilled v* / u* and the DPO-trained v_DPO, per layer,
+on a shipped pair, each against K random directions of its own norm. Writes results/best_vector/<pair>/:
+vectors/*.safetensors (fitted, with provenance; loadable by steered), table.json and table.md.
+
+    .venv/bin/python scripts/best_vector.py --pair refusal --layers 10,20,25
+
+Fitting (dsteer-eval extract, resumable): v* = distill install (min KL(DPO || base + v)) and u* = distill undo
+(min KL(base || DPO + u)) on the pair's vector part — the rows v̄ comes from; v_DPO = the DPO loss with the base + v as
+the policy and the base as the reference, on the train part (the adapter's rows). Position: all.
+
+Measuring (dsteer_eval.dpo.vector_fit.measure), on the first --rows pairs of the eval part (never fitted on) and, to
+show overfitting, on as many rows of the part each vector was fitted on:
+* install, on the base: +v̄, +v*, −u*, +v_DPO; undo, on the DPO model: −v̄, +u*, −v*, −v_DPO;
+* share of the gap: the implicit reward margin relative to the base, m = [log π(c) − log π_base(c)] − [...](r) over
+  the reply tokens, moved / DPO's, with a paired bootstrap CI (install: toward DPO's margin from 0; undo: from DPO's
+  back toward 0);
+* KL explained: 1 − KL(target || steered) / KL(target || start), reply tokens, mean over pairs;
+* K random directions, each scaled to the vector's norm, on the same side: the vector's rank by distance of its
+  share to 100 % (an overshoot is not more), p = rank / (K + 1).
+Verdict words are computed from these numbers (see verdict()).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from dsteer_eval.data.preference_pairs import load_pairs  # noqa: E402
+from dsteer_eval.dpo.model_pair import ModelPair  # noqa: E402
+from dsteer_eval.dpo.vector_fit import measure  # noqa: E402
+from dsteer_eval.models.embedded import default_adapter, default_vector  # noqa: E402
+from dsteer_eval.stats.gap import gap_closure  # noqa: E402
+from dsteer_eval.stats.gap_verdicts import rank_by_distance  # noqa: E402
+from dsteer_eval.vectors import load_vectors  # noqa: E402
+
+DATA = {"refusal": ROOT / "build" / "refusal" / "refusal_pairs.jsonl.gz",
+        "toxicity": ROOT / "results" / "toxicity_pair" / "toxicity_pairs.jsonl.gz",
+        "hh": ROOT.parent / "shared" / "data" / "hh_harmless_dev.jsonl.gz"}
+FITS = {"distill_install": ("distill", "install", "vector"), "distill_undo": ("distill", "undo", "vector"),
+        "dpo_vector": ("dpo-vector", "install", "train")}
+# (label, side the vector is added to, estimator, sign)
+ARMS = [("+v̄", "base", "vbar", 1), ("+v*", "base", "distill_install", 1), ("−u*", "base", "distill_undo", -1),
+        ("+v_DPO", "base", "dpo_vector", 1),
+        ("−v̄", "dpo", "vbar", -1), ("+u*", "dpo", "distill_undo", 1), ("−v*", "dpo", "distill_install", -1),
+        ("−v_DPO", "dpo", "dpo_vector", -1)]
+
+
+def fit(pair: str, layers: list[int], steps: int, out: Path) -> dict[str, Path]:
+    files = {}
+    for name, (method, direction, part) in FITS.items():
+        path = out / "vectors" / f"{name}.safetensors"
+        files[name] = path
+        if path.is_file() and set(load_vectors(path).vectors) >= set(layers):
+            continue
+        cmd = [str(ROOT / ".venv" / "bin" / "dsteer-eval"), "extract", "--method", method, "--direction", direction,
+               "--peft", str(default_adapter(pair=pair)), "--data", str(DATA[pair]), "--part", part,
+               "--layers", ",".join(map(str, layers)), "--steps", str(steps), "--batch-size", "8", "--out", str(path)]
+        print("+", " ".join(cmd), flush=True)
+        subprocess.run(cmd, check=True)
+    return files
+
+
+def kl_explained(after: np.ndarray, before: np.ndarray, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(after), size=(2000, len(after)))
+    boots = 1 - after[idx].mean(1) / before[idx].mean(1)
+    return {"value": float(1 - after.mean() / before.mean()), "low": float(np.quantile(boots, 0.025)),
+            "high": float(np.quantile(boots, 0.975))}
+
+
+def share(margin: np.ndarray, dpo: np.ndarray, side: str) -> dict:
+    zero = np.zeros_like(dpo)
+    g = gap_closure(margin, zero, dpo) if side == "base" else gap_closure(margin, dpo, zero)
+    return {"fraction": g.fraction, "low": g.low, "high": g.high, "gap_shown": g.gap_shown}
+
+
+def evaluate(pair_obj, rows, layer: int, vectors: dict, k: int, seed: int) -> dict:
+    d = next(iter(vectors.values())).shape[0]
+    gen = torch.Generator().manual_seed(seed + layer)
+    randoms = [r / r.norm() for r in torch.randn(k, d, generator=gen)]
+    arms = {}
+    for label, side, est, sign in ARMS:
+        v = vectors[est]
+        arms[label] = (side, sign * v)
+        for i, r in enumerate(randoms):
+            arms[f"{label}|random{i}"] = (side, r * v.norm())
+    m = measure(pair_obj, rows, layer, arms)
+    dpo = m.margin_dpo.double().numpy()
+    out = {"n": len(rows), "dpo_margin": float(dpo.mean()), "kl_dpo_base": float(m.kl_dpo_base.mean()),
+           "kl_base_dpo": float(m.kl_base_dpo.mean()), "arms": {}}
+    for label, side, est, _ in ARMS:
+        got = m.steered[label]
+        before = (m.kl_dpo_base if side == "base" else m.kl_base_dpo).double().numpy()
+        s = share(got["margin"].double().numpy(), dpo, side)
+        rand = [share(m.steered[f"{label}|random{i}"]["margin"].double().numpy(), dpo, side)["fraction"]
+                for i in range(k)]
+        rand_kl = [kl_explained(m.steered[f"{label}|random{i}"]["kl_to_target"].double().numpy(), before)["value"]
+                   for i in range(k)]
+        rank = rank_by_distance(s["fraction"], rand).as_dict() if s["fraction"] is not None else None
+        out["arms"][label] = {"side": side, "estimator": est, "norm": float(vectors[est].norm()), "share": s,
+                              "kl_explained": kl_explained(got["kl_to_target"].double().numpy(), before),
+                              "random_share": [min(rand), max(rand)], "random_kl_explained": [min(rand_kl), max(rand_kl)],
+                              "rank": rank}
+    return out
+
+
+def cosines(vectors: dict) -> dict:
+    def c(a, b):
+        return float(torch.nn.functional.cosine_similarity(a, b, dim=0))
+
+    v = vectors
+    return {"cos(v*, v̄)": c(v["distill_install"], v["vbar"]), "cos(u*, −v̄)": c(v["distill_undo"], -v["vbar"]),
+            "cos(u*, −v*)": c(v["distill_undo"], -v["distill_install"]),
+            "cos(v_DPO, v̄)": c(v["dpo_vector"], v["vbar"]), "cos(v_DPO, v*)": c(v["dpo_vector"], v["distill_install"])}
+
+
+def verdict(arm: dict) -> str:
+    """Words from numbers: 'does it' when the share's CI holds 100 % or lies within [0.8, 1.2] and the vector ranks
+    first against its random directions at p <= 0.05; 'part' when the CI lies above 0; else 'no'."""
+    s, rank = arm["share"], arm["rank"]
+    if s["fraction"] is None or s["low"] is None:
+        return "no gap"
+    first = rank is not None and rank["rank"] == 1 and rank["p_value"] <= 0.05
+    if first and (s["low"] <= 1 <= s["high"] or (s["low"] >= 0.8 and s["high"] <= 1.2)):
+        return "does it"
+    if s["low"] > 0:
+        return "part" + ("" if first else " (not beyond random)")
+    return "no"
+
+
+def pct(x) -> str:
+    return "—" if x is None else f"{100 * x:.0f} %"
+
+
+def markdown(r: dict) -> str:
+    lines = [f"# How much of DPO can one vector do? The {r['pair']} pair", "",
+             f"Written by `scripts/best_vector.py` ({r['command']}); {r['seconds']:.0f} s on 2 CPU cores. Model: the "
+             "embedded SmolLM2-135M-Instruct and the shipped adapter. Vectors added at every position of the "
+             f"site; {r['k']} random directions per arm, each of the arm's norm. Share = the implicit reward margin "
+             "relative to the base (reply tokens) moved, as a fraction of the DPO model's, paired bootstrap 95 % CI; "
+             "KL explained = 1 − KL(target ‖ steered)/KL(target ‖ start).", ""]
+    for layer, res in r["layers"].items():
+        lines += [f"## Site {layer}", "", "Cosines: " + ", ".join(f"{k} {v:+.2f}" for k, v in res["cos"].items()), ""]
+        for split in ("eval", "fit"):
+            e = res[split]
+            lines += [f"**{'Eval part' if split == 'eval' else 'Fit rows (overfitting check)'}** ({e['n']} pairs; DPO "
+                      f"margin {e['dpo_margin']:+.2f} nats, KL(DPO‖base) {e['kl_dpo_base']:.4f}):", "",
+                      "| arm | on | ‖v‖ | share of the gap [95 % CI] | random shares | rank (by distance to 100 %) | "
+                      "KL explained [95 % CI] | random KL explained | verdict |",
+                      "| --- | --- | ---: | --- | --- | --- | --- | --- | --- |"]
+            for label, a in e["arms"].items():
+                s, k = a["share"], a["kl_explained"]
+                rank = f"{a['rank']['label']}, p = {a['rank']['p_value']:.3f}" if a["rank"] else "—"
+                lines.append(f"| {label} | {a['side']} | {a['norm']:.1f} | {pct(s['fraction'])} [{pct(s['low'])}, "
+                             f"{pct(s['high'])}] | {pct(a['random_share'][0])} … {pct(a['random_share'][1])} | {rank} | "
+                             f"{pct(k['value'])} [{pct(k['low'])}, {pct(k['high'])}] | "
+                             f"{pct(a['random_kl_explained'][0])} … {pct(a['random_kl_explained'][1])} | "
+                             f"{verdict(a)} |")
+            lines.append("")
+    lines += ["## Answers (computed from the eval-part tables)", ""] + [f"* {x}" for x in r["answers"]] + [""]
+    return "\n".join(lines)
+
+
+def answers(r: dict) -> list[str]:
+    out = []
+    for side, word in (("base", "install"), ("dpo", "undo")):
+        best = None
+        for layer, res in r["layers"].items():
+            for label, a in res["eval"]["arms"].items():
+                if a["side"] != side or a["share"]["fraction"] is None:
+                    continue
+                dist = abs(1 - a["share"]["fraction"])
+                if best is None or dist < best[0]:
+                    best = (dist, layer, label, a)
+        if best:
+            _, layer, label, a = best
+            vbar = r["layers"][layer]["eval"]["arms"]["+v̄" if side == "base" else "−v̄"]
+            out.append(f"Nearest to {word}ing all of DPO's margin: {label} at site {layer}, "
+                       f"{pct(a['share']['fraction'])} [{pct(a['share']['low'])}, {pct(a['share']['high'])}] "
+                       f"({verdict(a)}); v̄ at that site: {pct(vbar['share']['fraction'])} ({verdict(vbar)}).")
+    for layer, res in r["layers"].items():
+        c = res["cos"]["cos(u*, −v*)"]
+        out.append(f"Site {layer}: cos(u*, −v*) = {c:+.2f} — the undo vector is "
+                   f"{'close to' if c >= 0.9 else 'not'} the negative of the install vector (threshold 0.9).")
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pair", choices=sorted(DATA), default="refusal")
+    ap.add_argument("--layers", default="20")
+    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--rows", type=int, default=32, help="eval pairs measured (and as many fit rows)")
+    ap.add_argument("--random", type=int, default=20)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    if not DATA[args.pair].is_file():
+        raise SystemExit(f"{DATA[args.pair]} is missing: build it first (scripts/refusal_pipeline.sh's build-refusal "
+                         f"line for the refusal pair)")
+    started = time.perf_counter()
+    out = Path(args.out or ROOT / "results" / "best_vector" / args.pair)
+    layers = [int(x) for x in args.layers.split(",")]
+    files = fit(args.pair, layers, args.steps, out)
+    pair_obj = ModelPair.load(None, adapter=str(default_adapter(pair=args.pair)), device="cpu")
+    vbar = load_vectors(str(default_vector(pair=args.pair))).vectors
+    eval_rows = list(load_pairs(DATA[args.pair], part="eval"))[:args.rows]
+    fit_rows = {p: list(load_pairs(DATA[args.pair], part=p))[:args.rows] for p in ("vector", "train")}
+    result = {"pair": args.pair, "command": "python scripts/best_vector.py " + " ".join(sys.argv[1:]), "k": args.random,
+              "rows": args.rows, "layers": {}}
+    for layer in layers:
+        vectors = {"vbar": vbar[layer].float(), **{n: load_vectors(p).vectors[layer].float() for n, p in files.items()}}
+        res = {"cos": cosines(vectors), "eval": evaluate(pair_obj, eval_rows, layer, vectors, args.random, args.seed)}
+        # the overfitting check: v̄, v*, u* were fitted on the vector part (v_DPO on train): measured on the vector part
+        res["fit"] = evaluate(pair_obj, fit_rows["vector"], layer, vectors, args.random, args.seed)
+        res["fit"]["part"] = "vector (v_DPO: fitted on train, so these rows are held out for it)"
+        result["layers"][str(layer)] = res
+        print(f"site {layer}: " + ", ".join(f"{k} {pct(a['share']['fraction'])}" for k, a in res["eval"]["arms"].items()),
+              flush=True)
+    result["answers"] = answers(result)
+    result["seconds"] = time.perf_counter() - started
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "table.json").write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    (out / "table.md").write_text(markdown(result), encoding="utf-8")
+    print(markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
