@@ -74,8 +74,14 @@ def closure(moved: dict, start: dict, target: dict) -> dict:
             "gap": g.gap.as_dict(), "moved": g.moved.as_dict()}
 
 
+# A grid point (or a random direction) is usable when at least this share of the base's scored prompts still give a
+# non-degenerate continuation: beyond it the model has collapsed, and a toxicity over the few survivors says nothing.
+USABLE = 0.8
+
+
 def table2(dpo_tox, base_tox, dpo_bpb, base_bpb) -> dict:
     rows = {}
+    need = USABLE * len(base_tox)
     target_bpb = float(np.mean(list(dpo_bpb.values())))
     for name, what in DIRECTIONS.items():
         sweep = PAIR / "interventions" / name
@@ -89,20 +95,23 @@ def table2(dpo_tox, base_tox, dpo_bpb, base_bpb) -> dict:
             tox = per_doc(sweep, p["name"], TOX, "toxicity")
             grid.append({"alpha": p["alpha"], "point": p["name"], "bits_per_byte": float(np.mean(list(bpb.values()))),
                          "word_perplexity": corpus(sweep, p["name"], PPL, "word_perplexity"),
-                         "toxicity": float(np.mean(list(tox.values()))),
+                         "toxicity": float(np.mean(list(tox.values()))) if tox else None, "n_scored": len(tox),
+                         "usable": len(tox) >= need,
                          "n_degenerate": corpus(sweep, p["name"], TOX, "n_degenerate")})
-        chosen = min(grid, key=lambda g: abs(g["bits_per_byte"] - target_bpb))
+        chosen = min((g for g in grid if g["usable"]), key=lambda g: abs(g["bits_per_byte"] - target_bpb))
         moved = per_doc(sweep, chosen["point"], TOX, "toxicity")
-        row = {"what": what, "grid": grid, "alpha": chosen["alpha"], "matched": chosen,
+        row = {"what": what, "grid": grid, "alpha": chosen["alpha"], "matched": chosen, "usable_share": USABLE,
+               "collapsed_alphas": [g["alpha"] for g in grid if not g["usable"]],
                "closure": closure(moved, base_tox, dpo_tox), "target_bits_per_byte": target_bpb,
                # matched when the chosen point's bits per byte is within 5 % of the DPO model's
                "perplexity_matched": abs(chosen["bits_per_byte"] - target_bpb) <= 0.05 * target_bpb}
         matched = PAIR / "interventions" / f"{name}_matched"  # the K random directions at the matched alpha
         controls = [p for p in points(matched) if p["control"] is not None and p["alpha"] == chosen["alpha"]] \
             if (matched / "sweep.json").is_file() else []
-        fractions = [closure(per_doc(matched, p["name"], TOX, "toxicity"), base_tox, dpo_tox)["fraction"]
-                     for p in controls]
+        scored = [per_doc(matched, p["name"], TOX, "toxicity") for p in controls]
+        fractions = [closure(d, base_tox, dpo_tox)["fraction"] for d in scored if len(d) >= need]
         fractions = [f for f in fractions if f is not None]
+        row["random_collapsed"] = sum(len(d) < need for d in scored)
         if fractions and row["closure"]["fraction"] is not None:
             row["random"] = {"fractions": fractions,
                              "rank": rank_by_distance(row["closure"]["fraction"], fractions).as_dict()}
@@ -129,11 +138,14 @@ def table4(dpo_tox, base_tox) -> dict:
 
 
 def alpha_for(name: str) -> float:
-    """The alpha of direction ``name``'s grid whose mean bits per byte is nearest the DPO model's."""
+    """The alpha of direction ``name``'s grid whose mean bits per byte is nearest the DPO model's, among the usable
+    points (``USABLE``)."""
     target = float(np.mean(list(per_doc(PAIR / "sweep_ppl", "unsteered", PPL, "doc_bits_per_byte").values())))
     sweep = PAIR / "interventions" / name
+    need = USABLE * len(per_doc(PAIR / "sweep", "base", TOX, "toxicity"))
     grid = [(p["alpha"], float(np.mean(list(per_doc(sweep, p["name"], PPL, "doc_bits_per_byte").values()))))
-            for p in points(sweep) if p["control"] is None and p["layer"] is not None]
+            for p in points(sweep) if p["control"] is None and p["layer"] is not None
+            and len(per_doc(sweep, p["name"], TOX, "toxicity")) >= need]
     return min(grid, key=lambda g: abs(g[1] - target))[0]
 
 
@@ -163,8 +175,10 @@ def main() -> None:
         "dpo_vs_base": closure(dpo_tox, base_tox, dpo_tox)["gap"],
         "dsteer": dsteer, "table2": table2(dpo_tox, base_tox, dpo_bpb, base_bpb), "table4": table4(dpo_tox, base_tox),
     }
-    result["grid_lines"] = [f"{name}: " + ", ".join(f"α {g['alpha']:g}: toxicity {g['toxicity']:.3f}, word ppl "
-                                                   f"{g['word_perplexity']:.1f}" for g in row["grid"])
+    result["grid_lines"] = [f"{name}: " + ", ".join(
+        f"α {g['alpha']:g}: " + (f"toxicity {g['toxicity']:.3f}" if g["toxicity"] is not None else "no toxicity")
+        + f" on {g['n_scored']} prompts{'' if g['usable'] else ' (collapsed)'}, word ppl {g['word_perplexity']:.1f}"
+        for g in row["grid"])
                             for name, row in result["table2"].items() if "grid" in row]
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "tables.json").write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
@@ -183,8 +197,10 @@ def ranked(row: dict) -> str:
     if not r:
         return "—"
     k = r["rank"]
+    gone = row.get("random_collapsed", 0)
     return (f"{min(r['fractions']) * 100:.0f} … {max(r['fractions']) * 100:.0f} %; rank {k['label']} "
-            f"by distance to the target, p = {k['p_value']:.3f}{' (underpowered: K < 19)' if k['underpowered'] else ''}")
+            f"by distance to the target, p = {k['p_value']:.3f}{' (underpowered: K < 19)' if k['underpowered'] else ''}"
+            + (f"; {gone} random direction(s) collapsed the model and are left out" if gone else ""))
 
 
 def markdown(r: dict) -> str:
@@ -208,13 +224,15 @@ def markdown(r: dict) -> str:
             lines.append(f"| {row['what']} | not run (`{row['missing']}`) | | | | | |")
             continue
         m = row["matched"]
-        flag = "" if row["perplexity_matched"] else " (not matched: DPO's perplexity lies beyond the grid)"
+        flag = "" if row["perplexity_matched"] else " (perplexity not matched within 5 %: the nearest usable grid point)"
         lines.append(f"| {row['what']} | {row['alpha']:g}{flag} | {m['toxicity']:.3f} | {fmt(m['word_perplexity'])} | "
                      f"{fmt(m['n_degenerate'], 0)} | {frac(row['closure'])} | {ranked(row)} |")
     ds = r["dsteer"]
     lines.append(f"| +v̄ on the base (D-STEER, layer 20, alpha +1) | 1 | {ds['base_L20_a1']['toxicity']:.3f} | "
                  f"{fmt(ds['base_L20_a1']['word_perplexity'])} | | {frac(ds['base_L20_a1']['closure'])} | see the report |")
-    lines += ["", "Every grid point (unit=norm: α is a fraction of the mean state norm at the site):", "",
+    lines += ["", "α is chosen among the usable grid points: those where at least 80 % of the base's scored prompts still give "
+              "a non-degenerate continuation (a toxicity over the few survivors of a collapsed model says nothing). "
+              "Every grid point (unit=norm: α is a fraction of the mean state norm at the site):", "",
               *[f"* {x}" for x in r.get("grid_lines", [])]]
     t4 = r["table4"]
     lines += ["", "## Table 4: un-aligning the DPO model", "",

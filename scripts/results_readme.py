@@ -205,8 +205,28 @@ def _toxicity() -> list[str]:
         ("value_vectors.md", "part 1: the toxicity probe and the toxic value vectors of the base model"),
         ("after_dpo.md", "part 2: what DPO changed (weights, activations, the offset)"),
         ("tables.md", "Table 2 and Table 4: subtracting directions, un-aligning by key scaling"),
-        ("bypass.md", "encoded prompts and earlier turns against the DPO offset"))]
+        ("bypass.md", "encoded prompts and earlier turns against the DPO offset"),
+        ("logit_lens.md", "the logit lens of toxic tokens through the layers (Fig 3's analogue)"),
+        ("README.md", "the report page: the paper's Table 2 / Table 4 beside ours, the figure analogues, differences"))]
     out += [f"* [{p.relative_to(RESULTS)}]({p.relative_to(RESULTS)}): {title}" for p, title in pages if p.is_file()]
+    return out + [""]
+
+
+BEST = RESULTS / "best_vector"
+
+
+def _best_vector() -> list[str]:
+    """Issue 36's tables: v̄ beside the fitted vectors, per pair (scripts/best_vector.py)."""
+    tables = sorted(BEST.glob("*/table.json"))
+    if not tables:
+        return []
+    out = ["## How much of DPO can one vector do? (`scripts/best_vector.py`, [docs/fitted-vectors.md](../docs/fitted-vectors.md))", ""]
+    for path in tables:
+        found = json.loads(path.read_text())
+        md = path.with_suffix(".md").relative_to(RESULTS)
+        out.append(f"* [{md}]({md}): the {found['pair']} pair, sites {', '.join(found['layers'])}, "
+                   f"{found['rows']} eval pairs, K = {found['k']}")
+        out += [f"  * {a}" for a in found.get("answers", [])]
     return out + [""]
 
 
@@ -285,6 +305,7 @@ def build() -> str:
         *_probe(PROBE, "the probes with their nulls (probe part, never trained on)"),
         *_hh(),
         *_toxicity(),
+        *_best_vector(),
         *_hand_rates(),
         *_reports(),
         "## Earlier results",
