@@ -55,7 +55,7 @@ ARMS = [("+v̄", "base", "vbar", 1), ("+v*", "base", "distill_install", 1), ("�
         ("−v_DPO", "dpo", "dpo_vector", -1)]
 
 
-def fit(pair: str, layers: list[int], steps: int, out: Path) -> dict[str, Path]:
+def fit(pair: str, layers: list[int], steps: int, out: Path, fit_rows: int, limits: dict) -> dict[str, Path]:
     files = {}
     for name, (method, direction, part) in FITS.items():
         path = out / "vectors" / f"{name}.safetensors"
@@ -64,7 +64,9 @@ def fit(pair: str, layers: list[int], steps: int, out: Path) -> dict[str, Path]:
             continue
         cmd = [str(ROOT / ".venv" / "bin" / "dsteer-eval"), "extract", "--method", method, "--direction", direction,
                "--peft", str(default_adapter(pair=pair)), "--data", str(DATA[pair]), "--part", part,
-               "--layers", ",".join(map(str, layers)), "--steps", str(steps), "--batch-size", "8", "--out", str(path)]
+               "--layers", ",".join(map(str, layers)), "--steps", str(steps), "--batch-size", "8", "--limit",
+               str(fit_rows), "--max-prompt-tokens", str(limits["max_prompt"]), "--max-completion-tokens",
+               str(limits["max_completion"]), "--out", str(path)]
         print("+", " ".join(cmd), flush=True)
         subprocess.run(cmd, check=True)
     return files
@@ -84,7 +86,7 @@ def share(margin: np.ndarray, dpo: np.ndarray, side: str) -> dict:
     return {"fraction": g.fraction, "low": g.low, "high": g.high, "gap_shown": g.gap_shown}
 
 
-def evaluate(pair_obj, rows, layer: int, vectors: dict, k: int, seed: int) -> dict:
+def evaluate(pair_obj, rows, layer: int, vectors: dict, k: int, seed: int, limits: dict) -> dict:
     d = next(iter(vectors.values())).shape[0]
     gen = torch.Generator().manual_seed(seed + layer)
     randoms = [r / r.norm() for r in torch.randn(k, d, generator=gen)]
@@ -94,7 +96,7 @@ def evaluate(pair_obj, rows, layer: int, vectors: dict, k: int, seed: int) -> di
         arms[label] = (side, sign * v)
         for i, r in enumerate(randoms):
             arms[f"{label}|random{i}"] = (side, r * v.norm())
-    m = measure(pair_obj, rows, layer, arms)
+    m = measure(pair_obj, rows, layer, arms, limits=limits)
     dpo = m.margin_dpo.double().numpy()
     out = {"n": len(rows), "dpo_margin": float(dpo.mean()), "kl_dpo_base": float(m.kl_dpo_base.mean()),
            "kl_base_dpo": float(m.kl_base_dpo.mean()), "arms": {}}
@@ -106,10 +108,11 @@ def evaluate(pair_obj, rows, layer: int, vectors: dict, k: int, seed: int) -> di
                 for i in range(k)]
         rand_kl = [kl_explained(m.steered[f"{label}|random{i}"]["kl_to_target"].double().numpy(), before)["value"]
                    for i in range(k)]
-        rank = rank_by_distance(s["fraction"], rand).as_dict() if s["fraction"] is not None else None
+        rank = rank_by_distance(s["fraction"], rand).as_dict() if s["fraction"] is not None and rand else None
         out["arms"][label] = {"side": side, "estimator": est, "norm": float(vectors[est].norm()), "share": s,
                               "kl_explained": kl_explained(got["kl_to_target"].double().numpy(), before),
-                              "random_share": [min(rand), max(rand)], "random_kl_explained": [min(rand_kl), max(rand_kl)],
+                              "random_share": [min(rand), max(rand)] if rand else None,
+                              "random_kl_explained": [min(rand_kl), max(rand_kl)] if rand_kl else None,
                               "rank": rank}
     return out
 
@@ -142,6 +145,10 @@ def pct(x) -> str:
     return "—" if x is None else f"{100 * x:.0f} %"
 
 
+def span(pair) -> str:
+    return "not run" if not pair else f"{pct(pair[0])} … {pct(pair[1])}"
+
+
 def markdown(r: dict) -> str:
     lines = [f"# How much of DPO can one vector do? The {r['pair']} pair", "",
              f"Written by `scripts/best_vector.py` ({r['command']}); {r['seconds']:.0f} s on 2 CPU cores. Model: the "
@@ -162,9 +169,9 @@ def markdown(r: dict) -> str:
                 s, k = a["share"], a["kl_explained"]
                 rank = f"{a['rank']['label']}, p = {a['rank']['p_value']:.3f}" if a["rank"] else "—"
                 lines.append(f"| {label} | {a['side']} | {a['norm']:.1f} | {pct(s['fraction'])} [{pct(s['low'])}, "
-                             f"{pct(s['high'])}] | {pct(a['random_share'][0])} … {pct(a['random_share'][1])} | {rank} | "
+                             f"{pct(s['high'])}] | {span(a['random_share'])} | {rank} | "
                              f"{pct(k['value'])} [{pct(k['low'])}, {pct(k['high'])}] | "
-                             f"{pct(a['random_kl_explained'][0])} … {pct(a['random_kl_explained'][1])} | "
+                             f"{span(a['random_kl_explained'])} | "
                              f"{verdict(a)} |")
             lines.append("")
     lines += ["## Answers (computed from the eval-part tables)", ""] + [f"* {x}" for x in r["answers"]] + [""]
@@ -199,8 +206,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pair", choices=sorted(DATA), default="refusal")
     ap.add_argument("--layers", default="20")
-    ap.add_argument("--steps", type=int, default=150)
-    ap.add_argument("--rows", type=int, default=32, help="eval pairs measured (and as many fit rows)")
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--fit-rows", type=int, default=48, help="pairs each vector is fitted on (of its part)")
+    ap.add_argument("--max-prompt", type=int, default=64, help="prompt tokens kept (the last ones)")
+    ap.add_argument("--max-completion", type=int, default=32, help="reply tokens kept (the first ones)")
+    ap.add_argument("--rows", type=int, default=24, help="eval pairs measured (and as many fit rows, without randoms)")
     ap.add_argument("--random", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None)
@@ -211,18 +221,21 @@ def main() -> int:
     started = time.perf_counter()
     out = Path(args.out or ROOT / "results" / "best_vector" / args.pair)
     layers = [int(x) for x in args.layers.split(",")]
-    files = fit(args.pair, layers, args.steps, out)
+    limits = {"max_prompt": args.max_prompt, "max_completion": args.max_completion}
+    files = fit(args.pair, layers, args.steps, out, args.fit_rows, limits)
     pair_obj = ModelPair.load(None, adapter=str(default_adapter(pair=args.pair)), device="cpu")
     vbar = load_vectors(str(default_vector(pair=args.pair))).vectors
     eval_rows = list(load_pairs(DATA[args.pair], part="eval"))[:args.rows]
     fit_rows = {p: list(load_pairs(DATA[args.pair], part=p))[:args.rows] for p in ("vector", "train")}
     result = {"pair": args.pair, "command": "python scripts/best_vector.py " + " ".join(sys.argv[1:]), "k": args.random,
-              "rows": args.rows, "layers": {}}
+              "rows": args.rows, "fit_rows": args.fit_rows, "steps": args.steps, "limits": limits, "layers": {}}
     for layer in layers:
         vectors = {"vbar": vbar[layer].float(), **{n: load_vectors(p).vectors[layer].float() for n, p in files.items()}}
-        res = {"cos": cosines(vectors), "eval": evaluate(pair_obj, eval_rows, layer, vectors, args.random, args.seed)}
-        # the overfitting check: v̄, v*, u* were fitted on the vector part (v_DPO on train): measured on the vector part
-        res["fit"] = evaluate(pair_obj, fit_rows["vector"], layer, vectors, args.random, args.seed)
+        res = {"cos": cosines(vectors),
+               "eval": evaluate(pair_obj, eval_rows, layer, vectors, args.random, args.seed, limits)}
+        # the overfitting check: v̄, v*, u* were fitted on the vector part (v_DPO on train): measured on the vector
+        # part's first rows (the fitted ones), without random directions
+        res["fit"] = evaluate(pair_obj, fit_rows["vector"], layer, vectors, 0, args.seed, limits)
         res["fit"]["part"] = "vector (v_DPO: fitted on train, so these rows are held out for it)"
         result["layers"][str(layer)] = res
         print(f"site {layer}: " + ", ".join(f"{k} {pct(a['share']['fraction'])}" for k, a in res["eval"]["arms"].items()),

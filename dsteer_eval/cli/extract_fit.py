@@ -47,6 +47,7 @@ def run_fit(args: argparse.Namespace) -> int:
     import torch
 
     from dsteer_eval.cli.shared import pairs_from_args
+    from dsteer_eval.common.output_folder import atomic_write_text
     from dsteer_eval.dpo.model_pair import ModelPair
     from dsteer_eval.dpo.vector_fit import fit_distilled, fit_dpo_vector
     from dsteer_eval.models.defaults import model_name, resolve_dpo_side
@@ -75,6 +76,7 @@ def run_fit(args: argparse.Namespace) -> int:
                 "seed": args.seed, "limits": limits, "data": str(pairs.source), "part": args.part, "pairs": len(pairs),
                 "beta": beta if args.method == "dpo-vector" else None, "dpo": pair.dpo_id}
     sidecar = Path(str(args.out) + ".fits.json")
+    sidecar.parent.mkdir(parents=True, exist_ok=True)
     done: dict = {}
     if sidecar.is_file():
         kept = json.loads(sidecar.read_text())
@@ -96,7 +98,7 @@ def run_fit(args: argparse.Namespace) -> int:
         fit = (fit_distilled(pair, pairs, site, direction=args.direction, **common) if args.method == "distill"
                else fit_dpo_vector(pair, pairs, site, beta=beta, **common))
         done[str(site)] = {"vector": fit.vector.tolist(), "record": fit.record()}
-        sidecar.write_text(json.dumps({"settings": settings, "layers": done}) + "\n")
+        atomic_write_text(sidecar, json.dumps({"settings": settings, "layers": done}) + "\n")  # whole or not at all
     vectors = {int(s): torch.tensor(done[str(s)]["vector"]) for s in sites}
     method = args.method if args.method == "dpo-vector" else f"distill-{args.direction}"
     extra = {"data": pairs.source, "part": args.part, "fit": {s: done[str(s)]["record"] for s in map(str, sites)},

@@ -189,7 +189,7 @@ def test_cli_fits_per_layer_saves_a_loadable_file_and_resumes_the_missing_layers
     from dsteer_eval.dpo import vector_fit
     from dsteer_eval.vectors import load_vectors
 
-    out = tmp_path / "v.safetensors"
+    out = tmp_path / "new" / "v.safetensors"  # a folder that does not exist yet
     args = ["extract", "--method", "distill", "--direction", "undo", "--pretrained", tiny_dir, "--peft",
             tiny_adapter_dir, "--data", short_pairs_file, "--part", "all", "--layers", "1,3", "--steps", "3",
             "--batch-size", "4", "--out", str(out)]
@@ -204,7 +204,7 @@ def test_cli_fits_per_layer_saves_a_loadable_file_and_resumes_the_missing_layers
     monkeypatch.setattr(vector_fit, "fit_distilled", failing_at_3)
     with pytest.raises(KeyboardInterrupt):
         main(args)
-    sidecar = tmp_path / "v.safetensors.fits.json"
+    sidecar = tmp_path / "new" / "v.safetensors.fits.json"
     assert fitted == [1] and sidecar.is_file() and not out.exists()
     fitted.clear()
     monkeypatch.setattr(vector_fit, "fit_distilled", lambda *a, **kw: (fitted.append(a[2]), real(*a, **kw))[1])
