@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from dsteer_eval.steering.capture import record
 from dsteer_eval.steering.hook import POSITIONS, adding
 from dsteer_eval.steering.resume_forward import run_from_site, run_to_site
 from dsteer_eval.steering.sites import resolve_parts
@@ -176,8 +177,6 @@ def frozen(model):
 @torch.no_grad()
 def state_scale(pair, texts: Sequence[Encoded], site: int, side: str, pad_id: int, device=None) -> float:
     """Mean ‖h‖ at ``site`` over the texts' non-padding positions, / √d: the unit of the fitted w."""
-    from dsteer_eval.steering.capture import record
-
     total, count = 0.0, 0
     with pair.side(side) as model:
         parts = resolve_parts(model)
