@@ -4,12 +4,13 @@ JSON files of results/lee_smollm2/ (written by lee_tables.py, lee_after_dpo.py, 
 offset_bypass.py); the paper's numbers are quoted from Lee et al. 2024 (Table 2, Table 4). Writes
 results/lee_smollm2/README.md.
 
-    .venv/bin/python scripts/lee_report.py      # seconds; no model runs
+    .venv/bin/python scripts/lee_report.py [--check]     # seconds; no model runs; --check compares instead (a test)
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -166,8 +167,13 @@ def main() -> None:
                              f"{pct(v['margin'].get('ratio_to_plain'))} |")
         lines.append("")
     lines += ["## Differences from the paper", ""] + [f"* {x}" for x in DIFFERENCES] + [""]
-    (OUT / "README.md").write_text("\n".join(lines), encoding="utf-8")
-    print("\n".join(lines))
+    page = "\n".join(lines)
+    if "--check" in sys.argv[1:]:
+        if (OUT / "README.md").read_text(encoding="utf-8") != page:
+            raise SystemExit(f"{OUT / 'README.md'} is out of date: run python scripts/lee_report.py")
+        return
+    (OUT / "README.md").write_text(page, encoding="utf-8")
+    print(page)
 
 
 if __name__ == "__main__":
