@@ -371,12 +371,8 @@ def measure(pair, pairs: Sequence, site: int, vectors: dict[str, tuple[str, torc
         steer_at = Steerer(site, position)
         with pair.side("base") as model:
             lp_base = target_logprobs(model, batch)
-            steered_base = {k: steer_at(model, batch, v, "base")
-                            for k, (side, v) in vectors.items() if side == "base"}
         with pair.side("dpo") as model:
             lp_dpo = target_logprobs(model, batch)
-            steered_dpo = {k: steer_at(model, batch, v, "dpo")
-                           for k, (side, v) in vectors.items() if side == "dpo"}
         seq_base = sequence_logps(lp_base, batch).view(-1, 2)
 
         def margin(lp):
@@ -386,11 +382,15 @@ def measure(pair, pairs: Sequence, site: int, vectors: dict[str, tuple[str, torc
         margin_dpo.append(margin(lp_dpo))
         kl_db.append(kl_per_text(lp_dpo, lp_base, batch).view(-1, 2).mean(1))
         kl_bd.append(kl_per_text(lp_base, lp_dpo, batch).view(-1, 2).mean(1))
-        for k, (side, _) in vectors.items():
-            lp = (steered_base if side == "base" else steered_dpo)[k]
-            target = lp_dpo if side == "base" else lp_base
-            out_margin[k].append(margin(lp))
-            out_kl[k].append(kl_per_text(target, lp, batch).view(-1, 2).mean(1))
+        for side in ("base", "dpo"):  # each arm's log-probs are reduced at once: (positions × vocab) each is large
+            with pair.side(side) as model:
+                for k, (arm_side, v) in vectors.items():
+                    if arm_side != side:
+                        continue
+                    lp = steer_at(model, batch, v, side)
+                    out_margin[k].append(margin(lp))
+                    out_kl[k].append(kl_per_text(lp_dpo if side == "base" else lp_base, lp, batch).view(-1, 2).mean(1))
+                    del lp
     m_dpo = torch.cat(margin_dpo)
     return Measured(torch.zeros_like(m_dpo), m_dpo, torch.cat(kl_db), torch.cat(kl_bd),
                     {k: {"side": vectors[k][0], "margin": torch.cat(out_margin[k]), "kl_to_target": torch.cat(out_kl[k])}
