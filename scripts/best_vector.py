@@ -128,17 +128,25 @@ def cosines(vectors: dict) -> dict:
 
 
 def verdict(arm: dict) -> str:
-    """Words from numbers: 'does it' when the share's CI holds 100 % or lies within [0.8, 1.2] and the vector ranks
-    first against its random directions at p <= 0.05; 'part' when the CI lies above 0; else 'no'."""
+    """Words from numbers (the share's 95 % CI and the rank among the arm's random directions):
+    'does it' — the CI lies within [80 %, 120 %] and the arm is nearest 100 % of all K + 1 at p <= 0.05;
+    'overshoot' — the CI lies above 100 % (and not within [80, 120] %); 'part' — the CI lies above 0 (otherwise); 'wrong way' — below 0;
+    'not shown' — the CI holds 0. '(not beyond random)' is added when the rank test fails, '(no random directions)'
+    where none were run on these rows."""
     s, rank = arm["share"], arm["rank"]
     if s["fraction"] is None or s["low"] is None:
         return "no gap"
     first = rank is not None and rank["rank"] == 1 and rank["p_value"] <= 0.05
-    if first and (s["low"] <= 1 <= s["high"] or (s["low"] >= 0.8 and s["high"] <= 1.2)):
-        return "does it"
+    note = "" if first else (" (no random directions)" if rank is None else " (not beyond random)")
+    if 0.8 <= s["low"] and s["high"] <= 1.2:
+        return "does it" + note if not first else "does it"
+    if s["low"] > 1:
+        return "overshoot" + note
     if s["low"] > 0:
-        return "part" + ("" if first else " (not beyond random)")
-    return "no"
+        return "part" + note
+    if s["high"] < 0:
+        return "wrong way" + note
+    return "not shown"
 
 
 def pct(x) -> str:
@@ -214,7 +222,15 @@ def main() -> int:
     ap.add_argument("--random", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--render", action="store_true", help="only re-write table.md (and the answers) from table.json")
     args = ap.parse_args()
+    if args.render:
+        out = Path(args.out or ROOT / "results" / "best_vector" / args.pair)
+        result = json.loads((out / "table.json").read_text())
+        result["answers"] = answers(result)
+        (out / "table.json").write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        (out / "table.md").write_text(markdown(result), encoding="utf-8")
+        return 0
     if not DATA[args.pair].is_file():
         raise SystemExit(f"{DATA[args.pair]} is missing: build it first (scripts/refusal_pipeline.sh's build-refusal "
                          f"line for the refusal pair)")
