@@ -39,8 +39,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from dsteer_eval.dpo.extract import keep_end
 from dsteer_eval.steering.capture import record
-from dsteer_eval.steering.hook import POSITIONS, adding
+from dsteer_eval.steering.hook import POSITIONS, adding, position_mask
 from dsteer_eval.steering.resume_forward import run_from_site, run_to_site
 from dsteer_eval.steering.sites import resolve_parts
 
@@ -72,9 +73,7 @@ def encode(tokenizer, prompt: str, completion: str, *, max_prompt: int = 128, ma
     if not p or not c:
         raise ValueError(f"a text needs a prompt and a completion token; got {len(p)} and {len(c)} "
                          f"(prompt {prompt[:40]!r}, completion {completion[:40]!r})")
-    if len(p) > max_prompt:
-        bos = getattr(tokenizer, "bos_token_id", None)
-        p = ([p[0]] + p[len(p) - max_prompt + 1:]) if bos is not None and p[0] == bos else p[-max_prompt:]
+    p = keep_end(p, max_prompt, getattr(tokenizer, "bos_token_id", None))
     return Encoded(tuple(p + c), len(p))
 
 
@@ -102,15 +101,13 @@ def collate(texts: Sequence[Encoded], pad_id: int, device=None) -> Batch:
     return Batch(ids.to(dev), mask.to(dev), lengths.to(dev), target.to(dev), labels.to(dev))
 
 
-def position_mask(batch: Batch, position: str) -> torch.Tensor:
-    """(B, T, 1) float: where a vector is added at ``position`` (every position for ``all``)."""
+def shift_at(batch: Batch, vector: torch.Tensor, position: str) -> torch.Tensor:
+    """``vector`` broadcast to where :func:`dsteer_eval.steering.steer` would add it at ``position``: the vector
+    itself for ``all``, else ``(B, T, d)`` with zeros elsewhere (the hook's own position mask)."""
     if position not in POSITIONS:
         raise ValueError(f"position must be one of {', '.join(POSITIONS)}; got {position!r}")
-    t = torch.arange(batch.input_ids.shape[1], device=batch.input_ids.device)[None, :]
-    p = batch.prompt_lengths[:, None]
-    keep = {"all": torch.ones_like(t, dtype=torch.bool).expand(batch.input_ids.shape[0], -1),
-            "prompt": t < p, "completion": t >= p, "last": t == p - 1}[position]
-    return keep[..., None].float()
+    keep = position_mask(position, batch.input_ids.shape[1], 0, batch.prompt_lengths, batch.input_ids.device)
+    return vector if keep is None else keep[..., None].to(vector.dtype) * vector
 
 
 def target_logprobs(model, batch: Batch, *, site: int | None = None, vector: torch.Tensor | None = None,
@@ -120,8 +117,7 @@ def target_logprobs(model, batch: Batch, *, site: int | None = None, vector: tor
     parts = resolve_parts(model)
     shifts = {}
     if vector is not None:
-        shift = vector if position == "all" else position_mask(batch, position).to(vector.dtype) * vector
-        shifts[parts.site_module(site)] = shift
+        shifts[parts.site_module(site)] = shift_at(batch, vector, position)
     with adding(shifts):
         hidden = parts.decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask)[0]
     return F.log_softmax(parts.lm_head(hidden[batch.target]).float(), dim=-1)
@@ -141,24 +137,25 @@ class Steerer:
             return target_logprobs(model, batch, site=self.site, vector=vector, position=self.position)
         if key not in self.kept:
             self.kept[key] = run_to_site(model, batch.input_ids, batch.attention_mask, self.site, parts=parts)
-        shift = vector if self.position == "all" else position_mask(batch, self.position).to(vector.dtype) * vector
-        hidden = run_from_site(model, self.kept[key], shift, parts=parts)
+        hidden = run_from_site(model, self.kept[key], shift_at(batch, vector, self.position), parts=parts)
         return F.log_softmax(parts.lm_head(hidden[batch.target]).float(), dim=-1)
+
+
+def _per_text_sum(values: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """(B,) sums of per-target-position ``values`` (row-major, as :func:`target_logprobs` orders them) by text."""
+    rows = torch.arange(batch.input_ids.shape[0], device=values.device)[:, None].expand_as(batch.target)[batch.target]
+    return torch.zeros(batch.input_ids.shape[0], device=values.device, dtype=values.dtype).index_add(0, rows, values)
 
 
 def sequence_logps(logp: torch.Tensor, batch: Batch) -> torch.Tensor:
     """(B,) summed log-probability of each text's completion tokens, from :func:`target_logprobs`."""
-    picked = logp.gather(1, batch.labels[batch.target][:, None])[:, 0]
-    rows = torch.arange(batch.input_ids.shape[0], device=picked.device)[:, None].expand_as(batch.target)[batch.target]
-    return torch.zeros(batch.input_ids.shape[0], device=picked.device, dtype=picked.dtype).index_add(0, rows, picked)
+    return _per_text_sum(logp.gather(1, batch.labels[batch.target][:, None])[:, 0], batch)
 
 
 def kl_per_text(teacher: torch.Tensor, student: torch.Tensor, batch: Batch) -> torch.Tensor:
     """(B,) mean over each text's target positions of KL(teacher ‖ student) (log-prob inputs, nats)."""
     per_pos = (teacher.exp() * (teacher - student)).sum(-1)
-    rows = torch.arange(batch.input_ids.shape[0], device=per_pos.device)[:, None].expand_as(batch.target)[batch.target]
-    total = torch.zeros(batch.input_ids.shape[0], device=per_pos.device, dtype=per_pos.dtype).index_add(0, rows, per_pos)
-    return total / batch.target.sum(1).clamp(min=1)
+    return _per_text_sum(per_pos, batch) / batch.target.sum(1).clamp(min=1)
 
 
 @contextmanager
@@ -225,6 +222,10 @@ def _check(site, pair, position, steps, lr, batch_size) -> int:
     return parts.hidden_size
 
 
+def _pad_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
 def _optimiser(w: torch.Tensor, lr: float, steps: int):
     """Adam on ``w`` with the step size decayed linearly from ``lr`` to ``lr / 10`` over the steps."""
     opt = torch.optim.Adam([w], lr=lr)
@@ -261,7 +262,7 @@ def fit_distilled(pair, pairs: Sequence, site: int, *, direction: str = "install
     tok = pair.tokenizer
     texts = [t for two in encode_pairs(tok, pairs, **(limits or {})) for t in two]
     teacher, student = ("dpo", "base") if direction == "install" else ("base", "dpo")
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    pad = _pad_id(tok)
     scale = state_scale(pair, texts, site, student, pad)
     w = torch.zeros(d, requires_grad=True)
     opt, schedule = _optimiser(w, lr, steps)
@@ -312,7 +313,7 @@ def fit_dpo_vector(pair, pairs: Sequence, site: int, *, beta: float = 0.1, posit
     if not pairs:
         raise ValueError("pairs: no rows to fit on")
     tok = pair.tokenizer
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    pad = _pad_id(tok)
     encoded = encode_pairs(tok, pairs, **(limits or {}))
     flat = [t for two in encoded for t in two]
     ref = _reference_logps(pair, flat, pad).view(-1, 2)
@@ -360,7 +361,7 @@ def measure(pair, pairs: Sequence, site: int, vectors: dict[str, tuple[str, torc
     the implicit reward margin relative to the base and the KL to the *other* model (the target: DPO for a vector
     on the base, the base for one on DPO), each text's mean over its completion tokens, averaged over the two."""
     tok = pair.tokenizer
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    pad = _pad_id(tok)
     encoded = encode_pairs(tok, pairs, **(limits or {}))
     out_margin = {k: [] for k in vectors}
     out_kl = {k: [] for k in vectors}
