@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 import time
@@ -55,21 +56,50 @@ ARMS = [("+v̄", "base", "vbar", 1), ("+v*", "base", "distill_install", 1), ("�
         ("−v_DPO", "dpo", "dpo_vector", -1)]
 
 
-def fit(pair: str, layers: list[int], steps: int, out: Path, fit_rows: int, limits: dict) -> dict[str, Path]:
+def fit(pair: str, adapter: Path, layers: list[int], steps: int, out: Path, fit_rows: int, limits: dict) -> dict:
+    """{estimator: {layer: file}}: one vector file per estimator and layer (fitted once, kept; a killed fit resumes)."""
     files = {}
     for name, (method, direction, part) in FITS.items():
-        path = out / "vectors" / f"{name}.safetensors"
-        files[name] = path
-        if path.is_file() and set(load_vectors(path).vectors) >= set(layers):
-            continue
-        cmd = [str(ROOT / ".venv" / "bin" / "dsteer-eval"), "extract", "--method", method, "--direction", direction,
-               "--peft", str(default_adapter(pair=pair)), "--data", str(DATA[pair]), "--part", part,
-               "--layers", ",".join(map(str, layers)), "--steps", str(steps), "--batch-size", "8", "--limit",
-               str(fit_rows), "--max-prompt-tokens", str(limits["max_prompt"]), "--max-completion-tokens",
-               str(limits["max_completion"]), "--out", str(path)]
-        print("+", " ".join(cmd), flush=True)
-        subprocess.run(cmd, check=True)
+        files[name] = {}
+        for layer in layers:
+            path = out / "vectors" / f"{name}_site{layer}.safetensors"
+            files[name][layer] = path
+            if path.is_file():
+                continue
+            run([str(ROOT / ".venv" / "bin" / "dsteer-eval"), "extract", "--method", method, "--direction", direction,
+                 "--peft", str(adapter), "--data", str(DATA[pair]), "--part", part, "--layers", str(layer), "--steps",
+                 str(steps), "--batch-size", "8", "--limit", str(fit_rows), "--max-prompt-tokens",
+                 str(limits["max_prompt"]), "--max-completion-tokens", str(limits["max_completion"]), "--out", str(path)])
     return files
+
+
+def run(cmd: list[str]) -> None:
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+
+
+def null_adapter(pair: str) -> Path:
+    """The null DPO run of ``pair`` (build/null_adapters/<pair>): the shipped adapter's own train-dpo command on the
+    same data with ``--labels shuffled`` — chosen and rejected swapped on a seeded half of the train pairs, so there is
+    no consistent preference to learn. Trained here when missing (train-dpo keeps checkpoints: a killed run resumes)."""
+    out = ROOT / "build" / "null_adapters" / pair
+    if (out / "adapter_config.json").is_file():
+        return out
+    card = json.loads((default_adapter(pair=pair) / "dpo_card.json").read_text())
+    argv = shlex.split(card["command"])[2:]
+    for flag, value in (("--data", str(DATA[pair])), ("--out", str(out))):
+        argv[argv.index(flag) + 1] = value
+    run([str(ROOT / ".venv" / "bin" / "dsteer-eval"), "train-dpo", *argv, "--labels", "shuffled", "--resume"])
+    return out
+
+
+def null_vbar(pair: str, adapter: Path, out: Path) -> Path:
+    """v̄ of the null pair: the shipped vector's own extract command with the null adapter."""
+    path = out / "vectors" / "vbar.safetensors"
+    if not path.is_file():
+        run([str(ROOT / ".venv" / "bin" / "dsteer-eval"), "extract", "--method", "dpo-diff", "--peft", str(adapter),
+             "--data", str(DATA[pair]), "--part", "vector", "--default-layer", "20", "--out", str(path)])
+    return path
 
 
 def kl_explained(after: np.ndarray, before: np.ndarray, seed: int = 0) -> dict:
@@ -132,10 +162,10 @@ def verdict(arm: dict) -> str:
     'does it' — the CI lies within [80 %, 120 %] and the arm is nearest 100 % of all K + 1 at p <= 0.05;
     'overshoot' — the CI lies above 100 % (and not within [80, 120] %); 'part' — the CI lies above 0 (otherwise); 'wrong way' — below 0;
     'not shown' — the CI holds 0. '(not beyond random)' is added when the rank test fails, '(no random directions)'
-    where none were run on these rows."""
+    where none were run on these rows; 'no gap shown' where DPO's margin itself has a CI holding 0."""
     s, rank = arm["share"], arm["rank"]
-    if s["fraction"] is None or s["low"] is None:
-        return "no gap"
+    if s["fraction"] is None or s["low"] is None or not s["gap_shown"]:
+        return "no gap shown"  # DPO's own margin is not told apart from 0 (the null run): no share of it means anything
     first = rank is not None and rank["rank"] == 1 and rank["p_value"] <= 0.05
     note = "" if first else (" (no random directions)" if rank is None else " (not beyond random)")
     if 0.8 <= s["low"] and s["high"] <= 1.2:
@@ -157,10 +187,53 @@ def span(pair) -> str:
     return "not run" if not pair else f"{pct(pair[0])} … {pct(pair[1])}"
 
 
-def markdown(r: dict) -> str:
-    lines = [f"# How much of DPO can one vector do? The {r['pair']} pair", "",
-             f"Written by `scripts/best_vector.py` ({r['command']}); {r['seconds']:.0f} s on 2 CPU cores. Model: the "
-             "embedded SmolLM2-135M-Instruct and the shipped adapter. Vectors added at every position of the "
+def control_of(out: Path) -> dict | None:
+    """The null run's table beside a pair's table (``<pair>/null/table.json``), if measured."""
+    path = out / "null" / "table.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def null_comparison(r: dict, null: dict) -> list[str]:
+    """Each arm's eval-part KL explained with the shipped adapter beside the same estimator's against the null DPO run
+    (no consistent preference): 'above the null' when the CIs do not overlap and the real one is higher."""
+    lines = ["## Against the null DPO run", "",
+             f"The null DPO run (`{null['null_adapter']['command']} --labels shuffled`): the same recipe on the same "
+             f"pairs with chosen and rejected swapped on a seeded half of the train pairs "
+             f"({null['null_adapter']['labels']['swapped']} swapped), so there is no consistent preference to find. "
+             "Its held-out reward accuracy: "
+             f"{null['null_adapter']['heldout']['reward_accuracy']:.3f} (0.5 = none learned). Every estimator was "
+             "fitted and measured against it exactly as against the shipped adapter (`--control null`); its table is "
+             "[null/table.md](null/table.md). What a fitted vector explains of a DPO run that learned nothing is the "
+             "floor its figure on the real pair is read against.", ""]
+    for layer, res in r["layers"].items():
+        if layer not in null["layers"]:
+            continue
+        e, n = res["eval"], null["layers"][layer]["eval"]
+        lines += [f"**Site {layer}**, eval part ({e['n']} pairs): KL(DPO‖base) {e['kl_dpo_base']:.4f} shipped, "
+                  f"{n['kl_dpo_base']:.4f} null; DPO margin {e['dpo_margin']:+.2f} shipped, {n['dpo_margin']:+.2f} "
+                  "null.", "",
+                  "| arm | KL explained, shipped [95 % CI] | KL explained, null [95 % CI] | share of the gap, shipped | "
+                  "share of the gap, null | reading |", "| --- | --- | --- | --- | --- | --- |"]
+        for label, a in e["arms"].items():
+            b = n["arms"][label]
+            ka, kb = a["kl_explained"], b["kl_explained"]
+            word = ("above the null" if ka["low"] > kb["high"] else "below the null" if ka["high"] < kb["low"]
+                    else "not told apart from the null")
+            null_share = pct(b["share"]["fraction"]) if b["share"]["gap_shown"] else "no gap shown"
+            lines.append(f"| {label} | {pct(ka['value'])} [{pct(ka['low'])}, {pct(ka['high'])}] | {pct(kb['value'])} "
+                         f"[{pct(kb['low'])}, {pct(kb['high'])}] | {pct(a['share']['fraction'])} | {null_share} | "
+                         f"{word} |")
+        lines.append("")
+    return lines
+
+
+def markdown(r: dict, null: dict | None = None) -> str:
+    model = ("the null DPO run (train-dpo --labels shuffled: no consistent preference; its command in "
+             "null_adapter_card.json)" if r.get("control") == "null" else "the shipped adapter")
+    lines = [f"# How much of DPO can one vector do? The {r['pair']} pair"
+             + (" — null control" if r.get("control") == "null" else ""), "",
+             f"Written by `scripts/best_vector.py` ({'; '.join(r['commands'])}); {r['seconds']:.0f} s on 2 CPU cores. "
+             f"Model: the embedded SmolLM2-135M-Instruct and {model}. Vectors added at every position of the "
              f"site; {r['k']} random directions per arm, each of the arm's norm. Share = the implicit reward margin "
              "relative to the base (reply tokens) moved, as a fraction of the DPO model's, paired bootstrap 95 % CI; "
              "KL explained = 1 − KL(target ‖ steered)/KL(target ‖ start).", ""]
@@ -183,6 +256,8 @@ def markdown(r: dict) -> str:
                              f"{verdict(a)} |")
             lines.append("")
     lines += ["## Answers (computed from the eval-part tables)", ""] + [f"* {x}" for x in r["answers"]] + [""]
+    if null:
+        lines += null_comparison(r, null)
     return "\n".join(lines)
 
 
@@ -221,32 +296,55 @@ def main() -> int:
     ap.add_argument("--rows", type=int, default=24, help="eval pairs measured (and as many fit rows, without randoms)")
     ap.add_argument("--random", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--control", choices=["none", "null"], default="none",
+                    help="null: the same fits and measures with the null DPO run (train-dpo --labels shuffled, trained "
+                    "into build/null_adapters/<pair> when missing) in place of the shipped adapter; writes <pair>/null/")
     ap.add_argument("--out", default=None)
     ap.add_argument("--render", action="store_true", help="only re-write table.md (and the answers) from table.json")
     args = ap.parse_args()
     if args.render:
-        out = Path(args.out or ROOT / "results" / "best_vector" / args.pair)
+        out = Path(args.out or ROOT / "results" / "best_vector" / args.pair / ("null" if args.control == "null" else ""))
         result = json.loads((out / "table.json").read_text())
         result["answers"] = answers(result)
         (out / "table.json").write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-        (out / "table.md").write_text(markdown(result), encoding="utf-8")
+        (out / "table.md").write_text(markdown(result, control_of(out)), encoding="utf-8")
         return 0
     if not DATA[args.pair].is_file():
         raise SystemExit(f"{DATA[args.pair]} is missing: build it first (scripts/refusal_pipeline.sh's build-refusal "
                          f"line for the refusal pair)")
     started = time.perf_counter()
-    out = Path(args.out or ROOT / "results" / "best_vector" / args.pair)
+    null = args.control == "null"
+    out = Path(args.out or ROOT / "results" / "best_vector" / args.pair / ("null" if null else ""))
     layers = [int(x) for x in args.layers.split(",")]
     limits = {"max_prompt": args.max_prompt, "max_completion": args.max_completion}
-    files = fit(args.pair, layers, args.steps, out, args.fit_rows, limits)
-    pair_obj = ModelPair.load(None, adapter=str(default_adapter(pair=args.pair)), device="cpu")
-    vbar = load_vectors(str(default_vector(pair=args.pair))).vectors
+    adapter = null_adapter(args.pair) if null else default_adapter(pair=args.pair)
+    files = fit(args.pair, adapter, layers, args.steps, out, args.fit_rows, limits)
+    vbar_file = null_vbar(args.pair, adapter, out) if null else default_vector(pair=args.pair)
+    vbar = load_vectors(str(vbar_file)).vectors
+    pair_obj = ModelPair.load(None, adapter=str(adapter), device="cpu")
     eval_rows = list(load_pairs(DATA[args.pair], part="eval"))[:args.rows]
     fit_rows = {p: list(load_pairs(DATA[args.pair], part=p))[:args.rows] for p in ("vector", "train")}
-    result = {"pair": args.pair, "command": "python scripts/best_vector.py " + " ".join(sys.argv[1:]), "k": args.random,
-              "rows": args.rows, "fit_rows": args.fit_rows, "steps": args.steps, "limits": limits, "layers": {}}
+    settings = {"pair": args.pair, "control": args.control, "k": args.random, "rows": args.rows,
+                "fit_rows": args.fit_rows, "steps": args.steps, "limits": limits, "seed": args.seed}
+    result = {**settings, "adapter": str(adapter.relative_to(ROOT) if adapter.is_relative_to(ROOT) else adapter),
+              "layers": {}}
+    if null:
+        card = json.loads((adapter / "dpo_card.json").read_text())
+        result["null_adapter"] = {"command": card["command"], "labels": card["data"].get("labels"),
+                                  "heldout": card["metrics"].get("eval")}
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "null_adapter_card.json").write_text(json.dumps(card, indent=1) + "\n")
+    previous = json.loads((out / "table.json").read_text()) if (out / "table.json").is_file() else {}
+    if previous and all(previous.get(k) == v for k, v in settings.items()):
+        result["layers"] = previous["layers"]  # sites measured before with these settings are kept
+        result["seconds"] = previous.get("seconds", 0.0)
+    commands = set(previous.get("commands", [previous["command"]] if "command" in previous else []))
+    result["commands"] = sorted(commands | {"python scripts/best_vector.py " + " ".join(sys.argv[1:])})
     for layer in layers:
-        vectors = {"vbar": vbar[layer].float(), **{n: load_vectors(p).vectors[layer].float() for n, p in files.items()}}
+        if str(layer) in result["layers"]:
+            continue
+        vectors = {"vbar": vbar[layer].float(),
+                   **{n: load_vectors(by_layer[layer]).vectors[layer].float() for n, by_layer in files.items()}}
         res = {"cos": cosines(vectors),
                "eval": evaluate(pair_obj, eval_rows, layer, vectors, args.random, args.seed, limits)}
         # the overfitting check: v̄, v*, u* were fitted on the vector part (v_DPO on train): measured on the vector
@@ -256,12 +354,14 @@ def main() -> int:
         result["layers"][str(layer)] = res
         print(f"site {layer}: " + ", ".join(f"{k} {pct(a['share']['fraction'])}" for k, a in res["eval"]["arms"].items()),
               flush=True)
-    result["answers"] = answers(result)
-    result["seconds"] = time.perf_counter() - started
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "table.json").write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    (out / "table.md").write_text(markdown(result), encoding="utf-8")
-    print(markdown(result))
+        result["layers"] = dict(sorted(result["layers"].items(), key=lambda kv: int(kv[0])))
+        result["answers"] = answers(result)
+        result["seconds"] = result.get("seconds", 0.0) + time.perf_counter() - started
+        started = time.perf_counter()
+        out.mkdir(parents=True, exist_ok=True)  # written after every site: a killed run keeps the sites it finished
+        (out / "table.json").write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        (out / "table.md").write_text(markdown(result, control_of(out)), encoding="utf-8")
+    print((out / "table.md").read_text())
     return 0
 
 

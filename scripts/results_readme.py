@@ -227,6 +227,12 @@ def _best_vector() -> list[str]:
         out.append(f"* [{md}]({md}): the {found['pair']} pair, sites {', '.join(found['layers'])}, "
                    f"{found['rows']} eval pairs, K = {found['k']}")
         out += [f"  * {a}" for a in found.get("answers", [])]
+        null = path.parent / "null" / "table.json"
+        if null.is_file():
+            control = json.loads(null.read_text())
+            rel = null.with_suffix(".md").relative_to(RESULTS)
+            out.append(f"  * the null DPO run (no consistent preference), same fits: [{rel}]({rel}), sites "
+                       f"{', '.join(control['layers'])}; compared in the table's last section")
     return out + [""]
 
 

@@ -83,6 +83,9 @@ def add(verbs) -> None:
                    help="auto: trl's fused head on GPU, dsteer-eval's compact head on CPU (same numbers)")
     p.add_argument("--gradient-checkpointing", action=_GivenBool, default=d.gradient_checkpointing)
     p.add_argument("--seed", type=int, default=d.seed, action=_Given)
+    p.add_argument("--labels", choices=["given", "shuffled"], default=d.labels, action=_Given,
+                   help="shuffled: swap chosen and rejected on a seeded half of the train pairs — the null DPO run, "
+                   "with no consistent preference to learn (held-out pairs keep their labels); default given")
     p.add_argument("--logging-steps", type=int, default=d.logging_steps, action=_Given)
     p.set_defaults(func=run)
 

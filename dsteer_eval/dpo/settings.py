@@ -8,6 +8,7 @@ import math
 from dataclasses import dataclass
 
 DEFAULT_SAVE_STEPS = 50
+LABELS = ("given", "shuffled")
 
 
 @dataclass
@@ -34,6 +35,9 @@ class DPOSettings:
     seed: int = 0
     logging_steps: int = 10
     epochs: float = 0.0  # > 0: steps = ceil(epochs * train pairs / (batch_size * grad_accum)), replacing steps
+    # "given": train on the pairs as labelled; "shuffled": chosen and rejected are swapped on a seeded half of the
+    # train pairs, so there is no consistent preference to learn (the null DPO run; held-out pairs keep their labels)
+    labels: str = "given"
 
     def check(self) -> None:
         for name in ("steps", "batch_size", "grad_accum", "max_length", "max_prompt_length", "logging_steps"):
@@ -59,6 +63,8 @@ class DPOSettings:
             raise ValueError("lora_r must be >= 1 and lora_alpha > 0 (or pass full=True for full fine-tuning)")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
+        if self.labels not in LABELS:
+            raise ValueError(f"labels must be one of {', '.join(LABELS)}, got {self.labels!r}")
         if self.lm_head not in ("auto", "trl", "compact"):
             raise ValueError(f"lm_head must be auto, trl or compact, got {self.lm_head!r}")
 

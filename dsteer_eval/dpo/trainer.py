@@ -5,6 +5,7 @@ of pairs under a trained policy."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import random
 
@@ -73,6 +74,7 @@ def split_pairs(pairs, tokenizer, settings: DPOSettings, *, part: str | None = N
         if not train:
             raise ValueError(f"none of the {len(pairs)} usable pairs is in the split's 'train' part; "
                              f"train on every pair with part all (--part all)")
+    train, swapped = shuffle_labels(train, settings.seed) if settings.labels == "shuffled" else (train, 0)
     train, info = fit_prompts(train, tokenizer, settings.max_prompt_length)
     evaluation, info_eval = fit_prompts(evaluation, tokenizer, settings.max_prompt_length)
     info = {
@@ -82,7 +84,18 @@ def split_pairs(pairs, tokenizer, settings: DPOSettings, *, part: str | None = N
         "prompts_truncated": info["prompts_truncated"] + info_eval["prompts_truncated"],
         "prompt_tokens_cut": info["prompt_tokens_cut"] + info_eval["prompt_tokens_cut"],
     }
+    if settings.labels != "given":
+        info["labels"] = {"train": settings.labels, "swapped": swapped, "eval": "given"}
     return train, evaluation, info
+
+
+def shuffle_labels(pairs, seed: int):
+    """``(pairs, n)``: a copy of ``pairs`` with chosen and rejected swapped on exactly ``n = len // 2`` of them, picked
+    by a seeded permutation — a preference set with no consistent preference (the null DPO run's data)."""
+    pairs = list(pairs)
+    pick = set(random.Random(f"dsteer-eval/labels/{seed}").sample(range(len(pairs)), len(pairs) // 2))
+    return [dataclasses.replace(p, chosen=p.rejected, rejected=p.chosen) if i in pick else p
+            for i, p in enumerate(pairs)], len(pick)
 
 
 def _dataset(pairs):

@@ -136,6 +136,32 @@ def test_split_pairs_trains_on_the_train_part_only(tiny):
         split_pairs(pairs, tok, DPOSettings(), part="eval")
 
 
+def test_shuffled_labels_swap_exactly_half_of_the_train_pairs_and_no_held_out_pair(tiny):
+    """The null DPO run's data (train-dpo --labels shuffled): chosen and rejected swapped on a seeded half of the train
+    pairs — no consistent preference left — while the held-out pairs keep their labels, so its reward accuracy there
+    reads against 0.5."""
+    from dsteer_eval.dpo.training import DPOSettings, recreate_command, split_pairs
+
+    _, tok = tiny
+    pairs = [PreferencePair(row["prompt"], f"{row['chosen']} {i}", row["rejected"])
+             for i, row in enumerate(SHORT_PAIRS * 6)]
+    settings = dict(eval_size=3, max_prompt_length=40, max_length=64)
+    given, held, _ = split_pairs(pairs, tok, DPOSettings(**settings), part="train")
+    null, held_null, info = split_pairs(pairs, tok, DPOSettings(labels="shuffled", **settings), part="train")
+    assert held_null == held and len(null) == len(given) >= 4
+    swapped = [a == b.__class__(b.prompt, b.rejected, b.chosen) for a, b in zip(null, given)]
+    kept = [a == b for a, b in zip(null, given)]
+    assert all(s != k for s, k in zip(swapped, kept)) and sum(swapped) == len(given) // 2
+    assert info["labels"] == {"train": "shuffled", "swapped": len(given) // 2, "eval": "given"}
+    again, _, _ = split_pairs(pairs, tok, DPOSettings(labels="shuffled", **settings), part="train")
+    other, _, _ = split_pairs(pairs, tok, DPOSettings(labels="shuffled", seed=1, **settings), part="train")
+    assert again == null and other != null  # seeded
+    assert "labels" not in split_pairs(pairs, tok, DPOSettings(**settings), part="train")[2]
+    assert "--labels shuffled" in recreate_command(None, "d.jsonl", DPOSettings(labels="shuffled"), out="o")
+    with pytest.raises(ValueError, match="labels must be one of given, shuffled"):
+        DPOSettings(labels="random").check()
+
+
 # -------------------------------------------------------------- train-dpo
 FAST = dict(learning_rate=1e-2, batch_size=2, max_length=64, max_prompt_length=40, eval_size=0, logging_steps=1,
             lora_r=2, lora_alpha=4, warmup_steps=2)
