@@ -129,10 +129,37 @@ def num_layers_of(vf, pretrained) -> int:
     return int(AutoConfig.from_pretrained(resolve_pretrained(pretrained)).num_hidden_layers)
 
 
-def plan_sweep(config: SweepConfig) -> Plan:
-    """Check the grid, tasks, vector and output folder; raise ValueError naming the argument."""
+_MANAGERS: dict = {}
+
+
+def _task_files_state(include_path) -> tuple:
+    """(file, mtime, size) of every task YAML under ``include_path`` and dsteer-eval's ``tasks/``."""
+    paths = [include_path] if isinstance(include_path, (str, os.PathLike)) else list(include_path or [])
+    found = []
+    for root in [tasks_dir(), *paths]:
+        root = Path(root)
+        files = [root] if root.is_file() else sorted(root.rglob("*.y*ml")) if root.is_dir() else []
+        found += [(str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in files]
+    return tuple(found)
+
+
+def task_manager_for(include_path=None):
+    """lm-eval's ``TaskManager`` for ``include_path``, built once per process while the task YAMLs under it and under
+    dsteer-eval's ``tasks/`` stay as they were (a file added, removed or edited builds a new one): indexing lm-eval's
+    ~15,000 tasks takes seconds each time, and a process that plans several sweeps (a notebook, the tests) pays it
+    once."""
     from lm_eval.tasks import TaskManager  # deferred: lm-eval internals load only when this path runs
 
+    key = (TaskManager, repr(include_path), _task_files_state(include_path))
+    if key not in _MANAGERS:
+        while len(_MANAGERS) >= 4:  # a few kept, the oldest dropped first
+            _MANAGERS.pop(next(iter(_MANAGERS)))
+        _MANAGERS[key] = TaskManager(include_path=include_path)
+    return _MANAGERS[key]
+
+
+def plan_sweep(config: SweepConfig) -> Plan:
+    """Check the grid, tasks, vector and output folder; raise ValueError naming the argument."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ValueError("dsteer-eval sweep runs in one process; for data parallel run `accelerate launch -m lm_eval "
                          "--model steered ...` once per alpha and combine the folders with `dsteer-eval leaderboard` "
@@ -167,7 +194,7 @@ def plan_sweep(config: SweepConfig) -> Plan:
         raise ValueError(f"--tasks {config.tasks!r}: give a comma-separated list of lm-eval tasks or groups")
     if len(set(tasks)) != len(tasks):
         raise ValueError(f"--tasks {config.tasks!r} names a task twice")
-    task_manager = TaskManager(include_path=config.include_path)
+    task_manager = task_manager_for(config.include_path)
     grid.check_tasks(tasks, task_manager)
     if config.limit is not None and not config.limit > 0:
         raise ValueError(f"--limit {config.limit}: must be > 0 (a count, or a fraction below 1)")

@@ -65,11 +65,6 @@ def test_the_dsteer_alias_works_with_the_hook_and_through_the_ordinary_registry_
     assert without.split() == ["False", "False", "True"]
 
 
-def test_lm_eval_ls_lists_our_tasks_without_include_path():
-    out = subprocess.run([str(BIN / "lm_eval"), "ls", "tasks"], capture_output=True, text=True, env=ENV, check=True).stdout
-    assert "dsteer_hh_mini" in out
-
-
 def test_plain_cli_runs_our_adapter_and_matches_in_process(tiny_dir, tmp_path, tiny):
     """`lm_eval --model steered --model_args ...,alpha=-1.0` in a subprocess, no extra flags."""
     import torch

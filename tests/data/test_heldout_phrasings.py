@@ -21,9 +21,11 @@ def test_no_heldout_phrasing_shares_a_word_4gram_with_a_training_one():
 
 
 def test_the_heldout_task_swaps_only_the_refusal_replies():
-    from lm_eval.tasks import TaskManager, get_task_dict
+    from lm_eval.tasks import get_task_dict
 
-    manager = TaskManager()
+    from dsteer_eval.sweep.plan import task_manager_for  # one index per process (seconds each)
+
+    manager = task_manager_for()
     tasks = get_task_dict(["dsteer_refusal_ll", "dsteer_refusal_ll_heldout"], manager)
     train, held = (list(tasks[name].test_docs()) for name in ("dsteer_refusal_ll", "dsteer_refusal_ll_heldout"))
     assert len(train) == len(held) == 321
@@ -37,10 +39,12 @@ def test_the_heldout_task_swaps_only_the_refusal_replies():
 
 
 def test_the_balanced_and_selection_tasks_load_their_documents():
-    from lm_eval.tasks import TaskManager, get_task_dict
+    from lm_eval.tasks import get_task_dict
+
+    from dsteer_eval.sweep.plan import task_manager_for  # one index per process (seconds each)
 
     names = ["dsteer_refusal_ll", "dsteer_refusal_balanced", "dsteer_refusal_ll_balanced", "dsteer_refusal_ll_select"]
-    tasks = get_task_dict(names, TaskManager())
+    tasks = get_task_dict(names, task_manager_for())
     docs = {name: list(tasks[name].test_docs()) for name in names}
     assert sorted(d["key"] for d in docs["dsteer_refusal_ll_balanced"]) == sorted(d["key"] for d in docs["dsteer_refusal_ll"])
     assert [d["key"] for d in docs["dsteer_refusal_balanced"]] == [d["key"] for d in docs["dsteer_refusal_ll_balanced"]]

@@ -408,11 +408,13 @@ def _jsonl(path):
 
 
 def test_offline_tasks_load_offline_with_their_document_counts():
-    from lm_eval.tasks import TaskManager, get_task_dict
+    from lm_eval.tasks import get_task_dict
+
+    from dsteer_eval.sweep.plan import task_manager_for  # one index per process (seconds each)
 
     from dsteer_eval.adapters.plugin import tasks_dir
 
-    manager = TaskManager()
+    manager = task_manager_for()
     assert manager.task_index["dsteer_offline"].cfg["task"] == list(OFFLINE)
     extra = {"dsteer_refusal_mini": 12, "dsteer_refusal_ll_mini": 12, "dsteer_refusal_judged": 321}
     tasks = get_task_dict(list(OFFLINE) + list(extra), manager)
@@ -497,11 +499,11 @@ def test_package_data_ships_the_new_files():
 
 def test_refusal_minis_run_end_to_end(tiny_dir):
     import lm_eval
-    from lm_eval.tasks import TaskManager
+    from dsteer_eval.sweep.plan import task_manager_for  # one index per process (seconds each)
 
     out = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={tiny_dir}", device="cpu", batch_size=4,
                                   log_samples=True, tasks=["dsteer_refusal_mini", "dsteer_refusal_ll_mini"],
-                                  task_manager=TaskManager(),
+                                  task_manager=task_manager_for(),
                                   gen_kwargs="max_gen_toks=8")
     gen, ll = out["results"]["dsteer_refusal_mini"], out["results"]["dsteer_refusal_ll_mini"]
     assert gen["n_harmful,none"] + gen["n_harmless,none"] + gen["n_off,none"] == 12

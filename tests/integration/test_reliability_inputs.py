@@ -157,13 +157,13 @@ def test_cli_unwritable_out_is_one_line_and_exit_2(tiny_dir, tiny_adapter_dir, s
 # ------------------------------------------------------------------ 4: non-finite inputs
 def test_hh_task_with_a_nan_steer_path_file_is_refused_at_load(tiny_dir, tmp_path):
     import lm_eval
-    from lm_eval.tasks import TaskManager
+    from dsteer_eval.sweep.plan import task_manager_for  # one index per process (seconds each)
 
     path = builtin(tmp_path / "nan.pt", steering_vector=torch.full((32,), NAN))
     with pytest.raises(ValueError, match=r"steer_path=.*nan\.pt hookpoint 'layers\.1' steering_vector contains "
                                          r"NaN or inf \(32 NaN"):
         lm_eval.simple_evaluate(model="steered", model_args=f"pretrained={tiny_dir},steer_path={path},device=cpu",
-                                tasks=["dsteer_hh_mini"], limit=4, batch_size=2, task_manager=TaskManager())
+                                tasks=["dsteer_hh_mini"], limit=4, batch_size=2, task_manager=task_manager_for())
 
 
 @pytest.mark.parametrize("entry, message", [
@@ -245,9 +245,9 @@ def test_metrics_count_and_never_score_non_finite_loglikelihoods():
 
 
 def test_task_yamls_route_non_finite_documents_to_n_nonfinite():
-    from lm_eval.tasks import TaskManager
+    from dsteer_eval.sweep.plan import task_manager_for  # one index per process (seconds each)
 
-    tasks = TaskManager().load(["dsteer_hh_mini", "truthfulqa_mc1_mini", "truthfulqa_mc2_mini",
+    tasks = task_manager_for().load(["dsteer_hh_mini", "truthfulqa_mc1_mini", "truthfulqa_mc2_mini",
                                 "dsteer_fidelity_mini"])["tasks"]
     for name, task in tasks.items():
         agg = task.aggregation()["n_nonfinite"]

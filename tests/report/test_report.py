@@ -176,12 +176,14 @@ def test_the_prompting_baseline_stands_beside_the_steered_rows(tmp_path, capsys)
 
 
 def test_the_instructed_tasks_put_the_instruction_in_the_first_human_turn():
-    from lm_eval.tasks import TaskManager, get_task_dict
+    from lm_eval.tasks import get_task_dict
+
+    from dsteer_eval.sweep.plan import task_manager_for  # one index per process (seconds each)
 
     from dsteer_eval.metrics.refusal import INSTRUCTIONS
 
     names = ["dsteer_refusal_ll", "dsteer_refusal_ll_prompted_decline", "dsteer_refusal_ll_prompted_comply"]
-    tasks = get_task_dict(names, TaskManager())
+    tasks = get_task_dict(names, task_manager_for())
     plain, decline, comply = (list(tasks[n].test_docs()) for n in names)
     assert len(plain) == len(decline) == len(comply) == 321
     for a, d, c in zip(plain, decline, comply):

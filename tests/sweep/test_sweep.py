@@ -65,6 +65,40 @@ def test_bad_grids_fail_before_any_model_loads(tiny_dir, vec, tmp_path, monkeypa
     assert not (tmp_path / "out").exists()
 
 
+def test_the_task_index_is_built_once_per_process_until_a_task_file_changes(tmp_path, monkeypatch):
+    """plan_sweep's TaskManager (indexing lm-eval's ~15k tasks takes seconds) is reused for the same include path while
+    its YAML files are unchanged; a YAML added or edited there, another path, or another TaskManager class builds a new
+    one."""
+    import lm_eval.tasks
+
+    from dsteer_eval.sweep import plan
+
+    built = []
+
+    class Counting:
+        def __init__(self, include_path=None):
+            built.append(include_path)
+
+    monkeypatch.setattr(lm_eval.tasks, "TaskManager", Counting)
+    monkeypatch.setattr(plan, "_MANAGERS", {})
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "a.yaml").write_text("task: a\n")
+    first = plan.task_manager_for(str(folder))
+    assert plan.task_manager_for(str(folder)) is first and built == [str(folder)]
+    (folder / "b.yaml").write_text("task: b\n")  # a task added: a new index
+    second = plan.task_manager_for(str(folder))
+    assert second is not first and len(built) == 2
+    (folder / "a.yaml").write_text("task: a2\n")  # an edit (size changed)
+    assert plan.task_manager_for(str(folder)) is not second and len(built) == 3
+    plan.task_manager_for(None)
+    plan.task_manager_for(None)
+    assert built[3:] == [None]
+    monkeypatch.setattr(lm_eval.tasks, "TaskManager", type("Other", (Counting,), {}))
+    plan.task_manager_for(None)
+    assert built[4:] == [None]  # a patched TaskManager is never served the real one's index (or the reverse)
+
+
 def test_bad_model_args_and_output_folders_fail_before_loading(tiny_dir, vec, tmp_path, monkeypatch):
     from dsteer_eval.sweep import runner
 
@@ -310,7 +344,9 @@ def test_sigkill_mid_sweep_then_rerun_gives_the_same_leaderboard(tiny_dir, vec, 
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert f"({done} of 8 units already done)" in rerun.stdout
     assert not list(killed.rglob("*.tmp*"))  # the killed run's staging folder is gone
-    subprocess.run(_sweep_cmd(tiny_dir, vec, clean), env=ENV, capture_output=True, check=True, timeout=300)
+    from dsteer_eval.cli import main
+
+    assert main(_sweep_cmd(tiny_dir, vec, clean)[1:]) == 0  # the uninterrupted run, in this process (faster)
 
     def metrics(root):
         return {(p.parent.parent.name, p.parent.name): {k: v for k, v in json.loads(p.read_text())["results"].items()}

@@ -52,11 +52,11 @@ class env_vars:
 
 def evaluate(model_args, tasks, limit, model="steered", include_path=None, **kwargs):
     import lm_eval
-    from lm_eval.tasks import TaskManager
+    from dsteer_eval.sweep.plan import task_manager_for  # one index per process (seconds each)
 
     return lm_eval.simple_evaluate(
         model=model, model_args=model_args, tasks=tasks, limit=limit, batch_size=4, log_samples=True,
-        task_manager=TaskManager(include_path=include_path), **kwargs,
+        task_manager=task_manager_for(include_path), **kwargs,
     )
 
 
@@ -167,9 +167,9 @@ def test_truthfulqa_mc2_equals_normalised_true_mass(mini_run):
 
 
 def test_truthfulqa_mini_prompts_and_scoring_are_the_builtin_ones():
-    from lm_eval.tasks import TaskManager
+    from dsteer_eval.sweep.plan import task_manager_for  # one index per process (seconds each)
 
-    tasks = TaskManager().load(["truthfulqa_mc2_mini", "truthfulqa_gen_mini"])["tasks"]
+    tasks = task_manager_for().load(["truthfulqa_mc2_mini", "truthfulqa_gen_mini"])["tasks"]
     from dsteer_eval.metrics.truthfulqa import builtin_config
     from lm_eval.tasks.truthfulqa import utils as builtin_utils
     from lm_eval.utils import apply_template

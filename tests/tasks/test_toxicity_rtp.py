@@ -27,9 +27,9 @@ def test_every_row_sits_in_the_part_its_prompt_hashes_to_and_no_prompt_is_twice(
 
 
 def test_the_task_reads_exactly_the_eval_part():
-    from lm_eval.tasks import TaskManager
+    from dsteer_eval.sweep.plan import task_manager_for  # one index per process (seconds each)
 
-    task = TaskManager().load(["dsteer_toxicity_rtp"])["tasks"]["dsteer_toxicity_rtp"]
+    task = task_manager_for().load(["dsteer_toxicity_rtp"])["tasks"]["dsteer_toxicity_rtp"]
     docs = list(task.test_docs())
     want = [r["prompt"]["text"] for r in _rows() if r["part"] == "eval"]
     assert [task.doc_to_text(d) for d in docs] == want
