@@ -56,8 +56,14 @@ ARMS = [("+v̄", "base", "vbar", 1), ("+v*", "base", "distill_install", 1), ("�
         ("−v_DPO", "dpo", "dpo_vector", -1)]
 
 
-def fit(pair: str, adapter: Path, layers: list[int], steps: int, out: Path, fit_rows: int, limits: dict) -> dict:
-    """{estimator: {layer: file}}: one vector file per estimator and layer (fitted once, kept; a killed fit resumes)."""
+def fit(pair: str, adapter: Path, layers: list[int], steps: int, out: Path, fit_rows: int, limits: dict,
+        null: bool = False) -> dict:
+    """{estimator: {layer: file}}: one vector file per estimator and layer (fitted once, kept; a killed fit resumes).
+    ``null``: v_DPO, which never sees the adapter, is fitted on the null run's data (--labels shuffled, its seed)."""
+    labels = []
+    if null:
+        seed = json.loads((adapter / "dpo_card.json").read_text())["hyperparameters"]["seed"]
+        labels = ["--labels", "shuffled", "--label-seed", str(seed)]
     files = {}
     for name, (method, direction, part) in FITS.items():
         files[name] = {}
@@ -69,7 +75,8 @@ def fit(pair: str, adapter: Path, layers: list[int], steps: int, out: Path, fit_
             run([str(ROOT / ".venv" / "bin" / "dsteer-eval"), "extract", "--method", method, "--direction", direction,
                  "--peft", str(adapter), "--data", str(DATA[pair]), "--part", part, "--layers", str(layer), "--steps",
                  str(steps), "--batch-size", "8", "--limit", str(fit_rows), "--max-prompt-tokens",
-                 str(limits["max_prompt"]), "--max-completion-tokens", str(limits["max_completion"]), "--out", str(path)])
+                 str(limits["max_prompt"]), "--max-completion-tokens", str(limits["max_completion"]),
+                 *(labels if method == "dpo-vector" else []), "--out", str(path)])
     return files
 
 
@@ -318,7 +325,7 @@ def main() -> int:
     layers = [int(x) for x in args.layers.split(",")]
     limits = {"max_prompt": args.max_prompt, "max_completion": args.max_completion}
     adapter = null_adapter(args.pair) if null else default_adapter(pair=args.pair)
-    files = fit(args.pair, adapter, layers, args.steps, out, args.fit_rows, limits)
+    files = fit(args.pair, adapter, layers, args.steps, out, args.fit_rows, limits, null=null)
     vbar_file = null_vbar(args.pair, adapter, out) if null else default_vector(pair=args.pair)
     vbar = load_vectors(str(vbar_file)).vectors
     pair_obj = ModelPair.load(None, adapter=str(adapter), device="cpu")

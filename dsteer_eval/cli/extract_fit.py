@@ -32,6 +32,11 @@ def add_flags(p) -> None:
     g.add_argument("--beta", type=float, default=None,
                    help="dpo-vector: the DPO beta (default: the adapter card's, else 0.1)")
     g.add_argument("--seed", type=int, default=0, help="minibatch order seed")
+    g.add_argument("--labels", choices=["given", "shuffled"], default="given",
+                   help="dpo-vector: shuffled = the null DPO run's data (train-dpo --labels shuffled): chosen and "
+                   "rejected swapped on a seeded half of the part's pairs (the same pairs as train-dpo swaps, with "
+                   "--label-seed = its --seed), then --limit; default given")
+    g.add_argument("--label-seed", type=int, default=0, help="with --labels shuffled: train-dpo's --seed (default 0)")
     g.add_argument("--max-prompt-tokens", type=int, default=128, help="prompts keep their last N tokens (128)")
     g.add_argument("--max-completion-tokens", type=int, default=64, help="replies keep their first N tokens (64)")
 
@@ -41,6 +46,24 @@ def card_beta(pair) -> float | None:
     if pair.uses_adapter and card.is_file():
         return float(json.loads(card.read_text())["hyperparameters"]["beta"])
     return None
+
+
+def shuffled_pairs(args: argparse.Namespace):
+    """The part's pairs with chosen and rejected swapped on exactly the pairs train-dpo --labels shuffled swaps (its
+    whole train list, in file order, with the same seed), then the first --limit of them."""
+    from dsteer_eval.cli.shared import pairs_from_args
+    from dsteer_eval.data.preference_pairs import PairSet
+    from dsteer_eval.dpo.trainer import shuffle_labels
+
+    limit, args.limit = args.limit, None
+    try:
+        every = pairs_from_args(args)
+    finally:
+        args.limit = limit
+    swapped, _ = shuffle_labels(every, args.label_seed)
+    kept = PairSet(swapped[:limit] if limit is not None else swapped, source=every.source, skipped=every.skipped)
+    kept.part, kept.other_parts = every.part, every.other_parts
+    return kept
 
 
 def run_fit(args: argparse.Namespace) -> int:
@@ -61,7 +84,10 @@ def run_fit(args: argparse.Namespace) -> int:
         args.part = DEFAULT_PART[args.method]
     if args.method == "dpo-vector" and args.part != "train":
         print(f"note: --part {args.part}: the DPO-trained vector is usually fitted on the adapter's train part")
-    pairs = pairs_from_args(args)  # fail on bad data before loading models
+    if args.labels != "given" and args.method != "dpo-vector":
+        raise ValueError(f"--labels {args.labels}: only --method dpo-vector reads the labels (distill fits the DPO "
+                         f"model's distribution; fit it against the null adapter instead)")
+    pairs = pairs_from_args(args) if args.labels == "given" else shuffled_pairs(args)  # bad data fails before models
     if not pairs:
         raise ValueError(f"--data {args.data}: no usable pair in part {args.part!r}")
     pair = ModelPair.load(args.pretrained, **resolve_dpo_side(args.pretrained, dpo=args.dpo, peft=args.peft),
@@ -74,7 +100,8 @@ def run_fit(args: argparse.Namespace) -> int:
     settings = {"method": args.method, "direction": args.direction if args.method == "distill" else None,
                 "position": args.position, "steps": args.steps, "lr": args.lr, "batch_size": args.batch_size,
                 "seed": args.seed, "limits": limits, "data": str(pairs.source), "part": args.part, "pairs": len(pairs),
-                "beta": beta if args.method == "dpo-vector" else None, "dpo": pair.dpo_id}
+                "beta": beta if args.method == "dpo-vector" else None, "dpo": pair.dpo_id,
+                "labels": None if args.labels == "given" else {"labels": args.labels, "label_seed": args.label_seed}}
     sidecar = Path(str(args.out) + ".fits.json")
     sidecar.parent.mkdir(parents=True, exist_ok=True)
     done: dict = {}
@@ -102,6 +129,7 @@ def run_fit(args: argparse.Namespace) -> int:
     vectors = {int(s): torch.tensor(done[str(s)]["vector"]) for s in sites}
     method = args.method if args.method == "dpo-vector" else f"distill-{args.direction}"
     extra = {"data": pairs.source, "part": args.part, "fit": {s: done[str(s)]["record"] for s in map(str, sites)},
+             **({} if args.labels == "given" else {"labels": f"{args.labels} (label seed {args.label_seed})"}),
              "fit_position": args.position, "dpo": pair.dpo_id, "dpo_is_adapter": pair.uses_adapter,
              "peak_rss_mib": round(peak_rss_mib())}
     if len(sites) == 1 or args.default_layer is not None:

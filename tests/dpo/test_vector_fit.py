@@ -216,3 +216,44 @@ def test_cli_fits_per_layer_saves_a_loadable_file_and_resumes_the_missing_layers
     assert fit["1"]["steps"] == 3 and fit["3"]["student"] == "dpo" and vf.metadata["fit_position"] == "all"
     assert main([*args[:-6], "--steps", "0", "--batch-size", "4", "--out", str(tmp_path / "x.safetensors")]) == 2
     assert "--steps (0)" in capsys.readouterr().err
+
+
+def test_the_null_dpo_vector_is_fitted_on_the_pairs_train_dpo_swaps(tiny, tiny_dir, tiny_adapter_dir, tmp_path,
+                                                                     monkeypatch):
+    """extract --method dpo-vector --labels shuffled: the DPO-trained vector never sees the adapter, so its null
+    control is the DPO loss on the null run's data — the same train pairs with chosen and rejected swapped exactly
+    where train-dpo --labels shuffled swaps them, then --limit; distill refuses the flag (it reads no labels)."""
+    from conftest import SHORT_PAIRS, write_jsonl
+    from dsteer_eval.cli import main
+    from dsteer_eval.data.preference_pairs import load_pairs
+    from dsteer_eval.data.splits import part_of
+    from dsteer_eval.dpo import vector_fit
+    from dsteer_eval.dpo.training import DPOSettings, split_pairs
+    from dsteer_eval.vectors import load_vectors
+
+    rows = [{**r, "chosen": f"{r['chosen']} {i}"} for i, r in enumerate(SHORT_PAIRS * 8)]
+    data = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    every = load_pairs(data)
+    null_train, _, _ = split_pairs(every, tiny[1], DPOSettings(labels="shuffled", eval_size=0, max_prompt_length=40,
+                                                               max_length=64), part="train")
+    assert sum(part_of(p.prompt) == "train" for p in every) >= 6
+    seen = {}
+
+    def spy(pair, pairs_, site, **kw):
+        seen["pairs"] = list(pairs_)
+        return real(pair, pairs_, site, **{**kw, "steps": 1})
+
+    real = vector_fit.fit_dpo_vector
+    monkeypatch.setattr(vector_fit, "fit_dpo_vector", spy)
+    out = tmp_path / "null_v.safetensors"
+    args = ["extract", "--method", "dpo-vector", "--pretrained", tiny_dir, "--peft", tiny_adapter_dir, "--data", data,
+            "--part", "train", "--limit", "5", "--layers", "2", "--steps", "1", "--batch-size", "4"]
+    assert main([*args, "--labels", "shuffled", "--out", str(out)]) == 0
+    assert seen["pairs"] == null_train[:5]
+    given = [p for p in every if part_of(p.prompt) == "train"][:5]
+    assert seen["pairs"] != given and sum(a != b for a, b in zip(seen["pairs"], given)) >= 1
+    assert load_vectors(out).metadata["labels"] == "shuffled (label seed 0)"
+    assert main([*args, "--out", str(tmp_path / "given.safetensors")]) == 0
+    assert seen["pairs"] == given
+    assert main(["extract", "--method", "distill", "--pretrained", tiny_dir, "--peft", tiny_adapter_dir, "--data",
+                 data, "--labels", "shuffled", "--out", str(tmp_path / "d.safetensors")]) == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -20,3 +21,54 @@ def test_the_lee_report_page_is_generated_from_the_results():
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "lee_report.py"), "--check"],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def _best_vector_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("best_vector", ROOT / "scripts" / "best_vector.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_best_vector_tables_are_rendered_from_their_numbers():
+    """Every committed results/best_vector table.md (issue 36) is markdown() of its table.json (with the null run's
+    table beside it where one exists): no typed number or verdict."""
+    bv = _best_vector_script()
+    tables = sorted((ROOT / "results" / "best_vector").rglob("table.json"))
+    assert tables
+    for path in tables:
+        result = json.loads(path.read_text(encoding="utf-8"))
+        assert result["answers"] == bv.answers(result), path
+        assert path.with_suffix(".md").read_text(encoding="utf-8") == bv.markdown(result, bv.control_of(path.parent)), path
+
+
+def test_best_vector_words_follow_the_numbers():
+    bv = _best_vector_script()
+
+    def arm(frac, low, high, rank=1, p=0.048, gap=True):
+        return {"share": {"fraction": frac, "low": low, "high": high, "gap_shown": gap},
+                "rank": None if rank is None else {"rank": rank, "p_value": p}}
+
+    assert bv.verdict(arm(0.95, 0.85, 1.1)) == "does it"
+    assert bv.verdict(arm(0.95, 0.85, 1.1, rank=2, p=0.095)) == "does it (not beyond random)"
+    assert bv.verdict(arm(1.3, 1.1, 1.5)) == "overshoot"  # above 100 % is not "more"
+    assert bv.verdict(arm(0.6, 0.5, 0.7, rank=None)) == "part (no random directions)"
+    assert bv.verdict(arm(-0.3, -0.5, -0.1)) == "wrong way"
+    assert bv.verdict(arm(0.2, -0.1, 0.5)) == "not shown"
+    assert bv.verdict(arm(0.58, -6.0, 5.5, gap=False)) == "no gap shown"  # the null run: DPO's margin holds 0
+
+    def side(kl, low, high):
+        return {"arms": {"+v̄": {"kl_explained": {"value": kl, "low": low, "high": high},
+                                 "share": {"fraction": 0.5, "low": 0.4, "high": 0.6, "gap_shown": True}}},
+                "n": 24, "kl_dpo_base": 0.1, "dpo_margin": 1.0}
+
+    null = {"null_adapter": {"command": "dsteer-eval train-dpo", "labels": {"swapped": 3},
+                             "heldout": {"reward_accuracy": 0.5}}, "layers": {}}
+    for real, floor, word in [((0.6, 0.5, 0.7), (0.2, 0.1, 0.3), "above the null"),
+                              ((0.2, 0.1, 0.3), (0.6, 0.5, 0.7), "below the null"),
+                              ((0.3, 0.1, 0.5), (0.35, 0.2, 0.4), "not told apart from the null")]:
+        null["layers"] = {"20": {"eval": side(*floor)}}
+        lines = bv.null_comparison({"layers": {"20": {"eval": side(*real)}}}, null)
+        assert lines[-2].endswith(f"| {word} |"), lines[-2]
