@@ -204,7 +204,7 @@ def null_comparison(r: dict, null: dict) -> list[str]:
     """Each arm's eval-part KL explained with the shipped adapter beside the same estimator's against the null DPO run
     (no consistent preference): 'above the null' when the CIs do not overlap and the real one is higher."""
     lines = ["## Against the null DPO run", "",
-             f"The null DPO run (`{null['null_adapter']['command']} --labels shuffled`): the same recipe on the same "
+             f"The null DPO run (`{null['null_adapter']['command']}`): the same recipe on the same "
              f"pairs with chosen and rejected swapped on a seeded half of the train pairs "
              f"({null['null_adapter']['labels']['swapped']} swapped), so there is no consistent preference to find. "
              "Its held-out reward accuracy: "
