@@ -274,11 +274,14 @@ def answers(r: dict) -> list[str]:
         best = None
         for layer, res in r["layers"].items():
             for label, a in res["eval"]["arms"].items():
-                if a["side"] != side or a["share"]["fraction"] is None:
-                    continue
+                if a["side"] != side or verdict(a).startswith(("not shown", "no gap")):
+                    continue  # a share whose CI holds 0 (or of no gap) is near nothing
                 dist = abs(1 - a["share"]["fraction"])
                 if best is None or dist < best[0]:
                     best = (dist, layer, label, a)
+        if best is None:
+            out.append(f"No vector's share of DPO's margin is told apart from 0 when {word}ing, at any site measured "
+                       f"(every CI holds 0, or DPO's own margin does).")
         if best:
             _, layer, label, a = best
             vbar = r["layers"][layer]["eval"]["arms"]["+v̄" if side == "base" else "−v̄"]
