@@ -100,6 +100,17 @@ SHORT_PAIRS = [
 ]
 
 
+def load_script(relative: str):
+    """A repository script (``scripts/...py``, ``bench/...py``: not importable packages) loaded as a module."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / relative
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def write_jsonl(path, rows) -> str:
     import json
 

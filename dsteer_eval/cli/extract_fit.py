@@ -55,13 +55,10 @@ def shuffled_pairs(args: argparse.Namespace):
     from dsteer_eval.data.preference_pairs import PairSet
     from dsteer_eval.dpo.trainer import shuffle_labels
 
-    limit, args.limit = args.limit, None
-    try:
-        every = pairs_from_args(args)
-    finally:
-        args.limit = limit
+    every = pairs_from_args(argparse.Namespace(**{**vars(args), "limit": None}))  # the whole list, as train-dpo's
     swapped, _ = shuffle_labels(every, args.label_seed)
-    kept = PairSet(swapped[:limit] if limit is not None else swapped, source=every.source, skipped=every.skipped)
+    kept = PairSet(swapped[:args.limit] if args.limit is not None else swapped, source=every.source,
+                   skipped=every.skipped)
     kept.part, kept.other_parts = every.part, every.other_parts
     return kept
 

@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
+from conftest import load_script
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("compare_seeds", ROOT / "scripts" / "compare_seeds.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("scripts/compare_seeds.py")
 
 
 def _card(seed, answer_passed=True):
@@ -51,10 +46,7 @@ def test_verdicts_follow_the_rule():
 
 
 def _seed_noise():
-    spec = importlib.util.spec_from_file_location("seed_noise", ROOT / "scripts" / "seed_noise.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("scripts/seed_noise.py")
 
 
 def test_seed_noise_tells_a_seed_effect_from_sampling_noise():

@@ -165,12 +165,9 @@ def _summary(acc, mean, se, n=150):
 
 def test_hparam_sweep_script_chooses_by_worst_kind_z_and_reuses_finished_points(tmp_path, monkeypatch):
     """scripts/dpo_hparam_sweep.py on finished points (cards in --work): no training, the choice by its rule."""
-    import importlib.util
+    from conftest import load_script
 
-    spec = importlib.util.spec_from_file_location("dpo_hparam_sweep", Path(__file__).parents[2] / "scripts" /
-                                                  "dpo_hparam_sweep.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("scripts/dpo_hparam_sweep.py")
     import dsteer_eval.dpo.training as training
 
     monkeypatch.setattr(training, "train_dpo", lambda *a, **k: pytest.fail("a finished point was retrained"))

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from conftest import load_script
 
 
 def test_throughput_smoke_agrees_and_reports_ratios(tmp_path, embedded_dir):
-    spec = importlib.util.spec_from_file_location("throughput", ROOT / "bench" / "throughput.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("bench/throughput.py")
     out = tmp_path / "r.json"
     report = module.main(["--device", "cpu", "--shape", "tiny", "--dtype", "float32", "--docs", "4",
                           "--gen-prompts", "3", "--gen-tokens", "6", "--alphas=-1,0,1", "--out", str(out)])

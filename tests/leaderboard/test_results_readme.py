@@ -24,12 +24,9 @@ def test_the_lee_report_page_is_generated_from_the_results():
 
 
 def _best_vector_script():
-    import importlib.util
+    from conftest import load_script
 
-    spec = importlib.util.spec_from_file_location("best_vector", ROOT / "scripts" / "best_vector.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("scripts/best_vector.py")
 
 
 def test_the_best_vector_tables_are_rendered_from_their_numbers():
