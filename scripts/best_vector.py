@@ -49,6 +49,8 @@ DATA = {"refusal": ROOT / "build" / "refusal" / "refusal_pairs.jsonl.gz",
         "hh": ROOT.parent / "shared" / "data" / "hh_harmless_dev.jsonl.gz"}
 FITS = {"distill_install": ("distill", "install", "vector"), "distill_undo": ("distill", "undo", "vector"),
         "dpo_vector": ("dpo-vector", "install", "train")}
+# how the fitted vectors were fitted: a table measured with another rule is not reused (extract's defaults)
+FIT_RULE = "guarded: a quarter of the fit pairs pick the iterate (w = 0 included); an overshoot halves the step"
 # (label, side the vector is added to, estimator, sign)
 ARMS = [("+v̄", "base", "vbar", 1), ("+v*", "base", "distill_install", 1), ("−u*", "base", "distill_undo", -1),
         ("+v_DPO", "base", "dpo_vector", 1),
@@ -70,14 +72,20 @@ def fit(pair: str, adapter: Path, layers: list[int], steps: int, out: Path, fit_
         for layer in layers:
             path = out / "vectors" / f"{name}_site{layer}.safetensors"
             files[name][layer] = path
-            if path.is_file():
-                continue
+            if path.is_file() and guarded(path, layer):
+                continue  # fitted before with this rule (a file from the unguarded fit is fitted again)
             run([str(ROOT / ".venv" / "bin" / "dsteer-eval"), "extract", "--method", method, "--direction", direction,
                  "--peft", str(adapter), "--data", str(DATA[pair]), "--part", part, "--layers", str(layer), "--steps",
                  str(steps), "--batch-size", "8", "--limit", str(fit_rows), "--max-prompt-tokens",
                  str(limits["max_prompt"]), "--max-completion-tokens", str(limits["max_completion"]),
                  *(labels if method == "dpo-vector" else []), "--out", str(path)])
     return files
+
+
+def guarded(path: Path, layer: int) -> bool:
+    """Whether the vector file's fit record shows check pairs (the guarded fit, FIT_RULE)."""
+    record = json.loads(load_vectors(str(path)).metadata.get("fit", "{}")).get(str(layer), {})
+    return bool(record.get("check_pairs"))
 
 
 def run(cmd: list[str]) -> None:
@@ -152,6 +160,23 @@ def evaluate(pair_obj, rows, layer: int, vectors: dict, k: int, seed: int, limit
                               "random_kl_explained": [min(rand_kl), max(rand_kl)] if rand_kl else None,
                               "rank": rank}
     return out
+
+
+def fit_summary(path: Path, layer: int) -> dict:
+    """From a fitted vector file's record: the kept step, the halvings, the check pairs and their loss at w = 0 and
+    at the kept iterate (the guarded fit's own held-out reading)."""
+    r = json.loads(load_vectors(str(path)).metadata["fit"])[str(layer)]
+    checks = dict(r.get("check_losses") or [])
+    return {"steps": r["steps"], "rows": r["rows"], "check_pairs": r.get("check_pairs"), "best_step": r.get("best_step"),
+            "halvings": r.get("halvings"), "check_loss_zero": checks.get(0), "check_loss_kept": checks.get(r.get("best_step")),
+            "train_loss_first": r["first_loss"], "train_loss_last": r["final_loss"]}
+
+
+def fit_line(fits: dict) -> str:
+    names = {"distill_install": "v*", "distill_undo": "u*", "dpo_vector": "v_DPO"}
+    return "Fits (each on its part's first fit rows, a quarter of them kept out as check pairs): " + "; ".join(
+        f"{names[n]} kept step {f['best_step']} of {f['steps']} ({f['halvings']} halvings; check-pair loss "
+        f"{f['check_loss_zero']:.4f} at v = 0 → {f['check_loss_kept']:.4f})" for n, f in fits.items()) + "."
 
 
 def cosines(vectors: dict) -> dict:
@@ -246,6 +271,8 @@ def markdown(r: dict, null: dict | None = None) -> str:
              "KL explained = 1 − KL(target ‖ steered)/KL(target ‖ start).", ""]
     for layer, res in r["layers"].items():
         lines += [f"## Site {layer}", "", "Cosines: " + ", ".join(f"{k} {v:+.2f}" for k, v in res["cos"].items()), ""]
+        if "fits" in res:
+            lines += [fit_line(res["fits"]), ""]
         for split in ("eval", "fit"):
             e = res[split]
             lines += [f"**{'Eval part' if split == 'eval' else 'Fit rows (overfitting check)'}** ({e['n']} pairs; DPO "
@@ -335,7 +362,8 @@ def main() -> int:
     eval_rows = list(load_pairs(DATA[args.pair], part="eval"))[:args.rows]
     fit_rows = {p: list(load_pairs(DATA[args.pair], part=p))[:args.rows] for p in ("vector", "train")}
     settings = {"pair": args.pair, "control": args.control, "k": args.random, "rows": args.rows,
-                "fit_rows": args.fit_rows, "steps": args.steps, "limits": limits, "seed": args.seed}
+                "fit_rows": args.fit_rows, "steps": args.steps, "limits": limits, "seed": args.seed,
+                "fit_rule": FIT_RULE}
     result = {**settings, "adapter": str(adapter.relative_to(ROOT) if adapter.is_relative_to(ROOT) else adapter),
               "layers": {}}
     if null:
@@ -355,7 +383,7 @@ def main() -> int:
             continue
         vectors = {"vbar": vbar[layer].float(),
                    **{n: load_vectors(by_layer[layer]).vectors[layer].float() for n, by_layer in files.items()}}
-        res = {"cos": cosines(vectors),
+        res = {"cos": cosines(vectors), "fits": {n: fit_summary(by_layer[layer], layer) for n, by_layer in files.items()},
                "eval": evaluate(pair_obj, eval_rows, layer, vectors, args.random, args.seed, limits)}
         # the overfitting check: v̄, v*, u* were fitted on the vector part (v_DPO on train): measured on the vector
         # part's first rows (the fitted ones), without random directions

@@ -31,7 +31,14 @@ def add_flags(p) -> None:
                    help="Adam step size in units of the mean state norm / sqrt(d) (default 0.1, decayed to a tenth)")
     g.add_argument("--beta", type=float, default=None,
                    help="dpo-vector: the DPO beta (default: the adapter card's, else 0.1)")
-    g.add_argument("--seed", type=int, default=0, help="minibatch order seed")
+    g.add_argument("--seed", type=int, default=0, help="minibatch order and check-pair seed")
+    g.add_argument("--check-fraction", type=float, default=0.25,
+                   help="share of the fit pairs kept out of the gradient to pick the iterate: the fit returns the "
+                   "iterate with the lowest loss on them (the zero vector included) and halves the step after one that "
+                   "does not improve it (default 0.25; 0 = the last iterate, unguarded)")
+    g.add_argument("--check-every", type=int, default=None, help="steps between check-loss readings (default steps/10)")
+    g.add_argument("--warmup", type=int, default=None,
+                   help="steps of linear step-size warm-up, again after each halving (default steps/10)")
     g.add_argument("--labels", choices=["given", "shuffled"], default="given",
                    help="dpo-vector: shuffled = the null DPO run's data (train-dpo --labels shuffled): chosen and "
                    "rejected swapped on a seeded half of the part's pairs (the same pairs as train-dpo swaps, with "
@@ -63,6 +70,15 @@ def shuffled_pairs(args: argparse.Namespace):
     return kept
 
 
+def kept_step(record: dict) -> str:
+    """', kept step N of M (check loss A -> B)' for a guarded fit, '' for an unguarded one."""
+    if not record.get("check_pairs"):
+        return ""
+    checks = dict(record["check_losses"])
+    return (f", kept step {record['best_step']} of {record['steps']} (check loss {checks[0]:.4g} -> "
+            f"{checks[record['best_step']]:.4g}, {record['halvings']} halvings)")
+
+
 def run_fit(args: argparse.Namespace) -> int:
     import torch
 
@@ -77,6 +93,11 @@ def run_fit(args: argparse.Namespace) -> int:
 
     if args.steps < 1 or not args.lr > 0 or args.batch_size < 1:
         raise ValueError(f"--steps ({args.steps}) and --batch-size ({args.batch_size}) must be >= 1, --lr ({args.lr}) > 0")
+    if not 0 <= args.check_fraction < 1:
+        raise ValueError(f"--check-fraction must be in [0, 1) (0 = no check pairs), got {args.check_fraction}")
+    for flag in ("check_every", "warmup"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     if args.part is None:
         args.part = DEFAULT_PART[args.method]
     if args.method == "dpo-vector" and args.part != "train":
@@ -96,7 +117,8 @@ def run_fit(args: argparse.Namespace) -> int:
     beta = args.beta if args.beta is not None else (card_beta(pair) or 0.1)
     settings = {"method": args.method, "direction": args.direction if args.method == "distill" else None,
                 "position": args.position, "steps": args.steps, "lr": args.lr, "batch_size": args.batch_size,
-                "seed": args.seed, "limits": limits, "data": str(pairs.source), "part": args.part, "pairs": len(pairs),
+                "seed": args.seed, "check_fraction": args.check_fraction, "check_every": args.check_every,
+                "warmup": args.warmup, "limits": limits, "data": str(pairs.source), "part": args.part, "pairs": len(pairs),
                 "beta": beta if args.method == "dpo-vector" else None, "dpo": pair.dpo_id,
                 "labels": None if args.labels == "given" else {"labels": args.labels, "label_seed": args.label_seed}}
     sidecar = Path(str(args.out) + ".fits.json")
@@ -118,7 +140,8 @@ def run_fit(args: argparse.Namespace) -> int:
                 print(f"layer {site} step {step + 1}/{args.steps}: loss {loss:.5f}", flush=True)
 
         common = dict(position=args.position, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
-                      seed=args.seed, limits=limits, on_step=progress)
+                      seed=args.seed, limits=limits, check_fraction=args.check_fraction, check_every=args.check_every,
+                      warmup=args.warmup, on_step=progress)
         fit = (fit_distilled(pair, pairs, site, direction=args.direction, **common) if args.method == "distill"
                else fit_dpo_vector(pair, pairs, site, beta=beta, **common))
         done[str(site)] = {"vector": fit.vector.tolist(), "record": fit.record()}
@@ -137,7 +160,8 @@ def run_fit(args: argparse.Namespace) -> int:
                        n_examples=len(pairs), extra=extra, provenance=record)
     sidecar.unlink(missing_ok=True)
     summary = ", ".join(f"{s}: |v| {float(v.norm()):.3g}, loss {done[str(s)]['record']['first_loss']:.4g} -> "
-                        f"{done[str(s)]['record']['final_loss']:.4g}" for s, v in vectors.items())
+                        f"{done[str(s)]['record']['final_loss']:.4g}{kept_step(done[str(s)]['record'])}"
+                        for s, v in vectors.items())
     print(f"wrote {out} ({method}, position={args.position}, {len(pairs)} pairs of part {args.part}): {summary}; "
           f"steer with vector={out},position={args.position}")
     return 0

@@ -226,10 +226,73 @@ def _pad_id(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
 
-def _optimiser(w: torch.Tensor, lr: float, steps: int):
-    """Adam on ``w`` with the step size decayed linearly from ``lr`` to ``lr / 10`` over the steps."""
-    opt = torch.optim.Adam([w], lr=lr)
-    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0 - 0.9 * min(step, steps) / steps)
+def check_split(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Pair indices cut once, seeded: (the pairs the gradient sees, the check pairs that pick the iterate).
+    ``round(n · fraction)`` check pairs, at least one when ``fraction`` > 0 and n ≥ 2, and never all of them."""
+    if not 0 <= fraction < 1:
+        raise ValueError(f"check_fraction must be in [0, 1), got {fraction}")
+    order = list(range(n))
+    random.Random(f"dsteer-eval/check/{seed}").shuffle(order)
+    k = 0 if fraction == 0 or n < 2 else min(n - 1, max(1, round(n * fraction)))
+    return sorted(order[k:]), sorted(order[:k])
+
+
+@dataclass
+class Descent:
+    """What :func:`descend` did: the train loss per step and the check loss at each check (step 0 = the zero
+    vector), the step whose iterate was kept, and how often the step size was halved."""
+
+    losses: list[float] = field(default_factory=list)
+    checks: list[tuple[int, float]] = field(default_factory=list)
+    best_step: int | None = None
+    halvings: int = 0
+
+
+def descend(d: int, steps: int, lr: float, n_batches: int, seed: int, step_loss, check_loss=None, *,
+            warmup: int | None = None, check_every: int | None = None, on_step=None) -> tuple[torch.Tensor, Descent]:
+    """Adam on one d-vector w (from 0) with the step size warmed up linearly over ``warmup`` steps and decayed
+    linearly to a tenth by the last, ``step_loss(w, batch_index)`` each step.
+
+    With ``check_loss(w)`` (the loss on check pairs the gradient never sees) the descent guards against overshoot:
+    the check loss is read at w = 0 and every ``check_every`` steps; an iterate that beats the best so far is kept,
+    one that does not is thrown away — w goes back to the best, the step size halves, Adam's moments restart and the
+    warm-up runs again. The best iterate is returned, so the fit is never worse on the check pairs than no vector
+    (it returns exactly 0 when nothing beats it). Without ``check_loss``: the last iterate."""
+    warmup = max(1, steps // 10) if warmup is None else max(1, warmup)
+    check_every = max(1, steps // 10) if check_every is None else max(1, check_every)
+    w = torch.zeros(d, requires_grad=True)
+    info, rate, since = Descent(), lr, 0
+    best_w = w.detach().clone()
+    if check_loss is not None:
+        with torch.no_grad():
+            best = float(check_loss(w))
+        info.checks.append((0, best))
+        info.best_step = 0
+    opt = torch.optim.Adam([w], lr=rate)
+    for step, which in enumerate(_schedule(n_batches, steps, seed)):
+        since += 1
+        for group in opt.param_groups:
+            group["lr"] = rate * min(1.0, since / warmup) * (1.0 - 0.9 * step / steps)
+        loss = step_loss(w, which)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        info.losses.append(float(loss.detach()))
+        if on_step:
+            on_step(step, info.losses[-1])
+        if check_loss is None or ((step + 1) % check_every and step != steps - 1):
+            continue
+        with torch.no_grad():
+            got = float(check_loss(w))
+        info.checks.append((step + 1, got))
+        if got < best:
+            best, best_w, info.best_step = got, w.detach().clone(), step + 1
+        elif step != steps - 1:  # overshot (or stalled): back to the best, half the step, fresh moments and warm-up
+            with torch.no_grad():
+                w.copy_(best_w)
+            rate, since, info.halvings = rate / 2, 0, info.halvings + 1
+            opt = torch.optim.Adam([w], lr=rate)
+    return (best_w if check_loss is not None else w.detach().clone()), info
 
 
 def _fixed_batches(n: int, batch_size: int, seed: int) -> list[list[int]]:
@@ -249,47 +312,62 @@ def _schedule(n_batches: int, steps: int, seed: int):
         yield order.pop()
 
 
+def _guard_record(info: Descent, n_check: int, check_every: int | None, warmup: int | None, steps: int) -> dict:
+    return {"check_pairs": n_check, "check_every": max(1, steps // 10) if check_every is None else check_every,
+            "warmup": max(1, steps // 10) if warmup is None else warmup, "check_losses": info.checks,
+            "best_step": info.best_step, "halvings": info.halvings,
+            "rule": ("the iterate with the lowest loss on the check pairs (w = 0 included); an iterate that does not "
+                     "improve it is undone and the step size halved") if n_check else "the last iterate (no check pairs)"}
+
+
 def fit_distilled(pair, pairs: Sequence, site: int, *, direction: str = "install", position: str = "all",
                   steps: int = 150, lr: float = 0.05, batch_size: int = 8, seed: int = 0, limits: dict | None = None,
+                  check_fraction: float = 0.25, check_every: int | None = None, warmup: int | None = None,
                   on_step: Callable[[int, float], None] | None = None) -> Fit:
     """v* (``install``: student = base + v, teacher = DPO) or u* (``undo``: student = DPO + u, teacher = base):
-    Adam (step size decayed linearly to a tenth) on the mean next-token KL(teacher ‖ student) over the completion tokens of both texts of each pair."""
+    :func:`descend` on the mean next-token KL(teacher ‖ student) over the completion tokens of both texts of each
+    pair. A seeded ``check_fraction`` of the pairs (:func:`check_split`) is kept out of the gradient and picks the
+    iterate, so a small target is not overshot."""
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be 'install' or 'undo', got {direction!r}")
     d = _check(site, pair, position, steps, lr, batch_size)
     if not pairs:
         raise ValueError("pairs: no rows to fit on")
     tok = pair.tokenizer
-    texts = [t for two in encode_pairs(tok, pairs, **(limits or {})) for t in two]
+    encoded = encode_pairs(tok, pairs, **(limits or {}))
+    train_idx, check_idx = check_split(len(encoded), check_fraction, seed)
+    texts = [t for i in train_idx for t in encoded[i]]
+    check_texts = [t for i in check_idx for t in encoded[i]]
     teacher, student = ("dpo", "base") if direction == "install" else ("base", "dpo")
     pad = _pad_id(tok)
     scale = state_scale(pair, texts, site, student, pad)
-    w = torch.zeros(d, requires_grad=True)
-    opt, schedule = _optimiser(w, lr, steps)
-    losses, started = [], time.perf_counter()
+    started = time.perf_counter()
     batches = [collate([texts[i] for i in index], pad) for index in _fixed_batches(len(texts), batch_size, seed)]
+    checks = [collate(check_texts[i:i + 16], pad) for i in range(0, len(check_texts), 16)]
     with torch.no_grad(), pair.side(teacher) as model:  # the teacher's post-norm states, kept: log-probs per step
         parts = resolve_parts(model)
-        kept = [parts.decoder(input_ids=b.input_ids, attention_mask=b.attention_mask)[0][b.target] for b in batches]
+        kept = [parts.decoder(input_ids=b.input_ids, attention_mask=b.attention_mask)[0][b.target]
+                for b in batches + checks]
     steer_at = Steerer(site, position)
-    for step, which in enumerate(_schedule(len(batches), steps, seed)):
-        batch = batches[which]
+
+    def kl_on(w, which):
+        batch = (batches + checks)[which]
         with torch.no_grad():
             target = F.log_softmax(parts.lm_head(kept[which]).float(), dim=-1)
         with pair.side(student) as model, frozen(model):
             got = steer_at(model, batch, scale * w, which)
-        loss = kl_per_text(target, got, batch).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        schedule.step()
-        losses.append(float(loss.detach()))
-        if on_step:
-            on_step(step, losses[-1])
-    return Fit((scale * w).detach().clone(), f"distill-{direction}", site, position, steps, losses, scale,
+        return kl_per_text(target, got, batch)
+
+    def check_loss(w):  # the mean over the check texts (batches of up to 16)
+        return sum(kl_on(w, len(batches) + j).sum() for j in range(len(checks))) / len(check_texts)
+
+    w, info = descend(d, steps, lr, len(batches), seed, lambda w, which: kl_on(w, which).mean(),
+                      check_loss if checks else None, warmup=warmup, check_every=check_every, on_step=on_step)
+    return Fit((scale * w).detach().clone(), f"distill-{direction}", site, position, steps, info.losses, scale,
                time.perf_counter() - started, len(pairs),
                {"lr": lr, "batch_size": batch_size, "seed": seed, "teacher": teacher, "student": student,
-                "objective": f"mean next-token KL({teacher} || {student} + v) over completion tokens"})
+                "objective": f"mean next-token KL({teacher} || {student} + v) over completion tokens",
+                **_guard_record(info, len(check_idx), check_every, warmup, steps)})
 
 
 @torch.no_grad()
@@ -304,9 +382,11 @@ def _reference_logps(pair, texts, pad, batch_size: int = 16) -> torch.Tensor:
 
 def fit_dpo_vector(pair, pairs: Sequence, site: int, *, beta: float = 0.1, position: str = "all", steps: int = 150,
                    lr: float = 0.05, batch_size: int = 8, seed: int = 0, limits: dict | None = None,
+                   check_fraction: float = 0.25, check_every: int | None = None, warmup: int | None = None,
                    on_step: Callable[[int, float], None] | None = None) -> Fit:
     """v_DPO: the DPO loss on ``pairs`` with the policy = the base + v at ``site``, the reference = the base
-    (frozen). Only v trains; the DPO side of ``pair`` is not used."""
+    (frozen), by :func:`descend`; a seeded ``check_fraction`` of the pairs picks the iterate (the DPO loss on them,
+    log 2 at v = 0). Only v trains; the DPO side of ``pair`` is not used."""
     d = _check(site, pair, position, steps, lr, batch_size)
     if not beta > 0:
         raise ValueError(f"beta must be > 0, got {beta}")
@@ -315,32 +395,32 @@ def fit_dpo_vector(pair, pairs: Sequence, site: int, *, beta: float = 0.1, posit
     tok = pair.tokenizer
     pad = _pad_id(tok)
     encoded = encode_pairs(tok, pairs, **(limits or {}))
+    train_idx, check_idx = check_split(len(encoded), check_fraction, seed)
     flat = [t for two in encoded for t in two]
     ref = _reference_logps(pair, flat, pad).view(-1, 2)
-    scale = state_scale(pair, flat, site, "base", pad)
-    w = torch.zeros(d, requires_grad=True)
-    opt, schedule = _optimiser(w, lr, steps)
-    losses, started = [], time.perf_counter()
-    groups = _fixed_batches(len(encoded), max(1, batch_size // 2), seed)
-    batches = [collate([t for i in index for t in encoded[i]], pad) for index in groups]
+    scale = state_scale(pair, [t for i in train_idx for t in encoded[i]], site, "base", pad)
+    started = time.perf_counter()
+    groups = [[train_idx[i] for i in g] for g in _fixed_batches(len(train_idx), max(1, batch_size // 2), seed)]
+    checks = [check_idx[i:i + 8] for i in range(0, len(check_idx), 8)]
+    batches = [collate([t for i in index for t in encoded[i]], pad) for index in groups + checks]
     steer_at = Steerer(site, position)
-    for step, which in enumerate(_schedule(len(batches), steps, seed)):
-        batch, index = batches[which], groups[which]
+
+    def losses_on(w, which):
         with pair.side("base") as model, frozen(model):
-            logps = sequence_logps(steer_at(model, batch, scale * w, which), batch).view(-1, 2)
-        ratio = logps - ref[index]
-        loss = -F.logsigmoid(beta * (ratio[:, 0] - ratio[:, 1])).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        schedule.step()
-        losses.append(float(loss.detach()))
-        if on_step:
-            on_step(step, losses[-1])
-    return Fit((scale * w).detach().clone(), "dpo-vector", site, position, steps, losses, scale,
+            logps = sequence_logps(steer_at(model, batches[which], scale * w, which), batches[which]).view(-1, 2)
+        ratio = logps - ref[(groups + checks)[which]]
+        return -F.logsigmoid(beta * (ratio[:, 0] - ratio[:, 1]))
+
+    def check_loss(w):
+        return sum(losses_on(w, len(groups) + j).sum() for j in range(len(checks))) / len(check_idx)
+
+    w, info = descend(d, steps, lr, len(groups), seed, lambda w, which: losses_on(w, which).mean(),
+                      check_loss if checks else None, warmup=warmup, check_every=check_every, on_step=on_step)
+    return Fit((scale * w).detach().clone(), "dpo-vector", site, position, steps, info.losses, scale,
                time.perf_counter() - started, len(pairs),
                {"lr": lr, "batch_size": batch_size, "seed": seed, "beta": beta,
-                "objective": "DPO loss, policy = base + v, reference = base"})
+                "objective": "DPO loss, policy = base + v, reference = base",
+                **_guard_record(info, len(check_idx), check_every, warmup, steps)})
 
 
 @dataclass

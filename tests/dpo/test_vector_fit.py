@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from dsteer_eval.data.preference_pairs import PreferencePair
 from dsteer_eval.dpo.vector_fit import (
+    check_split,
     collate,
     encode,
     encode_pairs,
@@ -140,6 +141,41 @@ def test_distilled_vectors_recover_a_planted_vector_both_ways_and_close_the_whol
     assert v_star.record()["method"] == "distill-install" and v_star.record()["rows"] == 6
 
 
+def test_a_step_too_large_for_a_small_gap_overshoots_unless_the_check_pairs_guard_the_fit(model, tok):
+    # a planted gap 2 % of the state norm and a step size far too large for it (the failure seen on the null DPO run:
+    # Adam's first steps are as large as lr whatever the gradient): the unguarded last iterate is worse than no vector
+    # on held-out rows; the guarded fit (check pairs pick the iterate, an overshoot halves the step) recovers it
+    v_true = 0.02 * planted_vector(model, tok)
+    pair = PlantedPair(model, tok, vector=v_true)
+    fit_rows, held = pairs(6), pairs(8)[6:]
+    settings = dict(direction="install", steps=40, lr=3.0, batch_size=4)
+    loose = fit_distilled(pair, fit_rows, SITE, check_fraction=0, **settings)
+    guarded = fit_distilled(pair, fit_rows, SITE, check_fraction=0.34, **settings)
+    m = measure(pair, held, SITE, {"loose": ("base", loose.vector), "guarded": ("base", guarded.vector)})
+    explained = {k: 1 - float(m.steered[k]["kl_to_target"].mean()) / float(m.kl_dpo_base.mean()) for k in m.steered}
+    assert explained["loose"] < 0 < 0.9 < explained["guarded"]
+    assert cos(guarded.vector, v_true) > 0.9
+    r = guarded.record()
+    assert r["check_pairs"] == 2 and r["halvings"] >= 1 and loose.record()["check_pairs"] == 0
+    # the kept vector is the check-loss minimum among the iterates read (w = 0 first): re-measured on the check pairs
+    steps, losses = zip(*r["check_losses"])
+    assert steps[0] == 0 and r["best_step"] == steps[losses.index(min(losses))]
+    _, check = check_split(6, 0.34, 0)
+    again = measure(pair, [fit_rows[i] for i in check], SITE, {"kept": ("base", guarded.vector)})
+    assert float(again.steered["kept"]["kl_to_target"].mean()) == pytest.approx(min(losses), rel=1e-4)
+    assert float(again.kl_dpo_base.mean()) == pytest.approx(losses[0], rel=1e-4)
+
+
+def test_the_check_split_is_seeded_disjoint_and_never_takes_every_pair():
+    train, check = check_split(10, 0.25, 3)
+    assert (train, check) == check_split(10, 0.25, 3) and len(check) == 2 and sorted(train + check) == list(range(10))
+    assert check_split(10, 0.25, 4) != (train, check)
+    assert check_split(1, 0.5, 0) == ([0], []) and check_split(2, 0.9, 0)[1].__len__() == 1
+    assert check_split(5, 0, 0) == ([0, 1, 2, 3, 4], [])
+    with pytest.raises(ValueError, match="check_fraction"):
+        check_split(5, 1.0, 0)
+
+
 def test_no_vector_closes_a_non_additive_change(model, tok):
     other = copy.deepcopy(model)
     with torch.no_grad():  # the MLPs after the site scaled: an input-dependent change, not a shift
@@ -157,7 +193,7 @@ def test_no_vector_closes_a_non_additive_change(model, tok):
 def test_the_dpo_vector_starts_at_log_two_and_learns_the_preference(model, tok):
     pair = PlantedPair(model, tok, vector=torch.zeros(model.config.hidden_size))  # the DPO side is never used
     rows = pairs(8)
-    fit = fit_dpo_vector(pair, rows, SITE, beta=0.5, steps=60, lr=0.3, batch_size=8)
+    fit = fit_dpo_vector(pair, rows, SITE, beta=0.5, steps=60, lr=0.3, batch_size=8, check_fraction=0)
     assert fit.losses[0] == pytest.approx(math.log(2), abs=1e-6)  # v = 0: the policy is the reference
     assert fit.losses[-1] < 0.8 * math.log(2)
     # on its own rows the chosen replies now beat the rejected ones relative to the reference, on average and in
