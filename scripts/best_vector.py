@@ -222,7 +222,9 @@ def span(pair) -> str:
 def control_of(out: Path) -> dict | None:
     """The null run's table beside a pair's table (``<pair>/null/table.json``), if measured."""
     path = out / "null" / "table.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    null = json.loads(path.read_text()) if path.is_file() else None
+    own = json.loads((out / "table.json").read_text()) if (out / "table.json").is_file() else {}
+    return null if null and null.get("fit_rule") == own.get("fit_rule") else None  # fitted alike, or not compared
 
 
 def null_comparison(r: dict, null: dict) -> list[str]:
