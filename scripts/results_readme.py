@@ -233,6 +233,13 @@ def _best_vector() -> list[str]:
             rel = null.with_suffix(".md").relative_to(RESULTS)
             out.append(f"  * the null DPO run (no consistent preference), same fits: [{rel}]({rel}), sites "
                        f"{', '.join(control['layers'])}; compared in the table's last section")
+        behaviour = path.parent / "behaviour" / "table.json"
+        if behaviour.is_file():
+            read = json.loads(behaviour.read_text())
+            rel = behaviour.with_suffix(".md").relative_to(RESULTS)
+            out.append(f"  * what the arms do when the model generates, read by readers (not a classifier): [{rel}]({rel}), "
+                       f"layer {read['layer']}, {read['requests']['harmful']} harmful and "
+                       f"{read['requests']['harmless']} harmless eval requests, {read['replies']} replies")
     return out + [""]
 
 

@@ -91,3 +91,10 @@ def test_a_label_outside_the_guide_or_an_unknown_id_names_the_file(tmp_path):
     (tmp_path / "labels_a_x.jsonl").write_text(json.dumps({"id": "nope", "label": "OFF"}) + "\n")
     with pytest.raises(ValueError, match="labels_a_x.jsonl: id 'nope'"):
         bvb.score(args)
+
+
+def test_a_majority_settles_a_label_and_three_different_labels_leave_it_undecided():
+    assert bvb.settled({"x": "DECLINE", "y": "DECLINE"}) == "DECLINE"
+    assert bvb.settled({"x": "DECLINE", "y": "COMPLY"}) is None  # two readers apart: a third reads it
+    assert bvb.settled({"x": "DECLINE", "y": "COMPLY", "z": "COMPLY"}) == "COMPLY"
+    assert bvb.settled({"x": "DECLINE", "y": "COMPLY", "z": "OFF"}) is None  # undecided: left out, counted with OFF

@@ -33,12 +33,18 @@ def test_the_best_vector_tables_are_rendered_from_their_numbers():
     """Every committed results/best_vector table.md (issue 36) is markdown() of its table.json (with the null run's
     table beside it where one exists): no typed number or verdict."""
     bv = _best_vector_script()
-    tables = sorted((ROOT / "results" / "best_vector").rglob("table.json"))
+    tables = sorted(p for p in (ROOT / "results" / "best_vector").rglob("table.json") if p.parent.name != "behaviour")
     assert tables
     for path in tables:
         result = json.loads(path.read_text(encoding="utf-8"))
         assert result["answers"] == bv.answers(result), path
         assert path.with_suffix(".md").read_text(encoding="utf-8") == bv.markdown(result, bv.control_of(path.parent)), path
+    from conftest import load_script
+
+    bvb = load_script("scripts/best_vector_behaviour.py")
+    for path in sorted((ROOT / "results" / "best_vector").glob("*/behaviour/table.json")):  # the readers' rates
+        result = json.loads(path.read_text(encoding="utf-8"))
+        assert path.with_suffix(".md").read_text(encoding="utf-8") == bvb.markdown(result), path
 
 
 def test_best_vector_words_follow_the_numbers():
