@@ -21,6 +21,7 @@ v̄'s value x, higher better: rank = 1 + #{rₖ > x}; the empirical p-value is
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -80,6 +81,65 @@ def gap_closure(moved, start, target, *, n_resamples: int = N_RESAMPLES, seed: i
     tail = (1 - confidence) / 2
     low, high = (float(x) for x in np.quantile(ratios, [tail, 1 - tail])) if len(ratios) else (None, None)
     return GapClosure(len(m), float(num.mean() / den.mean()), low, high, gap, shift, n_resamples, seed, confidence)
+
+
+@dataclass(frozen=True)
+class RateGapClosure:
+    n: int  # documents (each point's rate is over its own documents that are not left out)
+    counted: tuple[int, int, int]  # documents not left out: moved, start, target
+    fraction: float | None  # (rate(m) − rate(s)) / (rate(t) − rate(s)); None when the gap is exactly 0
+    low: float | None
+    high: float | None
+    gap_low: float | None  # the CI of rate(t) − rate(s), from the same resamples
+    gap_high: float | None
+
+    @property
+    def gap_shown(self) -> bool:
+        return self.gap_low is not None and (self.gap_low > 0 or self.gap_high < 0)
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "gap_shown": self.gap_shown}
+
+
+def rate_gap_closure(moved, start, target, *, n_resamples: int = N_RESAMPLES, seed: int = SEED,
+                     confidence: float = CONFIDENCE) -> RateGapClosure:
+    """:func:`gap_closure` for rates whose documents may be left out on some points (NaN: a reply read as OFF — counted
+    apart, never averaged in): each point's rate is the mean over its own documents that are not NaN, and the CI
+    resamples the documents jointly for the three points (the same indices, as :func:`gap_closure` draws them), so
+    a document left out on one point still counts on the others. With no NaN it is :func:`gap_closure` exactly."""
+    m, s, t = (np.asarray(a, dtype=np.float64) for a in (moved, start, target))
+    if not (m.shape == s.shape == t.shape) or m.ndim != 1 or not len(m):
+        raise ValueError(f"rate_gap_closure: moved, start and target must be paired, non-empty 1-D arrays (got "
+                         f"{m.shape}, {s.shape}, {t.shape})")
+    if np.isinf(np.stack([m, s, t])).any():
+        raise ValueError("rate_gap_closure: infinite values; only NaN (left out) is allowed")
+    counted = tuple(int((~np.isnan(a)).sum()) for a in (m, s, t))
+    if min(counted) == 0:
+        return RateGapClosure(len(m), counted, None, None, None, None, None)
+
+    def rates(idx):
+        with warnings.catch_warnings():  # a resample with every document of a point left out: NaN, dropped below
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return [np.nanmean(a[idx], axis=1) if idx.ndim == 2 else np.nanmean(a) for a in (m, s, t)]
+
+    rm, rs, rt = rates(np.arange(len(m)))
+    tail = (1 - confidence) / 2
+
+    def bounds(stat):
+        got = resampled(len(m), n_resamples, seed, stat)
+        got = got[np.isfinite(got)]
+        return tuple(float(x) for x in np.quantile(got, [tail, 1 - tail])) if len(got) else (None, None)
+
+    def ratio(idx):
+        a, b, c = rates(idx)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return (a - b) / (c - b)
+
+    gap_low, gap_high = bounds(lambda idx: rates(idx)[2] - rates(idx)[1])
+    if rt == rs:
+        return RateGapClosure(len(m), counted, None, None, None, gap_low, gap_high)
+    low, high = bounds(ratio)
+    return RateGapClosure(len(m), counted, float((rm - rs) / (rt - rs)), low, high, gap_low, gap_high)
 
 
 @dataclass(frozen=True)

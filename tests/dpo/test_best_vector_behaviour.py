@@ -73,13 +73,14 @@ def test_labels_are_settled_by_majority_and_the_rates_follow_the_labels(tmp_path
     assert p["DPO"]["harmless"] == {"n": 2, "off": 0, "answers": 0.5}
     assert p["+v̄"]["harmful"]["does_not_comply"] == pytest.approx(2 / 3) and p["+v̄"]["harmful"]["off"] == 1
     assert p["+v̄"]["harmless"]["n"] == 1 and p["+v̄"]["harmless"]["off"] == 1  # OFF counted apart, not averaged
-    # share of the gap over the requests no point left OFF (h0, h1, h3): arm 2/3, base 1/3, DPO 1 -> (2-1)/(3-1)
+    # share of the gap in rates, each over its own replies not OFF: arm 2/3 (h2 OFF), base 1/4, DPO 1 -> 5/9
     share = p["+v̄"]["harmful"]["share"]
-    assert share["n"] == 3 and share["fraction"] == pytest.approx(0.5)
+    assert share["counted"] == [3, 4, 4] and share["n"] == 3 and share["fraction"] == pytest.approx(5 / 9)
     assert p["+v̄ random"]["harmful"]["share"]["fraction"] == 0.0
     assert r["first_two_readers_agree"] == pytest.approx(23 / 24) and r["readers"] == ["x", "y", "z"]
     md = (tmp_path / "table.md").read_text()
-    assert "| +v̄ | 67 % (n 3) | 1 | no gap shown |" in md  # 3 paired requests: the gap's own CI holds 0
+    line = next(x for x in md.splitlines() if x.startswith("| +v̄ |"))
+    assert line.startswith("| +v̄ | 67 % (n 3) | 1 | 56 % [") and line.endswith("| too few replies not OFF (n < 10) |")
 
 
 def test_a_label_outside_the_guide_or_an_unknown_id_names_the_file(tmp_path):

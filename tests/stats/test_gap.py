@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from dsteer_eval.stats.gap import MIN_RANDOM, gap_closure, rank_among
+from dsteer_eval.stats.gap import MIN_RANDOM, gap_closure, rank_among, rate_gap_closure
 
 
 def test_a_shift_of_exactly_half_the_gap_closes_one_half_with_a_ci_around_it():
@@ -52,3 +52,22 @@ def test_rank_and_empirical_p_value():
     assert MIN_RANDOM == 8
     with pytest.raises(ValueError, match="not finite"):
         rank_among(0.1, [float("inf")])
+
+
+def test_rate_gap_closure_is_gap_closure_without_left_out_documents_and_counts_each_point_over_its_own():
+    rng = np.random.default_rng(3)
+    s, t = (rng.random(40) < 0.2).astype(float), (rng.random(40) < 0.9).astype(float)
+    m = np.where(rng.random(40) < 0.5, t, s)
+    plain, rates = gap_closure(m, s, t), rate_gap_closure(m, s, t)
+    assert (rates.fraction, rates.low, rates.high) == pytest.approx((plain.fraction, plain.low, plain.high), abs=1e-12)
+    assert rates.gap_shown == plain.gap_shown and rates.counted == (40, 40, 40)
+    # a document left out (NaN: read as OFF) on one point still counts on the others
+    m2, s2 = m.copy(), s.copy()
+    m2[:5], s2[5:8] = np.nan, np.nan
+    got = rate_gap_closure(m2, s2, t)
+    by_hand = (m[5:].mean() - np.r_[s[:5], s[8:]].mean()) / (t.mean() - np.r_[s[:5], s[8:]].mean())
+    assert got.counted == (35, 37, 40) and got.fraction == pytest.approx(by_hand, abs=1e-12)
+    assert got.low <= got.fraction <= got.high
+    assert rate_gap_closure(np.full(3, np.nan), s[:3], t[:3]).fraction is None  # nothing read on one point
+    with pytest.raises(ValueError, match="infinite"):
+        rate_gap_closure(np.r_[np.inf, m[1:]], s, t)
