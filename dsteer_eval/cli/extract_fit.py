@@ -41,8 +41,8 @@ def add_flags(p) -> None:
                    help="steps of linear step-size warm-up, again after each halving (default steps/10)")
     g.add_argument("--labels", choices=["given", "shuffled"], default="given",
                    help="dpo-vector: shuffled = the null DPO run's data (train-dpo --labels shuffled): chosen and "
-                   "rejected swapped on a seeded half of the part's pairs (the same pairs as train-dpo swaps, with "
-                   "--label-seed = its --seed), then --limit; default given")
+                   "rejected swapped on exactly half of the fitted pairs (the first --limit), seeded as train-dpo "
+                   "swaps them (--label-seed = its --seed; without --limit the very pairs it swaps); default given")
     g.add_argument("--label-seed", type=int, default=0, help="with --labels shuffled: train-dpo's --seed (default 0)")
     g.add_argument("--max-prompt-tokens", type=int, default=128, help="prompts keep their last N tokens (128)")
     g.add_argument("--max-completion-tokens", type=int, default=64, help="replies keep their first N tokens (64)")
@@ -56,16 +56,17 @@ def card_beta(pair) -> float | None:
 
 
 def shuffled_pairs(args: argparse.Namespace):
-    """The part's pairs with chosen and rejected swapped on exactly the pairs train-dpo --labels shuffled swaps (its
-    whole train list, in file order, with the same seed), then the first --limit of them."""
+    """The part's first --limit pairs with chosen and rejected swapped on exactly half of them, seeded as
+    train-dpo --labels shuffled swaps its train list (:func:`dsteer_eval.dpo.trainer.shuffle_labels`): without --limit
+    the very pairs train-dpo swaps; with it, exactly half of the fitted pairs (the first --limit of train-dpo's swapped
+    list need not be half swapped — 18 of the toxicity pair's first 48 are — and a net preference would remain)."""
     from dsteer_eval.cli.shared import pairs_from_args
     from dsteer_eval.data.preference_pairs import PairSet
     from dsteer_eval.dpo.trainer import shuffle_labels
 
-    every = pairs_from_args(argparse.Namespace(**{**vars(args), "limit": None}))  # the whole list, as train-dpo's
-    swapped, _ = shuffle_labels(every, args.label_seed)
-    kept = PairSet(swapped[:args.limit] if args.limit is not None else swapped, source=every.source,
-                   skipped=every.skipped)
+    every = pairs_from_args(args)
+    swapped, _ = shuffle_labels(list(every), args.label_seed)
+    kept = PairSet(swapped, source=every.source, skipped=every.skipped)
     kept.part, kept.other_parts = every.part, every.other_parts
     return kept
 

@@ -257,8 +257,8 @@ def test_cli_fits_per_layer_saves_a_loadable_file_and_resumes_the_missing_layers
 def test_the_null_dpo_vector_is_fitted_on_the_pairs_train_dpo_swaps(tiny, tiny_dir, tiny_adapter_dir, tmp_path,
                                                                      monkeypatch):
     """extract --method dpo-vector --labels shuffled: the DPO-trained vector never sees the adapter, so its null
-    control is the DPO loss on the null run's data — the same train pairs with chosen and rejected swapped exactly
-    where train-dpo --labels shuffled swaps them, then --limit; distill refuses the flag (it reads no labels)."""
+    control is the DPO loss on the null run's data: the first --limit train pairs with exactly half of them swapped,
+    seeded as train-dpo --labels shuffled swaps (with every pair, its very swaps); distill refuses the flag."""
     from conftest import SHORT_PAIRS, write_jsonl
     from dsteer_eval.cli import main
     from dsteer_eval.data.preference_pairs import load_pairs
@@ -284,10 +284,16 @@ def test_the_null_dpo_vector_is_fitted_on_the_pairs_train_dpo_swaps(tiny, tiny_d
     out = tmp_path / "null_v.safetensors"
     args = ["extract", "--method", "dpo-vector", "--pretrained", tiny_dir, "--peft", tiny_adapter_dir, "--data", data,
             "--part", "train", "--limit", "5", "--layers", "2", "--steps", "1", "--batch-size", "4"]
+    given_all = [p for p in every if part_of(p.prompt) == "train"]
+    assert main([*args, "--limit", str(len(given_all)), "--labels", "shuffled", "--out", str(tmp_path / "all.st")]) == 0
+    assert seen["pairs"] == null_train  # every pair: exactly the pairs train-dpo --labels shuffled swaps
     assert main([*args, "--labels", "shuffled", "--out", str(out)]) == 0
-    assert seen["pairs"] == null_train[:5]
-    given = [p for p in every if part_of(p.prompt) == "train"][:5]
-    assert seen["pairs"] != given and sum(a != b for a, b in zip(seen["pairs"], given)) >= 1
+    given = given_all[:5]
+    # --limit 5: the first 5 with exactly 2 (= 5 // 2) swapped, chosen and rejected exchanged, nothing else changed
+    swapped = [a for a, b in zip(seen["pairs"], given) if a != b]
+    assert len(seen["pairs"]) == 5 and len(swapped) == 2
+    assert all(a == b or (a.chosen, a.rejected, a.prompt) == (b.rejected, b.chosen, b.prompt)
+               for a, b in zip(seen["pairs"], given))
     assert load_vectors(out).metadata["labels"] == "shuffled (label seed 0)"
     assert main([*args, "--out", str(tmp_path / "given.safetensors")]) == 0
     assert seen["pairs"] == given
