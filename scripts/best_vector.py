@@ -316,7 +316,9 @@ def answers(r: dict) -> list[str]:
             vbar = r["layers"][layer]["eval"]["arms"]["+v̄" if side == "base" else "−v̄"]
             out.append(f"Nearest to {word}ing all of DPO's margin: {label} at site {layer}, "
                        f"{pct(a['share']['fraction'])} [{pct(a['share']['low'])}, {pct(a['share']['high'])}] "
-                       f"({verdict(a)}); v̄ at that site: {pct(vbar['share']['fraction'])} ({verdict(vbar)}).")
+                       f"({verdict(a)}; it explains {pct(a['kl_explained']['value'])} of the KL to the "
+                       f"{'DPO model' if side == 'base' else 'base'}); v̄ at that site: "
+                       f"{pct(vbar['share']['fraction'])} ({verdict(vbar)}).")
     for layer, res in r["layers"].items():
         c = res["cos"]["cos(u*, −v*)"]
         out.append(f"Site {layer}: cos(u*, −v*) = {c:+.2f} — the undo vector is "
