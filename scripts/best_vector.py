@@ -270,7 +270,9 @@ def markdown(r: dict, null: dict | None = None) -> str:
              f"Model: the embedded SmolLM2-135M-Instruct and {model}. Vectors added at every position of the "
              f"site; {r['k']} random directions per arm, each of the arm's norm. Share = the implicit reward margin "
              "relative to the base (reply tokens) moved, as a fraction of the DPO model's, paired bootstrap 95 % CI; "
-             "KL explained = 1 − KL(target ‖ steered)/KL(target ‖ start).", ""]
+             "KL explained = 1 − KL(target ‖ steered)/KL(target ‖ start). Fitted vectors: "
+             + r.get("fit_rule", "unguarded — the last iterate, no check pairs (fitted before the guarded fit; re-run "
+                     "the command to re-fit)") + ".", ""]
     for layer, res in r["layers"].items():
         lines += [f"## Site {layer}", "", "Cosines: " + ", ".join(f"{k} {v:+.2f}" for k, v in res["cos"].items()), ""]
         if "fits" in res:
