@@ -135,7 +135,11 @@ def rate_gap_closure(moved, start, target, *, n_resamples: int = N_RESAMPLES, se
         with np.errstate(divide="ignore", invalid="ignore"):
             return (a - b) / (c - b)
 
-    gap_low, gap_high = bounds(lambda idx: rates(idx)[2] - rates(idx)[1])
+    def gap(idx):
+        _, b, c = rates(idx)
+        return c - b
+
+    gap_low, gap_high = bounds(gap)
     if rt == rs:
         return RateGapClosure(len(m), counted, None, None, None, gap_low, gap_high)
     low, high = bounds(ratio)
