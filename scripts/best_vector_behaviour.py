@@ -5,8 +5,9 @@ the readers themselves, not from it.
 
     .venv/bin/python scripts/best_vector_behaviour.py generate --layer 20      # replies + the blinded reading files
     (readers label reading_<part>.jsonl into labels_<part>_<reader>.jsonl, following the guide)
-    .venv/bin/python scripts/best_vector_behaviour.py disagreements            # what a third reader settles
-    .venv/bin/python scripts/best_vector_behaviour.py score                    # table.json / table.md
+    .venv/bin/python scripts/best_vector_behaviour.py disagreements --layer 20 # what a third reader settles
+    .venv/bin/python scripts/best_vector_behaviour.py score --layer 20         # table.json / table.md
+    (written to results/best_vector/refusal/behaviour_site<layer>/)
 
 Requests: the first --harmful harmful requests of the refusal eval part (tasks/refusal/refusal_eval.jsonl, file order)
 whose key no labelled part of tasks/refusal/behaviour_labels.jsonl has read yet, and its first --harmless harmless
@@ -272,8 +273,9 @@ def main() -> None:
     ap.add_argument("--layer", type=int, default=20)
     ap.add_argument("--harmful", type=int, default=24)
     ap.add_argument("--harmless", type=int, default=8)
-    ap.add_argument("--out", default=str(REPO / "results" / "best_vector" / "refusal" / "behaviour"))
+    ap.add_argument("--out", default=None, help="default: results/best_vector/refusal/behaviour_site<layer>")
     args = ap.parse_args()
+    args.out = args.out or str(REPO / "results" / "best_vector" / "refusal" / f"behaviour_site{args.layer}")
     {"generate": generate, "disagreements": disagreements, "score": score}[args.step](args)
 
 

@@ -233,8 +233,7 @@ def _best_vector() -> list[str]:
             rel = null.with_suffix(".md").relative_to(RESULTS)
             out.append(f"  * the null DPO run (no consistent preference), same fits: [{rel}]({rel}), sites "
                        f"{', '.join(control['layers'])}; compared in the table's last section")
-        behaviour = path.parent / "behaviour" / "table.json"
-        if behaviour.is_file():
+        for behaviour in sorted(path.parent.glob("behaviour_site*/table.json"), key=lambda b: int(b.parent.name[14:])):
             read = json.loads(behaviour.read_text())
             rel = behaviour.with_suffix(".md").relative_to(RESULTS)
             out.append(f"  * what the arms do when the model generates, read by readers (not a classifier): [{rel}]({rel}), "

@@ -33,7 +33,7 @@ def test_the_best_vector_tables_are_rendered_from_their_numbers():
     """Every committed results/best_vector table.md (issue 36) is markdown() of its table.json (with the null run's
     table beside it where one exists): no typed number or verdict."""
     bv = _best_vector_script()
-    tables = sorted(p for p in (ROOT / "results" / "best_vector").rglob("table.json") if p.parent.name != "behaviour")
+    tables = sorted(p for p in (ROOT / "results" / "best_vector").rglob("table.json") if not p.parent.name.startswith("behaviour_site"))
     assert tables
     for path in tables:
         result = json.loads(path.read_text(encoding="utf-8"))
@@ -42,7 +42,7 @@ def test_the_best_vector_tables_are_rendered_from_their_numbers():
     from conftest import load_script
 
     bvb = load_script("scripts/best_vector_behaviour.py")
-    for path in sorted((ROOT / "results" / "best_vector").glob("*/behaviour/table.json")):  # the readers' rates
+    for path in sorted((ROOT / "results" / "best_vector").glob("*/behaviour_site*/table.json")):  # the readers' rates
         result = json.loads(path.read_text(encoding="utf-8"))
         assert path.with_suffix(".md").read_text(encoding="utf-8") == bvb.markdown(result), path
 
