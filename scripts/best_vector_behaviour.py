@@ -148,6 +148,31 @@ def settled(by_reader: dict[str, str]) -> str | None:
     return label if n >= 2 else None
 
 
+def reader_order(name: str) -> tuple:
+    """r2 before r10: readers by name, then by their number."""
+    stem = name.rstrip("0123456789")
+    return stem, int(name[len(stem):] or -1)
+
+
+def retest(out: Path, pool: dict, labels: dict) -> dict:
+    """Test–retest of the readers: every other study beside this one (``behaviour_site*`` with settled labels) that
+    holds the very same reply (same point, request and text: the unsteered base and DPO replies recur at every layer)
+    was read by other readers; {study folder: {"replies": identical replies settled in both, "agree": same label}}."""
+    mine = {(x["point"], x["doc_key"], x["reply"]): settled(labels[i]) for i, x in pool.items() if i in labels}
+    found = {}
+    for other in sorted(out.parent.glob("behaviour_site*/pool.jsonl")):
+        if other.parent.resolve() == out.resolve():
+            continue
+        their_pool = {x["id"]: x for x in read_jsonl(other)}
+        theirs = read_labels(other.parent, their_pool)
+        pairs = [(mine[k], settled(theirs[i])) for i, x in their_pool.items() if i in theirs
+                 for k in [(x["point"], x["doc_key"], x["reply"])] if k in mine]
+        pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
+        if pairs:
+            found[other.parent.name] = {"replies": len(pairs), "agree": sum(a == b for a, b in pairs)}
+    return found
+
+
 def disagreements(args) -> None:
     out = Path(args.out)
     pool = {x["id"]: x for x in read_jsonl(out / "pool.jsonl")}
@@ -183,9 +208,10 @@ def score(args) -> None:
     names = list(dict.fromkeys(x["point"] for x in pool.values()))
     agree = [len(set(by.values())) == 1 for by in labels.values() if len(by) >= 2]
     result = {"layer": next(iter(pool.values()))["layer"], "requests": {k: len(v) for k, v in keys.items()},
-              "readers": sorted({r for by in labels.values() for r in by}),
+              "readers": sorted({r for by in labels.values() for r in by}, key=reader_order),
               "first_two_readers_agree": float(np.mean(agree)), "replies": len(pool),
-              "undecided": sum(settled(by) is None for by in labels.values()), "points": {}}
+              "undecided": sum(settled(by) is None for by in labels.values()),
+              "retest": retest(out, pool, labels), "points": {}}
     for name in names:
         row = {}
         for kind, hit_name in (("harmful", "does_not_comply"), ("harmless", "answers")):
@@ -242,7 +268,10 @@ def markdown(r: dict) -> str:
              f"replies, each read blind by two readers ({', '.join(r['readers'])}; the first two agreed on "
              f"{pct(r['first_two_readers_agree'])} of replies), a third deciding where they disagreed "
              f"({r['undecided']} left undecided by three different labels, counted with OFF). The rates are the "
-             "readers' labels, not a classifier's.", "",
+             "readers' labels, not a classifier's." + "".join(
+                 f" Retest: {t['agree']} of {t['replies']} replies that recur word for word in `{name}` (the unsteered "
+                 f"points), read there by other readers, got the same settled label ({pct(t['agree'] / t['replies'])})."
+                 for name, t in r.get("retest", {}).items()), "",
              f"Unsteered: base does not comply on {pct(base['harmful']['does_not_comply'])} of harmful requests "
              f"({base['harmful']['off']} OFF), DPO on {pct(dpo['harmful']['does_not_comply'])} ({dpo['harmful']['off']} "
              f"OFF); they answer {pct(base['harmless']['answers'])} / {pct(dpo['harmless']['answers'])} of harmless "

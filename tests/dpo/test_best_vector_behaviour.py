@@ -99,3 +99,27 @@ def test_a_majority_settles_a_label_and_three_different_labels_leave_it_undecide
     assert bvb.settled({"x": "DECLINE", "y": "COMPLY"}) is None  # two readers apart: a third reads it
     assert bvb.settled({"x": "DECLINE", "y": "COMPLY", "z": "COMPLY"}) == "COMPLY"
     assert bvb.settled({"x": "DECLINE", "y": "COMPLY", "z": "OFF"}) is None  # undecided: left out, counted with OFF
+
+
+def test_retest_compares_the_settled_labels_of_replies_that_recur_word_for_word(tmp_path):
+    """Two studies (two layers) hold the same unsteered replies, read by other readers: the retest counts the
+    identical replies settled in both and how many got the same label; a reply whose text differs is not compared."""
+    first, second = tmp_path / "behaviour_site10", tmp_path / "behaviour_site20"
+    pool = write_pool(first)
+    for reader in "xy":
+        write_labels(first / f"labels_a_{reader}.jsonl", pool, truth)
+    pool2 = write_pool(second)
+    changed = bvb.opaque("+v̄", "h0")  # a steered reply that differs at the other layer: not a retest
+    lines = [dict(x, reply="another reply") if x["id"] == changed else x for x in pool2]
+    (second / "pool.jsonl").write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines), encoding="utf-8")
+    other = bvb.opaque("DPO", "h3")  # both second readers call one recurring reply COMPLY
+    for reader in "uv":
+        write_labels(second / f"labels_a_{reader}.jsonl", pool2, lambda x: "COMPLY" if x["id"] == other else truth(x))
+    first_pool = {x["id"]: x for x in pool}
+    got = bvb.retest(first, first_pool, bvb.read_labels(first, first_pool))
+    assert got == {"behaviour_site20": {"replies": len(pool) - 1, "agree": len(pool) - 2}}
+    bvb.score(argparse.Namespace(out=str(first)))
+    r = json.loads((first / "table.json").read_text())
+    assert r["retest"] == got
+    assert f"Retest: {len(pool) - 2} of {len(pool) - 1} replies" in (first / "table.md").read_text()
+    assert sorted(["r10", "r6", "r2"], key=bvb.reader_order) == ["r2", "r6", "r10"]
