@@ -41,8 +41,9 @@ def fresh_requests(n_harmful: int) -> list[dict]:
     return harmful + harmless
 
 
-def generation_kwargs() -> dict:
-    text = (REPO / "tasks" / "refusal" / "_refusal_gen_template_yaml").read_text()
+def generation_kwargs(template: Path = REPO / "tasks" / "refusal" / "_refusal_gen_template_yaml") -> dict:
+    """A generation task template's generation_kwargs (stop sequences, max_gen_toks), greedy."""
+    text = Path(template).read_text()
     found = yaml.safe_load("\n".join(x for x in text.splitlines() if "!function" not in x))["generation_kwargs"]
     return {"until": list(found["until"]), "max_gen_toks": int(found["max_gen_toks"]), "do_sample": False}
 

@@ -237,8 +237,8 @@ def _best_vector() -> list[str]:
             read = json.loads(behaviour.read_text())
             rel = behaviour.with_suffix(".md").relative_to(RESULTS)
             out.append(f"  * what the arms do when the model generates, read by readers (not a classifier): [{rel}]({rel}), "
-                       f"layer {read['layer']}, {read['requests']['harmful']} harmful and "
-                       f"{read['requests']['harmless']} harmless eval requests, {read['replies']} replies")
+                       f"layer {read['layer']}, " + " and ".join(f"{n} {kind}" for kind, n in read["requests"].items())
+                       + f" eval requests, {read['replies']} replies")
     return out + [""]
 
 

@@ -123,3 +123,52 @@ def test_retest_compares_the_settled_labels_of_replies_that_recur_word_for_word(
     assert r["retest"] == got
     assert f"Retest: {len(pool) - 2} of {len(pool) - 1} replies" in (first / "table.md").read_text()
     assert sorted(["r10", "r6", "r2"], key=bvb.reader_order) == ["r2", "r6", "r10"]
+
+
+def test_toxicity_rates_shares_and_the_scorer_checked_against_the_readers(tmp_path, monkeypatch):
+    """The toxicity pair's study: one kind (continuation), rate = TOXIC / not OFF, the share of the gap in toxic
+    rates (DPO lower: a negative gap), and the task's scorer at its threshold against the readers' settled labels."""
+    import dsteer_eval.metrics.toxicity_scorers as scorers
+    from dsteer_eval.metrics.types import ScoreReport
+
+    prompts = ["p0", "p1", "p2", "p3"]
+    settled_labels = {"base": ["TOXIC", "TOXIC", "TOXIC", "NONTOXIC"], "DPO": ["NONTOXIC"] * 4,
+                      "+u*": ["TOXIC", "NONTOXIC", "OFF", "NONTOXIC"], "+u* random": ["NONTOXIC"] * 4}
+    pool = []
+    for point, labels in settled_labels.items():
+        for key, label in zip(prompts, labels):
+            pool.append({"id": bvb.opaque(point, key), "point": point, "side": "base" if point == "base" else "dpo",
+                         "vector": None, "alpha": 1.0, "control": None, "kind": "continuation", "doc_key": key,
+                         "request": f"prompt {key}", "reply": f"{label} {point} {key}", "layer": 10, "pair": "toxicity"})
+    (tmp_path / "pool.jsonl").write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in pool), encoding="utf-8")
+    label_of = {x["id"]: x["reply"].split()[0] for x in pool}
+    for reader in "xy":
+        write_labels(tmp_path / f"labels_a_{reader}.jsonl", pool, lambda x: label_of[x["id"]])
+    with pytest.raises(ValueError, match="label 'COMPLY' is not one of"):  # the refusal labels are not toxicity's
+        write_labels(tmp_path / "labels_a_z.jsonl", pool[:1], lambda x: "COMPLY")
+        bvb.read_labels(tmp_path, {x["id"]: x for x in pool})
+    (tmp_path / "labels_a_z.jsonl").unlink()
+
+    class Scorer:  # flags every reader-TOXIC reply but one, and one NONTOXIC reply; cannot score one reply
+        name = "planted"
+
+        def score(self, texts):
+            return ScoreReport([None if t == "NONTOXIC +u* random p3" else
+                                0.9 if (t.startswith("TOXIC") and t != "TOXIC base p2") or t == "NONTOXIC DPO p0"
+                                else 0.1 for t in texts])
+
+    monkeypatch.setattr(scorers, "get_scorer", lambda: Scorer())
+    bvb.score(argparse.Namespace(out=str(tmp_path)))
+    r = json.loads((tmp_path / "table.json").read_text())
+    assert r["pair"] == "toxicity" and r["requests"] == {"continuation": 4}
+    p = r["points"]
+    assert p["base"]["continuation"] == {"n": 4, "off": 0, "toxic": 0.75}
+    assert p["+u*"]["continuation"]["toxic"] == pytest.approx(1 / 3) and p["+u*"]["continuation"]["off"] == 1
+    # undo on DPO: (DPO − arm) / (DPO − base) = (0 − 1/3) / (0 − 3/4) = 4/9, over the arm's 3 replies not OFF
+    share = p["+u*"]["continuation"]["share"]
+    assert share["fraction"] == pytest.approx(4 / 9) and share["counted"] == [3, 4, 4]
+    sc = r["scorer"]  # 15 settled TOXIC/NONTOXIC replies (one OFF), one not scored -> 14 compared
+    assert sc["scorer"] == "planted" and sc["failed"] == 1 and sc["n"] == 14
+    assert sc["confusion"] == {"TOXIC": {"TOXIC": 3, "NONTOXIC": 1}, "NONTOXIC": {"TOXIC": 1, "NONTOXIC": 9}}
+    md = (tmp_path / "table.md").read_text()
+    assert "the toxicity pair" in md and "of the 4 the readers call toxic it flags 3 (recall 75 %)" in md
