@@ -273,6 +273,7 @@ def markdown(r: dict, null: dict | None = None) -> str:
              "KL explained = 1 − KL(target ‖ steered)/KL(target ‖ start). Fitted vectors: "
              + r.get("fit_rule", "unguarded — the last iterate, no check pairs (fitted before the guarded fit; re-run "
                      "the command to re-fit)") + ".", ""]
+    lines += per_site(r)
     for layer, res in r["layers"].items():
         lines += [f"## Site {layer}", "", "Cosines: " + ", ".join(f"{k} {v:+.2f}" for k, v in res["cos"].items()), ""]
         if "fits" in res:
@@ -297,6 +298,23 @@ def markdown(r: dict, null: dict | None = None) -> str:
     if null:
         lines += null_comparison(r, null)
     return "\n".join(lines)
+
+
+def per_site(r: dict) -> list[str]:
+    """One row per site: each arm's eval-part share of DPO's margin and its verdict ("not beyond random" marked †),
+    and cos(u*, −v*) — the per-layer answer at a glance, rendered from the site tables below."""
+    labels = [label for label, *_ in ARMS]
+    lines = ["## Per site (eval part): share of DPO's margin and verdict", "",
+             "| site | " + " | ".join(labels) + " | cos(u*, −v*) |", "| ---: |" + " --- |" * (len(labels) + 1)]
+    for layer, res in r["layers"].items():
+        cells = []
+        for label in labels:
+            a = res["eval"]["arms"][label]
+            word = verdict(a)
+            cells.append(f"{pct(a['share']['fraction'])} {word.split(' (')[0]}" + (" †" if "not beyond" in word else ""))
+        lines.append(f"| {layer} | " + " | ".join(cells) + f" | {res['cos']['cos(u*, −v*)']:+.2f} |")
+    return lines + ["", "Install arms on the base (+v̄, +v*, −u*, +v_DPO), undo arms on the DPO model; † = not nearest "
+                    "100 % of its random directions at p ≤ 0.05. The sections below give the CIs.", ""]
 
 
 def answers(r: dict) -> list[str]:

@@ -172,6 +172,25 @@ def settled(by_reader: dict[str, str]) -> str | None:
     return label if n >= 2 else None
 
 
+def first_two(out: Path) -> tuple[list[str], list[str]]:
+    """The two readers of each part (labels_<part>_<reader>.jsonl, the third reader's file aside), paired by reply: the
+    first reader's labels and the second's, over every part — what their chance-corrected agreement (κ) is read on."""
+    by_part: dict[str, list[dict]] = {}
+    for path in sorted(out.glob("labels_*_*.jsonl")):
+        part, reader = path.stem.split("_", 2)[1:]
+        if part != "third":
+            by_part.setdefault(part, []).append({x["id"]: str(x["label"]).upper() for x in read_jsonl(path)})
+    first, second = [], []
+    for part, readers in by_part.items():
+        if len(readers) != 2:
+            raise ValueError(f"{out}: part {part!r} has {len(readers)} readers' files; each part is read by two")
+        a, b = readers
+        for i in sorted(set(a) & set(b)):
+            first.append(a[i])
+            second.append(b[i])
+    return first, second
+
+
 def reader_order(name: str) -> tuple:
     """r2 before r10: readers by name, then by their number."""
     stem = name.rstrip("0123456789")
@@ -213,6 +232,7 @@ def disagreements(args) -> None:
 def score(args) -> None:
     import numpy as np
 
+    from dsteer_eval.stats.agreement import agreement
     from dsteer_eval.stats.bootstrap import paired_bootstrap
     from dsteer_eval.stats.gap import rate_gap_closure
 
@@ -235,7 +255,8 @@ def score(args) -> None:
     result = {"pair": pair, "layer": next(iter(pool.values()))["layer"],
               "requests": {k: len(v) for k, v in keys.items()},
               "readers": sorted({r for by in labels.values() for r in by}, key=reader_order),
-              "first_two_readers_agree": float(np.mean(agree)), "replies": len(pool),
+              "first_two_readers_agree": float(np.mean(agree)),
+              "first_two_readers_kappa": agreement(*first_two(out)).kappa, "replies": len(pool),
               "undecided": sum(settled(by) is None for by in labels.values()),
               "retest": retest(out, pool, labels), "points": {}}
     for name in names:
@@ -315,10 +336,7 @@ def markdown(r: dict) -> str:
              f"Written by `scripts/best_vector_behaviour.py score` from `pool.jsonl` and the readers' labels. Layer "
              f"{r['layer']}, the vector at every position; {r['requests']['harmful']} harmful eval-part requests no "
              f"labelled part had read and {r['requests']['harmless']} harmless eval-part questions; {r['replies']} "
-             f"replies, each read blind by two readers ({', '.join(r['readers'])}; the first two agreed on "
-             f"{pct(r['first_two_readers_agree'])} of replies), a third deciding where they disagreed "
-             f"({r['undecided']} left undecided by three different labels, counted with OFF). The rates are the "
-             "readers' labels, not a classifier's." + "".join(
+             f"replies, {readers_line(r)}. The rates are the readers' labels, not a classifier's." + "".join(
                  f" Retest: {t['agree']} of {t['replies']} replies that recur word for word in `{name}` (the unsteered "
                  f"points), read there by other readers, got the same settled label ({pct(t['agree'] / t['replies'])})."
                  for name, t in r.get("retest", {}).items()), "",
@@ -346,9 +364,14 @@ def markdown(r: dict) -> str:
     return "\n".join(lines)
 
 
+def kappa(r: dict) -> str:
+    k = r.get("first_two_readers_kappa")
+    return "" if k is None else f", Cohen's κ {k:.2f}"
+
+
 def readers_line(r: dict) -> str:
     return (f"each read blind by two readers ({', '.join(r['readers'])}; the first two agreed on "
-            f"{pct(r['first_two_readers_agree'])} of replies), a third deciding where they disagreed "
+            f"{pct(r['first_two_readers_agree'])} of replies{kappa(r)}), a third deciding where they disagreed "
             f"({r['undecided']} left undecided by three different labels, counted with OFF)")
 
 

@@ -78,6 +78,11 @@ def test_labels_are_settled_by_majority_and_the_rates_follow_the_labels(tmp_path
     assert share["counted"] == [3, 4, 4] and share["n"] == 3 and share["fraction"] == pytest.approx(5 / 9)
     assert p["+v̄ random"]["harmful"]["share"]["fraction"] == 0.0
     assert r["first_two_readers_agree"] == pytest.approx(23 / 24) and r["readers"] == ["x", "y", "z"]
+    from dsteer_eval.stats.agreement import agreement  # κ of the two first readers, not of the third's file
+
+    x = [truth(v) for v in sorted(pool, key=lambda v: v["id"])]
+    y = ["COMPLY" if v["id"] == flip else truth(v) for v in sorted(pool, key=lambda v: v["id"])]
+    assert r["first_two_readers_kappa"] == pytest.approx(agreement(x, y).kappa) and 0.9 < r["first_two_readers_kappa"] < 1
     md = (tmp_path / "table.md").read_text()
     line = next(x for x in md.splitlines() if x.startswith("| +v̄ |"))
     assert line.startswith("| +v̄ | 67 % (n 3) | 1 | 56 % [") and line.endswith("| too few replies not OFF (n < 10) |")
