@@ -11,7 +11,7 @@ against the readers on the same continuations.
     (readers label reading_<part>.jsonl into labels_<part>_<reader>.jsonl, following the guide)
     .venv/bin/python scripts/best_vector_behaviour.py disagreements --layer 20 # what a third reader settles
     .venv/bin/python scripts/best_vector_behaviour.py score --layer 20         # table.json / table.md
-    (written to results/best_vector/refusal/behaviour_site<layer>/)
+    (written to results/best_vector/<pair>/behaviour_site<layer>/; --pair toxicity for the toxicity pair)
 
 Requests: the first --harmful harmful requests of the refusal eval part (tasks/refusal/refusal_eval.jsonl, file order)
 whose key no labelled part of tasks/refusal/behaviour_labels.jsonl has read yet, and its first --harmless harmless
@@ -133,6 +133,7 @@ def generate(args) -> None:
                 fh.write(json.dumps(line, ensure_ascii=False) + "\n")
         print(f"{p['name']}: {len(replies)} replies", flush=True)
     write_reading(out, list(done.values()), [d["key"] for d in docs])
+    print(f"readers label reading_<part>.jsonl following {PAIRS[args.pair]['guide']}")
 
 
 def write_reading(out: Path, pool: list[dict], keys: list[str]) -> None:
