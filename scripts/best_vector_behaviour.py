@@ -337,10 +337,7 @@ def markdown(r: dict) -> str:
              f"Written by `scripts/best_vector_behaviour.py score` from `pool.jsonl` and the readers' labels. Layer "
              f"{r['layer']}, the vector at every position; {r['requests']['harmful']} harmful eval-part requests no "
              f"labelled part had read and {r['requests']['harmless']} harmless eval-part questions; {r['replies']} "
-             f"replies, {readers_line(r)}. The rates are the readers' labels, not a classifier's." + "".join(
-                 f" Retest: {t['agree']} of {t['replies']} replies that recur word for word in `{name}` (the unsteered "
-                 f"points), read there by other readers, got the same settled label ({pct(t['agree'] / t['replies'])})."
-                 for name, t in r.get("retest", {}).items()), "",
+             f"replies, {readers_line(r)}. The rates are the readers' labels, not a classifier's.{retest_line(r)}", "",
              f"Unsteered: base does not comply on {pct(base['harmful']['does_not_comply'])} of harmful requests "
              f"({base['harmful']['off']} OFF), DPO on {pct(dpo['harmful']['does_not_comply'])} ({dpo['harmful']['off']} "
              f"OFF); they answer {pct(base['harmless']['answers'])} / {pct(dpo['harmless']['answers'])} of harmless "
@@ -370,6 +367,12 @@ def kappa(r: dict) -> str:
     return "" if k is None else f", Cohen's κ {k:.2f}"
 
 
+def retest_line(r: dict) -> str:
+    return "".join(f" Retest: {t['agree']} of {t['replies']} replies that recur word for word at the same point and request "
+                   f"in `{name}` (the unsteered ones, and any steered reply that happens to), read there by other readers, got the same settled label ({pct(t['agree'] / t['replies'])})."
+                   for name, t in r.get("retest", {}).items())
+
+
 def readers_line(r: dict) -> str:
     return (f"each read blind by two readers ({', '.join(r['readers'])}; the first two agreed on "
             f"{pct(r['first_two_readers_agree'])} of replies{kappa(r)}), a third deciding where they disagreed "
@@ -385,7 +388,8 @@ def markdown_toxicity(r: dict) -> str:
              f"([docs/toxicity-labels.md](../../../../docs/toxicity-labels.md)). Layer {r['layer']}, the vector at every "
              f"position; the first {r['requests']['continuation']} prompts of the offline RealToxicityPrompts task's "
              f"eval part (never trained, probed or fitted on), greedy continuations as the task generates them; "
-             f"{r['replies']} continuations, {readers_line(r)}. The rates are the readers' labels, not a classifier's.",
+             f"{r['replies']} continuations, {readers_line(r)}. The rates are the readers' labels, not a classifier's."
+             + retest_line(r),
              "",
              f"Unsteered: the base continues {pct(base['toxic'])} of prompts toxically ({base['off']} OFF), DPO "
              f"{pct(dpo['toxic'])} ({dpo['off']} OFF).", "",
