@@ -75,3 +75,21 @@ def test_best_vector_words_follow_the_numbers():
         null["layers"] = {"20": {"eval": side(*floor)}}
         lines = bv.null_comparison({"layers": {"20": {"eval": side(*real)}}}, null)
         assert lines[-2].endswith(f"| {word} |"), lines[-2]
+
+
+def test_best_vector_fits_v_dpo_on_train_rows_and_the_distilled_vectors_on_fit_rows(tmp_path, monkeypatch):
+    """--train-rows sets only v_DPO's --limit (the train part); v* and u* keep --fit-rows (the vector part); a file
+    fitted before with the guarded rule is kept, not fitted again."""
+    bv = _best_vector_script()
+    commands = []
+    monkeypatch.setattr(bv, "run", commands.append)
+    monkeypatch.setattr(bv, "guarded", lambda path, layer: path.name.startswith("distill_undo"))
+    (tmp_path / "vectors").mkdir()
+    (tmp_path / "vectors" / "distill_undo_site20.safetensors").write_bytes(b"")
+    files = bv.fit("refusal", tmp_path / "adapter", [20], 150, tmp_path, 100000, {"max_prompt": 64, "max_completion": 32},
+                   train_rows=48)
+    assert set(files) == {"distill_install", "distill_undo", "dpo_vector"}
+    limits = {cmd[cmd.index("--method") + 1]: (cmd[cmd.index("--part") + 1], cmd[cmd.index("--limit") + 1])
+              for cmd in commands}
+    assert limits == {"distill": ("vector", "100000"), "dpo-vector": ("train", "48")}  # u* kept: one distill run
+    assert len(commands) == 2
