@@ -233,6 +233,16 @@ def _best_vector() -> list[str]:
             rel = null.with_suffix(".md").relative_to(RESULTS)
             out.append(f"  * the null DPO run (no consistent preference), same fits: [{rel}]({rel}), sites "
                        f"{', '.join(control['layers'])}; compared in the table's last section")
+        for other in sorted(path.parent.glob("*/table.json")):  # the same pair with other fit settings (a larger fit)
+            if other.parent.name == "null" or other.parent.name.startswith("behaviour_site"):
+                continue
+            more = json.loads(other.read_text())
+            rel = other.with_suffix(".md").relative_to(RESULTS)
+            fits = next(iter(more["layers"].values()))["fits"]
+            out.append(f"  * the same measures with larger fits (v* on {fits['distill_install']['rows']} pairs, u* on "
+                       f"{fits['distill_undo']['rows']}, v_DPO on {fits['dpo_vector']['rows']}, {more['steps']} steps): "
+                       f"[{rel}]({rel}), sites {', '.join(more['layers'])}")
+            out += [f"    * {a}" for a in more.get("answers", [])[:2]]
         for behaviour in sorted(path.parent.glob("behaviour_site*/table.json"), key=lambda b: int(b.parent.name[14:])):
             read = json.loads(behaviour.read_text())
             rel = behaviour.with_suffix(".md").relative_to(RESULTS)
