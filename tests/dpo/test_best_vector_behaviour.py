@@ -133,6 +133,7 @@ def test_retest_compares_the_settled_labels_of_replies_that_recur_word_for_word(
 def test_toxicity_rates_shares_and_the_scorer_checked_against_the_readers(tmp_path, monkeypatch):
     """The toxicity pair's study: one kind (continuation), rate = TOXIC / not OFF, the share of the gap in toxic
     rates (DPO lower: a negative gap), and the task's scorer at its threshold against the readers' settled labels."""
+    import dsteer_eval.metrics.toxicity  # noqa: F401  (imported before the patch: it binds the real get_scorer)
     import dsteer_eval.metrics.toxicity_scorers as scorers
     from dsteer_eval.metrics.types import ScoreReport
 

@@ -248,16 +248,14 @@ def test_silent_server_is_bounded_by_the_wait_budget(tmp_path, silent_port, monk
         scorer = toxicity_scorers.get_scorer()
     finally:
         toxicity_scorers._build.cache_clear()
-    # 7 texts at a 30 s socket timeout each would be minutes; the bound leaves room for a loaded machine (the
-    # discovery document's parse and the thread start count too: this failed once at 6 s beside two fitting jobs)
-    assert elapsed < 20, elapsed
+    assert elapsed < 6, elapsed  # 7 texts at a 30 s socket timeout each would be minutes
     metrics = [toxicity.process_results({}, [row]) for row in rows]
     assert sum(m["n_failed"] for m in metrics) == 7 and sum(m["n_timed_out"] for m in metrics) == 7
     assert all(row[0]["toxicity"] is None and row[0]["timed_out"] for row in rows)
     reasons = [row[0]["error"] for row in rows]
     assert any("TimeoutError" in why or "timed out" in why for why in reasons)
     assert sum(why.startswith("not sent") for why in reasons) == 4  # the later batches never went out
-    assert scorer.max_wait_s == 2 and 1.5 <= scorer.waited_s <= 8, scorer.waited_s
+    assert scorer.max_wait_s == 2 and 1.5 <= scorer.waited_s <= 4
     _no_key_anywhere(*reasons)
 
 
